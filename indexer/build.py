@@ -1,0 +1,141 @@
+"""The offline rebuild job: catalog → one snapshot directory (see indexer/snapshot.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tantivy
+from tqdm import tqdm
+
+from indexer import snapshot
+from indexer.catalog import CatalogError, Item
+from indexer.forward import write_forward
+from indexer.text import (
+    ATTR_PREFIX,
+    CATEGORY_FIELD,
+    ORD_FIELD,
+    TAGS_FIELD,
+    Analyzer,
+    TextField,
+    build_schema,
+    create_index,
+    pretokenize_for_index,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    collection: str
+    text_fields: Sequence[TextField] | None = None  # None: every text field seen, English analyzer, boost 1
+    text_weight_attr: str | None = None
+    writer_heap_bytes: int = 256 * 1024 * 1024
+    writer_threads: int = 2
+    overwrite: bool = False
+    progress: bool = True
+
+
+def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
+    out: list[Item] = []
+    seen: set[str] = set()
+    for item in tqdm(items, desc="read catalog", unit=" items", disable=not progress, mininterval=0.5):
+        if item.id in seen:
+            raise CatalogError(f"duplicate item id {item.id!r}")
+        seen.add(item.id)
+        out.append(item)
+    if not out:
+        raise CatalogError("the catalog has no items")
+    return out
+
+
+def _text_fields(items: Sequence[Item], declared: Sequence[TextField] | None) -> list[TextField]:
+    seen = sorted({name for it in items for name in it.text})
+    if declared is None:
+        return [TextField(name, Analyzer.ENGLISH, 1.0) for name in seen]
+    names = {f.name for f in declared}
+    extra = [n for n in seen if n not in names]
+    if extra:
+        log.warning("text fields %s are not declared for this collection and are not searchable", extra)
+    return list(declared)
+
+
+def build_snapshot(
+    items: Iterable[Item], out: Path, options: BuildOptions, source: dict[str, Any]
+) -> snapshot.Manifest:
+    """Build and atomically publish a snapshot of `items` at `out`; returns its manifest."""
+    t0 = time.perf_counter()
+    catalog = _collect(items, options.progress)
+    fields = _text_fields(catalog, options.text_fields)
+    attr_names = sorted({name for it in catalog for name in it.attrs})
+    if options.text_weight_attr and options.text_weight_attr not in attr_names:
+        raise CatalogError(f"text_weight_attr {options.text_weight_attr!r} is not an attribute of any item")
+
+    with snapshot.staging_dir(out, overwrite=options.overwrite) as tmp:
+        text_dir = tmp / "text"
+        index = create_index(text_dir, build_schema(fields, attr_names))
+        writer = index.writer(heap_size=options.writer_heap_bytes, num_threads=options.writer_threads)
+        for ordinal, item in enumerate(
+            tqdm(catalog, desc="text index", unit=" docs", disable=not options.progress, mininterval=0.5)
+        ):
+            doc = tantivy.Document()
+            doc.add_unsigned(ORD_FIELD, ordinal)
+            for f in fields:
+                value = item.text.get(f.name)
+                if value:
+                    doc.add_text(f.name, pretokenize_for_index(value))
+            if item.category is not None:
+                doc.add_text(CATEGORY_FIELD, item.category)
+            for tag in item.tags:
+                doc.add_text(TAGS_FIELD, tag)
+            for name, value in item.attrs.items():
+                doc.add_float(ATTR_PREFIX + name, value)
+            writer.add_document(doc)
+        writer.commit()
+        writer.wait_merging_threads()
+        del writer, index
+        text_meta: dict[str, Any] = {
+            "engine": f"tantivy {tantivy.__version__}" if hasattr(tantivy, "__version__") else "tantivy",
+            "dir": "text",
+            "fields": [f.to_json() for f in fields],
+            "attrs": attr_names,
+            "weight_by_attr": options.text_weight_attr,
+            "bm25": {"k1": 1.2, "b": 0.75},
+        }
+        forward_meta = write_forward(catalog, tmp, attr_names, [f.name for f in fields])
+        counts = {
+            "items": len(catalog),
+            "with_location": sum(1 for it in catalog if it.lat is not None),
+            "with_embedding": sum(1 for it in catalog if it.embedding is not None),
+            "categories": len({it.category for it in catalog if it.category is not None}),
+        }
+        manifest = snapshot.write_manifest(
+            tmp,
+            collection=options.collection,
+            builder={"quarry": _version(), "build_seconds": f"{time.perf_counter() - t0:.1f}"},
+            source=source,
+            counts=counts,
+            parts={"text": text_meta, "forward": forward_meta},
+        )
+    log.info(
+        "snapshot %s: %d items in %.1fs → %s",
+        manifest.snapshot_version,
+        len(catalog),
+        time.perf_counter() - t0,
+        out,
+    )
+    return manifest
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("quarry")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,54 @@
+"""Adapters that turn real data sets into Quarry's catalog format (see indexer/catalog.py).
+
+One module per data set, each exposing `load(data_dir: Path) -> Dataset`. Adding a data set is one
+module plus one line in `ADAPTERS`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from indexer.catalog import Event, Item
+from indexer.text import TextField
+
+DATA_DIR_ENV = "QUARRY_DATA_DIR"
+
+
+class DatasetUnavailable(RuntimeError):
+    """The data set's files are not on this machine; the message says how to get them."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    text_fields: list[TextField]
+    items: Callable[[], Iterator[Item]]
+    events: Callable[[], Iterator[Event]] | None = None
+    source: dict[str, Any] = field(default_factory=dict)
+    #: Numeric attribute multiplied into BM25 as log2(2 + value) (a popularity prior), if any.
+    text_weight_attr: str | None = None
+
+
+def default_data_dir() -> Path:
+    """`$QUARRY_DATA_DIR`, else `../shared/data` beside the repository root (where tests and CI find it)."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def adapters() -> dict[str, Callable[[Path], Dataset]]:
+    from indexer.datasets import geonames, movielens, scifact
+
+    return {"scifact": scifact.load, "geonames": geonames.load, "movielens": movielens.load}
+
+
+def load_dataset(name: str, data_dir: Path | None = None) -> Dataset:
+    table = adapters()
+    if name not in table:
+        raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(table))}")
+    return table[name](data_dir or default_data_dir())

@@ -1,0 +1,299 @@
+"""The `quarry` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from quarry.settings import load_settings
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), show_default=True
+)
+def main(log_level: str) -> None:
+    """Quarry: search & recommendation retrieval (tantivy, hnswlib, faiss, onnxruntime over gRPC)."""
+    _setup_logging(log_level)
+
+
+# ---------------------------------------------------------------------------------------------- index
+@main.group()
+def index() -> None:
+    """Build and check snapshots (the offline rebuild job)."""
+
+
+@index.command("build")
+@click.option("--dataset", help="A real data set adapter: scifact, geonames, movielens.")
+@click.option(
+    "--catalog",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Your own items (.jsonl/.parquet).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Snapshot directory to publish.",
+)
+@click.option(
+    "--collection", help="Collection name (default: the data set's name, or the catalog file's stem)."
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="QUARRY_DATA_DIR",
+    help="Where non-pip data sets live (default ../shared/data).",
+)
+@click.option(
+    "--text-field",
+    "text_fields",
+    multiple=True,
+    metavar="NAME[:ANALYZER[:BOOST]]",
+    help="Searchable field of a --catalog (repeatable); analyzers: quarry_en, quarry_name.",
+)
+@click.option("--weight-by", help="Numeric attribute used as a popularity prior in BM25 (log2(2+value)).")
+@click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
+@click.option("--no-progress", is_flag=True)
+def index_build(
+    dataset: str | None,
+    catalog: Path | None,
+    out: Path,
+    collection: str | None,
+    data_dir: Path | None,
+    text_fields: tuple[str, ...],
+    weight_by: str | None,
+    force: bool,
+    no_progress: bool,
+) -> None:
+    """Build a snapshot from a data set or a catalog file."""
+    from indexer.build import BuildOptions, build_snapshot
+    from indexer.catalog import CatalogError, read_items
+    from indexer.datasets import DatasetUnavailable, load_dataset
+    from indexer.text import Analyzer, TextField
+
+    if (dataset is None) == (catalog is None):
+        raise click.UsageError("give exactly one of --dataset or --catalog")
+    try:
+        if dataset is not None:
+            ds = load_dataset(dataset, data_dir)
+            items, fields, source, weight = (
+                ds.items(),
+                ds.text_fields,
+                ds.source,
+                weight_by or ds.text_weight_attr,
+            )
+            name = collection or ds.name
+        else:
+            assert catalog is not None
+            fields = [_parse_text_field(spec, Analyzer, TextField) for spec in text_fields] or None
+            items, source, weight = read_items(catalog), {"catalog": str(catalog.resolve())}, weight_by
+            name = collection or catalog.name.split(".")[0]
+        opts = BuildOptions(
+            collection=name,
+            text_fields=fields,
+            text_weight_attr=weight,
+            overwrite=force,
+            progress=not no_progress,
+        )
+        manifest = build_snapshot(items, out, opts, source)
+    except (CatalogError, DatasetUnavailable, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {out}")
+
+
+def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-untyped-def]
+    parts = spec.split(":")
+    try:
+        analyzer = analyzer_cls(parts[1]) if len(parts) > 1 and parts[1] else analyzer_cls.ENGLISH
+        boost = float(parts[2]) if len(parts) > 2 else 1.0
+    except ValueError:
+        raise click.BadParameter(f"{spec!r}: expected NAME[:quarry_en|quarry_name[:BOOST]]") from None
+    return field_cls(parts[0], analyzer, boost)
+
+
+@index.command("verify")
+@click.argument("snapshot_dir", type=click.Path(path_type=Path))
+def index_verify(snapshot_dir: Path) -> None:
+    """Validate a snapshot's manifest and every file's checksum."""
+    from indexer.snapshot import SnapshotError, open_snapshot
+
+    try:
+        m = open_snapshot(snapshot_dir)
+    except SnapshotError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"ok: {m.snapshot_version} (format v{m.format_version}, {m.counts['items']} items, {len(m.files)} files)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- serve
+@main.command()
+@click.option(
+    "--snapshot",
+    "snapshots",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Snapshot to serve (repeatable: one collection each).",
+)
+@click.option("--host", default=None, help="Bind address [default: 127.0.0.1]")
+@click.option("--port", default=None, type=int, help="Port [default: 50051; 0 picks a free one]")
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML settings file (also $QUARRY_CONFIG).",
+)
+def serve(snapshots: tuple[Path, ...], host: str | None, port: int | None, config: Path | None) -> None:
+    """Serve snapshots over gRPC (SearchService, health, reflection)."""
+    from indexer.snapshot import SnapshotError
+    from retriever.api.server import serve as run
+
+    settings = load_settings(config)
+    server_over = settings.server.model_copy(
+        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    )
+    settings = settings.model_copy(update={"server": server_over})
+    roots = list(snapshots) or settings.snapshots
+    if not roots:
+        raise click.UsageError("no snapshot: pass --snapshot DIR (or set snapshots in the config)")
+    try:
+        asyncio.run(run(settings, roots))
+    except SnapshotError as exc:
+        raise click.ClickException(f"refusing to serve: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------- query
+@main.command()
+@click.argument("text", required=False, default="")
+@click.option("--target", default="127.0.0.1:50051", show_default=True)
+@click.option("--collection", required=True)
+@click.option("--lat", type=float)
+@click.option("--lon", type=float)
+@click.option("--radius-m", type=float, default=0.0)
+@click.option("--user", default="")
+@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--category", "categories", multiple=True, help="Category filter (repeatable: any of).")
+@click.option(
+    "--range",
+    "ranges",
+    multiple=True,
+    metavar="FIELD:MIN:MAX",
+    help="Numeric range filter; leave a side empty for open.",
+)
+@click.option("--debug", is_flag=True, help="Show per-branch statistics.")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw response as JSON.")
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def query(
+    text: str,
+    target: str,
+    collection: str,
+    lat: float | None,
+    lon: float | None,
+    radius_m: float,
+    user: str,
+    top_k: int,
+    categories: tuple[str, ...],
+    ranges: tuple[str, ...],
+    debug: bool,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """Send one Search and print the hits."""
+    from quarry.client import format_response, search
+
+    try:
+        resp = search(
+            target,
+            collection,
+            text,
+            lat=lat,
+            lon=lon,
+            radius_m=radius_m,
+            user=user,
+            top_k=top_k,
+            categories=categories,
+            ranges=ranges,
+            debug=debug,
+            timeout=timeout,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except Exception as exc:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
+        raise
+    if as_json:
+        from google.protobuf.json_format import MessageToDict
+
+        click.echo(json.dumps(MessageToDict(resp), ensure_ascii=False, indent=2))
+    else:
+        click.echo(format_response(resp, text))
+
+
+# ---------------------------------------------------------------------------------------------- eval
+@main.group("eval")
+def eval_group() -> None:
+    """Offline quality evaluations on real judgments."""
+
+
+@eval_group.command("scifact")
+@click.option(
+    "--snapshot",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A SciFact snapshot (built to a temp dir if absent).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
+@click.option(
+    "--split",
+    default="train",
+    show_default=True,
+    help="Only train judgments ship; test is withheld on purpose.",
+)
+@click.option("-k", "k", default=10, show_default=True)
+@click.option("--branch", default="inverted", show_default=True)
+def eval_scifact(snapshot: Path | None, data_dir: Path | None, split: str, k: int, branch: str) -> None:
+    """nDCG@k of a recall branch on SciFact with its judgments."""
+    from quarry.evaluate import evaluate_scifact
+
+    report = evaluate_scifact(snapshot=snapshot, data_dir=data_dir, split=split, k=k, branch=branch)
+    click.echo(json.dumps(report, indent=2))
+
+
+# ---------------------------------------------------------------------------------------------- demo
+@main.command()
+@click.option(
+    "--out",
+    default=Path("var/snapshots/geonames"),
+    type=click.Path(file_okay=False, path_type=Path),
+    show_default=True,
+)
+@click.option("--rebuild", is_flag=True, help="Rebuild even if a valid snapshot exists at --out.")
+@click.option("--port", default=0, type=int, help="0 picks a free port.")
+@click.option(
+    "--keep-serving", is_flag=True, help="Keep the server up after the example queries (Ctrl-C stops)."
+)
+def demo(out: Path, rebuild: bool, port: int, keep_serving: bool) -> None:
+    """The main job: build a GeoNames snapshot (235k real places), serve it, run example queries."""
+    from quarry.demo import run_demo
+
+    t0 = time.perf_counter()
+    asyncio.run(run_demo(out, rebuild=rebuild, port=port, keep_serving=keep_serving))
+    click.echo(f"demo finished in {time.perf_counter() - t0:.1f}s")
+
+
+if __name__ == "__main__":
+    main()

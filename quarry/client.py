@@ -1,0 +1,78 @@
+"""A small synchronous client used by `quarry query` and the demo."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+
+from quarry.v1 import search_pb2 as pb
+from quarry.v1 import search_pb2_grpc
+
+
+def build_request(
+    collection: str,
+    text: str,
+    *,
+    lat: float | None = None,
+    lon: float | None = None,
+    radius_m: float = 0.0,
+    user: str = "",
+    top_k: int = 10,
+    categories: Sequence[str] = (),
+    ranges: Sequence[str] = (),
+    debug: bool = False,
+) -> pb.SearchRequest:
+    req = pb.SearchRequest(
+        collection=collection, query=text, user_id=user, top_k=top_k, radius_m=radius_m, debug=debug
+    )
+    if (lat is None) != (lon is None):
+        raise ValueError("give both --lat and --lon")
+    if lat is not None and lon is not None:
+        req.location.lat, req.location.lon = lat, lon
+    req.filters.categories.extend(categories)
+    for spec in ranges:
+        parts = spec.split(":")
+        if len(parts) != 3 or not parts[0]:
+            raise ValueError(f"--range {spec!r}: expected FIELD:MIN:MAX")
+        r = req.filters.ranges.add(field=parts[0])
+        try:
+            if parts[1]:
+                r.min = float(parts[1])
+            if parts[2]:
+                r.max = float(parts[2])
+        except ValueError:
+            raise ValueError(f"--range {spec!r}: MIN and MAX must be numbers") from None
+    return req
+
+
+def search(
+    target: str, collection: str, text: str, *, timeout: float = 5.0, **kw: object
+) -> pb.SearchResponse:
+    req = build_request(collection, text, **kw)  # type: ignore[arg-type]
+    with grpc.insecure_channel(target) as channel:
+        return search_pb2_grpc.SearchServiceStub(channel).Search(req, timeout=timeout)
+
+
+def format_response(resp: pb.SearchResponse, text: str = "") -> str:
+    lines = [
+        f"{len(resp.hits)} hits for {text!r} from {resp.snapshot_version} in {resp.took_ms:.2f} ms"
+        + (" [DEGRADED]" if resp.degraded else "")
+    ]
+    for i, h in enumerate(resp.hits, 1):
+        extra = []
+        if h.category:
+            extra.append(h.category)
+        for k, v in sorted(h.attributes.items()):
+            extra.append(f"{k}={v:g}")
+        if h.HasField("distance_m"):
+            extra.append(f"{h.distance_m / 1000:.1f} km")
+        srcs = " ".join(f"{s.branch}#{s.rank}({s.score:.3g})" for s in h.sources)
+        lines.append(f"{i:>3}. {h.title}  [{h.id}]  score={h.score:.4g}  {' · '.join(extra)}  via {srcs}")
+    status = {v: k for k, v in pb.BranchStatus.items()}
+    for b in resp.branch_stats:
+        lines.append(
+            f"     branch {b.branch}: {status[b.status].removeprefix('BRANCH_STATUS_').lower()} "
+            f"{b.latency_ms:.2f} ms, {b.candidates} candidates {b.detail}".rstrip()
+        )
+    return "\n".join(lines)

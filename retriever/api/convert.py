@@ -1,0 +1,67 @@
+"""protobuf ↔ domain conversion. Nothing here decides policy; validation lives in retriever.core."""
+
+from __future__ import annotations
+
+from quarry.v1 import search_pb2 as pb
+from retriever.core.types import BranchStatus, Filters, GeoPoint, NumericRange, SearchQuery, SearchResult
+
+_STATUS = {
+    BranchStatus.OK: pb.BRANCH_STATUS_OK,
+    BranchStatus.SKIPPED: pb.BRANCH_STATUS_SKIPPED,
+    BranchStatus.TIMEOUT: pb.BRANCH_STATUS_TIMEOUT,
+    BranchStatus.ERROR: pb.BRANCH_STATUS_ERROR,
+    BranchStatus.DISABLED: pb.BRANCH_STATUS_DISABLED,
+}
+
+
+def search_query(req: pb.SearchRequest) -> SearchQuery:
+    f = req.filters
+    return SearchQuery(
+        collection=req.collection,
+        text=req.query,
+        user_id=req.user_id,
+        location=GeoPoint(req.location.lat, req.location.lon) if req.HasField("location") else None,
+        radius_m=req.radius_m,
+        filters=Filters(
+            categories=tuple(f.categories),
+            tags=tuple(f.tags),
+            ranges=tuple(
+                NumericRange(
+                    field=r.field,
+                    min=r.min if r.HasField("min") else None,
+                    max=r.max if r.HasField("max") else None,
+                    min_exclusive=r.min_exclusive,
+                    max_exclusive=r.max_exclusive,
+                )
+                for r in f.ranges
+            ),
+            exclude_ids=tuple(f.exclude_ids),
+        ),
+        top_k=req.top_k,
+        debug=req.debug,
+        request_id=req.request_id,
+    )
+
+
+def search_response(res: SearchResult, *, debug: bool) -> pb.SearchResponse:
+    out = pb.SearchResponse(snapshot_version=res.snapshot_version, degraded=res.degraded, took_ms=res.took_ms)
+    for h in res.hits:
+        hit = out.hits.add(id=h.id, score=h.score, title=h.title, category=h.category or "", tags=h.tags)
+        for s in h.sources:
+            hit.sources.add(branch=s.branch, score=s.score, rank=s.rank)
+        if h.location is not None:
+            hit.location.lat, hit.location.lon = h.location.lat, h.location.lon
+        if h.distance_m is not None:
+            hit.distance_m = h.distance_m
+        hit.attributes.update(h.attributes)
+        hit.fields.update(h.fields)
+    if debug:
+        for b in res.branch_stats:
+            out.branch_stats.add(
+                branch=b.branch,
+                status=_STATUS[b.status],
+                latency_ms=b.latency_ms,
+                candidates=len(b.candidates),
+                detail=b.detail,
+            )
+    return out

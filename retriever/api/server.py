@@ -1,0 +1,136 @@
+"""The gRPC transport: a thin layer over retriever.core (convert → core → convert)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from indexer.text import warm_up
+from quarry.settings import QuarrySettings
+from quarry.v1 import search_pb2 as pb
+from retriever.api import convert, reflection
+from retriever.api.errors import rpc
+from retriever.core.service import SearchService
+from retriever.generations import Collection, Registry
+
+log = logging.getLogger(__name__)
+
+SEARCH_SERVICE = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+class SearchServicer:
+    """quarry.v1.SearchService. Only converts; the core decides."""
+
+    def __init__(self, core: SearchService) -> None:
+        self.core = core
+
+    @rpc("Search", pb.SearchRequest)
+    async def search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
+        result = await self.core.search(convert.search_query(request), _deadline(context))
+        return convert.search_response(result, debug=request.debug)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        # request_deserializer=None hands the handler raw bytes, so decoding errors are ours to report.
+        return grpc.method_handlers_generic_handler(
+            SEARCH_SERVICE,
+            {
+                "Search": grpc.unary_unary_rpc_method_handler(
+                    self.search,
+                    request_deserializer=None,
+                    response_serializer=pb.SearchResponse.SerializeToString,
+                )
+            },
+        )
+
+
+def load_collections(settings: QuarrySettings, snapshots: Sequence[Path]) -> Registry:
+    registry = Registry()
+    for root in snapshots:
+        from indexer.snapshot import read_manifest
+
+        name = read_manifest(root).collection
+        coll = Collection(root, settings.for_collection(name), verify=settings.verify)
+        if registry.put(coll) is not None:
+            raise ValueError(f"two snapshots for collection {name!r}")
+    return registry
+
+
+class QuarryServer:
+    """Owns the grpc.aio server, the health service and the core."""
+
+    def __init__(self, settings: QuarrySettings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.core = SearchService(settings, registry)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int = 0
+
+    async def start(self) -> int:
+        s = self.settings.server
+        warm_up()
+        server = grpc.aio.server(
+            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
+            options=[
+                ("grpc.so_reuseport", 0),  # never share a port silently with another server
+                ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+            ],
+        )
+        server.add_generic_rpc_handlers((SearchServicer(self.core).handler(),))
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        services = [SEARCH_SERVICE, health.SERVICE_NAME]
+        if s.reflection:
+            reflection.enable(server, services)
+        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        if self.port == 0:
+            raise OSError(f"could not bind {s.host}:{s.port}")
+        await server.start()
+        self.server = server
+        serving = (
+            health_pb2.HealthCheckResponse.SERVING
+            if len(self.registry)
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SEARCH_SERVICE):
+            await self.health.set(name, serving)
+        log.info("serving %s on %s:%d", self.registry.names(), s.host, self.port)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.server is None:
+            return
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.settings.server.shutdown_grace_s if grace is None else grace)
+        self.core.close()
+        self.server = None
+
+    async def wait(self) -> None:
+        assert self.server is not None
+        await self.server.wait_for_termination()
+
+
+async def serve(settings: QuarrySettings, snapshots: Sequence[Path]) -> None:
+    """Run until SIGINT/SIGTERM, then stop gracefully."""
+    import signal
+
+    registry = load_collections(settings, snapshots)
+    server = QuarryServer(settings, registry)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()

@@ -1,0 +1,123 @@
+"""Loading, validating and holding snapshot generations.
+
+A `Collection` is one loaded generation: manifest, native indexes, forward store and the recall branches
+built over them. The `Registry` maps collection names to their current generation; a request takes one
+reference at its start and keeps it to the end, so a later hot swap (replacing the whole generation at
+once) never mixes two generations inside one answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from indexer import snapshot
+from indexer.forward import ForwardStore
+from indexer.text import Analyzer, TextField, open_index
+from quarry.settings import CollectionSettings
+from retriever.core.errors import InvalidArgument, NotFound, Unavailable
+from retriever.core.types import Filters
+from retriever.recall import FACTORIES, RecallBranch
+
+log = logging.getLogger(__name__)
+
+
+class Collection:
+    def __init__(
+        self, root: Path, settings: CollectionSettings, *, verify: Literal["full", "size"] = "full"
+    ) -> None:
+        t0 = time.perf_counter()
+        self.root = root
+        self.manifest = snapshot.open_snapshot(root, verify=verify)
+        self.name = self.manifest.collection
+        self.version = self.manifest.snapshot_version
+        self.settings = settings
+        for part in ("text", "forward"):
+            if part not in self.manifest.parts:
+                raise snapshot.SnapshotError(f"{root}: manifest has no {part!r} part")
+        self.text_index = open_index(root / self.manifest.parts["text"]["dir"])
+        self.text_fields = [TextField.from_json(f) for f in self.manifest.parts["text"]["fields"]]
+        self.analyzers: tuple[Analyzer, ...] = tuple(sorted({f.analyzer for f in self.text_fields}))
+        self.forward = ForwardStore(root, self.manifest.parts["forward"])
+        if len(self.forward) != self.manifest.counts["items"]:
+            raise snapshot.SnapshotError(
+                f"{root}: forward store has {len(self.forward)} rows, manifest says {self.manifest.counts['items']}"
+            )
+        self.branches: dict[str, RecallBranch] = {
+            name: FACTORIES[name](self, spec) for name, spec in settings.branches.items() if spec.enabled
+        }
+        log.info(
+            "loaded collection %s (%s): %d items, branches %s, in %.2fs",
+            self.name,
+            self.version,
+            len(self.forward),
+            sorted(self.branches),
+            time.perf_counter() - t0,
+        )
+
+    @property
+    def attr_names(self) -> list[str]:
+        return self.forward.attr_names
+
+    def check_filters(self, filters: Filters) -> None:
+        """Reject filters that name attributes this collection does not have."""
+        for r in filters.ranges:
+            if r.field not in self.forward.attr_names:
+                known = ", ".join(self.forward.attr_names) or "none"
+                raise InvalidArgument(
+                    f"filters.ranges: unknown numeric attribute {r.field!r} in collection {self.name!r} (known: {known})"
+                )
+
+    def filter_mask(self, filters: Filters) -> np.ndarray | None:
+        """Boolean mask over ordinals for branches that filter by ordinal (ANN, geo, behavior)."""
+        if not filters.restricts:
+            return None
+        fw = self.forward
+        mask = np.ones(len(fw), dtype=bool)
+        if filters.categories:
+            codes = [fw.category_vocab[c] for c in filters.categories if c in fw.category_vocab]
+            mask &= np.isin(fw.category_codes, np.asarray(codes, dtype=np.int32))
+        if filters.tags:
+            mask &= fw.tags_mask(filters.tags)
+        for r in filters.ranges:
+            values = fw.attr(r.field)
+            with np.errstate(invalid="ignore"):
+                if r.min is not None:
+                    mask &= values > r.min if r.min_exclusive else values >= r.min
+                if r.max is not None:
+                    mask &= values < r.max if r.max_exclusive else values <= r.max
+        return mask
+
+
+class Registry:
+    """Collection name → current generation. Thread-safe; swaps replace a whole generation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._collections: dict[str, Collection] = {}
+
+    def put(self, collection: Collection) -> Collection | None:
+        with self._lock:
+            old = self._collections.get(collection.name)
+            self._collections[collection.name] = collection
+        return old
+
+    def get(self, name: str) -> Collection:
+        try:
+            return self._collections[name]
+        except KeyError:
+            if not self._collections:
+                raise Unavailable("no collection is loaded yet") from None
+            known = ", ".join(sorted(self._collections))
+            raise NotFound(f"collection {name!r} not found (serving: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._collections)
+
+    def __len__(self) -> int:
+        return len(self._collections)

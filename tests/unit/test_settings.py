@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from quarry.settings import QuarrySettings, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "quarry.example.toml"
+
+
+def test_example_config_parses_and_applies() -> None:
+    s = load_settings(EXAMPLE)
+    assert s.server.port == 50051 and s.limits.max_top_k == 1000
+    assert s.for_collection("geonames").branches["inverted"].quota == 300
+    assert s.for_collection("geonames").branches["inverted"].timeout_ms == 100.0  # inherited from defaults
+    assert s.for_collection("scifact").field_boosts == {"title": 0.4}
+    assert s.for_collection("other") == s.defaults
+
+
+def test_environment_overrides_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUARRY_SERVER__PORT", "50099")
+    monkeypatch.setenv("QUARRY_DEFAULTS__BRANCHES__INVERTED__TIMEOUT_MS", "12.5")
+    s = load_settings(EXAMPLE)
+    assert s.server.port == 50099
+    assert s.defaults.branches["inverted"].timeout_ms == 12.5
+
+
+def test_unknown_keys_and_branches_are_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[defaults.branches.telepathy]\nenabled = true\n")
+    with pytest.raises(ValidationError, match="unknown recall branches"):
+        load_settings(bad)
+    bad.write_text("[server]\nprot = 1\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_settings(bad)
+    bad.write_text("[collections.x.branches.inverted]\nquota = -1\n")
+    with pytest.raises(ValidationError):
+        load_settings(bad)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_defaults_need_no_file() -> None:
+    s = QuarrySettings()
+    assert s.redis.url == "" and s.defaults.fusion.strategy == "rrf"
