@@ -1,11 +1,9 @@
-from collections.abc import Iterable as _Iterable
-from collections.abc import Mapping as _Mapping
-from typing import ClassVar as _ClassVar
-
-from google.protobuf import descriptor as _descriptor
-from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -17,7 +15,6 @@ class BranchStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BRANCH_STATUS_TIMEOUT: _ClassVar[BranchStatus]
     BRANCH_STATUS_ERROR: _ClassVar[BranchStatus]
     BRANCH_STATUS_DISABLED: _ClassVar[BranchStatus]
-
 BRANCH_STATUS_UNSPECIFIED: BranchStatus
 BRANCH_STATUS_OK: BranchStatus
 BRANCH_STATUS_SKIPPED: BranchStatus
@@ -31,10 +28,10 @@ class GeoPoint(_message.Message):
     LON_FIELD_NUMBER: _ClassVar[int]
     lat: float
     lon: float
-    def __init__(self, lat: float | None = ..., lon: float | None = ...) -> None: ...
+    def __init__(self, lat: _Optional[float] = ..., lon: _Optional[float] = ...) -> None: ...
 
 class NumericRange(_message.Message):
-    __slots__ = ("field", "max", "max_exclusive", "min", "min_exclusive")
+    __slots__ = ("field", "min", "max", "min_exclusive", "max_exclusive")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     MIN_FIELD_NUMBER: _ClassVar[int]
     MAX_FIELD_NUMBER: _ClassVar[int]
@@ -45,17 +42,10 @@ class NumericRange(_message.Message):
     max: float
     min_exclusive: bool
     max_exclusive: bool
-    def __init__(
-        self,
-        field: str | None = ...,
-        min: float | None = ...,
-        max: float | None = ...,
-        min_exclusive: bool | None = ...,
-        max_exclusive: bool | None = ...,
-    ) -> None: ...
+    def __init__(self, field: _Optional[str] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., min_exclusive: _Optional[bool] = ..., max_exclusive: _Optional[bool] = ...) -> None: ...
 
 class Filters(_message.Message):
-    __slots__ = ("categories", "exclude_ids", "ranges", "tags")
+    __slots__ = ("categories", "tags", "ranges", "exclude_ids")
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     RANGES_FIELD_NUMBER: _ClassVar[int]
@@ -64,26 +54,10 @@ class Filters(_message.Message):
     tags: _containers.RepeatedScalarFieldContainer[str]
     ranges: _containers.RepeatedCompositeFieldContainer[NumericRange]
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(
-        self,
-        categories: _Iterable[str] | None = ...,
-        tags: _Iterable[str] | None = ...,
-        ranges: _Iterable[NumericRange | _Mapping] | None = ...,
-        exclude_ids: _Iterable[str] | None = ...,
-    ) -> None: ...
+    def __init__(self, categories: _Optional[_Iterable[str]] = ..., tags: _Optional[_Iterable[str]] = ..., ranges: _Optional[_Iterable[_Union[NumericRange, _Mapping]]] = ..., exclude_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = (
-        "collection",
-        "debug",
-        "filters",
-        "location",
-        "query",
-        "radius_m",
-        "request_id",
-        "top_k",
-        "user_id",
-    )
+    __slots__ = ("collection", "query", "user_id", "location", "radius_m", "filters", "top_k", "debug", "request_id")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -102,60 +76,34 @@ class SearchRequest(_message.Message):
     top_k: int
     debug: bool
     request_id: str
-    def __init__(
-        self,
-        collection: str | None = ...,
-        query: str | None = ...,
-        user_id: str | None = ...,
-        location: GeoPoint | _Mapping | None = ...,
-        radius_m: float | None = ...,
-        filters: Filters | _Mapping | None = ...,
-        top_k: int | None = ...,
-        debug: bool | None = ...,
-        request_id: str | None = ...,
-    ) -> None: ...
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[str] = ..., user_id: _Optional[str] = ..., location: _Optional[_Union[GeoPoint, _Mapping]] = ..., radius_m: _Optional[float] = ..., filters: _Optional[_Union[Filters, _Mapping]] = ..., top_k: _Optional[int] = ..., debug: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SourceScore(_message.Message):
-    __slots__ = ("branch", "rank", "score")
+    __slots__ = ("branch", "score", "rank")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     RANK_FIELD_NUMBER: _ClassVar[int]
     branch: str
     score: float
     rank: int
-    def __init__(
-        self, branch: str | None = ..., score: float | None = ..., rank: int | None = ...
-    ) -> None: ...
+    def __init__(self, branch: _Optional[str] = ..., score: _Optional[float] = ..., rank: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = (
-        "attributes",
-        "category",
-        "distance_m",
-        "fields",
-        "id",
-        "location",
-        "score",
-        "sources",
-        "tags",
-        "title",
-    )
+    __slots__ = ("id", "score", "sources", "title", "category", "tags", "location", "distance_m", "attributes", "fields")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: float
-        def __init__(self, key: str | None = ..., value: float | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     class FieldsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
         value: str
-        def __init__(self, key: str | None = ..., value: str | None = ...) -> None: ...
-
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
@@ -176,22 +124,10 @@ class Hit(_message.Message):
     distance_m: float
     attributes: _containers.ScalarMap[str, float]
     fields: _containers.ScalarMap[str, str]
-    def __init__(
-        self,
-        id: str | None = ...,
-        score: float | None = ...,
-        sources: _Iterable[SourceScore | _Mapping] | None = ...,
-        title: str | None = ...,
-        category: str | None = ...,
-        tags: _Iterable[str] | None = ...,
-        location: GeoPoint | _Mapping | None = ...,
-        distance_m: float | None = ...,
-        attributes: _Mapping[str, float] | None = ...,
-        fields: _Mapping[str, str] | None = ...,
-    ) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., sources: _Optional[_Iterable[_Union[SourceScore, _Mapping]]] = ..., title: _Optional[str] = ..., category: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., location: _Optional[_Union[GeoPoint, _Mapping]] = ..., distance_m: _Optional[float] = ..., attributes: _Optional[_Mapping[str, float]] = ..., fields: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class BranchStats(_message.Message):
-    __slots__ = ("branch", "candidates", "detail", "latency_ms", "status")
+    __slots__ = ("branch", "status", "latency_ms", "candidates", "detail")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -202,17 +138,10 @@ class BranchStats(_message.Message):
     latency_ms: float
     candidates: int
     detail: str
-    def __init__(
-        self,
-        branch: str | None = ...,
-        status: BranchStatus | str | None = ...,
-        latency_ms: float | None = ...,
-        candidates: int | None = ...,
-        detail: str | None = ...,
-    ) -> None: ...
+    def __init__(self, branch: _Optional[str] = ..., status: _Optional[_Union[BranchStatus, str]] = ..., latency_ms: _Optional[float] = ..., candidates: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("branch_stats", "degraded", "hits", "snapshot_version", "took_ms")
+    __slots__ = ("hits", "snapshot_version", "degraded", "branch_stats", "took_ms")
     HITS_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
@@ -223,11 +152,4 @@ class SearchResponse(_message.Message):
     degraded: bool
     branch_stats: _containers.RepeatedCompositeFieldContainer[BranchStats]
     took_ms: float
-    def __init__(
-        self,
-        hits: _Iterable[Hit | _Mapping] | None = ...,
-        snapshot_version: str | None = ...,
-        degraded: bool | None = ...,
-        branch_stats: _Iterable[BranchStats | _Mapping] | None = ...,
-        took_ms: float | None = ...,
-    ) -> None: ...
+    def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., snapshot_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., branch_stats: _Optional[_Iterable[_Union[BranchStats, _Mapping]]] = ..., took_ms: _Optional[float] = ...) -> None: ...
