@@ -39,6 +39,17 @@ class BuildOptions:
     writer_threads: int = 2
     overwrite: bool = False
     progress: bool = True
+    #: Text encoder for item vectors ("minilm", "use-multilingual"); None builds no vector part. When every
+    #: item carries a catalog `embedding`, those are used and `encoder` names the model that made them
+    #: (queries are encoded with it).
+    encoder: str | None = "minilm"
+    #: Text fields joined (". ") into the text that is embedded; None: every searchable text field.
+    embed_fields: Sequence[str] | None = None
+    #: Vector indexes to build; the collection's settings choose which one serves.
+    vector_indexes: Sequence[str] = ("hnsw", "ivf")
+    hnsw_params: dict[str, Any] | None = None
+    ivf_params: dict[str, Any] | None = None
+    encode_batch_size: int = 64
 
 
 def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
@@ -108,6 +119,9 @@ def build_snapshot(
             "bm25": {"k1": 1.2, "b": 0.75},
         }
         forward_meta = write_forward(catalog, tmp, attr_names, [f.name for f in fields])
+        parts: dict[str, Any] = {"text": text_meta, "forward": forward_meta}
+        if options.encoder is not None:
+            parts["vectors"] = build_vectors(catalog, tmp / "vectors", options, [f.name for f in fields])
         counts = {
             "items": len(catalog),
             "with_location": sum(1 for it in catalog if it.lat is not None),
@@ -120,7 +134,7 @@ def build_snapshot(
             builder={"quarry": _version(), "build_seconds": f"{time.perf_counter() - t0:.1f}"},
             source=source,
             counts=counts,
-            parts={"text": text_meta, "forward": forward_meta},
+            parts=parts,
         )
     log.info(
         "snapshot %s: %d items in %.1fs → %s",
@@ -130,6 +144,88 @@ def build_snapshot(
         out,
     )
     return manifest
+
+
+def embed_text(item: Item, fields: Sequence[str]) -> str:
+    """The text embedded for an item: its chosen fields joined with '. ' (empty fields skipped)."""
+    return ". ".join(t for f in fields if (t := item.text.get(f, "").strip()))
+
+
+def build_vectors(
+    catalog: Sequence[Item], directory: Path, options: BuildOptions, text_fields: Sequence[str]
+) -> dict[str, Any]:
+    """Embed the catalog (or take its embeddings) and build the configured vector indexes."""
+    import numpy as np
+
+    from indexer.vectors import build_vector_index
+    from quarry.encoders import get_encoder
+    from quarry.encoders.fingerprint import fingerprint
+
+    assert options.encoder is not None
+    t0 = time.perf_counter()
+    supplied = [it.embedding is not None for it in catalog]
+    if any(supplied) and not all(supplied):
+        raise CatalogError(
+            f"{sum(supplied)} of {len(catalog)} items carry an embedding: give all items one, or none"
+        )
+    fields = list(options.embed_fields or text_fields)
+    if all(supplied):
+        vectors = np.asarray([it.embedding for it in catalog], dtype=np.float32)
+        dims = {len(it.embedding or ()) for it in catalog}
+        if len(dims) != 1:
+            raise CatalogError(f"catalog embeddings have different lengths: {sorted(dims)}")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise CatalogError("a catalog embedding is all zeros")
+        vectors /= norms
+        encoder_meta = {"name": options.encoder, "source": "catalog", "dim": int(vectors.shape[1])}
+        encoder = get_encoder(options.encoder)
+        if encoder.dim != vectors.shape[1]:
+            raise CatalogError(
+                f"catalog embeddings are {vectors.shape[1]}-d but encoder {options.encoder!r} makes {encoder.dim}-d query vectors"
+            )
+        encoder_meta["fingerprint"] = fingerprint(encoder)
+    else:
+        encoder = (
+            get_encoder(options.encoder, intra_op_threads=0)
+            if options.encoder == "minilm"
+            else get_encoder(options.encoder)
+        )
+        texts = [embed_text(it, fields) for it in catalog]
+        vectors = encoder.encode(texts, batch_size=options.encode_batch_size, progress=options.progress)
+        encoder_meta = {
+            "name": encoder.name,
+            "source": "encoded",
+            "dim": encoder.dim,
+            "fingerprint": fingerprint(encoder),
+            "fields": fields,
+        }
+    encode_s = time.perf_counter() - t0
+    directory.mkdir(parents=True, exist_ok=True)
+    indexes: dict[str, Any] = {}
+    for kind in options.vector_indexes:
+        t1 = time.perf_counter()
+        params = options.hnsw_params if kind == "hnsw" else options.ivf_params
+        index = build_vector_index(kind, vectors, params or {}, progress=options.progress)  # type: ignore[arg-type]
+        meta = index.save(directory)
+        meta["build_seconds"] = round(time.perf_counter() - t1, 2)
+        indexes[kind] = meta
+        del index
+    files = sorted({f"vectors/{f}" for m in indexes.values() for f in m["files"].values()})
+    log.info(
+        "vectors: %d × %d (%s) encoded in %.1fs; indexes %s",
+        *vectors.shape,
+        encoder_meta["name"],
+        encode_s,
+        list(indexes),
+    )
+    return {
+        "dir": "vectors",
+        "encoder": encoder_meta,
+        "indexes": indexes,
+        "files": files,
+        "encode_seconds": round(encode_s, 1),
+    }
 
 
 def _version() -> str:

@@ -65,6 +65,25 @@ def index() -> None:
     help="Searchable field of a --catalog (repeatable); analyzers: quarry_en, quarry_name.",
 )
 @click.option("--weight-by", help="Numeric attribute used as a popularity prior in BM25 (log2(2+value)).")
+@click.option(
+    "--encoder",
+    default="minilm",
+    show_default=True,
+    help="Text encoder for item vectors: minilm, use-multilingual, or 'none' for no ANN part.",
+)
+@click.option(
+    "--vector-index",
+    "vector_indexes",
+    default="hnsw,ivf",
+    show_default=True,
+    help="Vector indexes to build (comma-separated: hnsw, ivf).",
+)
+@click.option(
+    "--embed-field",
+    "embed_fields",
+    multiple=True,
+    help="Text field to embed (repeatable; default: the data set's choice, else all text fields).",
+)
 @click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
 @click.option("--no-progress", is_flag=True)
 def index_build(
@@ -75,6 +94,9 @@ def index_build(
     data_dir: Path | None,
     text_fields: tuple[str, ...],
     weight_by: str | None,
+    encoder: str,
+    vector_indexes: str,
+    embed_fields: tuple[str, ...],
     force: bool,
     no_progress: bool,
 ) -> None:
@@ -86,28 +108,27 @@ def index_build(
 
     if (dataset is None) == (catalog is None):
         raise click.UsageError("give exactly one of --dataset or --catalog")
+    common: dict[str, object] = {
+        "encoder": None if encoder.lower() == "none" else encoder,
+        "vector_indexes": tuple(v.strip() for v in vector_indexes.split(",") if v.strip()),
+        "overwrite": force,
+        "progress": not no_progress,
+    }
+    if embed_fields:
+        common["embed_fields"] = list(embed_fields)
+    if weight_by:
+        common["text_weight_attr"] = weight_by
     try:
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
-            items, fields, source, weight = (
-                ds.items(),
-                ds.text_fields,
-                ds.source,
-                weight_by or ds.text_weight_attr,
-            )
-            name = collection or ds.name
+            items, source = ds.items(), ds.source
+            opts = ds.build_options(collection=collection, **common)
         else:
             assert catalog is not None
             fields = [_parse_text_field(spec, Analyzer, TextField) for spec in text_fields] or None
-            items, source, weight = read_items(catalog), {"catalog": str(catalog.resolve())}, weight_by
+            items, source = read_items(catalog), {"catalog": str(catalog.resolve())}
             name = collection or catalog.name.split(".")[0]
-        opts = BuildOptions(
-            collection=name,
-            text_fields=fields,
-            text_weight_attr=weight,
-            overwrite=force,
-            progress=not no_progress,
-        )
+            opts = BuildOptions(collection=name, text_fields=fields, **common)  # type: ignore[arg-type]
         manifest = build_snapshot(items, out, opts, source)
     except (CatalogError, DatasetUnavailable, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -264,12 +285,23 @@ def eval_group() -> None:
     help="Only train judgments ship; test is withheld on purpose.",
 )
 @click.option("-k", "k", default=10, show_default=True)
-@click.option("--branch", default="inverted", show_default=True)
-def eval_scifact(snapshot: Path | None, data_dir: Path | None, split: str, k: int, branch: str) -> None:
-    """nDCG@k of a recall branch on SciFact with its judgments."""
+@click.option(
+    "--branches",
+    default="inverted",
+    show_default=True,
+    help="Comma-separated recall branches (several = hybrid).",
+)
+@click.option("--fusion", default="rrf", type=click.Choice(["rrf", "weighted"]), show_default=True)
+def eval_scifact(
+    snapshot: Path | None, data_dir: Path | None, split: str, k: int, branches: str, fusion: str
+) -> None:
+    """nDCG@k of recall branches on SciFact with its judgments."""
     from quarry.evaluate import evaluate_scifact
 
-    report = evaluate_scifact(snapshot=snapshot, data_dir=data_dir, split=split, k=k, branch=branch)
+    names = [b.strip() for b in branches.split(",") if b.strip()]
+    report = evaluate_scifact(
+        snapshot=snapshot, data_dir=data_dir, split=split, k=k, branches=names, fusion=fusion
+    )
     click.echo(json.dumps(report, indent=2))
 
 
@@ -286,12 +318,28 @@ def eval_scifact(snapshot: Path | None, data_dir: Path | None, split: str, k: in
 @click.option(
     "--keep-serving", is_flag=True, help="Keep the server up after the example queries (Ctrl-C stops)."
 )
-def demo(out: Path, rebuild: bool, port: int, keep_serving: bool) -> None:
+@click.option(
+    "--variant",
+    default="cities500",
+    type=click.Choice(["cities500", "cities1000", "cities5000", "cities15000"]),
+    show_default=True,
+    help="GeoNames set: cities500 has 234,908 places, cities15000 about 33,000.",
+)
+@click.option(
+    "--encoder",
+    default="none",
+    show_default=True,
+    help="Also embed the places for ANN recall (minilm; about 10 min for cities500 on 2 cores).",
+)
+def demo(out: Path, rebuild: bool, port: int, keep_serving: bool, variant: str, encoder: str) -> None:
     """The main job: build a GeoNames snapshot (235k real places), serve it, run example queries."""
     from quarry.demo import run_demo
 
     t0 = time.perf_counter()
-    asyncio.run(run_demo(out, rebuild=rebuild, port=port, keep_serving=keep_serving))
+    enc = None if encoder.lower() == "none" else encoder
+    asyncio.run(
+        run_demo(out, rebuild=rebuild, port=port, keep_serving=keep_serving, variant=variant, encoder=enc)
+    )
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f}s")
 
 

@@ -19,14 +19,14 @@ EXAMPLES: list[tuple[str, dict[str, object]]] = [
     ("san francisco", {}),
     ("springfield", {"categories": ["US"], "top_k": 5}),
     ("paris", {"lat": 33.66, "lon": -95.55, "top_k": 5}),
-    ("münchen", {"top_k": 3}),
+    ("zürich", {"top_k": 3}),
     ("town", {"ranges": ["population:1000000:"], "top_k": 5}),
 ]
 
 
-def _ensure_snapshot(out: Path, rebuild: bool) -> None:
-    from indexer.build import BuildOptions, build_snapshot
-    from indexer.datasets import load_dataset
+def _ensure_snapshot(out: Path, rebuild: bool, variant: str, encoder: str | None) -> None:
+    from indexer.build import build_snapshot
+    from indexer.datasets import geonames
     from indexer.snapshot import SnapshotError, open_snapshot
 
     if not rebuild:
@@ -36,25 +36,23 @@ def _ensure_snapshot(out: Path, rebuild: bool) -> None:
             return
         except SnapshotError:
             pass
-    ds = load_dataset("geonames")
-    print(f"building the GeoNames snapshot at {out} ...")
-    build_snapshot(
-        ds.items(),
-        out,
-        BuildOptions(
-            collection="geonames",
-            text_fields=ds.text_fields,
-            text_weight_attr=ds.text_weight_attr,
-            overwrite=True,
-        ),
-        ds.source,
-    )
+    ds = geonames.load(out, variant=variant)
+    print(f"building the GeoNames ({variant}) snapshot at {out} (vectors: {encoder or 'none'}) ...")
+    build_snapshot(ds.items(), out, ds.build_options(overwrite=True, encoder=encoder), ds.source)
 
 
-async def run_demo(out: Path, *, rebuild: bool, port: int, keep_serving: bool) -> None:
+async def run_demo(
+    out: Path,
+    *,
+    rebuild: bool,
+    port: int,
+    keep_serving: bool,
+    variant: str = "cities500",
+    encoder: str | None = None,
+) -> None:
     from retriever.api.server import QuarryServer, load_collections
 
-    await asyncio.to_thread(_ensure_snapshot, out, rebuild)
+    await asyncio.to_thread(_ensure_snapshot, out, rebuild, variant, encoder)
     settings = load_settings()
     settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": port})})
     server = QuarryServer(settings, load_collections(settings, [out]))

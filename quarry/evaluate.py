@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import math
 import tempfile
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from quarry.settings import BranchSpec, CollectionSettings, load_settings
+from quarry.settings import BranchSpec, CollectionSettings, FusionSettings, load_settings
 
 
 def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
@@ -32,9 +31,15 @@ def evaluate_scifact(
     data_dir: Path | None,
     split: str = "train",
     k: int = 10,
-    branch: str = "inverted",
+    branches: Sequence[str] = ("inverted",),
+    fusion: str = "rrf",
 ) -> dict[str, Any]:
-    from indexer.build import BuildOptions, build_snapshot
+    """nDCG@k / Recall@100 of the given recall branches (fused when several) through the search core.
+
+    Without `snapshot`, one is built in a temporary directory (with item vectors when "ann" is asked for:
+    encoding 5,183 abstracts with MiniLM takes minutes on 2 cores).
+    """
+    from indexer.build import build_snapshot
     from indexer.datasets import default_data_dir, scifact
 
     data = data_dir or default_data_dir()
@@ -44,19 +49,16 @@ def evaluate_scifact(
         if snapshot is None:
             ds = scifact.load(data)
             snapshot = Path(tmp) / "scifact"
-            build_snapshot(
-                ds.items(),
-                snapshot,
-                BuildOptions(collection="scifact", text_fields=ds.text_fields, progress=False),
-                ds.source,
-            )
-        run = asyncio.run(_run(snapshot, {q: queries[q] for q in judgments}, k, branch))
+            encoder = "minilm" if "ann" in branches else None
+            build_snapshot(ds.items(), snapshot, ds.build_options(encoder=encoder), ds.source)
+        run = asyncio.run(_run(snapshot, {q: queries[q] for q in judgments}, branches, fusion))
     ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
     rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
     return {
         "dataset": "scifact",
         "split": split,
-        "branch": branch,
+        "branches": list(branches),
+        "fusion": fusion if len(branches) > 1 else None,
         "queries": len(judgments),
         f"ndcg@{k}": round(sum(ndcg) / len(ndcg), 4),
         "recall@100": round(sum(rec) / len(rec), 4),
@@ -64,23 +66,28 @@ def evaluate_scifact(
     }
 
 
-async def _run(snapshot: Path, queries: Mapping[str, str], k: int, branch: str) -> dict[str, list[str]]:
+async def _run(
+    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str], fusion: str
+) -> dict[str, list[str]]:
     from retriever.core.service import SearchService
     from retriever.core.types import SearchQuery
     from retriever.generations import Collection, Registry
 
     settings = load_settings()
-    coll_settings = CollectionSettings(branches={branch: BranchSpec(quota=max(100, k), timeout_ms=10_000)})
+    coll_settings = CollectionSettings(
+        # fail_open=False: an evaluation must not silently score a degraded answer.
+        branches={b: BranchSpec(quota=100, timeout_ms=60_000, fail_open=False) for b in branches},
+        fusion=FusionSettings(strategy=fusion),  # type: ignore[arg-type]
+        field_boosts=settings.for_collection("scifact").field_boosts,
+    )
     registry = Registry()
     registry.put(Collection(snapshot, coll_settings))
     service = SearchService(settings, registry)
     out: dict[str, list[str]] = {}
-    t0 = time.perf_counter()
     try:
         for qid, text in queries.items():
             res = await service.search(SearchQuery(collection="scifact", text=text, top_k=100))
             out[qid] = [h.id for h in res.hits]
     finally:
         service.close()
-    del t0
     return out

@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "QUARRY_CONFIG"
-KNOWN_BRANCHES = ("inverted",)
+KNOWN_BRANCHES = ("inverted", "ann")
 
 
 class _Model(BaseModel):
@@ -70,8 +70,31 @@ class FusionSettings(_Model):
     normalization: Literal["minmax", "zscore", "rank"] = "minmax"
 
 
+class AnnSettings(_Model):
+    """How the ANN branch searches (the snapshot holds both index kinds; this picks one)."""
+
+    backend: Literal["hnsw", "ivf"] = "hnsw"
+    #: HNSW search breadth (None: the value recorded in the snapshot). hnswlib uses max(ef, quota).
+    ef: Annotated[int, Field(ge=1)] | None = None
+    #: IVF lists probed (None: the value recorded in the snapshot).
+    nprobe: Annotated[int, Field(ge=1)] | None = None
+    #: Filtered searches allowing at most this many items go exact (None: the backend's measured default).
+    exact_threshold: Annotated[int, Field(ge=0)] | None = None
+    #: faiss IVF on a GPU when faiss has GPU support and one is visible.
+    use_gpu: Literal["auto", "never", "always"] = "auto"
+    #: Memory-map index files (shared page cache between processes, instant load).
+    mmap: bool = True
+    #: Query embeddings kept in an in-process LRU (0 disables it).
+    query_cache_size: Annotated[int, Field(ge=0)] = 10_000
+    #: onnxruntime threads per query encoding (1 is the most CPU-efficient for single queries).
+    encoder_threads: Annotated[int, Field(ge=0)] = 1
+
+
 class CollectionSettings(_Model):
-    branches: dict[str, BranchSpec] = Field(default_factory=lambda: {"inverted": BranchSpec()})
+    branches: dict[str, BranchSpec] = Field(
+        default_factory=lambda: {"inverted": BranchSpec(), "ann": BranchSpec(quota=100)}
+    )
+    ann: AnnSettings = Field(default_factory=AnnSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     #: Overrides of the per-field BM25 boosts recorded in the snapshot.
     field_boosts: dict[str, float] = Field(default_factory=dict)

@@ -22,7 +22,7 @@ from indexer.text import Analyzer, TextField, open_index
 from quarry.settings import CollectionSettings
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
 from retriever.core.types import Filters
-from retriever.recall import FACTORIES, RecallBranch
+from retriever.recall import FACTORIES, BranchUnavailable, RecallBranch
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,17 @@ class Collection:
             raise snapshot.SnapshotError(
                 f"{root}: forward store has {len(self.forward)} rows, manifest says {self.manifest.counts['items']}"
             )
-        self.branches: dict[str, RecallBranch] = {
-            name: FACTORIES[name](self, spec) for name, spec in settings.branches.items() if spec.enabled
-        }
+        self.branches: dict[str, RecallBranch] = {}
+        #: Enabled branches this snapshot cannot feed (e.g. ann without a vectors part), with the reason.
+        self.unavailable: dict[str, str] = {}
+        for name, spec in settings.branches.items():
+            if not spec.enabled:
+                continue
+            try:
+                self.branches[name] = FACTORIES[name](self, spec)
+            except BranchUnavailable as exc:
+                self.unavailable[name] = str(exc)
+                log.warning("collection %s: branch %s unavailable: %s", self.name, name, exc)
         log.info(
             "loaded collection %s (%s): %d items, branches %s, in %.2fs",
             self.name,

@@ -95,7 +95,7 @@ def tiny_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_snapshot(
         TINY_ITEMS,
         out,
-        BuildOptions(collection="tiny", text_fields=TINY_FIELDS, progress=False),
+        BuildOptions(collection="tiny", text_fields=TINY_FIELDS, progress=False, encoder="minilm"),
         {"dataset": "tiny (synthetic)"},
     )
     return out
@@ -108,9 +108,22 @@ def scifact_snapshot(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -
     build_snapshot(
         ds.items(),
         out,
-        BuildOptions(collection="scifact", text_fields=ds.text_fields, progress=False),
+        # No vectors: encoding 5,183 abstracts takes minutes on 2 cores (`quarry eval` covers ANN on SciFact).
+        ds.build_options(progress=False, encoder=None),
         ds.source,
     )
+    return out
+
+
+@pytest.fixture(scope="session")
+def movielens_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real MovieLens-100K items (1,682 titles + genres) with MiniLM vectors: the ANN integration corpus."""
+    try:
+        ds = load_dataset("movielens", tmp_path_factory.getbasetemp())
+    except DatasetUnavailable as exc:
+        pytest.fail(str(exc))
+    out = tmp_path_factory.mktemp("snap") / "movielens"
+    build_snapshot(ds.items(), out, ds.build_options(progress=False, encoder="minilm"), ds.source)
     return out
 
 
@@ -124,13 +137,7 @@ def geonames_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except DatasetUnavailable as exc:
         pytest.fail(str(exc))
     out = tmp_path_factory.mktemp("snap") / "geonames"
-    opts = BuildOptions(
-        collection="geonames",
-        text_fields=ds.text_fields,
-        text_weight_attr=ds.text_weight_attr,
-        progress=False,
-    )
-    build_snapshot(ds.items(), out, opts, ds.source)
+    build_snapshot(ds.items(), out, ds.build_options(progress=False, encoder=None), ds.source)
     return out
 
 
@@ -169,9 +176,11 @@ class ServerThread:
 
 
 @pytest.fixture(scope="session")
-def server(tiny_snapshot: Path, scifact_snapshot: Path, geonames_snapshot: Path) -> Iterator[str]:
-    """Target address of a real grpc.aio Quarry server serving tiny, scifact and geonames."""
-    srv = ServerThread([tiny_snapshot, scifact_snapshot, geonames_snapshot])
+def server(
+    tiny_snapshot: Path, scifact_snapshot: Path, geonames_snapshot: Path, movielens_snapshot: Path
+) -> Iterator[str]:
+    """Target address of a real grpc.aio Quarry server serving tiny, scifact, geonames and movielens."""
+    srv = ServerThread([tiny_snapshot, scifact_snapshot, geonames_snapshot, movielens_snapshot])
     try:
         yield srv.target
     finally:

@@ -10,10 +10,13 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from indexer.catalog import Event, Item
 from indexer.text import TextField
+
+if TYPE_CHECKING:
+    from indexer.build import BuildOptions
 
 DATA_DIR_ENV = "QUARRY_DATA_DIR"
 
@@ -31,6 +34,21 @@ class Dataset:
     source: dict[str, Any] = field(default_factory=dict)
     #: Numeric attribute multiplied into BM25 as log2(2 + value) (a popularity prior), if any.
     text_weight_attr: str | None = None
+    #: Text fields embedded for ANN recall (None: every searchable field).
+    embed_fields: list[str] | None = None
+
+    def build_options(self, **overrides: Any) -> BuildOptions:
+        """BuildOptions carrying this data set's fields, prior and embedding fields; `overrides` win."""
+        from indexer.build import BuildOptions
+
+        base: dict[str, Any] = {
+            "collection": self.name,
+            "text_fields": self.text_fields,
+            "text_weight_attr": self.text_weight_attr,
+            "embed_fields": self.embed_fields,
+        }
+        base.update({k: v for k, v in overrides.items() if v is not None or k == "encoder"})
+        return BuildOptions(**base)
 
 
 def default_data_dir() -> Path:

@@ -58,6 +58,7 @@ def load(data_dir: Path, variant: str = "cities500") -> Dataset:
         raise ValueError(f"unknown GeoNames variant {variant!r}; known: {', '.join(VARIANTS)}")
     _package_dir()
     return Dataset(
+        embed_fields=["name", "country"],
         name="geonames",
         text_fields=TEXT_FIELDS,
         items=lambda: _items(variant),

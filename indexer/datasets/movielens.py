@@ -77,6 +77,7 @@ def events(d: Path) -> Iterator[Event]:
 def load(data_dir: Path) -> Dataset:
     d = find_dir(data_dir)
     return Dataset(
+        embed_fields=["title", "genres"],
         name="movielens",
         text_fields=TEXT_FIELDS,
         items=lambda: _items(d),

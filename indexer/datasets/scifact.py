@@ -46,6 +46,7 @@ def _corpus(d: Path) -> Iterator[Item]:
 def load(data_dir: Path) -> Dataset:
     d = _dir(data_dir)
     return Dataset(
+        embed_fields=["title", "body"],
         name="scifact",
         text_fields=TEXT_FIELDS,
         items=lambda: _corpus(d),

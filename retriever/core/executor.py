@@ -57,6 +57,7 @@ async def run_branches(
     specs: Mapping[str, BranchSpec],
     request: RecallRequest,
     deadline: float | None = None,
+    unavailable: Mapping[str, str] | None = None,
 ) -> list[BranchResult]:
     """Run every enabled branch concurrently; the result list follows `specs` order."""
     results: list[BranchResult] = []
@@ -73,7 +74,6 @@ async def run_branches(
                 raise BranchFailed(f"recall branch {name!r} failed and is not fail-open: {res.detail}")
             results.append(res)
         else:
-            results.append(
-                BranchResult(name, BranchStatus.DISABLED, detail="disabled in the collection's settings")
-            )
+            reason = (unavailable or {}).get(name, "disabled in the collection's settings")
+            results.append(BranchResult(name, BranchStatus.DISABLED, detail=reason))
     return results

@@ -54,7 +54,9 @@ class SearchService:
             pool=self.pool,
             terms=self._terms(collection, query.text) if query.text.strip() else {},
         )
-        results = await run_branches(collection.branches, cs.branches, request, deadline)
+        results = await run_branches(
+            collection.branches, cs.branches, request, deadline, collection.unavailable
+        )
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the request deadline expired during recall")
         degraded = any(r.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR) for r in results)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from retriever.recall import inverted
-from retriever.recall.base import RecallBranch, RecallRequest
+from retriever.recall import ann, inverted
+from retriever.recall.base import BranchUnavailable, RecallBranch, RecallRequest
 
 FACTORIES: dict[str, Callable[[Any, Any], RecallBranch]] = {
     inverted.NAME: inverted.InvertedBranch.create,
+    ann.NAME: ann.AnnBranch.create,
 }
 
-__all__ = ["FACTORIES", "RecallBranch", "RecallRequest"]
+__all__ = ["FACTORIES", "BranchUnavailable", "RecallBranch", "RecallRequest"]

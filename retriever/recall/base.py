@@ -48,6 +48,10 @@ class RecallRequest:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
+class BranchUnavailable(Exception):
+    """Raised by a branch factory when the snapshot lacks what the branch needs (reported, not fatal)."""
+
+
 @runtime_checkable
 class RecallBranch(Protocol):
     """A recall source. `name` is its one identifier: spec key, metric label, log field, response label."""
@@ -65,4 +69,4 @@ class RecallBranch(Protocol):
 
 from retriever.core.types import Candidate  # noqa: E402  (re-exported for branch modules)
 
-__all__ = ["Candidate", "RecallBranch", "RecallRequest"]
+__all__ = ["BranchUnavailable", "Candidate", "RecallBranch", "RecallRequest"]

@@ -1,0 +1,186 @@
+"""Text-encoder benchmark on SciFact: bulk indexing throughput and single-query latency.
+
+Why these two numbers: indexing cost is throughput-bound (and dominated by padding waste unless texts
+are length-sorted), while serving cost is the latency of one query on one ORT thread, which is ~60% of
+a Search request's CPU. Both are reported beside each other so a cheaper encoder has to show both.
+
+    python bench/encoder_bench.py --limit 1000 --queries 300
+    python bench/encoder_bench.py --encoder use-multilingual --json out.json
+
+The machine is shared in development, so CPU-time figures are printed beside wall-clock ones: they are
+far less sensitive to other processes stealing cores. The load average is printed too; compare wall
+figures only between runs with similar load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import lzma
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from quarry.encoders import get_encoder, known_encoders
+
+
+def find_scifact(explicit: str | None) -> Path:
+    """--data, $QUARRY_SCIFACT_DIR, then shared/ beside the checkout (where CI puts it)."""
+    here = Path(__file__).resolve()
+    candidates = (
+        explicit,
+        os.environ.get("QUARRY_SCIFACT_DIR"),
+        here.parents[2] / "shared" / "data" / "scifact",
+        "/work/shared/data/scifact",
+    )
+    for cand in candidates:
+        if cand and (Path(cand) / "corpus.jsonl.xz").is_file():
+            return Path(cand)
+    sys.exit("SciFact not found: pass --data DIR (the folder with corpus.jsonl.xz and queries.jsonl)")
+
+
+def load_corpus(data: Path, limit: int, fields: str) -> list[str]:
+    texts: list[str] = []
+    with lzma.open(data / "corpus.jsonl.xz", "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            body = doc.get("text", "") if fields == "title+abstract" else ""
+            texts.append(f"{doc.get('title', '')} {body}".strip())
+            if len(texts) >= limit:
+                break
+    return texts
+
+
+def load_queries(data: Path, limit: int) -> list[str]:
+    with (data / "queries.jsonl").open(encoding="utf-8") as f:
+        return [json.loads(line)["text"] for _, line in zip(range(limit), f, strict=False)]
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def bench_bulk(encoder: Any, texts: list[str], batch_size: int, sort: bool | None) -> dict[str, float]:
+    """Texts per wall second, and per CPU second of this process (all its threads)."""
+    kwargs = {} if sort is None else {"sort_by_length": sort}
+    encoder.encode(texts[: min(len(texts), batch_size)], batch_size=batch_size, **kwargs)  # warm-up
+    c0, t0 = time.process_time(), time.perf_counter()
+    encoder.encode(texts, batch_size=batch_size, **kwargs)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"texts_per_s": round(len(texts) / wall, 1), "texts_per_cpu_s": round(len(texts) / cpu, 1)}
+
+
+def bench_queries(encoder: Any, queries: list[str], warmup: int = 20) -> dict[str, float]:
+    for q in queries[:warmup]:
+        encoder.encode([q])
+    wall = np.empty(len(queries))
+    cpu = np.empty(len(queries))
+    for i, q in enumerate(queries):
+        # With one intra-op thread onnxruntime runs on the calling thread, so thread CPU time is the
+        # query's whole CPU cost (tokenization included).
+        c0, t0 = time.thread_time(), time.perf_counter()
+        encoder.encode([q])
+        wall[i], cpu[i] = time.perf_counter() - t0, time.thread_time() - c0
+    wall_ms, cpu_ms = wall * 1e3, cpu * 1e3
+    return {
+        "p50_ms": float(np.percentile(wall_ms, 50)),
+        "p90_ms": float(np.percentile(wall_ms, 90)),
+        "p99_ms": float(np.percentile(wall_ms, 99)),
+        "mean_ms": float(wall_ms.mean()),
+        "cpu_p50_ms": float(np.percentile(cpu_ms, 50)),
+        "cpu_p99_ms": float(np.percentile(cpu_ms, 99)),
+        "n": len(queries),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoder", default="minilm", choices=known_encoders())
+    ap.add_argument("--data", help="SciFact folder (corpus.jsonl.xz, queries.jsonl)")
+    ap.add_argument("--limit", type=int, default=1000, help="corpus documents to encode (default 1000)")
+    ap.add_argument(
+        "--fields",
+        choices=("title+abstract", "title"),
+        default="title+abstract",
+        help="what to embed per document (71%% of SciFact title+abstract texts hit the 256-token cap)",
+    )
+    ap.add_argument("--queries", type=int, default=300, help="queries for the latency test (default 300)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--repeat", type=int, default=1, help="bulk repeats; the best is reported (default 1)")
+    ap.add_argument(
+        "--bulk-threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="threads for bulk encoding (default: all cores)",
+    )
+    ap.add_argument(
+        "--cold-export", action="store_true", help="minilm: export into an empty cache and time it"
+    )
+    ap.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = ap.parse_args(argv)
+
+    data = find_scifact(args.data)
+    corpus = load_corpus(data, args.limit, args.fields)
+    queries = load_queries(data, args.queries)
+    thread_opt = "intra_op_threads" if args.encoder == "minilm" else "threads"
+    results: dict[str, Any] = {
+        "encoder": args.encoder,
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": loadavg(),
+        "docs": len(corpus),
+        "fields": args.fields,
+        "batch_size": args.batch_size,
+        "bulk_threads": args.bulk_threads,
+    }
+
+    with tempfile.TemporaryDirectory() as tmp:
+        extra: dict[str, Any] = {}
+        if args.encoder == "minilm" and args.cold_export:
+            extra["cache_dir"] = tmp
+        t0 = time.perf_counter()
+        bulk = get_encoder(args.encoder, **{thread_opt: args.bulk_threads}, **extra)
+        results["load_s" + ("_with_cold_export" if extra else "")] = round(time.perf_counter() - t0, 2)
+        if hasattr(bulk, "providers"):
+            results["providers"] = bulk.providers
+
+        sortable = "sort_by_length" in inspect.signature(bulk.encode).parameters
+        modes: dict[str, bool | None] = (
+            {"bulk_sorted": True, "bulk_unsorted": False} if sortable else {"bulk": None}
+        )
+        # Modes are interleaved within each repeat so that a load change on a shared machine hits all of
+        # them alike; the best repeat is kept (the least disturbed one).
+        for _ in range(args.repeat):
+            for label, sort in modes.items():
+                r = bench_bulk(bulk, corpus, args.batch_size, sort)
+                best = results.get(label)
+                if best is None or r["texts_per_s"] > best["texts_per_s"]:
+                    results[label] = r
+        del bulk
+
+        single = get_encoder(args.encoder, **{thread_opt: 1}, **extra)
+        results["query_latency_1_thread"] = {
+            k: round(v, 2) for k, v in bench_queries(single, queries).items()
+        }
+    results["loadavg_end"] = loadavg()
+
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

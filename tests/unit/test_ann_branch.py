@@ -1,0 +1,73 @@
+"""The ANN branch over a real (tiny) snapshot: backends, filters, and refusal of a mismatched encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from quarry.settings import AnnSettings, CollectionSettings, load_settings
+from retriever.core.service import SearchService
+from retriever.core.types import BranchStatus, Filters, SearchQuery, SearchResult
+from retriever.generations import Collection, Registry
+
+
+def _service(snapshot: Path, **ann: object) -> SearchService:
+    settings = load_settings()
+    reg = Registry()
+    cs = CollectionSettings(ann=AnnSettings(**ann))  # type: ignore[arg-type]
+    reg.put(Collection(snapshot, cs))
+    return SearchService(settings, reg)
+
+
+def _search(svc: SearchService, text: str, **kw: object) -> SearchResult:
+    return asyncio.run(svc.search(SearchQuery(collection="tiny", text=text, **kw)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["hnsw", "ivf"])
+def test_both_backends_serve_and_agree(tiny_snapshot: Path, backend: str) -> None:
+    svc = _service(tiny_snapshot, backend=backend)
+    res = _search(svc, "Frisco bay area", top_k=7)
+    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    assert ann.status is BranchStatus.OK and len(ann.candidates) == 7  # every item, ranked
+    assert res.hits[0].id == "sf"
+    scores = [c.score for c in ann.candidates]
+    assert scores == sorted(scores, reverse=True) and all(-1.0001 <= s <= 1.0001 for s in scores)
+
+
+def test_filters_apply_inside_ann(tiny_snapshot: Path) -> None:
+    svc = _service(tiny_snapshot)
+    res = _search(svc, "a big city", filters=Filters(categories=("CN",)), top_k=10)
+    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    ords = {c.ordinal for c in ann.candidates}
+    assert len(ords) == 2 and {h.id for h in res.hits} == {"sh", "bj"}
+
+
+def test_query_cache_hits(tiny_snapshot: Path) -> None:
+    svc = _service(tiny_snapshot, query_cache_size=10)
+    coll = svc.registry.get("tiny")
+    branch = coll.branches["ann"]
+    for _ in range(3):
+        _search(svc, "harbour city")
+    stats = branch.cache.stats()  # type: ignore[attr-defined]
+    assert stats.misses == 1 and stats.hits == 2
+
+
+def test_mismatched_encoder_disables_ann_with_reason(tiny_snapshot: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "s"
+    shutil.copytree(tiny_snapshot, snap)
+    man = snap / "manifest.json"
+    raw = json.loads(man.read_text())
+    raw["parts"]["vectors"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
+    man.write_text(json.dumps(raw))
+    svc = _service(snap)
+    res = _search(svc, "paris")
+    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    assert (
+        ann.status is BranchStatus.DISABLED
+        and "differs from the one that built the item vectors" in ann.detail
+    )
+    assert res.hits and not res.degraded  # text recall still answers
