@@ -210,11 +210,15 @@ def run_main_table(
         else:
             settings = []
             for nprobe in IVF_NPROBES:
-                fp: Any = faiss.SearchParametersIVF(nprobe=nprobe)
+                ivf_params = faiss.SearchParametersIVF()
+                ivf_params.nprobe = nprobe
+                fp: Any = ivf_params
                 if index.quantizer == "pq":
-                    fp = faiss.IndexRefineSearchParameters(k_factor=index.raw.k_factor, base_index_params=fp)
+                    fp = faiss.IndexRefineSearchParameters()
+                    fp.k_factor = index.raw.k_factor
+                    fp.base_index_params = ivf_params  # a raw pointer: ivf_params is kept alive below
 
-                def raw_ivf(v: np.ndarray, fp: Any = fp, f: Any = index.raw) -> Any:
+                def raw_ivf(v: np.ndarray, fp: Any = fp, keep: Any = ivf_params, f: Any = index.raw) -> Any:
                     return f.search(v, k, params=fp)
 
                 settings.append((f"nprobe={nprobe}", SearchParams(nprobe=nprobe), raw_ivf))
@@ -262,7 +266,7 @@ def _masks(kind: str, x: np.ndarray, m: int, count: int, rng: np.random.Generato
         if kind == "uniform":
             mask[rng.choice(n, m, replace=False)] = True
         else:
-            direction = rng.standard_normal(x.shape[1]).astype(np.float32)
+            direction = rng.standard_normal(x.shape[1], dtype=np.float32)
             mask[np.argpartition(x @ direction, n - m)[n - m :]] = True
         out.append(mask)
     return out

@@ -44,18 +44,20 @@ FORMAT_VERSION = 1
 
 # A filtered search that lets at most this many items through skips the index and brute-forces the allowed
 # rows: exact, and cheaper there.  Chosen from `bench/ann_bench.py --synthetic 100000,128 --filter-sweep`
-# (2 shared cores, k=10, single queries, p50 us; "correlated" = the allowed items lie along one direction
-# of the embedding space, like a language or region filter; "uniform" = a random subset):
-#   allowed rows                 1000   2000   3000   5000   7000  10000  20000
-#   brute force over them         218    239    381    634    965   1255   1944
-#   hnsw over-fetch, uniform     3036   1400   1074    972    767    410    279   recall >= 0.98
-#   hnsw over-fetch, correlated 11213   7006   3138   2510   1800   1018    564   recall >= 0.97
-#   ivf-flat + selector, unif.    348    295    327    492    354    331    367   recall 1.00
-#   ivf-flat + selector, corr.    409    382    417    421    425    352    365   recall .94 .93 .97 .96 .99
-# HNSW: brute force stays cheaper up to ~6k (uniform) / ~9k (correlated) allowed rows -> 8000.
-# IVF: brute force is cheaper only up to ~3k, but below ~5k allowed rows a correlated filter pulls IVF
-# recall under 0.95 -> 5000 (costing at most ~1.5x the IVF latency between 3k and 5k, for exact results).
-# Brute force costs ~0.12 us per allowed row (random row reads from a 51 MB matrix), HNSW's cost grows
+# (SYNTHETIC clustered data, 2 shared cores, one thread, k=10, 400 single queries, p50 us; "uniform" = a
+# random subset is allowed, "corr." = the allowed items lie along one direction of the embedding space,
+# like a language or region filter -- the hard case for filtered ANN):
+#   allowed rows (of 100k)       1000   2000   3000   4000   5000   7000  10000  20000
+#   brute force over them         104    267    436    524    794   1018   1308   2209
+#   hnsw over-fetch, uniform     2421   1469   1313    884   1104    553    651    484   recall >= .98
+#   hnsw over-fetch, corr.       3177   2325   4564   3507   2756   2417   1622    649   recall >= .99
+#   ivf-flat + selector, unif.    300    312    326    299    440    305    370    430   recall 1.00
+#   ivf-flat + selector, corr.    498    380    408    334    357    419    464    457
+#     ... its recall             .935   .927   .965   .946   .957   .985   .985   .994
+# HNSW: brute force stays cheaper up to ~6k (uniform) / ~10k (correlated) allowed rows -> 8000.
+# IVF: brute force is cheaper only up to ~2.5k, but below ~5k allowed rows a correlated filter pulls IVF
+# recall under 0.95 -> 5000 (paying up to ~2x the IVF latency between 2.5k and 5k, for exact results).
+# Brute force costs ~0.1 us per allowed row (random row reads from a 51 MB matrix), HNSW's cost grows
 # with k / selectivity and IVF's barely moves, so the crossover shifts with N (for HNSW roughly with
 # sqrt(N)): re-run the sweep for catalogues far from 100k items.
 HNSW_EXACT_THRESHOLD = 8000
@@ -100,10 +102,26 @@ class SearchParams:
 class VectorIndex(Protocol):
     """What the recall branch needs from a vector index, whatever the library behind it."""
 
-    kind: str
-    dim: int
-    count: int
-    device: str
+    # Read-only properties, so that class-level constants and plain instance attributes both satisfy them.
+    @property
+    def kind(self) -> str:
+        """ "hnsw" or "ivf": which loader reads this index back."""
+        ...
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        ...
+
+    @property
+    def count(self) -> int:
+        """Number of items N; valid ordinals are 0..N-1."""
+        ...
+
+    @property
+    def device(self) -> str:
+        """Where unfiltered searches run: "cpu" or "gpu"."""
+        ...
 
     def search(
         self,

@@ -293,7 +293,7 @@ def test_faiss_gpu_search(quantizer: str, data: Any, truth: np.ndarray, tmp_path
     reason = _faiss_gpu_unavailable()
     if reason:
         pytest.skip(reason)
-    params = {"quantizer": quantizer, "use_gpu": "always"}
+    params: dict[str, Any] = {"quantizer": quantizer, "use_gpu": "always"}
     if quantizer == "pq":
         params |= {"pq_m": 8, "refine_k_factor": 16}
     gpu_index = build_vector_index("ivf", data[0], params)
