@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tantivy
 from tqdm import tqdm
 
 from indexer import snapshot
-from indexer.catalog import CatalogError, Item
+from indexer.behavior import BehaviorParams, build_behavior
+from indexer.catalog import CatalogError, Event, Item
 from indexer.forward import write_forward
+from indexer.geo import build_geo
 from indexer.text import (
     ATTR_PREFIX,
     CATEGORY_FIELD,
@@ -50,6 +53,8 @@ class BuildOptions:
     hnsw_params: dict[str, Any] | None = None
     ivf_params: dict[str, Any] | None = None
     encode_batch_size: int = 64
+    #: Item-to-item table parameters (used when events are given).
+    behavior_params: BehaviorParams | None = None
 
 
 def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
@@ -77,9 +82,13 @@ def _text_fields(items: Sequence[Item], declared: Sequence[TextField] | None) ->
 
 
 def build_snapshot(
-    items: Iterable[Item], out: Path, options: BuildOptions, source: dict[str, Any]
+    items: Iterable[Item],
+    out: Path,
+    options: BuildOptions,
+    source: dict[str, Any],
+    events: Iterable[Event] | None = None,
 ) -> snapshot.Manifest:
-    """Build and atomically publish a snapshot of `items` at `out`; returns its manifest."""
+    """Build and atomically publish a snapshot of `items` (and behaviour `events`) at `out`."""
     t0 = time.perf_counter()
     catalog = _collect(items, options.progress)
     fields = _text_fields(catalog, options.text_fields)
@@ -122,6 +131,16 @@ def build_snapshot(
         parts: dict[str, Any] = {"text": text_meta, "forward": forward_meta}
         if options.encoder is not None:
             parts["vectors"] = build_vectors(catalog, tmp / "vectors", options, [f.name for f in fields])
+        located = [i for i, it in enumerate(catalog) if it.lat is not None]
+        if located:
+            lat = np.array([np.nan if it.lat is None else it.lat for it in catalog], dtype=np.float64)
+            lon = np.array([np.nan if it.lon is None else it.lon for it in catalog], dtype=np.float64)
+            parts["geo"] = build_geo(lat, lon, tmp)
+        if events is not None:
+            ord_of = {it.id: i for i, it in enumerate(catalog)}
+            parts["behavior"] = build_behavior(
+                events, ord_of, tmp / "behavior", params=options.behavior_params or BehaviorParams()
+            )
         counts = {
             "items": len(catalog),
             "with_location": sum(1 for it in catalog if it.lat is not None),

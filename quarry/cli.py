@@ -66,6 +66,12 @@ def index() -> None:
 )
 @click.option("--weight-by", help="Numeric attribute used as a popularity prior in BM25 (log2(2+value)).")
 @click.option(
+    "--events",
+    "events_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Behaviour events (.jsonl/.parquet) for a --catalog: builds item-to-item tables.",
+)
+@click.option(
     "--encoder",
     default="minilm",
     show_default=True,
@@ -94,6 +100,7 @@ def index_build(
     data_dir: Path | None,
     text_fields: tuple[str, ...],
     weight_by: str | None,
+    events_path: Path | None,
     encoder: str,
     vector_indexes: str,
     embed_fields: tuple[str, ...],
@@ -102,7 +109,7 @@ def index_build(
 ) -> None:
     """Build a snapshot from a data set or a catalog file."""
     from indexer.build import BuildOptions, build_snapshot
-    from indexer.catalog import CatalogError, read_items
+    from indexer.catalog import CatalogError, read_events, read_items
     from indexer.datasets import DatasetUnavailable, load_dataset
     from indexer.text import Analyzer, TextField
 
@@ -122,14 +129,16 @@ def index_build(
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
             items, source = ds.items(), ds.source
+            events = ds.events() if ds.events is not None else None
             opts = ds.build_options(collection=collection, **common)
         else:
             assert catalog is not None
             fields = [_parse_text_field(spec, Analyzer, TextField) for spec in text_fields] or None
             items, source = read_items(catalog), {"catalog": str(catalog.resolve())}
+            events = read_events(events_path) if events_path is not None else None
             name = collection or catalog.name.split(".")[0]
             opts = BuildOptions(collection=name, text_fields=fields, **common)  # type: ignore[arg-type]
-        manifest = build_snapshot(items, out, opts, source)
+        manifest = build_snapshot(items, out, opts, source, events)
     except (CatalogError, DatasetUnavailable, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {out}")
@@ -341,6 +350,42 @@ def demo(out: Path, rebuild: bool, port: int, keep_serving: bool, variant: str, 
         run_demo(out, rebuild=rebuild, port=port, keep_serving=keep_serving, variant=variant, encoder=enc)
     )
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f}s")
+
+
+# ---------------------------------------------------------------------------------------------- bench
+@main.group()
+def bench() -> None:
+    """Benchmarks that print figures beside the raw libraries measured in the same run."""
+
+
+@bench.command("ann")
+@click.option("--snapshot", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "-n", "n", default=300, show_default=True, help="Queries (SciFact claims for scifact, else item titles)."
+)
+@click.option("-k", "k", default=100, show_default=True)
+@click.option("--backend", default="hnsw", type=click.Choice(["hnsw", "ivf"]), show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
+def bench_ann_cmd(snapshot: Path, n: int, k: int, backend: str, data_dir: Path | None) -> None:
+    """ANN branch latency inside Quarry vs the raw encoder + library call."""
+    from quarry.bench import bench_ann
+
+    click.echo(bench_ann(snapshot, n=n, k=k, backend=backend, data_dir=data_dir))
+
+
+@bench.command("search")
+@click.option("--snapshot", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-n", "n", default=300, show_default=True)
+@click.option("--top-k", default=10, show_default=True)
+@click.option("--radius-m", default=50_000.0, show_default=True)
+@click.option(
+    "--redis-url", default="", help="Use this Redis for real-time behaviour (default: embedded store)."
+)
+def bench_search_cmd(snapshot: Path, n: int, top_k: int, radius_m: float, redis_url: str) -> None:
+    """End-to-end Search with every branch vs the sum of the raw library calls."""
+    from quarry.bench import bench_search
+
+    click.echo(bench_search(snapshot, n=n, top_k=top_k, radius_m=radius_m, redis_url=redis_url))
 
 
 if __name__ == "__main__":

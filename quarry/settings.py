@@ -21,7 +21,7 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "QUARRY_CONFIG"
-KNOWN_BRANCHES = ("inverted", "ann")
+KNOWN_BRANCHES = ("inverted", "ann", "behavior", "geo", "popular")
 
 
 class _Model(BaseModel):
@@ -38,6 +38,8 @@ class ServerSettings(_Model):
     max_receive_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 5.0
     reflection: bool = True
+    #: Prometheus /metrics HTTP port (None: not exposed; 0 is not allowed here).
+    metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
 
 
 class LimitSettings(_Model):
@@ -48,6 +50,9 @@ class LimitSettings(_Model):
     max_query_terms: Annotated[int, Field(ge=1)] = 64
     max_filter_values: Annotated[int, Field(ge=1)] = 1024
     max_radius_m: Annotated[float, Field(gt=0)] = 20_037_509.0  # half the Earth's circumference
+    max_events_per_batch: Annotated[int, Field(ge=1)] = 1000
+    #: Events stamped further in the future than this (client clock skew) are rejected.
+    max_event_future_s: Annotated[float, Field(ge=0)] = 300.0
 
 
 class BranchSpec(_Model):
@@ -90,16 +95,54 @@ class AnnSettings(_Model):
     encoder_threads: Annotated[int, Field(ge=0)] = 1
 
 
+class BehaviorSettings(_Model):
+    """How the behavior branch turns a user's actions into candidates (item-to-item expansion)."""
+
+    #: i2i table: "swing" or "itemcf" (both are in the snapshot; see `quarry eval behavior`).
+    method: Literal["swing", "itemcf"] = "swing"
+    #: Real-time recent events read from the store, and long-term history items from the snapshot.
+    recent_n: Annotated[int, Field(ge=0, le=1000)] = 20
+    history_n: Annotated[int, Field(ge=0, le=1000)] = 20
+    #: Seed weight halves every `decay_half_life` positions back in the user's history.
+    decay_half_life: Annotated[float, Field(gt=0)] = 10.0
+    #: Long-term history seeds count this much relative to real-time ones.
+    history_weight: Annotated[float, Field(ge=0)] = 0.5
+    #: Exclude items the user already interacted with.
+    exclude_seen: bool = True
+
+
+class GeoSettings(_Model):
+    #: Without radius_m, the geo branch takes the nearest items within this distance.
+    default_radius_m: Annotated[float, Field(gt=0)] = 50_000.0
+
+
+def _search_branches() -> dict[str, BranchSpec]:
+    return {
+        "inverted": BranchSpec(),
+        "ann": BranchSpec(quota=100),
+        # Until a ranker model serves, query-independent signals get a smaller say in fused order.
+        "behavior": BranchSpec(quota=100, weight=0.5),
+        "geo": BranchSpec(quota=100, weight=0.5),
+    }
+
+
+def _recommend_branches() -> dict[str, BranchSpec]:
+    return {"behavior": BranchSpec(), "geo": BranchSpec(), "popular": BranchSpec(quota=100, weight=0.3)}
+
+
 class CollectionSettings(_Model):
-    branches: dict[str, BranchSpec] = Field(
-        default_factory=lambda: {"inverted": BranchSpec(), "ann": BranchSpec(quota=100)}
-    )
+    #: Recall branches for Search, by name.
+    branches: dict[str, BranchSpec] = Field(default_factory=_search_branches)
+    #: Recall branches for Recommend (no query text), by name.
+    recommend_branches: dict[str, BranchSpec] = Field(default_factory=_recommend_branches)
     ann: AnnSettings = Field(default_factory=AnnSettings)
+    behavior: BehaviorSettings = Field(default_factory=BehaviorSettings)
+    geo: GeoSettings = Field(default_factory=GeoSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     #: Overrides of the per-field BM25 boosts recorded in the snapshot.
     field_boosts: dict[str, float] = Field(default_factory=dict)
 
-    @field_validator("branches")
+    @field_validator("branches", "recommend_branches")
     @classmethod
     def _known(cls, v: dict[str, BranchSpec]) -> dict[str, BranchSpec]:
         unknown = sorted(set(v) - set(KNOWN_BRANCHES))
@@ -111,7 +154,19 @@ class CollectionSettings(_Model):
 class RedisSettings(_Model):
     #: redis://host:port/db; empty = embedded in-process store (no external server needed).
     url: str = ""
+    #: Per-command timeout: a slow Redis costs at most this, then the answer is degraded.
     socket_timeout_ms: Annotated[float, Field(gt=0)] = 20.0
+    connect_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
+    #: Consecutive failures that open the circuit breaker, and how long it stays open.
+    breaker_failures: Annotated[int, Field(ge=1)] = 3
+    breaker_open_s: Annotated[float, Field(gt=0)] = 2.0
+    #: Recent events kept per user, and for how long after the user's last event.
+    recent_max_len: Annotated[int, Field(ge=1, le=10_000)] = 100
+    recent_ttl_s: Annotated[float, Field(gt=0)] = 30 * 86400
+    #: Event ids remembered per user for idempotent LogEvents retries.
+    dedup_window: Annotated[int, Field(ge=1)] = 1000
+    #: Users held by the embedded store (least recently active are dropped first).
+    embedded_max_users: Annotated[int, Field(ge=1)] = 100_000
 
 
 class QuarrySettings(BaseSettings):

@@ -51,8 +51,13 @@ class Collection:
         self.branches: dict[str, RecallBranch] = {}
         #: Enabled branches this snapshot cannot feed (e.g. ann without a vectors part), with the reason.
         self.unavailable: dict[str, str] = {}
-        for name, spec in settings.branches.items():
-            if not spec.enabled:
+        # One branch object per name serves both endpoints; each endpoint's specs say how it runs there.
+        specs = {**settings.recommend_branches, **settings.branches}
+        for name, spec in specs.items():
+            if not (
+                settings.branches.get(name, spec).enabled
+                or settings.recommend_branches.get(name, spec).enabled
+            ):
                 continue
             try:
                 self.branches[name] = FACTORIES[name](self, spec)

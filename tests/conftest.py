@@ -123,7 +123,10 @@ def movielens_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except DatasetUnavailable as exc:
         pytest.fail(str(exc))
     out = tmp_path_factory.mktemp("snap") / "movielens"
-    build_snapshot(ds.items(), out, ds.build_options(progress=False, encoder="minilm"), ds.source)
+    assert ds.events is not None
+    build_snapshot(
+        ds.items(), out, ds.build_options(progress=False, encoder="minilm"), ds.source, ds.events()
+    )
     return out
 
 
@@ -151,7 +154,7 @@ class ServerThread:
     """A real QuarryServer on a free port, running its own event loop in a background thread, so both
     sync and async tests (and any client library) can talk to it."""
 
-    def __init__(self, snapshots: list[Path]) -> None:
+    def __init__(self, snapshots: list[Path], redis_url: str = "") -> None:
         import asyncio
         import threading
 
@@ -159,7 +162,12 @@ class ServerThread:
         from retriever.api.server import QuarryServer, load_collections
 
         settings = load_settings()
-        settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": 0})})
+        settings = settings.model_copy(
+            update={
+                "server": settings.server.model_copy(update={"port": 0}),
+                "redis": settings.redis.model_copy(update={"url": redis_url, "socket_timeout_ms": 500}),
+            }
+        )
         self.server = QuarryServer(settings, load_collections(settings, snapshots))
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="quarry-test-server", daemon=True)
@@ -177,10 +185,15 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def server(
-    tiny_snapshot: Path, scifact_snapshot: Path, geonames_snapshot: Path, movielens_snapshot: Path
+    tiny_snapshot: Path,
+    scifact_snapshot: Path,
+    geonames_snapshot: Path,
+    movielens_snapshot: Path,
+    redis_url: str,
 ) -> Iterator[str]:
-    """Target address of a real grpc.aio Quarry server serving tiny, scifact, geonames and movielens."""
-    srv = ServerThread([tiny_snapshot, scifact_snapshot, geonames_snapshot, movielens_snapshot])
+    """Target address of a real grpc.aio Quarry server (tiny, scifact, geonames, movielens) backed by a
+    real Redis for real-time behaviour."""
+    srv = ServerThread([tiny_snapshot, scifact_snapshot, geonames_snapshot, movielens_snapshot], redis_url)
     try:
         yield srv.target
     finally:

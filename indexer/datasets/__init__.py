@@ -36,6 +36,8 @@ class Dataset:
     text_weight_attr: str | None = None
     #: Text fields embedded for ANN recall (None: every searchable field).
     embed_fields: list[str] | None = None
+    #: Item-to-item table parameters for the data set's events (None: defaults).
+    behavior_params: Any = None
 
     def build_options(self, **overrides: Any) -> BuildOptions:
         """BuildOptions carrying this data set's fields, prior and embedding fields; `overrides` win."""
@@ -46,6 +48,7 @@ class Dataset:
             "text_fields": self.text_fields,
             "text_weight_attr": self.text_weight_attr,
             "embed_fields": self.embed_fields,
+            "behavior_params": self.behavior_params,
         }
         base.update({k: v for k, v in overrides.items() if v is not None or k == "encoder"})
         return BuildOptions(**base)

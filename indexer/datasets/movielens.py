@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from indexer.behavior import BehaviorParams
 from indexer.catalog import Event, Item
 from indexer.datasets import Dataset, DatasetUnavailable
 from indexer.text import Analyzer, TextField
@@ -78,6 +79,8 @@ def load(data_dir: Path) -> Dataset:
     d = find_dir(data_dir)
     return Dataset(
         embed_fields=["title", "genres"],
+        # Ratings of 4-5 are the positive signal (as in the offline evaluation); 1-3 are not "liked".
+        behavior_params=BehaviorParams(min_weight=4.0),
         name="movielens",
         text_fields=TEXT_FIELDS,
         items=lambda: _items(d),

@@ -39,12 +39,34 @@ class SearchServiceStub:
                 request_serializer=quarry_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
                 response_deserializer=quarry_dot_v1_dot_search__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.Recommend = channel.unary_unary(
+                '/quarry.v1.SearchService/Recommend',
+                request_serializer=quarry_dot_v1_dot_search__pb2.RecommendRequest.SerializeToString,
+                response_deserializer=quarry_dot_v1_dot_search__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.LogEvents = channel.unary_unary(
+                '/quarry.v1.SearchService/LogEvents',
+                request_serializer=quarry_dot_v1_dot_search__pb2.LogEventsRequest.SerializeToString,
+                response_deserializer=quarry_dot_v1_dot_search__pb2.LogEventsResponse.FromString,
+                _registered_method=True)
 
 
 class SearchServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Search(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Recommend(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LogEvents(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +79,16 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=quarry_dot_v1_dot_search__pb2.SearchRequest.FromString,
                     response_serializer=quarry_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'Recommend': grpc.unary_unary_rpc_method_handler(
+                    servicer.Recommend,
+                    request_deserializer=quarry_dot_v1_dot_search__pb2.RecommendRequest.FromString,
+                    response_serializer=quarry_dot_v1_dot_search__pb2.SearchResponse.SerializeToString,
+            ),
+            'LogEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.LogEvents,
+                    request_deserializer=quarry_dot_v1_dot_search__pb2.LogEventsRequest.FromString,
+                    response_serializer=quarry_dot_v1_dot_search__pb2.LogEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +118,60 @@ class SearchService:
             '/quarry.v1.SearchService/Search',
             quarry_dot_v1_dot_search__pb2.SearchRequest.SerializeToString,
             quarry_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Recommend(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.SearchService/Recommend',
+            quarry_dot_v1_dot_search__pb2.RecommendRequest.SerializeToString,
+            quarry_dot_v1_dot_search__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LogEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.SearchService/LogEvents',
+            quarry_dot_v1_dot_search__pb2.LogEventsRequest.SerializeToString,
+            quarry_dot_v1_dot_search__pb2.LogEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quarry.v1 import search_pb2 as pb
+from retriever.core.events import LogResult, RawEvent
 from retriever.core.types import BranchStatus, Filters, GeoPoint, NumericRange, SearchQuery, SearchResult
 
 _STATUS = {
@@ -14,33 +15,60 @@ _STATUS = {
 }
 
 
+def _filters(f: pb.Filters) -> Filters:
+    return Filters(
+        categories=tuple(f.categories),
+        tags=tuple(f.tags),
+        ranges=tuple(
+            NumericRange(
+                field=r.field,
+                min=r.min if r.HasField("min") else None,
+                max=r.max if r.HasField("max") else None,
+                min_exclusive=r.min_exclusive,
+                max_exclusive=r.max_exclusive,
+            )
+            for r in f.ranges
+        ),
+        exclude_ids=tuple(f.exclude_ids),
+    )
+
+
 def search_query(req: pb.SearchRequest) -> SearchQuery:
-    f = req.filters
     return SearchQuery(
         collection=req.collection,
         text=req.query,
         user_id=req.user_id,
         location=GeoPoint(req.location.lat, req.location.lon) if req.HasField("location") else None,
         radius_m=req.radius_m,
-        filters=Filters(
-            categories=tuple(f.categories),
-            tags=tuple(f.tags),
-            ranges=tuple(
-                NumericRange(
-                    field=r.field,
-                    min=r.min if r.HasField("min") else None,
-                    max=r.max if r.HasField("max") else None,
-                    min_exclusive=r.min_exclusive,
-                    max_exclusive=r.max_exclusive,
-                )
-                for r in f.ranges
-            ),
-            exclude_ids=tuple(f.exclude_ids),
-        ),
+        filters=_filters(req.filters),
         top_k=req.top_k,
         debug=req.debug,
         request_id=req.request_id,
     )
+
+
+def recommend_query(req: pb.RecommendRequest) -> SearchQuery:
+    return SearchQuery(
+        collection=req.collection,
+        user_id=req.user_id,
+        location=GeoPoint(req.location.lat, req.location.lon) if req.HasField("location") else None,
+        radius_m=req.radius_m,
+        filters=_filters(req.filters),
+        top_k=req.top_k,
+        debug=req.debug,
+        request_id=req.request_id,
+    )
+
+
+def raw_events(req: pb.LogEventsRequest) -> list[RawEvent]:
+    return [RawEvent(e.event_id, e.user_id, e.item_id, e.type, e.ts, e.weight) for e in req.events]
+
+
+def log_events_response(res: LogResult) -> pb.LogEventsResponse:
+    out = pb.LogEventsResponse(accepted=res.accepted, duplicates=res.duplicates)
+    for index, event_id, reason in res.rejected:
+        out.rejected.add(index=index, event_id=event_id, reason=reason)
+    return out
 
 
 def search_response(res: SearchResult, *, debug: bool) -> pb.SearchResponse:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from retriever.core import metrics
 from retriever.core.errors import (
     BranchFailed,
     DeadlineExceeded,
@@ -71,7 +72,10 @@ def rpc(method: str, request_type: Any) -> Callable[[Method], Method]:
                 log.exception("%s: internal error", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
             finally:
-                log.info("%s %s %.2fms", method, code.name, (time.perf_counter() - t0) * 1000)
+                elapsed = time.perf_counter() - t0
+                metrics.RPCS.labels(method, code.name).inc()
+                metrics.RPC_LATENCY.labels(method).observe(elapsed)
+                log.info("%s %s %.2fms", method, code.name, elapsed * 1000)
 
         return wrapper
 

@@ -40,18 +40,49 @@ class SearchServicer:
         result = await self.core.search(convert.search_query(request), _deadline(context))
         return convert.search_response(result, debug=request.debug)
 
+    @rpc("Recommend", pb.RecommendRequest)
+    async def recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchResponse:
+        result = await self.core.recommend(convert.recommend_query(request), _deadline(context))
+        return convert.search_response(result, debug=request.debug)
+
+    @rpc("LogEvents", pb.LogEventsRequest)
+    async def log_events(
+        self, request: pb.LogEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.LogEventsResponse:
+        result = await self.core.log_events(request.collection, convert.raw_events(request))
+        return convert.log_events_response(result)
+
     def handler(self) -> grpc.GenericRpcHandler:
-        # request_deserializer=None hands the handler raw bytes, so decoding errors are ours to report.
+        # request_deserializer=None hands the handlers raw bytes, so decoding errors are ours to report.
+        def unary(fn: object, response: type) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=response.SerializeToString
+            )  # type: ignore[attr-defined]
+
         return grpc.method_handlers_generic_handler(
             SEARCH_SERVICE,
             {
-                "Search": grpc.unary_unary_rpc_method_handler(
-                    self.search,
-                    request_deserializer=None,
-                    response_serializer=pb.SearchResponse.SerializeToString,
-                )
+                "Search": unary(self.search, pb.SearchResponse),
+                "Recommend": unary(self.recommend, pb.SearchResponse),
+                "LogEvents": unary(self.log_events, pb.LogEventsResponse),
             },
         )
+
+
+def limit_native_threads() -> None:
+    """One BLAS/OpenMP thread per call: the server already runs calls concurrently in its pool, and on
+    few cores nested pools for a single query cost far more than they save (seen: 8 ms p50 spikes)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
+    try:
+        import faiss
+
+        faiss.omp_set_num_threads(1)
+    except ImportError:
+        pass
 
 
 def load_collections(settings: QuarrySettings, snapshots: Sequence[Path]) -> Registry:
@@ -80,6 +111,12 @@ class QuarryServer:
     async def start(self) -> int:
         s = self.settings.server
         warm_up()
+        limit_native_threads()
+        if s.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(s.metrics_port, addr=s.host)
+            log.info("metrics on http://%s:%d/metrics", s.host, s.metrics_port)
         server = grpc.aio.server(
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             options=[
@@ -112,7 +149,7 @@ class QuarryServer:
             return
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace_s if grace is None else grace)
-        self.core.close()
+        await self.core.aclose()
         self.server = None
 
     async def wait(self) -> None:

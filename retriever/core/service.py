@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
-from indexer.text import analyze
-from quarry.settings import QuarrySettings
+import numpy as np
+
+from indexer.text import Analyzer, analyze
+from quarry.settings import BranchSpec, QuarrySettings
 from ranker.base import FusedOrder, Ranker
-from retriever.core import fusion
-from retriever.core.errors import DeadlineExceeded
+from retriever.core import fusion, metrics
+from retriever.core.errors import DeadlineExceeded, InvalidArgument
+from retriever.core.events import LogResult, RawEvent, log_events
 from retriever.core.executor import run_branches
-from retriever.core.geo import haversine_m
+from retriever.core.geo import haversine_m, haversine_many
 from retriever.core.types import BranchStatus, Fused, GeoPoint, Hit, SearchQuery, SearchResult
 from retriever.core.validate import validate_search
+from retriever.features.recent import RecentStore, make_recent_store
 from retriever.generations import Collection, Registry
 from retriever.recall.base import RecallRequest
 
@@ -22,30 +27,61 @@ log = logging.getLogger(__name__)
 
 
 class SearchService:
-    def __init__(self, settings: QuarrySettings, registry: Registry, ranker: Ranker | None = None) -> None:
+    def __init__(
+        self,
+        settings: QuarrySettings,
+        registry: Registry,
+        ranker: Ranker | None = None,
+        recent: RecentStore | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.ranker: Ranker = ranker or FusedOrder()
+        self.recent: RecentStore = recent or make_recent_store(settings.redis)
         self.pool = ThreadPoolExecutor(
             max_workers=settings.server.blocking_threads, thread_name_prefix="quarry-blocking"
         )
 
+    async def aclose(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        await self.recent.close()
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def _terms(self, collection: Collection, text: str) -> dict:
+    def _terms(self, collection: Collection, text: str) -> dict[Analyzer, list[str]]:
         limit = self.settings.limits.max_query_terms
-        out = {}
-        for analyzer in collection.analyzers:
-            # dict.fromkeys dedups while keeping the query's order; the cap bounds query cost.
-            out[analyzer] = list(dict.fromkeys(analyze(text, analyzer)))[:limit]
-        return out
+        # dict.fromkeys dedups while keeping the query's order; the cap bounds query cost.
+        return {a: list(dict.fromkeys(analyze(text, a)))[:limit] for a in collection.analyzers}
 
     async def search(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
         """`deadline` is a time.monotonic() instant (from the caller's RPC deadline), or None."""
-        t0 = time.perf_counter()
         query = validate_search(query, self.settings.limits)
         collection = self.registry.get(query.collection)  # one generation for the whole request
+        return await self._answer(query, collection, collection.settings.branches, deadline)
+
+    async def recommend(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
+        """No query text: behavior + geo + popularity (cold start) → merge → the same ranking stage."""
+        if query.text:
+            raise InvalidArgument("Recommend takes no query text; use Search")
+        query = validate_search(query, self.settings.limits)
+        collection = self.registry.get(query.collection)
+        return await self._answer(query, collection, collection.settings.recommend_branches, deadline)
+
+    async def log_events(self, collection_name: str, events: list[RawEvent]) -> LogResult:
+        if not collection_name:
+            raise InvalidArgument("collection is required")
+        self.registry.get(collection_name)  # NOT_FOUND for an unknown collection
+        return await log_events(self.recent, collection_name, events, self.settings.limits)
+
+    async def _answer(
+        self,
+        query: SearchQuery,
+        collection: Collection,
+        specs: Mapping[str, BranchSpec],
+        deadline: float | None,
+    ) -> SearchResult:
+        t0 = time.perf_counter()
         collection.check_filters(query.filters)
         cs = collection.settings
         request = RecallRequest(
@@ -53,22 +89,25 @@ class SearchService:
             collection=collection,
             pool=self.pool,
             terms=self._terms(collection, query.text) if query.text.strip() else {},
+            recent=self.recent,
         )
-        results = await run_branches(
-            collection.branches, cs.branches, request, deadline, collection.unavailable
-        )
+        results = await run_branches(collection.branches, specs, request, deadline, collection.unavailable)
         if deadline is not None and time.monotonic() >= deadline:
             raise DeadlineExceeded("the request deadline expired during recall")
         degraded = any(r.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR) for r in results)
+        for r in results:
+            metrics.BRANCH_RESULTS.labels(collection.name, r.branch, r.status.value).inc()
+            if r.status is BranchStatus.OK:
+                metrics.BRANCH_LATENCY.labels(collection.name, r.branch).observe(r.latency_ms / 1000)
         ranked = {r.branch: r.candidates for r in results if r.status is BranchStatus.OK}
         fused = fusion.fuse(
             ranked,
             strategy=cs.fusion.strategy,
             rrf_k=cs.fusion.rrf_k,
-            weights={name: spec.weight for name, spec in cs.branches.items()},
+            weights={name: spec.weight for name, spec in specs.items()},
             normalization=cs.fusion.normalization,
         )
-        fused = self._exclude(fused, collection, query)
+        fused = self._post_filter(fused, collection, query)
         ranked_list = await self.ranker.rank(query, fused, collection)
         hits = self._hydrate(ranked_list[: query.top_k], collection, query.location)
         return SearchResult(
@@ -80,13 +119,19 @@ class SearchService:
         )
 
     @staticmethod
-    def _exclude(fused: list[Fused], collection: Collection, query: SearchQuery) -> list[Fused]:
-        if not query.filters.exclude_ids:
-            return fused
-        ords = {
-            collection.forward.ord_of[i] for i in query.filters.exclude_ids if i in collection.forward.ord_of
-        }
-        return [f for f in fused if f.ordinal not in ords]
+    def _post_filter(fused: list[Fused], collection: Collection, query: SearchQuery) -> list[Fused]:
+        """Exclusions, and the request radius as a hard filter on every branch's candidates."""
+        fw = collection.forward
+        if query.filters.exclude_ids:
+            ords = {fw.ord_of[i] for i in query.filters.exclude_ids if i in fw.ord_of}
+            fused = [f for f in fused if f.ordinal not in ords]
+        if query.radius_m > 0 and query.location is not None and fused:
+            idx = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused))
+            with np.errstate(invalid="ignore"):
+                dist = haversine_many(query.location.lat, query.location.lon, fw.lat[idx], fw.lon[idx])
+                keep = dist <= query.radius_m  # NaN (no location) compares False
+            fused = [f for f, k in zip(fused, keep, strict=True) if k]
+        return fused
 
     @staticmethod
     def _hydrate(fused: list[Fused], collection: Collection, origin: GeoPoint | None) -> list[Hit]:

@@ -21,6 +21,7 @@ from indexer.text import Analyzer
 from retriever.core.types import SearchQuery
 
 if TYPE_CHECKING:
+    from retriever.features.recent import RecentStore
     from retriever.generations import Collection
 
 T = TypeVar("T")
@@ -36,6 +37,8 @@ class RecallRequest:
     pool: Executor
     #: The query text analysed once per analyzer the collection uses (shared by text-based branches).
     terms: dict[Analyzer, list[str]] = field(default_factory=dict)
+    #: Real-time user behaviour (Redis or embedded); None where the caller has no store.
+    recent: RecentStore | None = None
 
     @cached_property
     def allowed(self) -> np.ndarray | None:

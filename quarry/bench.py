@@ -1,0 +1,246 @@
+"""`quarry bench`: figures for the speed targets, always beside the raw library measured in the same run.
+
+Never a timed assertion in the test suite: these numbers depend on the machine, so they are printed for
+people (and closing notes) to compare, with ratios against the raw calls that make them meaningful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quarry.settings import AnnSettings, BranchSpec, CollectionSettings
+
+
+def _pct(xs: Sequence[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def _fmt(name: str, xs_us: Sequence[float], base: Sequence[float] | None = None) -> str:
+    row = f"  {name:<44} p50 {_pct(xs_us, 50):9.1f} µs   p99 {_pct(xs_us, 99):9.1f} µs"
+    if base is not None:
+        row += f"   ratio(p50) {statistics.median(xs_us) / statistics.median(base):5.2f}×"
+    return row
+
+
+def _queries(collection: Any, n: int, data_dir: Path | None) -> list[str]:
+    if collection.name == "scifact":
+        from indexer.datasets import default_data_dir, scifact
+
+        qs = list(scifact.queries(data_dir or default_data_dir()).values())
+    else:
+        # Real item titles as queries (a stand-in for query logs this catalog does not have).
+        titles = collection.forward._table.column("title").to_pylist()
+        qs = [t for t in titles if t]
+    random.Random(7).shuffle(qs)
+    return qs[:n]
+
+
+def bench_ann(
+    snapshot: Path, *, n: int = 300, k: int = 100, backend: str = "hnsw", data_dir: Path | None = None
+) -> str:
+    """ANN branch inside Quarry vs the raw encoder + raw library call, one query at a time, same run."""
+    from retriever.core.types import SearchQuery
+    from retriever.generations import Collection
+    from retriever.recall.ann import AnnBranch
+    from retriever.recall.base import RecallRequest
+
+    settings = CollectionSettings(
+        branches={"ann": BranchSpec(quota=k, timeout_ms=60_000)}, ann=AnnSettings(backend=backend)
+    )  # type: ignore[arg-type]
+    coll = Collection(snapshot, settings, verify="size")
+    branch = coll.branches.get("ann")
+    if not isinstance(branch, AnnBranch):
+        raise SystemExit(f"no ANN branch for {snapshot}: {coll.unavailable.get('ann')}")
+    index, encoder = branch.index, branch.encoder
+    queries = _queries(coll, n, data_dir)
+    pool = ThreadPoolExecutor(4)
+    raw = index.raw  # type: ignore[attr-defined]
+
+    if index.kind == "hnsw":
+        ef = max(branch.params.ef or index.ef_search, k)  # type: ignore[attr-defined]
+        raw.set_ef(ef)
+
+        def raw_search(v: np.ndarray) -> Any:
+            return raw.knn_query(v[None, :], k=k, num_threads=1)
+
+        setting = f"ef={ef}"
+    else:
+        import faiss
+
+        nprobe = branch.params.nprobe or index.nprobe  # type: ignore[attr-defined]
+        params = faiss.SearchParametersIVF(nprobe=nprobe)
+
+        def raw_search(v: np.ndarray) -> Any:
+            return raw.search(v[None, :], k, params=params)
+
+        setting = f"nprobe={nprobe}"
+
+    async def via_branch(text: str) -> None:
+        req = RecallRequest(query=SearchQuery(collection=coll.name, text=text), collection=coll, pool=pool)
+        await branch.recall(req, k)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e6
+
+    loop = asyncio.new_event_loop()
+    vecs = encoder.encode(queries[:5])  # warm up
+    for q, v in zip(queries[:5], vecs, strict=True):
+        raw_search(v)
+        loop.run_until_complete(via_branch(q))
+    raw_enc, raw_srch, raw_total, cold, warm = [], [], [], [], []
+    for q in queries:
+        # Interleaved per query so machine noise hits both sides alike.
+        e = timed(lambda q=q: encoder.encode([q]))  # type: ignore[misc]
+        v = encoder.encode([q])[0]
+        s = timed(lambda v=v: raw_search(v))  # type: ignore[misc]
+        raw_enc.append(e)
+        raw_srch.append(s)
+        raw_total.append(e + s)
+        if branch.cache is not None:
+            branch.cache.clear()
+        cold.append(timed(lambda q=q: loop.run_until_complete(via_branch(q))))  # type: ignore[misc]
+        warm.append(timed(lambda q=q: loop.run_until_complete(via_branch(q))))  # type: ignore[misc]
+    loop.close()
+    pool.shutdown()
+    lines = [
+        f"ANN branch vs raw calls — {coll.name} ({index.count} × {index.dim}, {index.kind} {setting}, {index.device}), "
+        f"{len(queries)} real queries, top-{k}, one at a time",
+        _fmt(f"raw {encoder.name} encode (onnxruntime)", raw_enc),
+        _fmt(
+            f"raw {index.kind} search ({'hnswlib knn_query' if index.kind == 'hnsw' else 'faiss search'})",
+            raw_srch,
+        ),
+        _fmt("raw encode + search", raw_total),
+        _fmt("Quarry ANN branch, query cache miss", cold, raw_total),
+        _fmt("Quarry ANN branch, query cache hit (search only)", warm, raw_srch),
+    ]
+    return "\n".join(lines)
+
+
+def bench_search(
+    snapshot: Path,
+    *,
+    n: int = 300,
+    top_k: int = 10,
+    radius_m: float = 50_000.0,
+    users: int = 50,
+    data_dir: Path | None = None,
+    redis_url: str = "",
+) -> str:
+    """End-to-end Search (every branch the snapshot feeds, run concurrently by the executor) vs the sum of
+    the raw library calls each branch makes, measured interleaved in the same run.
+
+    Requests take their text from real item titles, their location from that item, and a user id drawn
+    from the snapshot's long-term histories (when it has a behavior part).
+    """
+    from indexer.text import analyze
+    from quarry.settings import QuarrySettings, RedisSettings
+    from retriever.core.service import SearchService
+    from retriever.core.types import GeoPoint, SearchQuery
+    from retriever.features.recent import make_recent_store
+    from retriever.generations import Collection, Registry
+
+    settings = QuarrySettings(redis=RedisSettings(url=redis_url))
+    coll = Collection(snapshot, settings.for_collection(_name_of(snapshot)), verify="size")
+    reg = Registry()
+    reg.put(coll)
+    svc = SearchService(settings, reg, recent=make_recent_store(settings.redis))
+    rnd = random.Random(11)
+    fw = coll.forward
+    located = np.flatnonzero(~np.isnan(fw.lat))
+    pool_ords = located if len(located) else np.arange(len(fw))
+    picks = [int(pool_ords[rnd.randrange(len(pool_ords))]) for _ in range(n)]
+    rows = fw.rows(picks)
+    beh = coll.branches.get("behavior")
+    user_ids = list(beh.index.user_ids[:users]) if beh is not None and hasattr(beh.index, "user_ids") else []  # type: ignore[attr-defined]
+    reqs = []
+    for row in rows:
+        loc = GeoPoint(row["lat"], row["lon"]) if row["lat"] is not None else None
+        user = rnd.choice(user_ids) if user_ids else ""
+        reqs.append(
+            SearchQuery(
+                collection=coll.name,
+                text=row["title"],
+                user_id=user,
+                location=loc,
+                radius_m=radius_m if loc else 0.0,
+                top_k=top_k,
+            )
+        )
+
+    # Raw library calls, one per branch, as the branches make them.
+    inv = coll.branches.get("inverted")
+    ann = coll.branches.get("ann")
+    geo = coll.branches.get("geo")
+    raw: dict[str, list[float]] = {}
+
+    def t(name: str, fn: Callable[[], Any]) -> None:
+        t0 = time.perf_counter()
+        fn()
+        raw.setdefault(name, []).append((time.perf_counter() - t0) * 1e6)
+
+    loop = asyncio.new_event_loop()
+    total: list[float] = []
+    per_branch: dict[str, list[float]] = {}
+    for q in reqs[:5]:
+        loop.run_until_complete(svc.search(q))
+    for q in reqs:
+        if inv is not None:
+            terms = {a: list(dict.fromkeys(analyze(q.text, a))) for a in coll.analyzers}
+            query = inv.build_query(terms, q.filters)  # type: ignore[attr-defined]
+            t("tantivy search", lambda query=query: inv._searcher.search(query, limit=200, count=False))  # type: ignore[attr-defined]
+        if ann is not None:
+            t("onnxruntime encode", lambda q=q: ann.encoder.encode([q.text]))  # type: ignore[attr-defined]
+            v = ann.encoder.encode([q.text])  # type: ignore[attr-defined]
+            if ann.index.kind == "hnsw":  # type: ignore[attr-defined]
+                t("hnswlib knn_query", lambda v=v: ann.index.raw.knn_query(v, k=100, num_threads=1))  # type: ignore[attr-defined]
+            else:
+                t("faiss search", lambda v=v: ann.index.raw.search(v, 100))  # type: ignore[attr-defined]
+        if beh is not None and q.user_id:
+            hist = beh.index.user_history(q.user_id)  # type: ignore[attr-defined]
+            seeds = [(o, 1.0) for o in hist[:20]]
+            t("i2i expand (numpy)", lambda seeds=seeds: beh.index.expand(beh.s.method, seeds, 100))  # type: ignore[attr-defined]
+        if geo is not None and q.location is not None:
+            t(
+                "geo within (cKDTree)",
+                lambda q=q: geo.index.within(q.location.lat, q.location.lon, q.radius_m, k=100),
+            )  # type: ignore[attr-defined,union-attr]
+        t0 = time.perf_counter()
+        res = loop.run_until_complete(svc.search(q))
+        total.append((time.perf_counter() - t0) * 1e6)
+        for b in res.branch_stats:
+            if b.status.value == "ok":
+                per_branch.setdefault(b.branch, []).append(b.latency_ms * 1000)
+    loop.run_until_complete(svc.aclose())
+    loop.close()
+    raw_sum_p50 = sum(statistics.median(v) for v in raw.values())
+    lines = [
+        f"End-to-end Search (in-process core, no RPC) — {coll.name}: {len(fw)} items, {len(reqs)} requests, "
+        f"top_k={top_k}, radius {radius_m / 1000:.0f} km, store={svc.recent.name}, branches {sorted(per_branch)}",
+        "  raw library calls (same run, one at a time):",
+        *[_fmt("  " + k, v) for k, v in raw.items()],
+        f"  sum of raw p50s {raw_sum_p50:9.1f} µs (branches run concurrently in Quarry, so this is a serial bound)",
+        "  Quarry branches (inside the executor, concurrent):",
+        *[_fmt("  " + k, v) for k, v in sorted(per_branch.items())],
+        _fmt("Quarry Search total", total),
+        f"  total p50 / sum of raw p50s: {statistics.median(total) / raw_sum_p50:.2f}×",
+    ]
+    return "\n".join(lines)
+
+
+def _name_of(snapshot: Path) -> str:
+    from indexer.snapshot import read_manifest
+
+    return read_manifest(snapshot).collection

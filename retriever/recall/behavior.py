@@ -1,0 +1,74 @@
+"""Behavior recall (基于行为的召回): the user's real-time recent events (from the RecentStore: Redis or
+embedded) plus long-term history (from the snapshot) expanded through the snapshot's item-to-item table.
+
+Seeds decay with their position in the user's history; real-time seeds also carry the event's weight.
+A store failure is not swallowed here: it raises, so the executor marks the branch ERROR and the answer
+degraded (fail-open), with long-term recall lost for that request only.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from indexer.behavior import BehaviorIndex
+from quarry.settings import BehaviorSettings
+from retriever.core.types import Candidate
+from retriever.recall.base import BranchUnavailable, RecallRequest
+
+NAME = "behavior"
+
+
+class BehaviorBranch:
+    name = NAME
+
+    def __init__(self, index: BehaviorIndex, ord_of: dict[str, int], settings: BehaviorSettings) -> None:
+        self.index = index
+        self.ord_of = ord_of
+        self.s = settings
+
+    @classmethod
+    def create(cls, collection: Any, spec: Any) -> BehaviorBranch:
+        part = collection.manifest.parts.get("behavior")
+        if part is None:
+            raise BranchUnavailable("the snapshot has no behavior part (built without events)")
+        settings: BehaviorSettings = collection.settings.behavior
+        if settings.method not in part.get("methods", []):
+            raise BranchUnavailable(
+                f"the snapshot has no {settings.method!r} i2i table (has: {part.get('methods')})"
+            )
+        index = BehaviorIndex.load(Path(collection.root) / part["dir"], part)
+        return cls(index, collection.forward.ord_of, settings)
+
+    def skip_reason(self, request: RecallRequest) -> str | None:
+        return None if request.query.user_id else "no user_id"
+
+    def _seeds(self, recent: list[Any], history: list[int]) -> dict[int, float]:
+        decay = 0.5 ** (1.0 / self.s.decay_half_life)
+        seeds: dict[int, float] = {}
+        pos = 0
+        for r in recent:
+            o = self.ord_of.get(r.item_id)
+            if o is None:
+                continue
+            seeds[o] = seeds.get(o, 0.0) + r.weight * decay**pos
+            pos += 1
+        for i, o in enumerate(history[: self.s.history_n]):
+            seeds[o] = seeds.get(o, 0.0) + self.s.history_weight * decay**i
+        return seeds
+
+    def _expand(self, seeds: dict[int, float], allowed: Any, quota: int) -> list[Candidate]:
+        exclude = set(seeds) if self.s.exclude_seen else None
+        pairs = self.index.expand(self.s.method, list(seeds.items()), quota, exclude=exclude, allowed=allowed)
+        return [Candidate(o, s) for o, s in pairs]
+
+    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        q = request.query
+        recent = []
+        if request.recent is not None and self.s.recent_n:
+            recent = await request.recent.recent(q.collection, q.user_id, self.s.recent_n)
+        history = self.index.user_history(q.user_id) if self.s.history_n else []
+        seeds = self._seeds(recent, history)
+        if not seeds:
+            return []
+        return await request.blocking(self._expand, seeds, request.allowed, quota)

@@ -1,0 +1,45 @@
+"""Geo recall (基于地域的召回): items within `radius_m` of the request's location, nearest first, or the
+nearest items within the collection's default radius when the request gives none. Scores are negated
+metres (higher = closer) so fusion's "higher is better" holds; hits carry the exact haversine distance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from indexer.geo import GeoIndex
+from quarry.settings import GeoSettings
+from retriever.core.types import Candidate
+from retriever.recall.base import BranchUnavailable, RecallRequest
+
+NAME = "geo"
+
+
+class GeoBranch:
+    name = NAME
+
+    def __init__(self, index: GeoIndex, settings: GeoSettings) -> None:
+        self.index = index
+        self.s = settings
+
+    @classmethod
+    def create(cls, collection: Any, spec: Any) -> GeoBranch:
+        part = collection.manifest.parts.get("geo")
+        if part is None:
+            raise BranchUnavailable("the snapshot has no geo part (no item has a location)")
+        return cls(GeoIndex.load(Path(collection.root), part), collection.settings.geo)
+
+    def skip_reason(self, request: RecallRequest) -> str | None:
+        return None if request.query.location is not None else "no location"
+
+    def _search(self, lat: float, lon: float, radius: float, allowed: Any, quota: int) -> list[Candidate]:
+        ords, dists = self.index.within(lat, lon, radius, k=quota, allowed=allowed)
+        return [Candidate(int(o), -float(d)) for o, d in zip(ords, dists, strict=True)]
+
+    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        q = request.query
+        assert q.location is not None
+        radius = q.radius_m or self.s.default_radius_m
+        return await request.blocking(
+            self._search, q.location.lat, q.location.lon, radius, request.allowed, quota
+        )

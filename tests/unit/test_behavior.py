@@ -1,0 +1,297 @@
+"""Behavior tables: hand-computed ItemCF/Swing, a brute-force cross-check, the read side, MovieLens."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from indexer.behavior import BehaviorIndex, BehaviorParams, build_behavior, evaluate_behavior
+from indexer.catalog import Event
+from indexer.datasets import DatasetUnavailable, load_dataset
+
+DAY = 86400.0
+ORD = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}  # "e" never interacted with
+
+# Hand example (ts increasing down the list within each user):
+#   u1: a b c   u2: a b   u3: a b d   u4: c d   u5: a c
+HAND = {"u1": "abc", "u2": "ab", "u3": "abd", "u4": "cd", "u5": "ac"}
+
+
+def hand_events() -> list[Event]:
+    out = []
+    t = 1_000_000.0
+    for user, items in HAND.items():
+        for item in items:
+            t += 60
+            out.append(Event(user=user, item=item, ts=t))
+    return out
+
+
+def build(
+    tmp_path: Path, events: Iterable[Event], ord_of: dict[str, int] = ORD, **params: object
+) -> BehaviorIndex:
+    directory = tmp_path / "behavior"
+    meta = build_behavior(events, ord_of, directory, params=BehaviorParams(**params))  # type: ignore[arg-type]
+    return BehaviorIndex.load(directory, meta)
+
+
+def row(index: BehaviorIndex, method: str, item: str) -> dict[int, float]:
+    indices, scores = index.neighbors(method, ORD[item])
+    return {int(i): float(s) for i, s in zip(indices, scores, strict=True)}
+
+
+def test_itemcf_hand_computed(tmp_path: Path) -> None:
+    index = build(tmp_path, hand_events())
+    # |N(u)|: u1 3, u2 2, u3 3, u4 2, u5 2 → IUF weights 1/ln 4 and 1/ln 3.
+    # |N(i)|: a 4, b 3, c 3, d 2; α = 0.5 → denominators sqrt(|N(i)|·|N(j)|).
+    w3, w2 = 1 / math.log(4), 1 / math.log(3)
+    expected = {
+        ("a", "b"): (w3 + w2 + w3) / math.sqrt(4 * 3),  # u1, u2, u3
+        ("a", "c"): (w3 + w2) / math.sqrt(4 * 3),  # u1, u5
+        ("a", "d"): w3 / math.sqrt(4 * 2),  # u3
+        ("b", "c"): w3 / math.sqrt(3 * 3),  # u1
+        ("b", "d"): w3 / math.sqrt(3 * 2),  # u3
+        ("c", "d"): w2 / math.sqrt(3 * 2),  # u4
+    }
+    for (i, j), sim in expected.items():
+        assert row(index, "itemcf", i)[ORD[j]] == pytest.approx(sim, rel=1e-6)
+        assert row(index, "itemcf", j)[ORD[i]] == pytest.approx(sim, rel=1e-6)
+    assert list(index.neighbors("itemcf", ORD["a"])[0]) == [ORD["b"], ORD["c"], ORD["d"]]
+    assert len(index.neighbors("itemcf", ORD["e"])[0]) == 0
+
+
+def test_itemcf_alpha_is_asymmetric(tmp_path: Path) -> None:
+    index = build(tmp_path, hand_events(), itemcf_alpha=1.0)
+    w3, w2 = 1 / math.log(4), 1 / math.log(3)
+    # α = 1: the row item's count alone normalises (a conditional-probability flavour).
+    assert row(index, "itemcf", "a")[ORD["b"]] == pytest.approx((2 * w3 + w2) / 4, rel=1e-6)
+    assert row(index, "itemcf", "b")[ORD["a"]] == pytest.approx((2 * w3 + w2) / 3, rel=1e-6)
+
+
+def test_swing_hand_computed(tmp_path: Path) -> None:
+    index = build(tmp_path, hand_events(), swing_alpha=1.0)
+    # w_u = 1/sqrt(|I_u|): u1 1/√3, u2 1/√2, u3 1/√3, u5 1/√2.
+    # (a,b): users {u1,u2,u3}; every pair shares exactly {a,b} → 1/(1+2) each.
+    ab = (1 / math.sqrt(6) + 1 / 3 + 1 / math.sqrt(6)) / 3
+    # (a,c): users {u1,u5} share {a,c}.
+    ac = (1 / math.sqrt(6)) / 3
+    assert row(index, "swing", "a") == pytest.approx({ORD["b"]: ab, ORD["c"]: ac}, rel=1e-6)
+    assert row(index, "swing", "b") == pytest.approx({ORD["a"]: ab}, rel=1e-6)
+    assert row(index, "swing", "c") == pytest.approx({ORD["a"]: ac}, rel=1e-6)
+    # One common user makes no pair: (a,d), (b,c), (b,d), (c,d) have no Swing score.
+    assert row(index, "swing", "d") == {}
+
+
+def _reference(
+    baskets: dict[str, set[int]], alpha_cf: float, alpha_swing: float
+) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
+    """Direct transcription of the two formulas, O(everything), for small random data."""
+    users_of: dict[int, set[str]] = {}
+    for u, items in baskets.items():
+        for i in items:
+            users_of.setdefault(i, set()).add(u)
+    cf: dict[tuple[int, int], float] = {}
+    swing: dict[tuple[int, int], float] = {}
+    for i, j in itertools.permutations(users_of, 2):
+        common = sorted(users_of[i] & users_of[j])
+        if not common:
+            continue
+        num = sum(1 / math.log(1 + len(baskets[u])) for u in common)
+        cf[i, j] = num / (len(users_of[i]) ** alpha_cf * len(users_of[j]) ** (1 - alpha_cf))
+        s = 0.0
+        for u, v in itertools.combinations(common, 2):
+            wu, wv = 1 / math.sqrt(len(baskets[u])), 1 / math.sqrt(len(baskets[v]))
+            s += wu * wv / (alpha_swing + len(baskets[u] & baskets[v]))
+        if s > 0:
+            swing[i, j] = s
+    return cf, swing
+
+
+def test_matches_brute_force_on_random_data(tmp_path: Path) -> None:
+    rng = random.Random(7)
+    n_items = 30
+    ord_of = {f"i{k}": k for k in range(n_items)}
+    events = []
+    baskets: dict[str, set[int]] = {}
+    for u in range(40):
+        # Skewed item choice so some items are popular, some rare.
+        picks = {min(int(rng.expovariate(0.12)), n_items - 1) for _ in range(rng.randint(1, 12))}
+        baskets[f"u{u}"] = picks
+        for k in picks:
+            events.append(Event(user=f"u{u}", item=f"i{k}", ts=rng.uniform(0, 1e6)))
+    cf_ref, swing_ref = _reference(baskets, 0.3, 2.0)
+    index = build(tmp_path, events, ord_of, neighbors=n_items, itemcf_alpha=0.3, swing_alpha=2.0)
+    for method, ref in (("itemcf", cf_ref), ("swing", swing_ref)):
+        got = {}
+        for i in range(n_items):
+            indices, scores = index.neighbors(method, i)
+            assert np.all(np.diff(scores) <= 0), "rows must be score-descending"
+            got.update({(i, int(j)): float(s) for j, s in zip(indices, scores, strict=True)})
+        assert got.keys() == ref.keys()
+        for key, value in ref.items():
+            assert got[key] == pytest.approx(value, rel=1e-5), (method, key)
+
+
+def test_caps_keep_most_recent(tmp_path: Path) -> None:
+    # u1 saw a, b, c in that order; with max_items_per_user=2 only b and c co-occur.
+    events = [Event(user="u1", item=x, ts=t) for t, x in enumerate("abc")]
+    events += [Event(user="u2", item=x, ts=10.0 + t) for t, x in enumerate("abc")]
+    index = build(tmp_path, events, max_items_per_user=2)
+    assert set(row(index, "itemcf", "b")) == {ORD["c"]}
+    assert row(index, "itemcf", "a") == {} and row(index, "swing", "a") == {}
+    # Swing: item a has users u1,u2,u3 (u3 newest); with 2 users per item only (u2,u3) pair up for a's row.
+    events = [
+        Event(user=u, item=x, ts=t0 + t)
+        for t0, u in ((0, "u1"), (10, "u2"), (20, "u3"))
+        for t, x in enumerate("ab" if u != "u3" else "ac")
+    ]
+    index = build(tmp_path / "s", events, swing_max_users_per_item=2)
+    # Pair (u2,u3) shares only {a}: contributes to no co-item; (u1,u2) was sampled out of a's row.
+    assert row(index, "swing", "a") == {}
+    assert ORD["a"] in row(index, "swing", "b")  # b's users u1, u2 both kept
+
+
+def test_round_trip_files_and_manifest(tmp_path: Path) -> None:
+    directory = tmp_path / "behavior"
+    meta = build_behavior(hand_events(), ORD, directory, params=BehaviorParams())
+    assert meta["dir"] == "behavior" and meta["methods"] == ["itemcf", "swing"]
+    assert all(f.startswith("behavior/") and (tmp_path / f).is_file() for f in meta["files"])
+    assert {"behavior/i2i_swing.indptr.npy", "behavior/popularity.npy"} <= set(meta["files"])
+    assert meta["counts"]["users"] == 5 and meta["items"] == 5
+    assert json.loads(json.dumps(meta)) == meta  # goes into manifest.json as is
+    assert BehaviorParams.from_json(meta["params"]) == BehaviorParams()
+    indptr = np.load(directory / "i2i_itemcf.indptr.npy")
+    indices = np.load(directory / "i2i_itemcf.indices.npy")
+    scores = np.load(directory / "i2i_itemcf.scores.npy")
+    assert (indptr.dtype, indices.dtype, scores.dtype) == (np.int64, np.int32, np.float32)
+    assert len(indptr) == len(ORD) + 1 and indptr[-1] == len(indices) == len(scores)
+    index = BehaviorIndex.load(directory, meta)
+    assert isinstance(index.neighbors("itemcf", 0)[0], np.memmap)
+    for i in range(len(ORD)):
+        got_i, got_s = index.neighbors("itemcf", i)
+        assert np.array_equal(got_i, indices[indptr[i] : indptr[i + 1]])
+        assert np.array_equal(got_s, scores[indptr[i] : indptr[i + 1]])
+    with pytest.raises(ValueError, match="unknown behavior method"):
+        index.neighbors("als", 0)
+    with pytest.raises(IndexError):
+        index.neighbors("itemcf", len(ORD))
+    bad = dict(meta, items=4)
+    with pytest.raises(ValueError, match="does not match"):
+        BehaviorIndex.load(directory, bad)
+
+
+def test_expand_scores_excludes_and_orders(tmp_path: Path) -> None:
+    index = build(tmp_path, hand_events())
+    a, b, c, d = (ORD[x] for x in "abcd")
+    sim = {i: row(index, "itemcf", x) for x, i in ORD.items()}
+    got = index.expand("itemcf", [(a, 1.0), (d, 0.5)], 10)
+    expected = {b: sim[a][b] + 0.5 * sim[d][b], c: sim[a][c] + 0.5 * sim[d][c]}
+    assert [o for o, _ in got] == sorted(expected, key=lambda o: -expected[o])
+    assert dict(got) == pytest.approx(expected)
+    assert all(s1 >= s2 for (_, s1), (_, s2) in itertools.pairwise(got))
+    assert index.expand("itemcf", [(a, 1.0), (d, 0.5)], 1) == got[:1]
+    assert [o for o, _ in index.expand("itemcf", [(a, 1.0)], 10, exclude={b})] == [c, d]
+    allowed = np.ones(len(ORD), dtype=bool)
+    allowed[c] = False
+    assert [o for o, _ in index.expand("itemcf", [(a, 1.0)], 10, allowed=allowed)] == [b, d]
+    assert index.expand("itemcf", [], 10) == [] and index.expand("itemcf", [(a, 1.0)], 0) == []
+    assert index.expand("swing", [(ORD["e"], 1.0)], 10) == []
+    with pytest.raises(ValueError, match="mask"):
+        index.expand("itemcf", [(a, 1.0)], 10, allowed=np.ones(3, dtype=bool))
+
+
+def test_user_history_recent_first_and_unknown_user(tmp_path: Path) -> None:
+    events = [*hand_events(), Event(user="u1", item="a", ts=9e9)]  # re-interaction moves a to the front
+    index = build(tmp_path, events, history_len=2)
+    assert index.user_history("u1") == [ORD["a"], ORD["c"]]
+    assert index.user_history("u4") == [ORD["d"], ORD["c"]]
+    assert index.user_history("nobody") == [] and index.user_history("") == []
+    assert index.user_history("u0") == [] and index.user_history("u9") == []
+
+
+def test_weights_and_skips(tmp_path: Path) -> None:
+    events = [
+        Event(user="u1", item="a", type="buy", ts=0.0),
+        Event(user="u1", item="zzz", ts=1.0),  # not in the catalog
+        Event(user="u2", item="b", type="view", ts=2.0, weight=0.5),  # 0.5 < min_weight
+        Event(user="u2", item="c", type="view", ts=3.0, weight=-1.0),  # negative feedback
+        Event(user="u2", item="d", type="view", ts=4.0, weight=2.0),
+    ]
+    directory = tmp_path / "behavior"
+    meta = build_behavior(
+        events, ORD, directory, params=BehaviorParams(type_weights={"buy": 3.0}, min_weight=1.0)
+    )
+    assert meta["counts"]["skipped_unknown_item"] == 1
+    assert meta["counts"]["skipped_not_positive"] == 2
+    assert meta["counts"]["positive_events"] == 2
+    index = BehaviorIndex.load(directory, meta)
+    assert index.user_history("u2") == [ORD["d"]]
+
+
+def test_popularity_decay(tmp_path: Path) -> None:
+    now = 100 * DAY
+    events = [
+        Event(user="u1", item="a", ts=now),
+        Event(user="u2", item="b", ts=now - 7 * DAY),  # one half-life old
+        Event(user="u3", item="b", ts=now - 14 * DAY),  # two
+        Event(user="u4", item="c", ts=now, type="buy"),
+        Event(user="u4", item="c", ts=now - 1, type="buy"),  # same user and item: one interaction
+    ]
+    index = build(tmp_path, events, popularity_half_life_days=7.0, type_weights={"buy": 3.0})
+    assert index.popularity.tolist() == pytest.approx([1.0, 0.75, 3.0, 0.0, 0.0])
+    top = index.popular(10)
+    assert [o for o, _ in top] == [2, 0, 1]
+    assert [s for _, s in top] == pytest.approx([3.0, 1.0, 0.75])
+    allowed = np.array([True, True, False, True, True])
+    assert [o for o, _ in index.popular(1, allowed)] == [0]
+    plain = build(tmp_path / "x", events, popularity_half_life_days=None)
+    assert plain.popularity.tolist() == pytest.approx([1.0, 2.0, 1.0, 0.0, 0.0])
+
+
+def test_no_events(tmp_path: Path) -> None:
+    index = build(tmp_path, [])
+    assert index.user_history("u1") == [] and index.popular(5) == []
+    assert index.expand("swing", [(0, 1.0)], 5) == []
+
+
+def test_evaluate_runs_on_tiny_data() -> None:
+    result = evaluate_behavior(hand_events(), ORD, fraction=0.5, k=3)
+    assert set(result["methods"]) == {"popularity", "itemcf", "swing"}
+    assert all(0 <= m["recall@3"] <= 1 for m in result["methods"].values())
+
+
+@pytest.fixture(scope="module")
+def movielens() -> tuple[dict[str, int], list[Event]]:
+    try:
+        ds = load_dataset("movielens", Path("/nonexistent"))  # falls back to recbole's bundled copy
+    except DatasetUnavailable as exc:
+        pytest.skip(str(exc))
+    assert ds.events is not None
+    return {it.id: i for i, it in enumerate(ds.items())}, list(ds.events())
+
+
+def test_movielens_star_wars_neighbors(tmp_path: Path, movielens: tuple[dict[str, int], list[Event]]) -> None:
+    ord_of, events = movielens
+    t0 = time.perf_counter()
+    directory = tmp_path / "behavior"
+    meta = build_behavior(events, ord_of, directory, params=BehaviorParams(min_weight=4))
+    assert time.perf_counter() - t0 < 15
+    assert meta["counts"]["events"] == 100_000 and meta["counts"]["users"] > 900
+    index = BehaviorIndex.load(directory, meta)
+    sequels = {ord_of["181"], ord_of["172"]}  # Return of the Jedi, The Empire Strikes Back
+    for method in ("itemcf", "swing"):
+        top10 = set(index.neighbors(method, ord_of["50"])[0][:10].tolist())
+        assert top10 & sequels, method
+    history = index.user_history("1")
+    assert 0 < len(history) <= 50
+    seeds = [(o, 1.0) for o in history]
+    got = index.expand("swing", seeds, 50, exclude=set(history[:5]))
+    assert len(got) == 50 and not {o for o, _ in got} & set(history)
