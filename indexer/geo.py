@@ -303,17 +303,24 @@ class GeoIndex:
         phi, lam = math.radians(lat), math.radians(lon)
         query = np.array([math.cos(phi) * math.cos(lam), math.cos(phi) * math.sin(lam), math.sin(phi)])
         q = _Query(lat, lon, radius_m, k, allowed, query, _search_chord(radius_m))
-        if self._ball_bound(query, q.chord) <= _BALL_MAX:
+        bound = self._ball_bound(query, q.chord)
+        if bound <= _BALL_MAX:
             return self._ball(q)
-        if allowed is not None and n_allowed**2 <= _SCAN_FACTOR * (k + _KNN_MARGIN) * self.n_items:
+        # k-NN visits at most the ball's points, so a scan only pays when it touches fewer items than that.
+        if (
+            allowed is not None
+            and n_allowed <= bound
+            and n_allowed**2 <= _SCAN_FACTOR * (k + _KNN_MARGIN) * self.n_items
+        ):
             return self._scan_allowed(q)
         if k + _KNN_MARGIN > _KNN_MAX:
             return self._ball(q)
 
         m = len(self.ordinals)
-        # Expect ~k·N/allowed neighbours to hold k allowed ones (a spatially uneven filter escalates).
+        # Expect ~k·N/allowed neighbours to hold k allowed ones (a spatially uneven filter escalates);
+        # bound + 1 neighbours are sure to exhaust the ball, so a selective filter costs no more than that.
         want = (k + _KNN_MARGIN) * (self.n_items / n_allowed) * (1.25 if allowed is not None else 1.0)
-        kk = min(m, math.ceil(want))
+        kk = min(m, math.ceil(want), bound + 1)
         while True:
             if kk > _KNN_MAX:
                 # A filter sparse around this point (or, unfiltered, a pile of items tied at the k-th

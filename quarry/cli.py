@@ -69,7 +69,7 @@ def index() -> None:
     "--events",
     "events_path",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Behaviour events (.jsonl/.parquet) for a --catalog: builds item-to-item tables.",
+    help="Behaviour events (.jsonl/.parquet): builds item-to-item tables (overrides a data set's own).",
 )
 @click.option(
     "--encoder",
@@ -129,7 +129,10 @@ def index_build(
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
             items, source = ds.items(), ds.source
-            events = ds.events() if ds.events is not None else None
+            if events_path is not None:
+                events = read_events(events_path)
+            else:
+                events = ds.events() if ds.events is not None else None
             opts = ds.build_options(collection=collection, **common)
         else:
             assert catalog is not None
