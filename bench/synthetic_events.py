@@ -49,7 +49,9 @@ def main() -> None:
             visits[trips] = rng.choice(len(places), size=int(trips.sum()), p=pop / pop.sum())
             ts = t0 + np.sort(rng.uniform(0, 90 * 86400, size=ns.per_user))
             for item, t in zip(visits, ts, strict=True):
-                fh.write(json.dumps({"user": f"u{u}", "item": ids[item], "type": "visit", "ts": float(t)}) + "\n")
+                fh.write(
+                    json.dumps({"user": f"u{u}", "item": ids[item], "type": "visit", "ts": float(t)}) + "\n"
+                )
                 n += 1
     print(f"wrote {n} SYNTHETIC events for {ns.users} users to {ns.out}")
 

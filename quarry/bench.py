@@ -94,25 +94,35 @@ def bench_ann(
         fn()
         return (time.perf_counter() - t0) * 1e6
 
-    loop = asyncio.new_event_loop()
-    vecs = encoder.encode(queries[:5])  # warm up
-    for q, v in zip(queries[:5], vecs, strict=True):
-        raw_search(v)
-        loop.run_until_complete(via_branch(q))
-    raw_enc, raw_srch, raw_total, cold, warm = [], [], [], [], []
-    for q in queries:
-        # Interleaved per query so machine noise hits both sides alike.
-        e = timed(lambda q=q: encoder.encode([q]))  # type: ignore[misc]
-        v = encoder.encode([q])[0]
-        s = timed(lambda v=v: raw_search(v))  # type: ignore[misc]
-        raw_enc.append(e)
-        raw_srch.append(s)
-        raw_total.append(e + s)
-        if branch.cache is not None:
-            branch.cache.clear()
-        cold.append(timed(lambda q=q: loop.run_until_complete(via_branch(q))))  # type: ignore[misc]
-        warm.append(timed(lambda q=q: loop.run_until_complete(via_branch(q))))  # type: ignore[misc]
-    loop.close()
+    raw_enc: list[float] = []
+    raw_srch: list[float] = []
+    raw_total: list[float] = []
+    cold: list[float] = []
+    warm: list[float] = []
+
+    async def run() -> None:
+        # One running loop, as in the server: each branch call is timed around its await.
+        for q in queries[:5]:  # warm up
+            raw_search(encoder.encode([q])[0])
+            await via_branch(q)
+        for q in queries:
+            # Interleaved per query so machine noise hits both sides alike.
+            e = timed(lambda q=q: encoder.encode([q]))  # type: ignore[misc]
+            v = encoder.encode([q])[0]
+            s = timed(lambda v=v: raw_search(v))  # type: ignore[misc]
+            raw_enc.append(e)
+            raw_srch.append(s)
+            raw_total.append(e + s)
+            if branch.cache is not None:
+                branch.cache.clear()
+            t0 = time.perf_counter()
+            await via_branch(q)
+            cold.append((time.perf_counter() - t0) * 1e6)
+            t0 = time.perf_counter()
+            await via_branch(q)
+            warm.append((time.perf_counter() - t0) * 1e6)
+
+    asyncio.run(run())
     pool.shutdown()
     lines = [
         f"ANN branch vs raw calls — {coll.name} ({index.count} × {index.dim}, {index.kind} {setting}, {index.device}), "

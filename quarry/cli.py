@@ -277,6 +277,54 @@ def query(
         click.echo(format_response(resp, text))
 
 
+@main.command("recommend")
+@click.option("--target", default="127.0.0.1:50051", show_default=True)
+@click.option("--collection", required=True)
+@click.option("--user", default="", help="User id (unknown users get popular items).")
+@click.option("--lat", type=float)
+@click.option("--lon", type=float)
+@click.option("--radius-m", type=float, default=0.0)
+@click.option("--top-k", type=int, default=10, show_default=True)
+@click.option("--category", "categories", multiple=True)
+@click.option("--debug", is_flag=True)
+@click.option("--timeout", type=float, default=5.0, show_default=True)
+def recommend_cmd(
+    target: str,
+    collection: str,
+    user: str,
+    lat: float | None,
+    lon: float | None,
+    radius_m: float,
+    top_k: int,
+    categories: tuple[str, ...],
+    debug: bool,
+    timeout: float,
+) -> None:
+    """Send one Recommend (no query text: behaviour, location, popularity) and print the hits."""
+    import grpc
+
+    from quarry.client import format_response, recommend
+
+    try:
+        resp = recommend(
+            target,
+            collection,
+            user=user,
+            lat=lat,
+            lon=lon,
+            radius_m=radius_m,
+            top_k=top_k,
+            categories=categories,
+            debug=debug,
+            timeout=timeout,
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    click.echo(format_response(resp, f"recommend user={user!r}"))
+
+
 # ---------------------------------------------------------------------------------------------- eval
 @main.group("eval")
 def eval_group() -> None:

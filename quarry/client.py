@@ -54,6 +54,31 @@ def search(
         return search_pb2_grpc.SearchServiceStub(channel).Search(req, timeout=timeout)
 
 
+def recommend(
+    target: str,
+    collection: str,
+    *,
+    user: str = "",
+    lat: float | None = None,
+    lon: float | None = None,
+    radius_m: float = 0.0,
+    top_k: int = 10,
+    categories: Sequence[str] = (),
+    debug: bool = False,
+    timeout: float = 5.0,
+) -> pb.SearchResponse:
+    req = pb.RecommendRequest(
+        collection=collection, user_id=user, radius_m=radius_m, top_k=top_k, debug=debug
+    )
+    if (lat is None) != (lon is None):
+        raise ValueError("give both --lat and --lon")
+    if lat is not None and lon is not None:
+        req.location.lat, req.location.lon = lat, lon
+    req.filters.categories.extend(categories)
+    with grpc.insecure_channel(target) as channel:
+        return search_pb2_grpc.SearchServiceStub(channel).Recommend(req, timeout=timeout)
+
+
 def format_response(resp: pb.SearchResponse, text: str = "") -> str:
     lines = [
         f"{len(resp.hits)} hits for {text!r} from {resp.snapshot_version} in {resp.took_ms:.2f} ms"
