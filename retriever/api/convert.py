@@ -33,10 +33,10 @@ def _filters(f: pb.Filters) -> Filters:
     )
 
 
-def search_query(req: pb.SearchRequest) -> SearchQuery:
+def _query(req: pb.SearchRequest | pb.RecommendRequest, text: str) -> SearchQuery:
     return SearchQuery(
         collection=req.collection,
-        text=req.query,
+        text=text,
         user_id=req.user_id,
         location=GeoPoint(req.location.lat, req.location.lon) if req.HasField("location") else None,
         radius_m=req.radius_m,
@@ -45,19 +45,14 @@ def search_query(req: pb.SearchRequest) -> SearchQuery:
         debug=req.debug,
         request_id=req.request_id,
     )
+
+
+def search_query(req: pb.SearchRequest) -> SearchQuery:
+    return _query(req, req.query)
 
 
 def recommend_query(req: pb.RecommendRequest) -> SearchQuery:
-    return SearchQuery(
-        collection=req.collection,
-        user_id=req.user_id,
-        location=GeoPoint(req.location.lat, req.location.lon) if req.HasField("location") else None,
-        radius_m=req.radius_m,
-        filters=_filters(req.filters),
-        top_k=req.top_k,
-        debug=req.debug,
-        request_id=req.request_id,
-    )
+    return _query(req, "")
 
 
 def raw_events(req: pb.LogEventsRequest) -> list[RawEvent]:

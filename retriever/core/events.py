@@ -19,14 +19,8 @@ _TYPE = re.compile(r"^[a-z0-9_.-]{1,64}$")
 MAX_ID_BYTES = 256
 
 
-@dataclass(frozen=True, slots=True)
-class RawEvent:
-    event_id: str
-    user_id: str
-    item_id: str
-    type: str
-    ts: float
-    weight: float
+#: An event as received: the same fields as a stored UserEvent, not yet checked (ts/weight 0 = defaults).
+RawEvent = UserEvent
 
 
 @dataclass(slots=True)
