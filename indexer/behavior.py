@@ -478,6 +478,10 @@ class _SortedUsers:
     def __len__(self) -> int:
         return len(self._column)
 
+    def sample(self, n: int) -> list[str]:
+        """Up to `n` user ids (the first in sort order), for benchmarks and smoke checks."""
+        return self._column.slice(0, n).to_pylist()
+
     def row(self, user_id: str) -> int | None:
         col = self._column
         lo = bisect.bisect_left(range(len(col)), user_id, key=lambda i: col[i].as_py())
@@ -516,7 +520,8 @@ class BehaviorIndex:
             arr = np.load(directory / name, mmap_mode="r")
             if arr.dtype != dtype or arr.ndim != 1 or (length is not None and len(arr) != length):
                 raise ValueError(f"{directory / name}: {arr.shape} {arr.dtype} does not match the manifest")
-            return arr
+            # A plain ndarray view of the map: still file-backed, without np.memmap's per-slice overhead.
+            return np.asarray(arr)
 
         tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for method in meta["methods"]:

@@ -38,7 +38,9 @@ def write_forward(
         cols[f"text_{name}"] = pa.array([it.text.get(name, "")[:DISPLAY_CHARS] for it in items], pa.string())
     table = pa.table(cols)
     with pa.OSFile(str(directory / FILE), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table, max_chunksize=1 << 16)
+        # One record batch: a memory-mapped single-chunk table serves take() without copying (with 64k-row
+        # chunks, take() over 235k rows cost ~8 ms per request instead of ~0.3 ms).
+        writer.write_table(table.combine_chunks())
     return {"files": [FILE], "attrs": list(attr_names), "text_fields": list(text_names), "rows": len(items)}
 
 
@@ -47,7 +49,7 @@ class ForwardStore:
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         source = pa.memory_map(str(directory / FILE), "r")
-        self._table = ipc.open_file(source).read_all()
+        self._table = ipc.open_file(source).read_all().combine_chunks()  # zero-copy when single-chunk
         self.attr_names: list[str] = list(meta.get("attrs", []))
         self.text_names: list[str] = list(meta.get("text_fields", []))
         self.ids: list[str] = self._table.column("id").to_pylist()

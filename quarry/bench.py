@@ -174,7 +174,7 @@ def bench_search(
     picks = [int(pool_ords[rnd.randrange(len(pool_ords))]) for _ in range(n)]
     rows = fw.rows(picks)
     beh = coll.branches.get("behavior")
-    user_ids = list(beh.index.user_ids[:users]) if beh is not None and hasattr(beh.index, "user_ids") else []  # type: ignore[attr-defined]
+    user_ids = beh.index._users.sample(users) if beh is not None else []  # type: ignore[attr-defined]
     reqs = []
     for row in rows:
         loc = GeoPoint(row["lat"], row["lon"]) if row["lat"] is not None else None

@@ -14,10 +14,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_query_prints_hits_and_json(server: str) -> None:
-    r = CliRunner().invoke(main, ["query", "--target", server, "--collection", "geonames", "--top-k", "3", "上海"])
+    r = CliRunner().invoke(
+        main, ["query", "--target", server, "--collection", "geonames", "--top-k", "3", "上海"]
+    )
     assert r.exit_code == 0, r.output
     assert "Shanghai" in r.output.splitlines()[1]
-    r = CliRunner().invoke(main, ["query", "--target", server, "--collection", "geonames", "--json", "--debug", "paris"])
+    r = CliRunner().invoke(
+        main, ["query", "--target", server, "--collection", "geonames", "--json", "--debug", "paris"]
+    )
     doc = json.loads(r.output)
     assert doc["hits"][0]["title"].startswith("Paris") and doc["branchStats"]
 
@@ -25,12 +29,16 @@ def test_query_prints_hits_and_json(server: str) -> None:
 def test_query_errors_are_clear(server: str) -> None:
     r = CliRunner().invoke(main, ["query", "--target", server, "--collection", "nope", "x"])
     assert r.exit_code == 1 and "NOT_FOUND: collection 'nope' not found" in r.output
-    r = CliRunner().invoke(main, ["query", "--target", server, "--collection", "geonames", "--range", "population:abc:", "x"])
+    r = CliRunner().invoke(
+        main, ["query", "--target", server, "--collection", "geonames", "--range", "population:abc:", "x"]
+    )
     assert r.exit_code == 2 and "MIN and MAX must be numbers" in r.output
 
 
 def test_recommend(server: str) -> None:
-    r = CliRunner().invoke(main, ["recommend", "--target", server, "--collection", "movielens", "--user", "196", "--debug"])
+    r = CliRunner().invoke(
+        main, ["recommend", "--target", server, "--collection", "movielens", "--user", "196", "--debug"]
+    )
     assert r.exit_code == 0, r.output
     assert "branch behavior: ok" in r.output
 
@@ -44,7 +52,19 @@ def test_index_build_and_verify_a_catalog(tmp_path: Path) -> None:
     ev = tmp_path / "events.jsonl"
     ev.write_text('{"user": "u", "item": "a", "ts": 1}\n{"user": "u", "item": "b", "ts": 2}\n')
     out = tmp_path / "snap"
-    args = ["index", "build", "--catalog", str(cat), "--events", str(ev), "--out", str(out), "--encoder", "none", "--no-progress"]
+    args = [
+        "index",
+        "build",
+        "--catalog",
+        str(cat),
+        "--events",
+        str(ev),
+        "--out",
+        str(out),
+        "--encoder",
+        "none",
+        "--no-progress",
+    ]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     assert "built shops-" in r.output
