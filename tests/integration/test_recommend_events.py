@@ -144,6 +144,11 @@ def test_dead_redis_gives_degraded_answer_not_error(movielens_snapshot: Path) ->
     reg.put(Collection(movielens_snapshot, settings.for_collection("movielens")))
     svc = SearchService(settings, reg, recent=store)
 
+    from retriever.core.metrics import BRANCH_RESULTS
+
+    errors = BRANCH_RESULTS.labels("movielens", "behavior", "error")
+    before = errors._value.get()
+
     async def go() -> None:
         t0 = time.perf_counter()
         res = await svc.search(
@@ -158,3 +163,4 @@ def test_dead_redis_gives_degraded_answer_not_error(movielens_snapshot: Path) ->
         await svc.aclose()
 
     asyncio.run(go())
+    assert errors._value.get() >= before + 2  # each failed-open branch call is counted

@@ -71,3 +71,34 @@ def test_mismatched_encoder_disables_ann_with_reason(tiny_snapshot: Path, tmp_pa
         and "differs from the one that built the item vectors" in ann.detail
     )
     assert res.hits and not res.degraded  # text recall still answers
+
+
+def test_catalog_supplied_embeddings(tmp_path: Path) -> None:
+    """A catalog may carry its own vectors; queries are then encoded with the encoder it names."""
+    from indexer.build import BuildOptions, build_snapshot
+    from indexer.catalog import CatalogError, Item
+    from quarry.encoders import get_encoder
+
+    texts = {"a": "harbour city with a big port", "b": "mountain village", "c": "desert oasis town"}
+    vecs = get_encoder("minilm").encode(list(texts.values()))
+    items = [
+        Item(id=k, text={"name": k}, embedding=tuple(float(x) for x in v))
+        for k, v in zip(texts, vecs, strict=True)
+    ]
+    out = tmp_path / "s"
+    m = build_snapshot(items, out, BuildOptions(collection="tiny", encoder="minilm", progress=False), {})
+    assert m.parts["vectors"]["encoder"]["source"] == "catalog"
+    svc = _service(out)
+    res = _search(svc, "seaport")
+    assert res.hits[0].id == "a" and res.hits[0].sources[0].branch == "ann"
+
+    with pytest.raises(CatalogError, match="give all items one, or none"):
+        build_snapshot(
+            [*items, Item(id="d", text={"name": "d"})],
+            tmp_path / "t",
+            BuildOptions(collection="t", progress=False),
+            {},
+        )
+    short = [Item(id="x", text={"name": "x"}, embedding=(1.0, 0.0))]
+    with pytest.raises(CatalogError, match="2-d but encoder 'minilm' makes 384-d"):
+        build_snapshot(short, tmp_path / "u", BuildOptions(collection="u", progress=False), {})
