@@ -95,7 +95,7 @@ class AnnBranch:
     def _recall(self, text: str, allowed: np.ndarray | None, quota: int) -> list[Candidate]:
         vec = self.embed(text)
         ords, scores = self.index.search(vec[None, :], quota, allowed=allowed, params=self.params)
-        return [Candidate(int(o), float(s)) for o, s in zip(ords[0], scores[0], strict=True) if o >= 0]
+        return [Candidate(o, s) for o, s in zip(ords[0].tolist(), scores[0].tolist(), strict=True) if o >= 0]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         # One hop into the pool for encode + search: both are native and release the GIL.

@@ -34,7 +34,7 @@ class GeoBranch:
 
     def _search(self, lat: float, lon: float, radius: float, allowed: Any, quota: int) -> list[Candidate]:
         ords, dists = self.index.within(lat, lon, radius, k=quota, allowed=allowed)
-        return [Candidate(int(o), -float(d)) for o, d in zip(ords, dists, strict=True)]
+        return [Candidate(o, -d) for o, d in zip(ords.tolist(), dists.tolist(), strict=True)]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         q = request.query

@@ -107,7 +107,7 @@ class InvertedBranch:
             return []
         addrs = [addr for _score, addr in result.hits]
         ords = self._searcher.fast_field_values(ORD_FIELD, addrs)
-        return [Candidate(int(o), float(s)) for (s, _a), o in zip(result.hits, ords, strict=True)]
+        return [Candidate(o, s) for (s, _a), o in zip(result.hits, ords, strict=True)]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         query = self.build_query(request.terms, request.query.filters)
