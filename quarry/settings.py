@@ -167,6 +167,9 @@ class RedisSettings(_Model):
     dedup_window: Annotated[int, Field(ge=1)] = 1000
     #: Users held by the embedded store (least recently active are dropped first).
     embedded_max_users: Annotated[int, Field(ge=1)] = 100_000
+    #: In-process cache of per-user real-time counters (ranking features): entries and seconds.
+    counter_cache_size: Annotated[int, Field(ge=1)] = 100_000
+    counter_cache_ttl_s: Annotated[float, Field(gt=0)] = 5.0
 
 
 class QuarrySettings(BaseSettings):

@@ -15,8 +15,10 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from cachetools import TTLCache
 
 from quarry.settings import RedisSettings
 
@@ -42,6 +44,20 @@ class RecentItem:
     weight: float
 
 
+@dataclass(frozen=True, slots=True)
+class UserCounters:
+    """Real-time per-user aggregates maintained by LogEvents (idempotently), read as ranking features."""
+
+    events_total: int = 0
+    weight_sum: float = 0.0
+    distinct_items: int = 0
+    last_ts: float = 0.0
+
+    @property
+    def avg_weight(self) -> float:
+        return self.weight_sum / self.events_total if self.events_total else 0.0
+
+
 class StoreUnavailable(Exception):
     """The store could not answer (down, slow, or the circuit breaker is open)."""
 
@@ -58,7 +74,26 @@ class RecentStore(Protocol):
         """The user's `n` most recent events, newest first (by arrival)."""
         ...
 
+    async def counters(self, collection: str, user_id: str) -> UserCounters:
+        """The user's real-time counters (zeros for an unknown user)."""
+        ...
+
     async def close(self) -> None: ...
+
+
+@dataclass
+class _MutableCounters:
+    events: int = 0
+    weight_sum: float = 0.0
+    last_ts: float = 0.0
+    # Exact set for the embedded store (bounded by max_users × distinct items); Redis uses a HyperLogLog.
+    items: set[str] = field(default_factory=set)
+
+    def add(self, e: UserEvent) -> None:
+        self.events += 1
+        self.weight_sum += e.weight
+        self.last_ts = max(self.last_ts, e.ts)
+        self.items.add(e.item_id)
 
 
 def _payload(e: UserEvent) -> str:
@@ -87,6 +122,7 @@ class MemoryRecentStore:
         self._users: OrderedDict[tuple[str, str], tuple[deque[RecentItem], OrderedDict[str, None], float]] = (
             OrderedDict()
         )
+        self._counters: dict[tuple[str, str], _MutableCounters] = {}
 
     def _slot(
         self, key: tuple[str, str], now: float
@@ -97,7 +133,8 @@ class MemoryRecentStore:
         self._users[key] = slot
         self._users.move_to_end(key)
         while len(self._users) > self.max_users:
-            self._users.popitem(last=False)
+            dropped, _ = self._users.popitem(last=False)
+            self._counters.pop(dropped, None)
         return slot
 
     async def append(self, collection: str, events: Sequence[UserEvent]) -> list[bool]:
@@ -112,6 +149,7 @@ class MemoryRecentStore:
             while len(seen) > self.dedup_window:
                 seen.popitem(last=False)
             items.appendleft(RecentItem(e.item_id, e.type, e.ts, e.weight))
+            self._counters.setdefault((collection, e.user_id), _MutableCounters()).add(e)
             self._users[(collection, e.user_id)] = (items, seen, now + self.ttl_s)
             out.append(True)
         return out
@@ -122,12 +160,22 @@ class MemoryRecentStore:
             return []
         return list(slot[0])[:n]
 
+    async def counters(self, collection: str, user_id: str) -> UserCounters:
+        slot = self._users.get((collection, user_id))
+        c = self._counters.get((collection, user_id))
+        if slot is None or c is None or slot[2] < time.time():
+            return UserCounters()
+        return UserCounters(c.events, c.weight_sum, len(c.items), c.last_ts)
+
     async def close(self) -> None:
         self._users.clear()
+        self._counters.clear()
 
 
-# KEYS[1] = recent list, KEYS[2] = seen-ids sorted set; ARGV = max_len, ttl_s, dedup_window, then
-# (event_id, payload) pairs. Returns 1/0 per event (stored / duplicate). Atomic per user and batch.
+# KEYS[1] = recent list, KEYS[2] = seen-ids sorted set, KEYS[3] = real-time counters hash, KEYS[4] =
+# distinct-items HyperLogLog; ARGV = max_len, ttl_s, dedup_window, then (event_id, payload) pairs.
+# Returns 1/0 per event (stored / duplicate). Counters move only for stored events, so retries never
+# double-count. Atomic per user and batch.
 _APPEND_LUA = """
 local max_len = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -140,6 +188,12 @@ for i = 4, #ARGV, 2 do
   seq = seq + 1
   if redis.call('ZADD', KEYS[2], 'NX', seq, ARGV[i]) == 1 then
     redis.call('LPUSH', KEYS[1], ARGV[i + 1])
+    local ev = cjson.decode(ARGV[i + 1])
+    redis.call('HINCRBY', KEYS[3], 'events_total', 1)
+    redis.call('HINCRBYFLOAT', KEYS[3], 'weight_sum', ev['w'])
+    local last = tonumber(redis.call('HGET', KEYS[3], 'last_ts') or '0')
+    if ev['t'] > last then redis.call('HSET', KEYS[3], 'last_ts', ev['t']) end
+    redis.call('PFADD', KEYS[4], ev['i'])
     out[#out + 1] = 1
   else
     out[#out + 1] = 0
@@ -147,8 +201,7 @@ for i = 4, #ARGV, 2 do
 end
 redis.call('LTRIM', KEYS[1], 0, max_len - 1)
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(window + 1))
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
+for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
 return out
 """
 
@@ -190,11 +243,15 @@ class RedisRecentStore:
         )
         self._append = self._redis.register_script(_APPEND_LUA)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
+        # Counters feed ranking features: a short TTL bounds staleness, the size bound bounds memory.
+        self._counter_cache: TTLCache[tuple[str, str], UserCounters] = TTLCache(
+            maxsize=settings.counter_cache_size, ttl=settings.counter_cache_ttl_s
+        )
 
     @staticmethod
     def _keys(collection: str, user_id: str) -> list[str]:
         tag = f"{{{collection}:{user_id}}}"
-        return [f"quarry:{tag}:recent", f"quarry:{tag}:seen"]
+        return [f"quarry:{tag}:recent", f"quarry:{tag}:seen", f"quarry:{tag}:counters", f"quarry:{tag}:items"]
 
     async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
         import redis
@@ -221,6 +278,8 @@ class RedisRecentStore:
                 args += [events[i].event_id, _payload(events[i])]
             await self._append(keys=self._keys(collection, user), args=args, client=pipe)
         results = await self._guard(pipe.execute)
+        for user in by_user:
+            self._counter_cache.pop((collection, user), None)
         for (_user, idxs), flags in zip(order, results, strict=True):
             for i, flag in zip(idxs, flags, strict=True):
                 out[i] = bool(flag)
@@ -230,6 +289,26 @@ class RedisRecentStore:
         key = self._keys(collection, user_id)[0]
         raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1))
         return [_parse(r) for r in raw]
+
+    async def counters(self, collection: str, user_id: str) -> UserCounters:
+        cached = self._counter_cache.get((collection, user_id))
+        if cached is not None:
+            return cached
+        keys = self._keys(collection, user_id)
+
+        async def read() -> list[Any]:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.hgetall(keys[2])
+            pipe.pfcount(keys[3])
+            return await pipe.execute()  # type: ignore[no-any-return]
+
+        raw, distinct = await self._guard(read)
+        h = {k.decode(): float(v) for k, v in raw.items()}
+        out = UserCounters(
+            int(h.get("events_total", 0)), h.get("weight_sum", 0.0), int(distinct), h.get("last_ts", 0.0)
+        )
+        self._counter_cache[(collection, user_id)] = out
+        return out
 
     async def close(self) -> None:
         await self._redis.aclose()

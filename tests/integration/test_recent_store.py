@@ -81,7 +81,7 @@ async def test_redis_ttl_is_set(redis_url: str) -> None:
     await s.close()
     r = redis.Redis.from_url(redis_url)
     keys = r.keys("quarry:{ttl:u1}:*")
-    assert len(keys) == 2 and all(0 < r.ttl(k) <= 60 for k in keys)
+    assert len(keys) == 4 and all(0 < r.ttl(k) <= 60 for k in keys)  # recent, seen, counters, items
 
 
 async def test_dead_redis_fails_fast_and_breaker_opens() -> None:
@@ -104,3 +104,20 @@ async def test_dead_redis_fails_fast_and_breaker_opens() -> None:
     with pytest.raises(StoreUnavailable, match="circuit breaker is open"):
         await s.recent("c", "u1", 5)
     await s.close()
+
+
+async def test_realtime_counters_are_idempotent(store: RecentStore) -> None:
+    assert await store.counters("c", "u1") == type(await store.counters("c", "u1"))()  # zeros when unknown
+    await store.append(
+        "c", [ev("e1", item="a", ts=10.0), ev("e2", item="b", ts=30.0), ev("e3", item="a", ts=20.0)]
+    )
+    await store.append("c", [ev("e2", item="b", ts=30.0)])  # a retry changes nothing
+    c = await store.counters("c", "u1")
+    assert (c.events_total, c.distinct_items, c.last_ts) == (3, 2, 30.0)
+    assert c.weight_sum == pytest.approx(3.0) and c.avg_weight == pytest.approx(1.0)
+    # A new event is visible at once (the append invalidates any cached counters).
+    await store.append("c", [UserEvent("e4", "u1", "z", "rating", 40.0, 5.0)])
+    c = await store.counters("c", "u1")
+    assert (c.events_total, c.distinct_items, c.last_ts) == (4, 3, 40.0)
+    assert c.avg_weight == pytest.approx(2.0)
+    assert (await store.counters("c", "u2")).events_total == 0
