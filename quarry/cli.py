@@ -325,6 +325,36 @@ def recommend_cmd(
     click.echo(format_response(resp, f"recommend user={user!r}"))
 
 
+# ---------------------------------------------------------------------------------------------- rank
+@main.group()
+def rank() -> None:
+    """The ranking model: training pipeline (logs → recall candidates → MLP → ONNX)."""
+
+
+@rank.command("train")
+@click.option("--dataset", default="movielens", type=click.Choice(["movielens"]), show_default=True)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for model.onnx (+ .json) and the training snapshot.",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
+@click.option(
+    "--fraction", default=0.8, show_default=True, help="Time quantile splitting training and held-out events."
+)
+@click.option("--candidates", default=200, show_default=True, help="Recall candidates per user.")
+@click.option("--seed", default=0, show_default=True)
+def rank_train(
+    dataset: str, out: Path, data_dir: Path | None, fraction: float, candidates: int, seed: int
+) -> None:
+    """Train the ranker on real behaviour and export it to ONNX with its schema and metrics."""
+    from ranker.train import train_movielens
+
+    report = train_movielens(out, data_dir=data_dir, fraction=fraction, candidates=candidates, seed=seed)
+    click.echo(json.dumps(report, indent=2))
+
+
 # ---------------------------------------------------------------------------------------------- eval
 @main.group("eval")
 def eval_group() -> None:

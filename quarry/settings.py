@@ -130,6 +130,15 @@ def _recommend_branches() -> dict[str, BranchSpec]:
     return {"behavior": BranchSpec(), "geo": BranchSpec(), "popular": BranchSpec(quota=100, weight=0.3)}
 
 
+class RankerSettings(_Model):
+    #: ONNX model from `quarry rank train` (with its .json sidecar); None: fused order.
+    model_path: Path | None = None
+    #: Micro-batching window across concurrent requests (0: one call per request, no waiting).
+    window_ms: Annotated[float, Field(ge=0, le=50)] = 0.0
+    #: onnxruntime providers (None: CUDA when available, else CPU).
+    providers: list[str] | None = None
+
+
 class CollectionSettings(_Model):
     #: Recall branches for Search, by name.
     branches: dict[str, BranchSpec] = Field(default_factory=_search_branches)
@@ -138,6 +147,7 @@ class CollectionSettings(_Model):
     ann: AnnSettings = Field(default_factory=AnnSettings)
     behavior: BehaviorSettings = Field(default_factory=BehaviorSettings)
     geo: GeoSettings = Field(default_factory=GeoSettings)
+    ranker: RankerSettings = Field(default_factory=RankerSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)
     #: Overrides of the per-field BM25 boosts recorded in the snapshot.
     field_boosts: dict[str, float] = Field(default_factory=dict)

@@ -15,8 +15,11 @@ from retriever.core.types import Fused
 class Ranker(Protocol):
     name: str
 
-    async def rank(self, query: Any, candidates: list[Fused], collection: Any) -> list[Fused]:
-        """Return `candidates` reordered (and rescored) best first."""
+    async def rank(
+        self, query: Any, candidates: list[Fused], collection: Any, counters: Any = None
+    ) -> list[Fused]:
+        """Return `candidates` reordered (and rescored) best first. `counters`: the user's real-time
+        counters (UserCounters) when the request names a user and the store answered, else None."""
         ...
 
 
@@ -25,5 +28,7 @@ class FusedOrder:
 
     name = "fused"
 
-    async def rank(self, query: Any, candidates: list[Fused], collection: Any) -> list[Fused]:
+    async def rank(
+        self, query: Any, candidates: list[Fused], collection: Any, counters: Any = None
+    ) -> list[Fused]:
         return candidates

@@ -299,6 +299,7 @@ class MLPRanker:
         schema: FeatureSchema,
         model_version: str,
         metrics: dict[str, Any],
+        extra: dict[str, Any] | None = None,
     ) -> Path:
         """Write `path` and its `.json` sidecar, each atomically (temp file + rename).
 
@@ -317,6 +318,7 @@ class MLPRanker:
             "onnx_sha256": hashlib.sha256(data).hexdigest(),
             "opset": OPSET,
             "hidden": list(self.hidden),
+            **(extra or {}),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write(path, data)

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -64,6 +64,16 @@ class Collection:
             except BranchUnavailable as exc:
                 self.unavailable[name] = str(exc)
                 log.warning("collection %s: branch %s unavailable: %s", self.name, name, exc)
+        self.ranker: Any = None
+        if settings.ranker.model_path is not None:
+            from ranker.serving import load_model_ranker
+
+            self.ranker = load_model_ranker(
+                settings.ranker.model_path,
+                self.name,
+                window_ms=settings.ranker.window_ms,
+                providers=settings.ranker.providers,
+            )
         log.info(
             "loaded collection %s (%s): %d items, branches %s, in %.2fs",
             self.name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -17,9 +18,9 @@ from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
 from retriever.core.executor import run_branches
 from retriever.core.geo import haversine_m, haversine_many
-from retriever.core.types import BranchStatus, Fused, GeoPoint, Hit, SearchQuery, SearchResult
+from retriever.core.types import BranchResult, BranchStatus, Fused, GeoPoint, Hit, SearchQuery, SearchResult
 from retriever.core.validate import validate_search
-from retriever.features.recent import RecentStore, make_recent_store
+from retriever.features.recent import RecentStore, StoreUnavailable, UserCounters, make_recent_store
 from retriever.generations import Collection, Registry
 from retriever.recall.base import RecallRequest
 
@@ -74,14 +75,22 @@ class SearchService:
         self.registry.get(collection_name)  # NOT_FOUND for an unknown collection
         return await log_events(self.recent, collection_name, events, self.settings.limits)
 
-    async def _answer(
+    async def candidates(self, query: SearchQuery, *, recommend: bool = False) -> list[Fused]:
+        """Fused, filtered candidates before ranking — exactly what the ranking stage sees. Used offline
+        by the ranker's trainer so its training rows come from the serving path itself."""
+        query = validate_search(query, self.settings.limits)
+        collection = self.registry.get(query.collection)
+        specs = collection.settings.recommend_branches if recommend else collection.settings.branches
+        fused, _results, _degraded = await self._recall(query, collection, specs, None)
+        return fused
+
+    async def _recall(
         self,
         query: SearchQuery,
         collection: Collection,
         specs: Mapping[str, BranchSpec],
         deadline: float | None,
-    ) -> SearchResult:
-        t0 = time.perf_counter()
+    ) -> tuple[list[Fused], list[BranchResult], bool]:
         collection.check_filters(query.filters)
         cs = collection.settings
         request = RecallRequest(
@@ -107,16 +116,46 @@ class SearchService:
             weights={name: spec.weight for name, spec in specs.items()},
             normalization=cs.fusion.normalization,
         )
-        fused = self._post_filter(fused, collection, query)
-        ranked_list = await self.ranker.rank(query, fused, collection)
+        return self._post_filter(fused, collection, query), results, degraded
+
+    async def _answer(
+        self,
+        query: SearchQuery,
+        collection: Collection,
+        specs: Mapping[str, BranchSpec],
+        deadline: float | None,
+    ) -> SearchResult:
+        t0 = time.perf_counter()
+        ranker = collection.ranker or self.ranker
+        # The user's real-time counters feed a model ranker; fetch them while the branches run.
+        counters_task = (
+            asyncio.create_task(self._counters(collection.name, query.user_id))
+            if query.user_id and collection.ranker is not None
+            else None
+        )
+        try:
+            fused, results, degraded = await self._recall(query, collection, specs, deadline)
+        except BaseException:
+            if counters_task is not None:
+                counters_task.cancel()
+            raise
+        counters, store_ok = await counters_task if counters_task is not None else (None, True)
+        ranked_list = await ranker.rank(query, fused, collection, counters)
         hits = self._hydrate(ranked_list[: query.top_k], collection, query.location)
         return SearchResult(
             hits=hits,
             snapshot_version=collection.version,
-            degraded=degraded,
+            degraded=degraded or not store_ok,
             branch_stats=results,
             took_ms=(time.perf_counter() - t0) * 1000,
         )
+
+    async def _counters(self, collection: str, user_id: str) -> tuple[UserCounters | None, bool]:
+        try:
+            return await self.recent.counters(collection, user_id), True
+        except StoreUnavailable as exc:
+            log.warning("user counters unavailable (%s): ranking without user features", exc)
+            return None, False
 
     @staticmethod
     def _post_filter(fused: list[Fused], collection: Collection, query: SearchQuery) -> list[Fused]:

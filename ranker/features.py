@@ -1,0 +1,90 @@
+"""Ranking features of fused candidates: the ONE function that training and serving both call.
+
+Inputs are only what serving has at ranking time — the fused candidates with their per-branch sources,
+the collection's forward store and popularity, the request's location, and the user's real-time
+counters (from the RecentStore, i.e. what LogEvents maintained). The trainer replays its training events
+through the same store and calls this same function, so offline and online vectors cannot drift.
+`user_events_7d` and `item_age_days` have no source yet and take their schema defaults in both places.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
+from retriever.core.geo import haversine_many
+from retriever.core.types import Fused, GeoPoint
+from retriever.features.recent import UserCounters
+
+#: Which branch's raw score feeds which feature.
+_SCORE_FEATURE = {
+    "inverted": "bm25_score",
+    "ann": "ann_similarity",
+    "behavior": "i2i_score",
+    "popular": "popular_score",
+}
+
+
+def feature_rows(
+    fused: Sequence[Fused],
+    *,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    popularity: np.ndarray | None,
+    origin: GeoPoint | None,
+    counters: UserCounters | None,
+) -> list[dict[str, float]]:
+    user: dict[str, float] = {}
+    if counters is not None:
+        user = {
+            "user_events_total": float(counters.events_total),
+            "user_distinct_items": float(counters.distinct_items),
+            "user_avg_weight": counters.avg_weight,
+        }
+    ords = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused))
+    dist_km: list[float | None] = [None] * len(fused)
+    if origin is not None and len(fused):
+        with np.errstate(invalid="ignore"):
+            d = haversine_many(origin.lat, origin.lon, lat[ords], lon[ords]) / 1000.0
+        dist_km = [None if np.isnan(x) else float(x) for x in d]
+    pop = popularity[ords].tolist() if popularity is not None and len(fused) else [None] * len(fused)
+    rows: list[dict[str, float]] = []
+    for f, dk, p in zip(fused, dist_km, pop, strict=True):
+        row: dict[str, float] = dict(user)
+        for s in f.sources:
+            row[f"found_by_{s.branch}"] = 1.0
+            name = _SCORE_FEATURE.get(s.branch)
+            if name is not None:
+                row[name] = s.score
+        row["best_branch_rank"] = float(min(s.rank for s in f.sources))
+        row["fused_score"] = f.score
+        if dk is not None:
+            row["distance_km"] = dk
+        if p is not None:
+            row["item_popularity"] = float(p)
+        rows.append(row)
+    return rows
+
+
+def feature_matrix(
+    fused: Sequence[Fused],
+    collection: Any,
+    origin: GeoPoint | None,
+    counters: UserCounters | None,
+    schema: FeatureSchema = DEFAULT_SCHEMA,
+) -> np.ndarray:
+    """The model input for `fused` in `collection` (float32, one row per candidate)."""
+    beh = collection.branches.get("behavior") or collection.branches.get("popular")
+    popularity = beh.index.popularity if beh is not None and hasattr(beh.index, "popularity") else None
+    rows = feature_rows(
+        fused,
+        lat=collection.forward.lat,
+        lon=collection.forward.lon,
+        popularity=popularity,
+        origin=origin,
+        counters=counters,
+    )
+    return schema.vectorize(rows)

@@ -1,0 +1,72 @@
+"""The model-backed ranking stage: features → one ONNX call per request (optionally micro-batched
+across concurrent requests) → candidates reordered by the model's score."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from ranker.features import feature_matrix
+from ranker.model import sidecar_path
+from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
+from ranker.session import MicroBatcher, ModelLoadError, OnnxRanker
+from retriever.core.types import Fused
+from retriever.features.recent import UserCounters
+
+log = logging.getLogger(__name__)
+
+
+class ModelRanker:
+    name = "onnx"
+
+    def __init__(
+        self, model: OnnxRanker, *, window_ms: float = 0.0, schema: FeatureSchema = DEFAULT_SCHEMA
+    ) -> None:
+        self.model = model
+        self.schema = schema
+        self.batcher = MicroBatcher(model, window_ms=window_ms)
+
+    @property
+    def version(self) -> str:
+        return self.model.model_version
+
+    async def rank(
+        self, query: Any, candidates: list[Fused], collection: Any, counters: UserCounters | None = None
+    ) -> list[Fused]:
+        if not candidates:
+            return candidates
+        X = feature_matrix(candidates, collection, query.location, counters, self.schema)
+        scores = await self.batcher.score(X)
+        for f, s in zip(candidates, scores.tolist(), strict=True):
+            f.score = s
+        # Stable sort: equal model scores keep the fused order.
+        return sorted(candidates, key=lambda f: -f.score)
+
+
+def load_model_ranker(
+    path: Path, collection_name: str, *, window_ms: float, providers: list[str] | None
+) -> ModelRanker | None:
+    """The collection's model, or None (fused order) with a clear log line when it cannot be served."""
+    import json
+
+    try:
+        sidecar = json.loads(sidecar_path(path).read_text())
+        trained_for = sidecar.get("collection")
+        if trained_for is not None and trained_for != collection_name:
+            raise ModelLoadError(
+                f"{path} was trained for collection {trained_for!r}, not {collection_name!r}"
+            )
+        model = OnnxRanker(path, schema=DEFAULT_SCHEMA, providers=providers)
+    except (OSError, ValueError, ModelLoadError) as exc:
+        log.error(
+            "collection %s: refusing ranker model %s (%s); ranking stays in fused order",
+            collection_name,
+            path,
+            exc,
+        )
+        return None
+    log.info(
+        "collection %s: ranker model %s (providers %s)", collection_name, model.model_version, model.providers
+    )
+    return ModelRanker(model, window_ms=window_ms)
