@@ -355,6 +355,52 @@ def rank_train(
     click.echo(json.dumps(report, indent=2))
 
 
+@rank.command("load-profiles")
+@click.option("--dataset", type=click.Choice(["movielens"]), help="A data set's own events.")
+@click.option(
+    "--events",
+    "events_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Events file (.jsonl/.parquet).",
+)
+@click.option("--collection", required=True)
+@click.option(
+    "--redis-url",
+    required=True,
+    envvar="QUARRY_REDIS__URL",
+    help="The Redis the retriever reads (redis://host:port/db).",
+)
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
+def rank_load_profiles(
+    dataset: str | None, events_path: Path | None, collection: str, redis_url: str, data_dir: Path | None
+) -> None:
+    """Offline job: write user profiles (recent items, counters) from historical events into Redis."""
+    from indexer.catalog import read_events
+    from indexer.datasets import load_dataset
+    from quarry.settings import RedisSettings
+    from ranker.profiles import load_profiles
+    from retriever.features.recent import RedisRecentStore
+
+    if (dataset is None) == (events_path is None):
+        raise click.UsageError("give exactly one of --dataset or --events")
+    if events_path is not None:
+        events = list(read_events(events_path))
+    else:
+        ds = load_dataset(str(dataset), data_dir)
+        assert ds.events is not None
+        events = list(ds.events())
+
+    async def go() -> tuple[int, int]:
+        store = RedisRecentStore(RedisSettings(url=redis_url, socket_timeout_ms=5000))
+        try:
+            return await load_profiles(store, collection, events)
+        finally:
+            await store.close()
+
+    stored, dupes = asyncio.run(go())
+    click.echo(f"{stored} events stored, {dupes} already present, for collection {collection!r}")
+
+
 # ---------------------------------------------------------------------------------------------- eval
 @main.group("eval")
 def eval_group() -> None:

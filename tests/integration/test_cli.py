@@ -77,3 +77,26 @@ def test_index_build_and_verify_a_catalog(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "shops.jsonl:1" in r.output and "lat 100" in r.output
     r = CliRunner().invoke(main, ["index", "verify", str(out)])
     assert r.exit_code == 0  # the failed rebuild left the published snapshot intact
+
+
+def test_rank_load_profiles_into_redis(tmp_path: Path, redis_url: str) -> None:
+    ev = tmp_path / "events.jsonl"
+    ev.write_text('{"user": "u", "item": "a", "ts": 1}\n{"user": "u", "item": "b", "ts": 2, "weight": 3}\n')
+    args = [
+        "rank",
+        "load-profiles",
+        "--events",
+        str(ev),
+        "--collection",
+        "cli-prof",
+        "--redis-url",
+        redis_url,
+    ]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0 and "2 events stored, 0 already present" in r.output, r.output
+    r = CliRunner().invoke(main, args)
+    assert "0 events stored, 2 already present" in r.output
+    import redis
+
+    h = redis.Redis.from_url(redis_url).hgetall("quarry:{cli-prof:u}:counters")
+    assert int(h[b"events_total"]) == 2 and float(h[b"weight_sum"]) == 4.0

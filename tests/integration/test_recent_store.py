@@ -121,3 +121,15 @@ async def test_realtime_counters_are_idempotent(store: RecentStore) -> None:
     assert (c.events_total, c.distinct_items, c.last_ts) == (4, 3, 40.0)
     assert c.avg_weight == pytest.approx(2.0)
     assert (await store.counters("c", "u2")).events_total == 0
+
+
+async def test_offline_profile_job_matches_online_path_and_is_idempotent(store: RecentStore) -> None:
+    from indexer.catalog import Event
+    from ranker.profiles import load_profiles
+
+    events = [Event(user="p", item=f"i{i % 3}", type="rating", ts=float(i), weight=2.0) for i in range(7)]
+    assert await load_profiles(store, "prof", events) == (7, 0)
+    assert await load_profiles(store, "prof", events) == (0, 7)  # re-run: nothing counted twice
+    c = await store.counters("prof", "p")
+    assert (c.events_total, c.distinct_items, c.last_ts, c.avg_weight) == (7, 3, 6.0, 2.0)
+    assert [r.item_id for r in await store.recent("prof", "p", 3)] == ["i0", "i2", "i1"]
