@@ -31,6 +31,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from quarry.fsutil import atomic_write
+
 FORMAT = "quarry-snapshot"
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
@@ -125,12 +127,7 @@ def write_manifest(
         parts=parts,
         files=files,
     )
-    tmp = root / (MANIFEST + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(manifest.model_dump_json(indent=2))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, root / MANIFEST)
+    atomic_write(root / MANIFEST, manifest.model_dump_json(indent=2).encode())
     return manifest
 
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import struct
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from quarry.fsutil import atomic_write
 
 if TYPE_CHECKING:
     import onnx
@@ -397,22 +398,6 @@ def sidecar_path(onnx_path: Path) -> Path:
     return onnx_path.with_name(onnx_path.name + SIDECAR_SUFFIX)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see a torn file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def export_onnx(
     model_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str],
@@ -446,7 +431,7 @@ def export_onnx(
     data = model.SerializeToString()
     del model
     onnx_sha256 = hashlib.sha256(data).hexdigest()
-    _atomic_write(out_path, data)
+    atomic_write(out_path, data)
     sidecar = {
         "onnx_sha256": onnx_sha256,
         "onnx_bytes": len(data),
@@ -460,7 +445,7 @@ def export_onnx(
         "onnx_package_version": onnx.__version__,
         "created_unix": int(time.time()),
     }
-    _atomic_write(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    atomic_write(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
     seconds = time.perf_counter() - t0
     log.info("exported %s -> %s in %.1f s (sha256 %s)", model_dir, out_path, seconds, onnx_sha256[:12])
     return ExportResult(out_path, onnx_sha256, source_sha256, seconds)
