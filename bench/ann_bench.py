@@ -13,7 +13,6 @@ setting the raw library call (hnswlib ``knn_query`` / faiss ``index.search``) is
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import time
@@ -31,7 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from indexer.vectors import (  # path set up above so the script runs from a checkout
+from bench.synthetic import synthetic_clustered  # path set up above so the script runs from a checkout
+from indexer.vectors import (
     FaissIvfIndex,
     HnswIndex,
     SearchParams,
@@ -40,25 +40,6 @@ from indexer.vectors import (  # path set up above so the script runs from a che
 
 HNSW_EFS = (16, 32, 64, 128, 256)
 IVF_NPROBES = (1, 4, 8, 16, 32, 64)
-
-
-def synthetic_clustered(n: int, d: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors in ~sqrt(n) Gaussian clusters grouped under a few topics (SYNTHETIC, not a corpus).
-
-    The spread is chosen so that neighbour similarities (top-1 ~0.68, top-10 ~0.62, random pairs ~0.05)
-    look like sentence-embedding neighbourhoods and IVF/HNSW recall is not trivially 1.0.
-    """
-    rng = np.random.default_rng(seed)
-    n_clusters = max(8, math.isqrt(n))
-    n_topics = max(2, n_clusters // 16)
-    topics = rng.standard_normal((n_topics, d), dtype=np.float32)
-    centers = topics[rng.integers(n_topics, size=n_clusters)]
-    centers += 0.7 * rng.standard_normal((n_clusters, d), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    x = centers[rng.integers(n_clusters, size=n)]
-    x += rng.standard_normal((n, d), dtype=np.float32) / np.float32(np.sqrt(d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

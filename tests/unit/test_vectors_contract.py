@@ -11,7 +11,6 @@ real corpus -- bench/ann_bench.py measures that on real embeddings.
 from __future__ import annotations
 
 import json
-import math
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bench.synthetic import synthetic_clustered as clustered  # one recipe for tests and benchmark
 from indexer.vectors import (
     FaissIvfIndex,
     SearchParams,
@@ -37,21 +37,6 @@ BACKENDS: dict[str, tuple[str, dict[str, Any]]] = {
     "ivf-flat": ("ivf", {"quantizer": "flat", "use_gpu": "never"}),
     "ivf-pq": ("ivf", {"quantizer": "pq", "pq_m": 8, "refine_k_factor": 16, "use_gpu": "never"}),
 }
-
-
-def clustered(n: int, d: int, seed: int) -> np.ndarray:
-    """Unit vectors in ~sqrt(n) Gaussian clusters under a few topics (same recipe as the benchmark)."""
-    rng = np.random.default_rng(seed)
-    n_clusters = max(8, math.isqrt(n))
-    n_topics = max(2, n_clusters // 16)
-    topics = rng.standard_normal((n_topics, d), dtype=np.float32)
-    centers = topics[rng.integers(n_topics, size=n_clusters)]
-    centers += 0.7 * rng.standard_normal((n_clusters, d), dtype=np.float32)
-    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
-    x = centers[rng.integers(n_clusters, size=n)]
-    x += rng.standard_normal((n, d), dtype=np.float32) / np.float32(np.sqrt(d))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
