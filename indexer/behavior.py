@@ -607,6 +607,10 @@ class BehaviorIndex:
         top = np.lexsort((cand, -agg))[:k]
         return [(int(o), float(s)) for o, s in zip(cand[top], agg[top], strict=True)]
 
+    def sample_users(self, n: int) -> list[str]:
+        """Up to `n` user ids that have a history (for benchmarks and smoke checks)."""
+        return self._users.sample(n)
+
     def user_history(self, user_id: str) -> list[int]:
         """The user's last positive items, most recent first; [] for a user without any."""
         row = self._users.row(user_id)

@@ -174,7 +174,7 @@ def bench_search(
     picks = [int(pool_ords[rnd.randrange(len(pool_ords))]) for _ in range(n)]
     rows = fw.rows(picks)
     beh = coll.branches.get("behavior")
-    user_ids = beh.index._users.sample(users) if beh is not None else []  # type: ignore[attr-defined]
+    user_ids = coll.behavior.sample_users(users) if coll.behavior is not None else []
     reqs = []
     for row in rows:
         loc = GeoPoint(row["lat"], row["lon"]) if row["lat"] is not None else None

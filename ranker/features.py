@@ -77,8 +77,7 @@ def feature_matrix(
     schema: FeatureSchema = DEFAULT_SCHEMA,
 ) -> np.ndarray:
     """The model input for `fused` in `collection` (float32, one row per candidate)."""
-    beh = collection.branches.get("behavior") or collection.branches.get("popular")
-    popularity = beh.index.popularity if beh is not None and hasattr(beh.index, "popularity") else None
+    popularity = collection.behavior.popularity if collection.behavior is not None else None
     rows = feature_rows(
         fused,
         lat=collection.forward.lat,

@@ -123,8 +123,8 @@ def train_movielens(
     fit = model.fit(X, y)
 
     k = 10
-    beh = coll.branches["popular"]
-    popular_order = [o for o, _s in beh.index.popular(len(coll.forward))]  # type: ignore[attr-defined]
+    assert coll.behavior is not None
+    popular_order = [o for o, _s in coll.behavior.popular(len(coll.forward))]
     table: dict[str, list[tuple[float, float]]] = {"popularity": [], "recall order": [], "ranker order": []}
     for u in eval_users:
         fused, Xu = rows[u]

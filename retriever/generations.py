@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from indexer import snapshot
+from indexer.behavior import BehaviorIndex
 from indexer.forward import ForwardStore
 from indexer.text import Analyzer, TextField, open_index
 from quarry.settings import CollectionSettings
@@ -52,12 +54,10 @@ class Collection:
         #: Enabled branches this snapshot cannot feed (e.g. ann without a vectors part), with the reason.
         self.unavailable: dict[str, str] = {}
         # One branch object per name serves both endpoints; each endpoint's specs say how it runs there.
+        endpoints = (settings.branches, settings.recommend_branches)
         specs = {**settings.recommend_branches, **settings.branches}
         for name, spec in specs.items():
-            if not (
-                settings.branches.get(name, spec).enabled
-                or settings.recommend_branches.get(name, spec).enabled
-            ):
+            if not any(d[name].enabled for d in endpoints if name in d):
                 continue
             try:
                 self.branches[name] = FACTORIES[name](self, spec)
@@ -82,6 +82,13 @@ class Collection:
             sorted(self.branches),
             time.perf_counter() - t0,
         )
+
+    @cached_property
+    def behavior(self) -> BehaviorIndex | None:
+        """The snapshot's behavior part (i2i tables, popularity, histories), loaded once and shared by the
+        behavior and popular branches and the ranker's features; None when the snapshot has no events."""
+        part = self.manifest.parts.get("behavior")
+        return None if part is None else BehaviorIndex.load(self.root / part["dir"], part)
 
     @property
     def attr_names(self) -> list[str]:

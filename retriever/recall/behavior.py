@@ -8,7 +8,6 @@ degraded (fail-open), with long-term recall lost for that request only.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from indexer.behavior import BehaviorIndex
@@ -29,15 +28,13 @@ class BehaviorBranch:
 
     @classmethod
     def create(cls, collection: Any, spec: Any) -> BehaviorBranch:
-        part = collection.manifest.parts.get("behavior")
-        if part is None:
+        index: BehaviorIndex | None = collection.behavior  # loaded once per generation, shared
+        if index is None:
             raise BranchUnavailable("the snapshot has no behavior part (built without events)")
         settings: BehaviorSettings = collection.settings.behavior
-        if settings.method not in part.get("methods", []):
-            raise BranchUnavailable(
-                f"the snapshot has no {settings.method!r} i2i table (has: {part.get('methods')})"
-            )
-        index = BehaviorIndex.load(Path(collection.root) / part["dir"], part)
+        methods = collection.manifest.parts["behavior"].get("methods", [])
+        if settings.method not in methods:
+            raise BranchUnavailable(f"the snapshot has no {settings.method!r} i2i table (has: {methods})")
         return cls(index, collection.forward.ord_of, settings)
 
     def skip_reason(self, request: RecallRequest) -> str | None:

@@ -3,7 +3,6 @@ snapshot's time-decayed interaction counts."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from indexer.behavior import BehaviorIndex
@@ -21,10 +20,10 @@ class PopularBranch:
 
     @classmethod
     def create(cls, collection: Any, spec: Any) -> PopularBranch:
-        part = collection.manifest.parts.get("behavior")
-        if part is None:
+        index: BehaviorIndex | None = collection.behavior  # loaded once per generation, shared
+        if index is None:
             raise BranchUnavailable("the snapshot has no behavior part (no events: no popularity)")
-        return cls(BehaviorIndex.load(Path(collection.root) / part["dir"], part))
+        return cls(index)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None
