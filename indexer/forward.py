@@ -83,6 +83,10 @@ class ForwardStore:
         mask[parents[hit]] = True
         return mask
 
+    def column(self, name: str) -> list[Any]:
+        """One whole column as Python values (e.g. every title), in ordinal order."""
+        return self._table.column(name).to_pylist()
+
     def rows(self, ordinals: Sequence[int]) -> list[dict[str, Any]]:
         """Display rows for `ordinals`, in order."""
         if not ordinals:

@@ -39,7 +39,7 @@ def _queries(collection: Any, n: int, data_dir: Path | None) -> list[str]:
         qs = list(scifact.queries(data_dir or default_data_dir()).values())
     else:
         # Real item titles as queries (a stand-in for query logs this catalog does not have).
-        titles = collection.forward._table.column("title").to_pylist()
+        titles = collection.forward.column("title")
         qs = [t for t in titles if t]
     random.Random(7).shuffle(qs)
     return qs[:n]
