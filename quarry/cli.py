@@ -7,11 +7,15 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
 from quarry.settings import load_settings
+
+T = TypeVar("T")
 
 
 def _setup_logging(level: str) -> None:
@@ -207,6 +211,18 @@ def serve(snapshots: tuple[Path, ...], host: str | None, port: int | None, confi
         raise click.ClickException(f"refusing to serve: {exc}") from None
 
 
+def _rpc(call: Callable[[], T]) -> T:
+    """Run one client call, turning bad flags and gRPC errors into clear CLI errors."""
+    import grpc
+
+    try:
+        return call()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except grpc.RpcError as exc:
+        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+
+
 # ---------------------------------------------------------------------------------------------- query
 @main.command()
 @click.argument("text", required=False, default="")
@@ -246,8 +262,8 @@ def query(
     """Send one Search and print the hits."""
     from quarry.client import format_response, search
 
-    try:
-        resp = search(
+    resp = _rpc(
+        lambda: search(
             target,
             collection,
             text,
@@ -261,14 +277,7 @@ def query(
             debug=debug,
             timeout=timeout,
         )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    except Exception as exc:
-        import grpc
-
-        if isinstance(exc, grpc.RpcError):
-            raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None
-        raise
+    )
     if as_json:
         from google.protobuf.json_format import MessageToDict
 
@@ -301,12 +310,11 @@ def recommend_cmd(
     timeout: float,
 ) -> None:
     """Send one Recommend (no query text: behaviour, location, popularity) and print the hits."""
-    import grpc
 
     from quarry.client import format_response, recommend
 
-    try:
-        resp = recommend(
+    resp = _rpc(
+        lambda: recommend(
             target,
             collection,
             user=user,
@@ -318,10 +326,7 @@ def recommend_cmd(
             debug=debug,
             timeout=timeout,
         )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    except grpc.RpcError as exc:
-        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+    )
     click.echo(format_response(resp, f"recommend user={user!r}"))
 
 

@@ -10,6 +10,19 @@ from quarry.v1 import search_pb2 as pb
 from quarry.v1 import search_pb2_grpc
 
 
+def _locate_and_filter(
+    req: pb.SearchRequest | pb.RecommendRequest,
+    lat: float | None,
+    lon: float | None,
+    categories: Sequence[str],
+) -> None:
+    if (lat is None) != (lon is None):
+        raise ValueError("give both --lat and --lon")
+    if lat is not None and lon is not None:
+        req.location.lat, req.location.lon = lat, lon
+    req.filters.categories.extend(categories)
+
+
 def build_request(
     collection: str,
     text: str,
@@ -26,11 +39,7 @@ def build_request(
     req = pb.SearchRequest(
         collection=collection, query=text, user_id=user, top_k=top_k, radius_m=radius_m, debug=debug
     )
-    if (lat is None) != (lon is None):
-        raise ValueError("give both --lat and --lon")
-    if lat is not None and lon is not None:
-        req.location.lat, req.location.lon = lat, lon
-    req.filters.categories.extend(categories)
+    _locate_and_filter(req, lat, lon, categories)
     for spec in ranges:
         parts = spec.split(":")
         if len(parts) != 3 or not parts[0]:
@@ -70,11 +79,7 @@ def recommend(
     req = pb.RecommendRequest(
         collection=collection, user_id=user, radius_m=radius_m, top_k=top_k, debug=debug
     )
-    if (lat is None) != (lon is None):
-        raise ValueError("give both --lat and --lon")
-    if lat is not None and lon is not None:
-        req.location.lat, req.location.lon = lat, lon
-    req.filters.categories.extend(categories)
+    _locate_and_filter(req, lat, lon, categories)
     with grpc.insecure_channel(target) as channel:
         return search_pb2_grpc.SearchServiceStub(channel).Recommend(req, timeout=timeout)
 
