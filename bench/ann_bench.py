@@ -1,4 +1,4 @@
-"""ANN benchmark for indexer.vectors: recall@k vs brute force, single-query latency, build time.
+"""ANN benchmark for common.index.vectors: recall@k vs brute force, single-query latency, build time.
 
     python bench/ann_bench.py --vectors corpus.f32.npy            # real embeddings (float32, L2-normalised)
     python bench/ann_bench.py --synthetic 100000,128              # synthetic clustered fallback
@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.synthetic import synthetic_clustered  # path set up above so the script runs from a checkout
-from indexer.vectors import (
+from common.index.vectors import (
     FaissIvfIndex,
     HnswIndex,
     SearchParams,

@@ -30,7 +30,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from quarry.encoders import get_encoder, known_encoders
+from common.encoders import get_encoder, known_encoders
 
 
 def find_scifact(explicit: str | None) -> Path:

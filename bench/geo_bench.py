@@ -33,8 +33,8 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import indexer.geo as geo  # path set up above so the script runs from a checkout
-from retriever.core.geo import haversine_many
+import common.index.geo as geo  # path set up above so the script runs from a checkout
+from common.geo import haversine_many
 
 
 def load_geonames() -> tuple[np.ndarray, np.ndarray]:

@@ -1,19 +1,7 @@
 """Behavior-based recall, offline part: item-to-item tables, popularity and user histories.
 
-The snapshot part `behavior/`::
-
-    i2i_<method>.indptr.npy   int64 (N+1)   CSR row pointers over item ordinals
-    i2i_<method>.indices.npy  int32         neighbor ordinals, score-descending within each row
-    i2i_<method>.scores.npy   float32       similarity scores, same order
-    popularity.npy            float32 (N)   time-decayed positive-interaction weight per item
-    popularity.order.npy      int32         ordinals with popularity > 0, most popular first
-    user_hist.indptr.npy      int64 (U+1)   CSR row pointers, one row per user
-    user_hist.indices.npy     int32         each user's last `history_len` distinct positive items, newest first
-    user_hist.users.arrow     Arrow IPC file, one large_string column "user": user ids in row order, sorted
-
-Every file is a plain array (never a pickle) so the retriever memory-maps it: a snapshot with millions of
-users opens without parsing. Users are sorted so a lookup is a binary search over the mapped column rather
-than a dict built at load time.
+The tables are written in the layout `common.index.behavior` documents and reads back (`BehaviorIndex`);
+`quarry eval behavior` evaluates them on a temporal split.
 
 Methods (`methods` in the manifest part):
 
@@ -36,25 +24,17 @@ build is deterministic):
 
 Counts that describe a user or item (|N(u)|, |I_u|, |N(i)|) are taken before the caps: the caps bound work,
 they should not make a heavy user look moderate.
-
-Run ``python -m indexer.behavior eval-movielens`` for the offline evaluation (temporal split).
 """
 
 from __future__ import annotations
 
-import argparse
-import bisect
 import itertools
-import json
 import logging
 import math
-import sys
-import tempfile
 import time
 from array import array
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,28 +43,26 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import scipy.sparse as sp
 
-from indexer.catalog import Event
+from common.catalog import Event
+from common.index.behavior import (
+    FORMAT_VERSION,
+    HIST_INDICES,
+    HIST_INDPTR,
+    HIST_USERS,
+    METHODS,
+    POPULARITY,
+    POPULARITY_ORDER,
+    USER_COLUMN,
+    table_files,
+)
 
 log = logging.getLogger(__name__)
-
-FORMAT_VERSION = 1
-METHODS = ("itemcf", "swing")
-POPULARITY = "popularity.npy"
-POPULARITY_ORDER = "popularity.order.npy"
-HIST_INDPTR = "user_hist.indptr.npy"
-HIST_INDICES = "user_hist.indices.npy"
-HIST_USERS = "user_hist.users.arrow"
-USER_COLUMN = "user"
 
 # Per-block work bounds for the sparse products: each is roughly the number of nonzeros one step
 # materialises, so peak memory stays around a few hundred MB whatever the data size.
 _ITEMCF_BLOCK_WORK = 8_000_000
 _SWING_BLOCK_PAIRS = 2_000_000
 _SWING_CHUNK_NNZ = 8_000_000
-
-
-def table_files(method: str) -> tuple[str, str, str]:
-    return (f"i2i_{method}.indptr.npy", f"i2i_{method}.indices.npy", f"i2i_{method}.scores.npy")
 
 
 @dataclass(frozen=True)
@@ -462,338 +440,3 @@ def build_behavior(
         "counts": counts,
         "seconds": timings,
     }
-
-
-# --------------------------------------------------------------------------------------------------------
-# read side
-# --------------------------------------------------------------------------------------------------------
-
-
-class _SortedUsers:
-    """Binary search over the memory-mapped, sorted user id column (no dict built at load time)."""
-
-    def __init__(self, column: pa.Array) -> None:
-        self._column = column
-
-    def __len__(self) -> int:
-        return len(self._column)
-
-    def sample(self, n: int) -> list[str]:
-        """Up to `n` user ids (the first in sort order), for benchmarks and smoke checks."""
-        return self._column.slice(0, n).to_pylist()
-
-    def row(self, user_id: str) -> int | None:
-        col = self._column
-        lo = bisect.bisect_left(range(len(col)), user_id, key=lambda i: col[i].as_py())
-        if lo < len(col) and col[lo].as_py() == user_id:
-            return lo
-        return None
-
-
-class BehaviorIndex:
-    """Read side of the behavior part; arrays stay memory-mapped."""
-
-    def __init__(
-        self,
-        tables: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-        popularity: np.ndarray,
-        popularity_order: np.ndarray,
-        hist_indptr: np.ndarray,
-        hist_indices: np.ndarray,
-        users: pa.Array,
-    ) -> None:
-        self._tables = dict(tables)
-        self.popularity = popularity
-        self._pop_order = popularity_order
-        self._hist_indptr = hist_indptr
-        self._hist_indices = hist_indices
-        self._users = _SortedUsers(users)
-        self.num_items = len(popularity)
-
-    @classmethod
-    def load(cls, directory: Path, meta: Mapping[str, Any]) -> BehaviorIndex:
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported behavior format {meta.get('format')!r}, expected {FORMAT_VERSION}")
-        n_items, n_users = int(meta["items"]), int(meta["users"])
-
-        def load_npy(name: str, dtype: type, length: int | None = None) -> np.ndarray:
-            arr = np.load(directory / name, mmap_mode="r")
-            if arr.dtype != dtype or arr.ndim != 1 or (length is not None and len(arr) != length):
-                raise ValueError(f"{directory / name}: {arr.shape} {arr.dtype} does not match the manifest")
-            # A plain ndarray view of the map: still file-backed, without np.memmap's per-slice overhead.
-            return np.asarray(arr)
-
-        tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-        for method in meta["methods"]:
-            f_indptr, f_indices, f_scores = table_files(method)
-            indptr = load_npy(f_indptr, np.int64, n_items + 1)
-            nnz = int(indptr[-1])
-            tables[method] = (indptr, load_npy(f_indices, np.int32, nnz), load_npy(f_scores, np.float32, nnz))
-        hist_indptr = load_npy(HIST_INDPTR, np.int64, n_users + 1)
-        hist_indices = load_npy(HIST_INDICES, np.int32, int(hist_indptr[-1]))
-        reader = ipc.open_file(pa.memory_map(str(directory / HIST_USERS), "r"))
-        users = (
-            reader.get_batch(0).column(0)
-            if reader.num_record_batches == 1
-            else pa.array([], pa.large_string())
-        )
-        if len(users) != n_users:
-            raise ValueError(f"{directory / HIST_USERS}: {len(users)} users, manifest says {n_users}")
-        return cls(
-            tables,
-            load_npy(POPULARITY, np.float32, n_items),
-            load_npy(POPULARITY_ORDER, np.int32),
-            hist_indptr,
-            hist_indices,
-            users,
-        )
-
-    @property
-    def methods(self) -> list[str]:
-        return list(self._tables)
-
-    def _table(self, method: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        try:
-            return self._tables[method]
-        except KeyError:
-            raise ValueError(
-                f"unknown behavior method {method!r}; this snapshot has {self.methods}"
-            ) from None
-
-    def neighbors(self, method: str, ordinal: int) -> tuple[np.ndarray, np.ndarray]:
-        """(neighbor ordinals int32, scores float32), best first; views into the mapped files."""
-        indptr, indices, scores = self._table(method)
-        if not 0 <= ordinal < self.num_items:
-            raise IndexError(f"ordinal {ordinal} outside 0..{self.num_items - 1}")
-        lo, hi = int(indptr[ordinal]), int(indptr[ordinal + 1])
-        return indices[lo:hi], scores[lo:hi]
-
-    def expand(
-        self,
-        method: str,
-        seeds: Sequence[tuple[int, float]],
-        k: int,
-        *,
-        exclude: set[int] | None = None,
-        allowed: np.ndarray | None = None,
-    ) -> list[tuple[int, float]]:
-        """Top-k items by Σ_seed weight · sim(seed, item); seeds, `exclude` and items outside `allowed`
-        (boolean mask over ordinals) never appear. Ties go to the lower ordinal."""
-        indptr, indices, scores = self._table(method)
-        if k <= 0 or not seeds:
-            return []
-        if allowed is not None and allowed.shape != (self.num_items,):
-            raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
-        seed_ords = np.fromiter((s[0] for s in seeds), dtype=np.int64, count=len(seeds))
-        seed_w = np.fromiter((s[1] for s in seeds), dtype=np.float64, count=len(seeds))
-        if seed_ords.min() < 0 or seed_ords.max() >= self.num_items:
-            raise IndexError(f"a seed ordinal is outside 0..{self.num_items - 1}")
-        starts = indptr[seed_ords]
-        lengths = indptr[seed_ords + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            return []
-        # Gather every seed's neighbor slice in one fancy-index read instead of a Python loop.
-        offsets = np.cumsum(lengths) - lengths
-        pos = np.repeat(starts - offsets, lengths) + np.arange(total)
-        cand, inverse = np.unique(indices[pos], return_inverse=True)
-        agg = np.bincount(inverse, weights=scores[pos] * np.repeat(seed_w, lengths), minlength=len(cand))
-        keep = ~np.isin(cand, seed_ords)
-        if exclude:
-            keep &= ~np.isin(cand, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
-        if allowed is not None:
-            keep &= allowed[cand]
-        cand, agg = cand[keep], agg[keep]
-        top = np.lexsort((cand, -agg))[:k]
-        return [(int(o), float(s)) for o, s in zip(cand[top], agg[top], strict=True)]
-
-    def sample_users(self, n: int) -> list[str]:
-        """Up to `n` user ids that have a history (for benchmarks and smoke checks)."""
-        return self._users.sample(n)
-
-    def user_history(self, user_id: str) -> list[int]:
-        """The user's last positive items, most recent first; [] for a user without any."""
-        row = self._users.row(user_id)
-        if row is None:
-            return []
-        lo, hi = int(self._hist_indptr[row]), int(self._hist_indptr[row + 1])
-        return self._hist_indices[lo:hi].tolist()
-
-    def popular(self, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
-        """The k most popular items (time-decayed), optionally restricted to a boolean mask."""
-        if k <= 0:
-            return []
-        order = self._pop_order
-        if allowed is None:
-            top = np.asarray(order[:k])
-        else:
-            if allowed.shape != (self.num_items,):
-                raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
-            # Walk the precomputed order in growing chunks: a permissive mask finishes in the first one.
-            found: list[np.ndarray] = []
-            have, lo, step = 0, 0, max(4 * k, 1024)
-            while have < k and lo < len(order):
-                chunk = np.asarray(order[lo : lo + step])
-                hit = chunk[allowed[chunk]]
-                found.append(hit)
-                have += len(hit)
-                lo += step
-                step *= 4
-            top = np.concatenate(found)[:k] if found else np.zeros(0, np.int32)
-        return [(int(o), float(self.popularity[o])) for o in top]
-
-
-# --------------------------------------------------------------------------------------------------------
-# evaluation
-# --------------------------------------------------------------------------------------------------------
-
-
-def evaluate_behavior(
-    events: Iterable[Event],
-    ord_of: Mapping[str, int],
-    *,
-    split_ts: float | None = None,
-    fraction: float = 0.8,
-    k: int = 50,
-    params: BehaviorParams | None = None,
-    seeds: int | None = None,
-    seed_decay: float = 1.0,
-) -> dict[str, Any]:
-    """Temporal hold-out evaluation of ItemCF, Swing and popularity recall.
-
-    Events before the cut (default: the `fraction` quantile of all timestamps) build the tables; each user
-    with a training history and at least one positive test item not seen in training is a query: the last
-    `seeds` (default history_len) training positives, weighted seed_decay**rank (newest rank 0), are
-    expanded, excluding every item the user interacted with in training. Recall@k is the user's share of
-    test positives retrieved, averaged over users; HitRate@k the share of users with at least one.
-    """
-    params = params or BehaviorParams()
-    evs = list(events)
-    ts = np.fromiter((e.ts for e in evs), dtype=np.float64, count=len(evs))
-    if split_ts is None:
-        if not 0.0 < fraction < 1.0:
-            raise ValueError("fraction must be in (0, 1)")
-        split_ts = float(np.quantile(ts, fraction))
-    train = [e for e in evs if e.ts < split_ts]
-    test = [e for e in evs if e.ts >= split_ts]
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="quarry-behavior-eval-") as tmp:
-        directory = Path(tmp) / "behavior"
-        meta = build_behavior(train, ord_of, directory, params=params)
-        build_s = time.perf_counter() - t0
-        index = BehaviorIndex.load(directory, meta)
-        seen: dict[str, set[int]] = {}
-        for e in train:
-            o = ord_of.get(e.item)
-            if o is not None:
-                seen.setdefault(e.user, set()).add(o)
-        targets: dict[str, set[int]] = {}
-        for e in test:
-            o = ord_of.get(e.item)
-            w = params.type_weights.get(e.type, 1.0) * e.weight
-            if o is not None and w > 0 and w >= params.min_weight and o not in seen.get(e.user, ()):
-                targets.setdefault(e.user, set()).add(o)
-        methods = ["popularity", *params.methods]
-        hits = {m: 0 for m in methods}
-        recall = {m: 0.0 for m in methods}
-        returned = {m: 0 for m in methods}
-        n_seeds = seeds or params.history_len
-        expand_s = 0.0
-        users = positives = 0
-        for user in sorted(targets):
-            history = index.user_history(user)
-            if not history:
-                continue
-            users += 1
-            truth = targets[user]
-            positives += len(truth)
-            excluded = seen[user]
-            allowed = np.ones(index.num_items, dtype=bool)
-            allowed[list(excluded)] = False
-            recs: dict[str, list[tuple[int, float]]] = {"popularity": index.popular(k, allowed)}
-            weighted = [(o, seed_decay**r) for r, o in enumerate(history[:n_seeds])]
-            for method in params.methods:
-                t1 = time.perf_counter()
-                recs[method] = index.expand(method, weighted, k, exclude=excluded)
-                expand_s += time.perf_counter() - t1
-            for method, rec in recs.items():
-                got = len(truth.intersection(o for o, _ in rec))
-                recall[method] += got / len(truth)
-                hits[method] += got > 0
-                returned[method] += len(rec)
-        del index
-    denom = max(users, 1)
-    return {
-        "split_ts": split_ts,
-        "split_utc": datetime.fromtimestamp(split_ts, UTC).isoformat(),
-        "train_events": len(train),
-        "test_events": len(test),
-        "users": users,
-        "test_positives": positives,
-        "k": k,
-        "seeds": n_seeds,
-        "seed_decay": seed_decay,
-        "build_seconds": round(build_s, 2),
-        "expand_ms_mean": round(1000 * expand_s / max(users * len(params.methods), 1), 3),
-        "build": meta,
-        "methods": {
-            m: {
-                f"recall@{k}": recall[m] / denom,
-                f"hit_rate@{k}": hits[m] / denom,
-                "avg_returned": returned[m] / denom,
-            }
-            for m in methods
-        },
-    }
-
-
-def format_eval(result: Mapping[str, Any]) -> str:
-    k = result["k"]
-    lines = [
-        f"temporal split at ts={result['split_ts']:.0f} ({result['split_utc']}): "
-        f"{result['train_events']} train / {result['test_events']} test events; "
-        f"{result['users']} test users with {result['test_positives']} unseen positives; seeds={result['seeds']} decay={result['seed_decay']}",
-        f"build {result['build_seconds']:.2f}s, expand {result['expand_ms_mean']:.3f} ms/query",
-        f"{'method':<12}{f'Recall@{k}':>12}{f'HitRate@{k}':>13}{'avg returned':>14}",
-    ]
-    for method, row in result["methods"].items():
-        lines.append(
-            f"{method:<12}{row[f'recall@{k}']:>12.4f}{row[f'hit_rate@{k}']:>13.4f}{row['avg_returned']:>14.1f}"
-        )
-    return "\n".join(lines)
-
-
-def _main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m indexer.behavior", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("eval-movielens", help="temporal-split Recall/HitRate on MovieLens-100K")
-    ev.add_argument("--data-dir", type=Path, default=None, help="default: $QUARRY_DATA_DIR or ../shared/data")
-    ev.add_argument("--k", type=int, default=50)
-    ev.add_argument("--fraction", type=float, default=0.8, help="timestamp quantile of the train/test cut")
-    ev.add_argument("--min-rating", type=float, default=4.0, help="ratings ≥ this are positive")
-    ev.add_argument("--seeds", type=int, default=None, help="history items expanded (default history_len)")
-    ev.add_argument("--seed-decay", type=float, default=1.0, help="seed weight = decay**recency_rank")
-    ev.add_argument("--json", action="store_true", help="print the full result as JSON")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-
-    from indexer.datasets import load_dataset
-
-    ds = load_dataset("movielens", args.data_dir)
-    assert ds.events is not None
-    ord_of = {item.id: i for i, item in enumerate(ds.items())}
-    result = evaluate_behavior(
-        ds.events(),
-        ord_of,
-        fraction=args.fraction,
-        k=args.k,
-        params=BehaviorParams(min_weight=args.min_rating),
-        seeds=args.seeds,
-        seed_decay=args.seed_decay,
-    )
-    print(json.dumps(result, indent=2) if args.json else format_eval(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())

@@ -1,4 +1,4 @@
-"""The offline rebuild job: catalog → one snapshot directory (see indexer/snapshot.py)."""
+"""The offline rebuild job: catalog → one snapshot directory (see common/snapshot.py)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ import numpy as np
 import tantivy
 from tqdm import tqdm
 
-from indexer import snapshot
-from indexer.behavior import BehaviorParams, build_behavior
-from indexer.catalog import CatalogError, Event, Item
-from indexer.forward import write_forward
-from indexer.geo import build_geo
-from indexer.text import (
+from common import snapshot
+from common.catalog import CatalogError, Event, Item
+from common.index.forward import write_forward
+from common.index.geo import build_geo
+from common.index.text import (
     ATTR_PREFIX,
     CATEGORY_FIELD,
     ORD_FIELD,
@@ -29,6 +28,7 @@ from indexer.text import (
     create_index,
     pretokenize_for_index,
 )
+from indexer.behavior import BehaviorParams, build_behavior
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,9 @@ def build_vectors(
     """Embed the catalog (or take its embeddings) and build the configured vector indexes."""
     import numpy as np
 
-    from indexer.vectors import build_vector_index
-    from quarry.encoders import get_encoder
-    from quarry.encoders.fingerprint import fingerprint
+    from common.encoders import get_encoder
+    from common.encoders.fingerprint import fingerprint
+    from common.index.vectors import build_vector_index
 
     assert options.encoder is not None
     t0 = time.perf_counter()

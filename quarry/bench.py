@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from quarry.settings import AnnSettings, BranchSpec, CollectionSettings
+from common.settings import AnnSettings, BranchSpec, CollectionSettings
 
 
 def _pct(xs: Sequence[float], p: float) -> float:
@@ -155,10 +155,11 @@ def bench_search(
     Requests take their text from real item titles, their location from that item, and a user id drawn
     from the snapshot's long-term histories (when it has a behavior part).
     """
-    from indexer.text import analyze
-    from quarry.settings import QuarrySettings, RedisSettings
+    from common.index.text import analyze
+    from common.settings import QuarrySettings, RedisSettings
+    from common.types import GeoPoint
     from retriever.core.service import SearchService
-    from retriever.core.types import GeoPoint, SearchQuery
+    from retriever.core.types import SearchQuery
     from retriever.features.recent import make_recent_store
     from retriever.generations import Collection, Registry
 
@@ -251,6 +252,6 @@ def bench_search(
 
 
 def _name_of(snapshot: Path) -> str:
-    from indexer.snapshot import read_manifest
+    from common.snapshot import read_manifest
 
     return read_manifest(snapshot).collection

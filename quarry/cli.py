@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import click
 
-from quarry.settings import load_settings
+from retriever.settings import load_settings
 
 T = TypeVar("T")
 
@@ -112,10 +112,10 @@ def index_build(
     no_progress: bool,
 ) -> None:
     """Build a snapshot from a data set or a catalog file."""
+    from common.catalog import CatalogError, read_events, read_items
+    from common.index.text import Analyzer, TextField
     from indexer.build import BuildOptions, build_snapshot
-    from indexer.catalog import CatalogError, read_events, read_items
     from indexer.datasets import DatasetUnavailable, load_dataset
-    from indexer.text import Analyzer, TextField
 
     if (dataset is None) == (catalog is None):
         raise click.UsageError("give exactly one of --dataset or --catalog")
@@ -165,7 +165,7 @@ def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-un
 @click.argument("snapshot_dir", type=click.Path(path_type=Path))
 def index_verify(snapshot_dir: Path) -> None:
     """Validate a snapshot's manifest and every file's checksum."""
-    from indexer.snapshot import SnapshotError, open_snapshot
+    from common.snapshot import SnapshotError, open_snapshot
 
     try:
         m = open_snapshot(snapshot_dir)
@@ -194,7 +194,7 @@ def index_verify(snapshot_dir: Path) -> None:
 )
 def serve(snapshots: tuple[Path, ...], host: str | None, port: int | None, config: Path | None) -> None:
     """Serve snapshots over gRPC (SearchService, health, reflection)."""
-    from indexer.snapshot import SnapshotError
+    from common.snapshot import SnapshotError
     from retriever.api.server import serve as run
 
     settings = load_settings(config)
@@ -354,7 +354,7 @@ def rank_train(
     dataset: str, out: Path, data_dir: Path | None, fraction: float, candidates: int, seed: int
 ) -> None:
     """Train the ranker on real behaviour and export it to ONNX with its schema and metrics."""
-    from ranker.train import train_movielens
+    from quarry.training import train_movielens
 
     report = train_movielens(out, data_dir=data_dir, fraction=fraction, candidates=candidates, seed=seed)
     click.echo(json.dumps(report, indent=2))
@@ -380,10 +380,10 @@ def rank_load_profiles(
     dataset: str | None, events_path: Path | None, collection: str, redis_url: str, data_dir: Path | None
 ) -> None:
     """Offline job: write user profiles (recent items, counters) from historical events into Redis."""
-    from indexer.catalog import read_events
+    from common.catalog import read_events
+    from common.settings import RedisSettings
     from indexer.datasets import load_dataset
-    from quarry.settings import RedisSettings
-    from ranker.profiles import load_profiles
+    from quarry.profiles import load_profiles
     from retriever.features.recent import RedisRecentStore
 
     if (dataset is None) == (events_path is None):

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import grpc
 
-from quarry.v1 import search_pb2 as pb
-from quarry.v1 import search_pb2_grpc
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
 
 
 def _locate_and_filter(

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 
+from common.v1 import search_pb2_grpc
 from quarry.client import build_request, format_response
-from quarry.settings import load_settings
-from quarry.v1 import search_pb2_grpc
+from retriever.settings import load_settings
 
 EXAMPLES: list[tuple[str, dict[str, object]]] = [
     ("Shanghai", {}),
@@ -25,9 +25,9 @@ EXAMPLES: list[tuple[str, dict[str, object]]] = [
 
 
 def _ensure_snapshot(out: Path, rebuild: bool, variant: str, encoder: str | None) -> None:
+    from common.snapshot import SnapshotError, open_snapshot
     from indexer.build import build_snapshot
     from indexer.datasets import geonames
-    from indexer.snapshot import SnapshotError, open_snapshot
 
     if not rebuild:
         try:

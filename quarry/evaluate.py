@@ -9,7 +9,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from quarry.settings import BranchSpec, CollectionSettings, FusionSettings, load_settings
+from common.settings import BranchSpec, CollectionSettings, FusionSettings
+from retriever.settings import load_settings
 
 
 def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> float:

@@ -1,4 +1,6 @@
-"""The ranking stage's Protocol. Serving asks a `Ranker` to order the fused candidates.
+"""The ranking stage's Protocol and the types at its boundary. Serving asks a `Ranker` to order the fused
+candidates; what a ranker may read is spelled out here (`RankQuery`, `RankingContext`, `UserCounters`), so
+the ranker depends only on the shared ground (`common`), never on the retriever that calls it.
 
 Until a trained ONNX model is configured, `FusedOrder` keeps the recall fusion's order and scores —
 the documented behaviour of the ranking stage without a model, not a placeholder model.
@@ -6,9 +8,29 @@ the documented behaviour of the ranking stage without a model, not a placeholder
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
-from retriever.core.types import Fused
+from common.index.behavior import BehaviorIndex
+from common.index.forward import ForwardStore
+from common.types import Fused, GeoPoint, UserCounters
+
+
+class RankQuery(Protocol):
+    """What a ranker reads from the request (the retriever's SearchQuery satisfies it)."""
+
+    @property
+    def location(self) -> GeoPoint | None: ...
+
+
+class RankingContext(Protocol):
+    """What a ranker reads from the generation being served (the retriever's Collection satisfies it)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def forward(self) -> ForwardStore: ...
+    @property
+    def behavior(self) -> BehaviorIndex | None: ...
 
 
 @runtime_checkable
@@ -16,10 +38,14 @@ class Ranker(Protocol):
     name: str
 
     async def rank(
-        self, query: Any, candidates: list[Fused], collection: Any, counters: Any = None
+        self,
+        query: RankQuery,
+        candidates: list[Fused],
+        collection: RankingContext,
+        counters: UserCounters | None = None,
     ) -> list[Fused]:
         """Return `candidates` reordered (and rescored) best first. `counters`: the user's real-time
-        counters (UserCounters) when the request names a user and the store answered, else None."""
+        counters when the request names a user and the store answered, else None."""
         ...
 
 
@@ -29,6 +55,10 @@ class FusedOrder:
     name = "fused"
 
     async def rank(
-        self, query: Any, candidates: list[Fused], collection: Any, counters: Any = None
+        self,
+        query: RankQuery,
+        candidates: list[Fused],
+        collection: RankingContext,
+        counters: UserCounters | None = None,
     ) -> list[Fused]:
         return candidates

@@ -10,14 +10,13 @@ through the same store and calls this same function, so offline and online vecto
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
+from common.geo import haversine_many
+from common.types import Fused, GeoPoint, UserCounters
+from ranker.base import RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
-from retriever.core.geo import haversine_many
-from retriever.core.types import Fused, GeoPoint
-from retriever.features.recent import UserCounters
 
 #: Which branch's raw score feeds which feature.
 _SCORE_FEATURE = {
@@ -71,7 +70,7 @@ def feature_rows(
 
 def feature_matrix(
     fused: Sequence[Fused],
-    collection: Any,
+    collection: RankingContext,
     origin: GeoPoint | None,
     counters: UserCounters | None,
     schema: FeatureSchema = DEFAULT_SCHEMA,

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from quarry.fsutil import atomic_write
+from common.fsutil import atomic_write
 from ranker.schema import FeatureSchema
 
 OPSET = 17

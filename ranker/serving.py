@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
+from common.types import Fused, UserCounters
+from ranker.base import RankingContext, RankQuery
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
 from ranker.session import MicroBatcher, ModelLoadError, OnnxRanker
-from retriever.core.types import Fused
-from retriever.features.recent import UserCounters
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,11 @@ class ModelRanker:
         return self.model.model_version
 
     async def rank(
-        self, query: Any, candidates: list[Fused], collection: Any, counters: UserCounters | None = None
+        self,
+        query: RankQuery,
+        candidates: list[Fused],
+        collection: RankingContext,
+        counters: UserCounters | None = None,
     ) -> list[Fused]:
         if not candidates:
             return candidates

@@ -1,6 +1,6 @@
 """Loading, validating and holding snapshot generations.
 
-A `Collection` is one loaded generation: manifest, native indexes, forward store and the recall branches
+A `Collection` is one loaded generation (it implements `retriever.recall.Generation`, what branches read): manifest, native indexes, forward store and the recall branches
 built over them. The `Registry` maps collection names to their current generation; a request takes one
 reference at its start and keeps it to the end, so a later hot swap (replacing the whole generation at
 once) never mixes two generations inside one answer.
@@ -13,18 +13,19 @@ import threading
 import time
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
-from indexer import snapshot
-from indexer.behavior import BehaviorIndex
-from indexer.forward import ForwardStore
-from indexer.text import Analyzer, TextField, open_index
-from quarry.settings import CollectionSettings
+from common import snapshot
+from common.index.behavior import BehaviorIndex
+from common.index.forward import ForwardStore
+from common.index.text import Analyzer, TextField, open_index
+from common.settings import CollectionSettings
+from ranker.base import Ranker
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
 from retriever.core.types import Filters
-from retriever.recall import FACTORIES, BranchUnavailable, RecallBranch
+from retriever.recall import BranchUnavailable, RecallBranch, branch_class
 
 log = logging.getLogger(__name__)
 
@@ -56,17 +57,23 @@ class Collection:
         # One branch object per name serves both endpoints; each endpoint's specs say how it runs there.
         endpoints = (settings.branches, settings.recommend_branches)
         specs = {**settings.recommend_branches, **settings.branches}
-        for name, spec in specs.items():
+        for name in specs:
             if not any(d[name].enabled for d in endpoints if name in d):
                 continue
             try:
-                self.branches[name] = FACTORIES[name](self, spec)
+                cls = branch_class(name)
+            except KeyError as exc:
+                raise ValueError(f"collection {self.name}: {exc.args[0]}") from None
+            options = getattr(settings, name) if cls.options is not None else None
+            try:
+                self.branches[name] = cls.create(self, options)
             except BranchUnavailable as exc:
                 self.unavailable[name] = str(exc)
                 log.warning("collection %s: branch %s unavailable: %s", self.name, name, exc)
-        self.ranker: Any = None
+        #: The collection's trained ranking model, or None (the service's default ranker, fused order).
+        self.ranker: Ranker | None = None
         if settings.ranker.model_path is not None:
-            from ranker.serving import load_model_ranker
+            from ranker.serving import load_model_ranker  # onnxruntime is imported only when a model is set
 
             self.ranker = load_model_ranker(
                 settings.ranker.model_path,

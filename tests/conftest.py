@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from common.catalog import Item
+from common.index.text import Analyzer, TextField
 from indexer.build import BuildOptions, build_snapshot
-from indexer.catalog import Item
 from indexer.datasets import DatasetUnavailable, default_data_dir, load_dataset
-from indexer.text import Analyzer, TextField
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -158,8 +158,8 @@ class ServerThread:
         import asyncio
         import threading
 
-        from quarry.settings import load_settings
         from retriever.api.server import QuarryServer, load_collections
+        from retriever.settings import load_settings
 
         settings = load_settings()
         settings = settings.model_copy(

@@ -1,65 +1,15 @@
-"""Adapters that turn real data sets into Quarry's catalog format (see indexer/catalog.py).
+"""Adapters that turn real data sets into Quarry's catalog format (see common/catalog.py).
 
 One module per data set, each exposing `load(data_dir: Path) -> Dataset`. Adding a data set is one
-module plus one line in `ADAPTERS`.
+module plus one line in `adapters()`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from indexer.catalog import Event, Item
-from indexer.text import TextField
-
-if TYPE_CHECKING:
-    from indexer.build import BuildOptions
-
-DATA_DIR_ENV = "QUARRY_DATA_DIR"
-
-
-class DatasetUnavailable(RuntimeError):
-    """The data set's files are not on this machine; the message says how to get them."""
-
-
-@dataclass
-class Dataset:
-    name: str
-    text_fields: list[TextField]
-    items: Callable[[], Iterator[Item]]
-    events: Callable[[], Iterator[Event]] | None = None
-    source: dict[str, Any] = field(default_factory=dict)
-    #: Numeric attribute multiplied into BM25 as log2(2 + value) (a popularity prior), if any.
-    text_weight_attr: str | None = None
-    #: Text fields embedded for ANN recall (None: every searchable field).
-    embed_fields: list[str] | None = None
-    #: Item-to-item table parameters for the data set's events (None: defaults).
-    behavior_params: Any = None
-
-    def build_options(self, **overrides: Any) -> BuildOptions:
-        """BuildOptions carrying this data set's fields, prior and embedding fields; `overrides` win."""
-        from indexer.build import BuildOptions
-
-        base: dict[str, Any] = {
-            "collection": self.name,
-            "text_fields": self.text_fields,
-            "text_weight_attr": self.text_weight_attr,
-            "embed_fields": self.embed_fields,
-            "behavior_params": self.behavior_params,
-        }
-        base.update({k: v for k, v in overrides.items() if v is not None or k == "encoder"})
-        return BuildOptions(**base)
-
-
-def default_data_dir() -> Path:
-    """`$QUARRY_DATA_DIR`, else `../shared/data` beside the repository root (where tests and CI find it)."""
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+from indexer.datasets.base import DATA_DIR_ENV, Dataset, DatasetUnavailable, default_data_dir
 
 
 def adapters() -> dict[str, Callable[[Path], Dataset]]:
@@ -73,3 +23,6 @@ def load_dataset(name: str, data_dir: Path | None = None) -> Dataset:
     if name not in table:
         raise ValueError(f"unknown data set {name!r}; known: {', '.join(sorted(table))}")
     return table[name](data_dir or default_data_dir())
+
+
+__all__ = ["DATA_DIR_ENV", "Dataset", "DatasetUnavailable", "adapters", "default_data_dir", "load_dataset"]

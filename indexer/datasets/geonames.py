@@ -11,9 +11,9 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.catalog import Item
-from indexer.datasets import Dataset, DatasetUnavailable
-from indexer.text import Analyzer, TextField
+from common.catalog import Item
+from common.index.text import Analyzer, TextField
+from indexer.datasets.base import Dataset, DatasetUnavailable
 
 VARIANTS = ("cities500", "cities1000", "cities5000", "cities15000")
 TEXT_FIELDS = [

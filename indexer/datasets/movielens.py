@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
+from common.catalog import Event, Item
+from common.index.text import Analyzer, TextField
 from indexer.behavior import BehaviorParams
-from indexer.catalog import Event, Item
-from indexer.datasets import Dataset, DatasetUnavailable
-from indexer.text import Analyzer, TextField
+from indexer.datasets.base import Dataset, DatasetUnavailable
 
 TEXT_FIELDS = [
     TextField("title", Analyzer.ENGLISH, boost=2.0),

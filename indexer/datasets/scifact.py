@@ -8,9 +8,9 @@ import lzma
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.catalog import Item
-from indexer.datasets import Dataset, DatasetUnavailable
-from indexer.text import Analyzer, TextField
+from common.catalog import Item
+from common.index.text import Analyzer, TextField
+from indexer.datasets.base import Dataset, DatasetUnavailable
 
 TEXT_FIELDS = [
     # Title boost 0.4 was tuned on the train judgments (0.4 → nDCG@10 0.698 vs 0.675 at 1.0); see README.

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from quarry.v1 import search_pb2 as pb
+from common.types import GeoPoint
+from common.v1 import search_pb2 as pb
 from retriever.core.events import LogResult, RawEvent
-from retriever.core.types import BranchStatus, Filters, GeoPoint, NumericRange, SearchQuery, SearchResult
+from retriever.core.types import BranchStatus, Filters, NumericRange, SearchQuery, SearchResult
 
 _STATUS = {
     BranchStatus.OK: pb.BRANCH_STATUS_OK,

@@ -11,9 +11,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from indexer.text import warm_up
-from quarry.settings import QuarrySettings
-from quarry.v1 import search_pb2 as pb
+from common.index.text import warm_up
+from common.settings import QuarrySettings
+from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
 from retriever.api.errors import rpc
 from retriever.core.service import SearchService
@@ -88,7 +88,7 @@ def limit_native_threads() -> None:
 def load_collections(settings: QuarrySettings, snapshots: Sequence[Path]) -> Registry:
     registry = Registry()
     for root in snapshots:
-        from indexer.snapshot import read_manifest
+        from common.snapshot import read_manifest
 
         name = read_manifest(root).collection
         coll = Collection(root, settings.for_collection(name), verify=settings.verify)

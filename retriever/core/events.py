@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
-from quarry.settings import LimitSettings
+from common.settings import LimitSettings
 from retriever.core.errors import InvalidArgument, Unavailable
 from retriever.features.recent import RecentStore, StoreUnavailable, UserEvent
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Mapping
 
-from quarry.settings import BranchSpec
+from common.settings import BranchSpec
 from retriever.core.errors import BranchFailed
 from retriever.core.types import BranchResult, BranchStatus
 from retriever.recall.base import RecallBranch, RecallRequest

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from retriever.core.types import Candidate, Fused, SourceScore
+from common.types import Candidate, Fused, SourceScore
 
 Normalization = Literal["minmax", "zscore", "rank"]
 

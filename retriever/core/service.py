@@ -10,17 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from indexer.text import Analyzer, analyze
-from quarry.settings import BranchSpec, QuarrySettings
+from common.geo import haversine_m, haversine_many
+from common.index.text import Analyzer, analyze
+from common.settings import BranchSpec, QuarrySettings
+from common.types import Fused, GeoPoint, UserCounters
 from ranker.base import FusedOrder, Ranker
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
 from retriever.core.executor import run_branches
-from retriever.core.geo import haversine_m, haversine_many
-from retriever.core.types import BranchResult, BranchStatus, Fused, GeoPoint, Hit, SearchQuery, SearchResult
+from retriever.core.types import BranchResult, BranchStatus, Hit, SearchQuery, SearchResult
 from retriever.core.validate import validate_search
-from retriever.features.recent import RecentStore, StoreUnavailable, UserCounters, make_recent_store
+from retriever.features.recent import RecentStore, StoreUnavailable, make_recent_store
 from retriever.generations import Collection, Registry
 from retriever.recall.base import RecallRequest
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from quarry.settings import LimitSettings
+from common.settings import LimitSettings
 from retriever.core.errors import InvalidArgument
 from retriever.core.types import SearchQuery
 

@@ -20,7 +20,8 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cachetools import TTLCache
 
-from quarry.settings import RedisSettings
+from common.settings import RedisSettings
+from common.types import UserCounters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -42,20 +43,6 @@ class RecentItem:
     type: str
     ts: float
     weight: float
-
-
-@dataclass(frozen=True, slots=True)
-class UserCounters:
-    """Real-time per-user aggregates maintained by LogEvents (idempotently), read as ranking features."""
-
-    events_total: int = 0
-    weight_sum: float = 0.0
-    distinct_items: int = 0
-    last_ts: float = 0.0
-
-    @property
-    def avg_weight(self) -> float:
-        return self.weight_sum / self.events_total if self.events_total else 0.0
 
 
 class StoreUnavailable(Exception):

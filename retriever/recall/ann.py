@@ -1,7 +1,7 @@
 """ANN (dense) recall: encode the query text with the snapshot's encoder, search the chosen vector index.
 
 Filters are applied inside the index search (faiss IDSelector / hnswlib over-fetch, or exact search over
-the allowed items when the filter is selective — see indexer/vectors.py), so top-k stays correct under a
+the allowed items when the filter is selective — see common/index/vectors/), so top-k stays correct under a
 filter instead of being post-filtered away. Scores are cosine similarities.
 """
 
@@ -10,19 +10,19 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Self
 
 import numpy as np
 
-from indexer.vectors import SearchParams, VectorIndex, load_vector_index
-from quarry.encoders import QueryEmbeddingCache, TextEncoder, get_encoder
-from quarry.encoders.fingerprint import fingerprint
-from quarry.settings import AnnSettings
-from retriever.core.types import Candidate
-from retriever.recall.base import BranchUnavailable, RecallRequest
+from common.encoders import QueryEmbeddingCache, TextEncoder, get_encoder
+from common.encoders.fingerprint import fingerprint
+from common.index.vectors import SearchParams, VectorIndex, load_vector_index
+from common.settings import AnnSettings
+from common.types import Candidate
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
+from retriever.recall.registry import register
 
 log = logging.getLogger(__name__)
-NAME = "ann"
 
 # Encoders are large (90 MB session) and stateless: one per (name, threads) per process, shared by
 # every collection and generation that uses it.
@@ -39,8 +39,10 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
         return _encoders[key]
 
 
+@register
 class AnnBranch:
-    name = NAME
+    name = "ann"
+    options = AnnSettings
 
     def __init__(self, index: VectorIndex, encoder: TextEncoder, settings: AnnSettings) -> None:
         self.index = index
@@ -51,29 +53,28 @@ class AnnBranch:
         self.cache = QueryEmbeddingCache(settings.query_cache_size) if settings.query_cache_size else None
 
     @classmethod
-    def create(cls, collection: Any, spec: Any) -> AnnBranch:
-        part = collection.manifest.parts.get("vectors")
+    def create(cls, generation: Generation, options: AnnSettings) -> Self:
+        part = generation.manifest.parts.get("vectors")
         if part is None:
             raise BranchUnavailable("the snapshot has no vectors part (built without an encoder)")
-        settings: AnnSettings = collection.settings.ann
-        meta = part["indexes"].get(settings.backend)
+        meta = part["indexes"].get(options.backend)
         if meta is None:
             raise BranchUnavailable(
-                f"the snapshot has no {settings.backend!r} index (has: {sorted(part['indexes'])})"
+                f"the snapshot has no {options.backend!r} index (has: {sorted(part['indexes'])})"
             )
         enc_meta = part["encoder"]
-        encoder, fp = shared_encoder(enc_meta["name"], settings.encoder_threads)
+        encoder, fp = shared_encoder(enc_meta["name"], options.encoder_threads)
         if enc_meta.get("fingerprint") != fp:
             raise BranchUnavailable(
                 f"query encoder {fp} differs from the one that built the item vectors ({enc_meta.get('fingerprint')}); "
                 "rebuild the snapshot with this encoder"
             )
         index = load_vector_index(
-            Path(collection.root) / part["dir"], meta, mmap=settings.mmap, use_gpu=settings.use_gpu
+            Path(generation.root) / part["dir"], meta, mmap=options.mmap, use_gpu=options.use_gpu
         )
-        if index.count != len(collection.forward) or index.dim != encoder.dim:
+        if index.count != len(generation.forward) or index.dim != encoder.dim:
             raise BranchUnavailable(
-                f"vector index has {index.count}×{index.dim}, expected {len(collection.forward)}×{encoder.dim}"
+                f"vector index has {index.count}×{index.dim}, expected {len(generation.forward)}×{encoder.dim}"
             )
         log.info(
             "ann: %s index (%s) over %d items, encoder %s",
@@ -82,7 +83,7 @@ class AnnBranch:
             index.count,
             encoder.name,
         )
-        return cls(index, encoder, settings)
+        return cls(index, encoder, options)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.text.strip() else "no query text"

@@ -1,30 +1,73 @@
-"""The recall-branch Protocol: the one extension point every recall source implements.
+"""The recall-branch Protocol: the one extension point every recall source implements, and the types a
+branch sees (the `Generation` it is built over, the `RecallRequest` it answers).
 
-A branch is constructed once per loaded collection generation (from the snapshot and its `BranchSpec`)
-and then called concurrently by the executor for many requests, so it must keep no per-request state.
-Adding a branch = one module here + one entry in `retriever.recall.FACTORIES` + one spec line in the
-settings + one test file. The executor owns deadlines, quotas and fail-open; the merger owns dedup and
-exclusions; a branch only turns a request into ranked `Candidate`s (best first).
+A branch is constructed once per loaded generation (`create`) and then called concurrently by the
+executor for many requests, so it must keep no per-request state. The executor owns deadlines, quotas
+and fail-open; the merger owns dedup and exclusions; a branch only turns a request into ranked
+`Candidate`s (best first).
+
+Adding a branch = one module in `retriever/recall/` whose class is decorated with
+`retriever.recall.registry.register` (that is its one registration: name, options type, factory), plus a
+`BranchSpec` line in the default settings if it should run by default, plus one test that runs the
+`RecallBranchContract` suite (tests/contracts.py) over it. This module imports nothing from the generation
+loader, so `retriever.generations` can import the registry without a cycle.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar, runtime_checkable
 
 import numpy as np
+from pydantic import BaseModel
 
-from indexer.text import Analyzer
-from retriever.core.types import SearchQuery
+from common.index.behavior import BehaviorIndex
+from common.index.forward import ForwardStore
+from common.index.text import Analyzer, TextField
+from common.settings import CollectionSettings
+from common.snapshot import Manifest
+from common.types import Candidate
+from retriever.core.types import Filters, SearchQuery
 
 if TYPE_CHECKING:
+    import tantivy
+
     from retriever.features.recent import RecentStore
-    from retriever.generations import Collection
 
 T = TypeVar("T")
+
+
+class Generation(Protocol):
+    """What a branch may read from the loaded snapshot generation it serves (read-only; implemented by
+    `retriever.generations.Collection`). Branches built over one generation never see another."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def root(self) -> Path: ...
+    @property
+    def manifest(self) -> Manifest: ...
+    @property
+    def settings(self) -> CollectionSettings: ...
+    @property
+    def forward(self) -> ForwardStore: ...
+    @property
+    def text_index(self) -> tantivy.Index: ...
+    @property
+    def text_fields(self) -> list[TextField]: ...
+    @property
+    def behavior(self) -> BehaviorIndex | None:
+        """The behavior part (i2i tables, popularity, histories), loaded once and shared; None without one."""
+        ...
+
+    def filter_mask(self, filters: Filters) -> np.ndarray | None:
+        """Boolean mask over ordinals passing `filters`; None when they do not restrict."""
+        ...
 
 
 @dataclass
@@ -32,7 +75,7 @@ class RecallRequest:
     """One request as every branch sees it: the validated query plus read-only derived data."""
 
     query: SearchQuery
-    collection: Collection
+    collection: Generation
     #: Runs a blocking native call (tantivy, hnswlib, faiss, ...) in the bounded thread pool.
     pool: Executor
     #: The query text analysed once per analyzer the collection uses (shared by text-based branches).
@@ -46,13 +89,11 @@ class RecallRequest:
         return self.collection.filter_mask(self.query.filters)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
-        import asyncio
-
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 
 class BranchUnavailable(Exception):
-    """Raised by a branch factory when the snapshot lacks what the branch needs (reported, not fatal)."""
+    """Raised by `RecallBranch.create` when the snapshot lacks what the branch needs (reported, not fatal)."""
 
 
 @runtime_checkable
@@ -60,6 +101,15 @@ class RecallBranch(Protocol):
     """A recall source. `name` is its one identifier: spec key, metric label, log field, response label."""
 
     name: str
+    #: The type of this branch's own settings section, `CollectionSettings.<name>` (e.g. AnnSettings for
+    #: "ann"), or None when it has none. The registry checks the two agree.
+    options: ClassVar[type[BaseModel] | None]
+
+    @classmethod
+    def create(cls, generation: Generation, options: Any) -> Self:
+        """Build the branch over `generation`; `options` is `generation.settings.<name>` (None without an
+        options type). Raises BranchUnavailable when the snapshot cannot feed it."""
+        ...
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         """Why this branch has nothing to do for `request` (e.g. no query text), or None to run it."""
@@ -70,6 +120,4 @@ class RecallBranch(Protocol):
         ...
 
 
-from retriever.core.types import Candidate  # noqa: E402  (re-exported for branch modules)
-
-__all__ = ["BranchUnavailable", "Candidate", "RecallBranch", "RecallRequest"]
+__all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest"]

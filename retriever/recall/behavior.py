@@ -8,18 +8,19 @@ degraded (fail-open), with long-term recall lost for that request only.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from indexer.behavior import BehaviorIndex
-from quarry.settings import BehaviorSettings
-from retriever.core.types import Candidate
-from retriever.recall.base import BranchUnavailable, RecallRequest
+from common.index.behavior import BehaviorIndex
+from common.settings import BehaviorSettings
+from common.types import Candidate
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
+from retriever.recall.registry import register
 
-NAME = "behavior"
 
-
+@register
 class BehaviorBranch:
-    name = NAME
+    name = "behavior"
+    options = BehaviorSettings
 
     def __init__(self, index: BehaviorIndex, ord_of: dict[str, int], settings: BehaviorSettings) -> None:
         self.index = index
@@ -27,15 +28,14 @@ class BehaviorBranch:
         self.s = settings
 
     @classmethod
-    def create(cls, collection: Any, spec: Any) -> BehaviorBranch:
-        index: BehaviorIndex | None = collection.behavior  # loaded once per generation, shared
+    def create(cls, generation: Generation, options: BehaviorSettings) -> Self:
+        index: BehaviorIndex | None = generation.behavior  # loaded once per generation, shared
         if index is None:
             raise BranchUnavailable("the snapshot has no behavior part (built without events)")
-        settings: BehaviorSettings = collection.settings.behavior
-        methods = collection.manifest.parts["behavior"].get("methods", [])
-        if settings.method not in methods:
-            raise BranchUnavailable(f"the snapshot has no {settings.method!r} i2i table (has: {methods})")
-        return cls(index, collection.forward.ord_of, settings)
+        methods = generation.manifest.parts["behavior"].get("methods", [])
+        if options.method not in methods:
+            raise BranchUnavailable(f"the snapshot has no {options.method!r} i2i table (has: {methods})")
+        return cls(index, generation.forward.ord_of, options)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"

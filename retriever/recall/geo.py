@@ -5,29 +5,30 @@ metres (higher = closer) so fusion's "higher is better" holds; hits carry the ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from indexer.geo import GeoIndex
-from quarry.settings import GeoSettings
-from retriever.core.types import Candidate
-from retriever.recall.base import BranchUnavailable, RecallRequest
+from common.index.geo import GeoIndex
+from common.settings import GeoSettings
+from common.types import Candidate
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
+from retriever.recall.registry import register
 
-NAME = "geo"
 
-
+@register
 class GeoBranch:
-    name = NAME
+    name = "geo"
+    options = GeoSettings
 
     def __init__(self, index: GeoIndex, settings: GeoSettings) -> None:
         self.index = index
         self.s = settings
 
     @classmethod
-    def create(cls, collection: Any, spec: Any) -> GeoBranch:
-        part = collection.manifest.parts.get("geo")
+    def create(cls, generation: Generation, options: GeoSettings) -> Self:
+        part = generation.manifest.parts.get("geo")
         if part is None:
             raise BranchUnavailable("the snapshot has no geo part (no item has a location)")
-        return cls(GeoIndex.load(Path(collection.root), part), collection.settings.geo)
+        return cls(GeoIndex.load(Path(generation.root), part), options)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.location is not None else "no location"

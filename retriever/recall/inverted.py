@@ -9,19 +9,21 @@ syntax. Terms are OR-ed (each summed over the text fields with their boosts), li
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Self
 
 import tantivy
 
-from indexer.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
-from retriever.core.types import Candidate, Filters
-from retriever.recall.base import RecallRequest
+from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
+from common.types import Candidate
+from retriever.core.types import Filters
+from retriever.recall.base import Generation, RecallRequest
+from retriever.recall.registry import register
 
-NAME = "inverted"
 
-
+@register
 class InvertedBranch:
-    name = NAME
+    name = "inverted"
+    options = None
 
     def __init__(
         self, index: tantivy.Index, fields: list[TextField], boosts: dict[str, float], weight_by: str | None
@@ -37,11 +39,11 @@ class InvertedBranch:
         self._weight_by = ATTR_PREFIX + weight_by if weight_by else None
 
     @classmethod
-    def create(cls, collection: Any, spec: Any) -> InvertedBranch:
-        text = collection.manifest.parts["text"]
+    def create(cls, generation: Generation, options: None) -> Self:
+        text = generation.manifest.parts["text"]
         fields = [TextField.from_json(f) for f in text["fields"]]
         return cls(
-            collection.text_index, fields, collection.settings.field_boosts, text.get("weight_by_attr")
+            generation.text_index, fields, generation.settings.field_boosts, text.get("weight_by_attr")
         )
 
     def skip_reason(self, request: RecallRequest) -> str | None:

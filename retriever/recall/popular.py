@@ -3,24 +3,25 @@ snapshot's time-decayed interaction counts."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Self
 
-from indexer.behavior import BehaviorIndex
-from retriever.core.types import Candidate
-from retriever.recall.base import BranchUnavailable, RecallRequest
+from common.index.behavior import BehaviorIndex
+from common.types import Candidate
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
+from retriever.recall.registry import register
 
-NAME = "popular"
 
-
+@register
 class PopularBranch:
-    name = NAME
+    name = "popular"
+    options = None
 
     def __init__(self, index: BehaviorIndex) -> None:
         self.index = index
 
     @classmethod
-    def create(cls, collection: Any, spec: Any) -> PopularBranch:
-        index: BehaviorIndex | None = collection.behavior  # loaded once per generation, shared
+    def create(cls, generation: Generation, options: None) -> Self:
+        index: BehaviorIndex | None = generation.behavior  # loaded once per generation, shared
         if index is None:
             raise BranchUnavailable("the snapshot has no behavior part (no events: no popularity)")
         return cls(index)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from indexer.snapshot import open_snapshot
-from quarry.settings import load_settings
+from common.snapshot import open_snapshot
 from retriever.core.service import SearchService
 from retriever.core.types import SearchQuery
 from retriever.generations import Collection, Registry
+from retriever.settings import load_settings
 
 FROZEN = Path(__file__).resolve().parent.parent / "fixtures" / "snapshot_v1"
 

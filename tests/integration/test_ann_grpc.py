@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from quarry.v1 import search_pb2 as pb
-from quarry.v1 import search_pb2_grpc
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quarry.v1 import search_pb2 as pb
-from quarry.v1 import search_pb2_grpc
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

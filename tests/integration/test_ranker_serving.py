@@ -12,13 +12,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quarry.settings import QuarrySettings
+from common.settings import QuarrySettings
+from common.types import Fused
+from quarry.training import train_movielens
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
 from ranker.serving import ModelRanker
-from ranker.train import train_movielens
 from retriever.core.service import SearchService
-from retriever.core.types import Fused, SearchQuery
+from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, UserEvent
 from retriever.generations import Collection, Registry
 

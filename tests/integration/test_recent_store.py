@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from quarry.settings import RedisSettings
+from common.settings import RedisSettings
 from retriever.features.recent import (
     MemoryRecentStore,
     RecentStore,
@@ -124,8 +124,8 @@ async def test_realtime_counters_are_idempotent(store: RecentStore) -> None:
 
 
 async def test_offline_profile_job_matches_online_path_and_is_idempotent(store: RecentStore) -> None:
-    from indexer.catalog import Event
-    from ranker.profiles import load_profiles
+    from common.catalog import Event
+    from quarry.profiles import load_profiles
 
     events = [Event(user="p", item=f"i{i % 3}", type="rating", ts=float(i), weight=2.0) for i in range(7)]
     assert await load_profiles(store, "prof", events) == (7, 0)

@@ -10,14 +10,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quarry.settings import RedisSettings, load_settings
-from quarry.v1 import search_pb2 as pb
-from quarry.v1 import search_pb2_grpc
-from retriever.core.geo import haversine_m
+from common.geo import haversine_m
+from common.settings import RedisSettings
+from common.types import GeoPoint
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
 from retriever.core.service import SearchService
-from retriever.core.types import BranchStatus, GeoPoint, SearchQuery
+from retriever.core.types import BranchStatus, SearchQuery
 from retriever.features.recent import RedisRecentStore
 from retriever.generations import Collection, Registry
+from retriever.settings import load_settings
 
 pytestmark = pytest.mark.integration
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from quarry.settings import AnnSettings, CollectionSettings, load_settings
+from common.settings import AnnSettings, CollectionSettings
 from retriever.core.service import SearchService
 from retriever.core.types import BranchStatus, Filters, SearchQuery, SearchResult
 from retriever.generations import Collection, Registry
+from retriever.settings import load_settings
 
 
 def _service(snapshot: Path, **ann: object) -> SearchService:
@@ -75,9 +76,9 @@ def test_mismatched_encoder_disables_ann_with_reason(tiny_snapshot: Path, tmp_pa
 
 def test_catalog_supplied_embeddings(tmp_path: Path) -> None:
     """A catalog may carry its own vectors; queries are then encoded with the encoder it names."""
+    from common.catalog import CatalogError, Item
+    from common.encoders import get_encoder
     from indexer.build import BuildOptions, build_snapshot
-    from indexer.catalog import CatalogError, Item
-    from quarry.encoders import get_encoder
 
     texts = {"a": "harbour city with a big port", "b": "mountain village", "c": "desert oasis town"}
     vecs = get_encoder("minilm").encode(list(texts.values()))

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexer.behavior import BehaviorIndex, BehaviorParams, build_behavior, evaluate_behavior
-from indexer.catalog import Event
+from common.catalog import Event
+from common.index.behavior import BehaviorIndex
+from indexer.behavior import BehaviorParams, build_behavior
 from indexer.datasets import DatasetUnavailable, load_dataset
+from quarry.behavior_eval import evaluate_behavior
 
 DAY = 86400.0
 ORD = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}  # "e" never interacted with

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from common.catalog import Item
+from common.index.text import Analyzer, TextField, analyze
+from common.settings import CollectionSettings
 from indexer.build import BuildOptions, build_snapshot
-from indexer.catalog import Item
-from indexer.text import Analyzer, TextField, analyze
-from quarry.settings import CollectionSettings
 from retriever.core.types import Filters, SearchQuery
 from retriever.generations import Collection
 from retriever.recall.base import RecallRequest

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.catalog import CatalogError, Event, Item, read_events, read_items, write_jsonl, write_parquet
+from common.catalog import CatalogError, Event, Item, read_events, read_items, write_jsonl, write_parquet
 
 GOOD = {
     "id": "a1",

@@ -26,7 +26,7 @@ def test_compose_services_use_real_commands_and_files() -> None:
         r = CliRunner().invoke(main, [*cmd, "--help"])
         assert r.exit_code == 0, f"{name}: {cmd}: {r.output}"
     env = services["retriever"]["environment"]
-    from quarry.settings import QuarrySettings
+    from common.settings import QuarrySettings
 
     s = QuarrySettings(
         redis={"url": env["QUARRY_REDIS__URL"]},

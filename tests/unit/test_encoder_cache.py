@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from quarry.encoders import QueryEmbeddingCache, TextEncoder, get_encoder, known_encoders, normalize_query
+from common.encoders import QueryEmbeddingCache, TextEncoder, get_encoder, known_encoders, normalize_query
 
 
 class FakeEncoder:

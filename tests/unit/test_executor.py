@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from quarry.settings import BranchSpec, CollectionSettings
+from common.settings import BranchSpec, CollectionSettings
+from common.types import Candidate
 from retriever.core.errors import BranchFailed
 from retriever.core.executor import run_branches
-from retriever.core.types import BranchStatus, Candidate, SearchQuery
+from retriever.core.types import BranchStatus, SearchQuery
 from retriever.generations import Collection
 from retriever.recall.base import RecallRequest
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
+from common.types import Candidate
 from retriever.core.fusion import fuse, rrf, weighted
-from retriever.core.types import Candidate
 
 A = [Candidate(1, 10.0), Candidate(2, 8.0), Candidate(3, 1.0)]
 B = [Candidate(3, 0.9), Candidate(4, 0.8), Candidate(1, 0.1)]

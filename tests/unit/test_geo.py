@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from indexer.geo import MAX_DISTANCE_M, GeoIndex, build_geo
-from retriever.core.geo import haversine_m, haversine_many
+from common.geo import haversine_m, haversine_many
+from common.index.geo import MAX_DISTANCE_M, GeoIndex, build_geo
 
 KM = 1000.0
 RADII_M = (1 * KM, 10 * KM, 50 * KM, 200 * KM, 2000 * KM)

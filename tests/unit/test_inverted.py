@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from quarry.settings import BranchSpec, CollectionSettings, load_settings
+from common.settings import BranchSpec, CollectionSettings
+from common.types import GeoPoint
 from retriever.core.errors import InvalidArgument
 from retriever.core.service import SearchService
-from retriever.core.types import BranchStatus, Filters, GeoPoint, NumericRange, SearchQuery, SearchResult
+from retriever.core.types import BranchStatus, Filters, NumericRange, SearchQuery, SearchResult
 from retriever.generations import Collection, Registry
+from retriever.settings import load_settings
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The committed stubs in quarry/v1 are exactly what scripts/gen_protos.py generates."""
+"""The committed stubs in common/v1 are exactly what scripts/gen_protos.py generates."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from quarry.settings import QuarrySettings, load_settings
+from common.settings import QuarrySettings
+from retriever.settings import load_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "quarry.example.toml"
 

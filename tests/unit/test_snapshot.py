@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from indexer import snapshot
+from common import snapshot
+from common.catalog import CatalogError, Item
+from common.settings import CollectionSettings
+from common.snapshot import SnapshotError, open_snapshot
 from indexer.build import BuildOptions, build_snapshot
-from indexer.catalog import CatalogError, Item
-from indexer.snapshot import SnapshotError, open_snapshot
-from quarry.settings import CollectionSettings
 from retriever.generations import Collection
 
 

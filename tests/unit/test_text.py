@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from indexer.text import Analyzer, analyze, segment_cjk
+from common.index.text import Analyzer, analyze, segment_cjk
 
 
 def test_chinese_is_segmented_into_words() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from bench.synthetic import synthetic_clustered as clustered  # one recipe for tests and benchmark
-from indexer.vectors import (
+from common.index.vectors import (
     FaissIvfIndex,
     SearchParams,
     VectorIndex,
@@ -229,7 +229,7 @@ def test_exact_search_matches_naive_sort_and_batches() -> None:
 
 
 def test_exact_search_blocks_bound_memory(monkeypatch: pytest.MonkeyPatch) -> None:
-    import indexer.vectors as vectors_mod
+    import common.index.vectors.exact as vectors_mod
 
     x = clustered(2000, 8, seed=8)
     q = clustered(40, 8, seed=9)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
-from indexer.catalog import Event
+from common.catalog import Event
 from retriever.features.recent import RecentStore, UserEvent
 
 BATCH = 1000

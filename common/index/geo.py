@@ -4,7 +4,7 @@ Items are stored as unit vectors on the sphere (x, y, z) in a k-d tree.  In 3-D 
 poles are ordinary places, and a great-circle radius ``d`` is exactly a Euclidean ball of chord length
 ``2·sin(d / 2R)``; chord length grows monotonically with great-circle distance, so the tree's nearest
 neighbours are the great-circle nearest neighbours.  The tree only selects candidates: every distance
-returned, and the radius test itself, is the haversine formula of ``retriever.core.geo`` on the items'
+returned, and the radius test itself, is the haversine formula of ``common.geo`` on the items'
 stored lat/lon, so results agree with a brute-force haversine scan.
 
 Snapshot part ``geo/`` (arrays are .npy, never pickles)::
@@ -34,7 +34,7 @@ from typing import Any, Self
 import numpy as np
 from scipy.spatial import cKDTree
 
-from retriever.core.geo import EARTH_RADIUS_M, haversine_many
+from common.geo import EARTH_RADIUS_M, haversine_many
 
 GEO_DIR = "geo"
 METHOD = "kdtree-3d"

@@ -23,15 +23,16 @@ from typing import Any
 
 import numpy as np
 
+from common.settings import QuarrySettings
+from common.types import Fused
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from quarry.evaluate import ndcg_at_k, recall_at_k
-from quarry.settings import QuarrySettings
 from ranker.features import feature_matrix
 from ranker.model import MLPRanker
 from ranker.schema import DEFAULT_SCHEMA
 from retriever.core.service import SearchService
-from retriever.core.types import Fused, SearchQuery
+from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, UserEvent
 from retriever.generations import Collection, Registry
 

@@ -9,10 +9,11 @@ Sources, highest priority first: constructor arguments (the CLI's flags), enviro
 from __future__ import annotations
 
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,7 +22,8 @@ from pydantic_settings import (
 )
 
 CONFIG_ENV = "QUARRY_CONFIG"
-KNOWN_BRANCHES = ("inverted", "ann", "behavior", "geo", "popular")
+#: Validation-context key: the recall branch names the serving layer registered (see `load_settings`).
+RECALL_BRANCHES = "recall_branches"
 
 
 class _Model(BaseModel):
@@ -154,10 +156,14 @@ class CollectionSettings(_Model):
 
     @field_validator("branches", "recommend_branches")
     @classmethod
-    def _known(cls, v: dict[str, BranchSpec]) -> dict[str, BranchSpec]:
-        unknown = sorted(set(v) - set(KNOWN_BRANCHES))
-        if unknown:
-            raise ValueError(f"unknown recall branches {unknown}; known: {list(KNOWN_BRANCHES)}")
+    def _known(cls, v: dict[str, BranchSpec], info: ValidationInfo) -> dict[str, BranchSpec]:
+        # The names come from the retriever's branch registry (the schema lives below it and cannot know
+        # them); validated whenever the caller passes them, as `retriever.settings.load_settings` does.
+        known = (info.context or {}).get(RECALL_BRANCHES)
+        if known is not None:
+            unknown = sorted(set(v) - set(known))
+            if unknown:
+                raise ValueError(f"unknown recall branches {unknown}; known: {sorted(known)}")
         return v
 
 
@@ -203,12 +209,19 @@ class QuarrySettings(BaseSettings):
             self.for_collection(name)  # raises a ValidationError naming the bad key
         return self
 
-    def for_collection(self, name: str) -> CollectionSettings:
+    def check_branch_names(self, recall_branches: Collection[str]) -> None:
+        """Raise a ValidationError when a branch key (defaults or any collection) is not in `recall_branches`."""
+        context = {RECALL_BRANCHES: frozenset(recall_branches)}
+        CollectionSettings.model_validate(self.defaults.model_dump(), context=context)
+        for name in self.collections:
+            self.for_collection(name, context=context)
+
+    def for_collection(self, name: str, *, context: Mapping[str, Any] | None = None) -> CollectionSettings:
         override = self.collections.get(name)
         if not override:
             return self.defaults
         merged = _deep_merge(self.defaults.model_dump(), override)
-        return CollectionSettings.model_validate(merged)
+        return CollectionSettings.model_validate(merged, context=context)
 
     @classmethod
     def settings_customise_sources(
@@ -238,11 +251,19 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 _config_override: str | None = None
 
 
-def load_settings(config: Path | None = None, **overrides: Any) -> QuarrySettings:
-    """Settings from `config` (or $QUARRY_CONFIG), the environment, then `overrides`."""
+def load_settings(
+    config: Path | None = None, *, recall_branches: Collection[str] | None = None, **overrides: Any
+) -> QuarrySettings:
+    """Settings from `config` (or $QUARRY_CONFIG), the environment, then `overrides`.
+
+    With `recall_branches`, every `branches`/`recommend_branches` key (defaults and per collection) must be
+    one of them; `retriever.settings.load_settings` passes the retriever's branch registry."""
     global _config_override
     _config_override = str(config) if config is not None else None
     try:
-        return QuarrySettings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = QuarrySettings(**{k: v for k, v in overrides.items() if v is not None})
     finally:
         _config_override = None
+    if recall_branches is not None:
+        settings.check_branch_names(recall_branches)
+    return settings

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from indexer.catalog import Item
+from common.catalog import Item
 
 FILE = "forward.arrow"
 DISPLAY_CHARS = 300

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from quarry.fsutil import atomic_write
+from common.fsutil import atomic_write
 
 if TYPE_CHECKING:
     import onnx
@@ -364,7 +364,7 @@ def build_model(
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="quarry.encoders.export",
+        producer_name="common.encoders.export",
         producer_version=EXPORTER_VERSION,
         ir_version=IR_VERSION,
     )
@@ -385,7 +385,7 @@ def build_model(
 
 
 def default_cache_dir() -> Path:
-    """``$QUARRY_CACHE_DIR/encoders`` if set, else ``${XDG_CACHE_HOME:-~/.cache}/quarry/encoders``."""
+    """``$QUARRY_CACHE_DIR/encoders`` if set, else ``${XDG_CACHE_HOME:-~/.cache}/common/encoders``."""
     root = os.environ.get("QUARRY_CACHE_DIR")
     if root:
         return Path(root).expanduser() / "encoders"

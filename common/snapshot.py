@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from quarry.fsutil import atomic_write
+from common.fsutil import atomic_write
 
 FORMAT = "quarry-snapshot"
 FORMAT_VERSION = 1

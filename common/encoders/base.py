@@ -4,7 +4,7 @@ Why a Protocol rather than a base class: the implementations wrap unrelated engi
 pure-numpy USE) and share no code; structural typing lets tests and callers supply any object with the
 right shape (e.g. a fake encoder) without inheritance.
 
-The registry imports implementations lazily so that ``import quarry.encoders`` never pulls in
+The registry imports implementations lazily so that ``import common.encoders`` never pulls in
 onnxruntime or the USE weights for a process that uses only one encoder (or none).
 """
 

@@ -1,0 +1,58 @@
+"""Value types that cross layers: what recall produces, fusion merges and the ranker reorders.
+
+Recall branches return `Candidate`s; fusion turns them into `Fused` items carrying each branch's
+`SourceScore` (provenance); the ranking stage reorders `Fused` using the request's `GeoPoint` and the
+user's real-time `UserCounters`. They live on the ground floor so the retriever and the ranker share them
+without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+
+@dataclass(frozen=True, slots=True)
+class GeoPoint:
+    lat: float
+    lon: float
+
+
+class Candidate(NamedTuple):
+    """What a recall branch returns: an item ordinal and the branch's own score (higher is better).
+
+    A NamedTuple rather than a frozen dataclass: branches build hundreds per request, and a frozen
+    dataclass's __init__ costs ~1 µs each (measured: 100 candidates added ~0.1 ms to ANN recall)."""
+
+    ordinal: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class SourceScore:
+    branch: str
+    score: float
+    rank: int  # 1-based rank inside the branch's list
+
+
+@dataclass(slots=True)
+class Fused:
+    """A merged candidate: one item, every branch that found it, and the fused score."""
+
+    ordinal: int
+    score: float
+    sources: list[SourceScore]
+
+
+@dataclass(frozen=True, slots=True)
+class UserCounters:
+    """Real-time per-user aggregates maintained by LogEvents (idempotently), read as ranking features."""
+
+    events_total: int = 0
+    weight_sum: float = 0.0
+    distinct_items: int = 0
+    last_ts: float = 0.0
+
+    @property
+    def avg_weight(self) -> float:
+        return self.weight_sum / self.events_total if self.events_total else 0.0
