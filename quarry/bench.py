@@ -158,10 +158,10 @@ def bench_search(
     from common.index.text import analyze
     from common.settings import QuarrySettings, RedisSettings
     from common.types import GeoPoint
-    from retriever.core.service import SearchService
     from retriever.core.types import SearchQuery
     from retriever.features.recent import make_recent_store
     from retriever.generations import Collection, Registry
+    from retriever.service import SearchService
 
     settings = QuarrySettings(redis=RedisSettings(url=redis_url))
     coll = Collection(snapshot, settings.for_collection(_name_of(snapshot)), verify="size")

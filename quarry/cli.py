@@ -446,6 +446,46 @@ def eval_scifact(
     click.echo(json.dumps(report, indent=2))
 
 
+@eval_group.command("behavior")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
+@click.option("-k", "k", default=50, show_default=True)
+@click.option("--fraction", default=0.8, show_default=True, help="Timestamp quantile of the train/test cut.")
+@click.option("--min-rating", default=4.0, show_default=True, help="Ratings >= this are positive.")
+@click.option("--seeds", type=int, default=None, help="History items expanded (default: history_len).")
+@click.option("--seed-decay", default=1.0, show_default=True, help="Seed weight = decay**recency_rank.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
+def eval_behavior(
+    data_dir: Path | None,
+    k: int,
+    fraction: float,
+    min_rating: float,
+    seeds: int | None,
+    seed_decay: float,
+    as_json: bool,
+) -> None:
+    """Recall/HitRate@k of ItemCF, Swing and popularity on MovieLens-100K (temporal split)."""
+    from indexer.behavior import BehaviorParams
+    from indexer.datasets import DatasetUnavailable, load_dataset
+    from quarry.behavior_eval import evaluate_behavior, format_eval
+
+    try:
+        ds = load_dataset("movielens", data_dir)
+    except DatasetUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
+    assert ds.events is not None
+    ord_of = {item.id: i for i, item in enumerate(ds.items())}
+    result = evaluate_behavior(
+        ds.events(),
+        ord_of,
+        fraction=fraction,
+        k=k,
+        params=BehaviorParams(min_weight=min_rating),
+        seeds=seeds,
+        seed_decay=seed_decay,
+    )
+    click.echo(json.dumps(result, indent=2) if as_json else format_eval(result))
+
+
 # ---------------------------------------------------------------------------------------------- demo
 @main.command()
 @click.option(

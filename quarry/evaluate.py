@@ -70,9 +70,9 @@ def evaluate_scifact(
 async def _run(
     snapshot: Path, queries: Mapping[str, str], branches: Sequence[str], fusion: str
 ) -> dict[str, list[str]]:
-    from retriever.core.service import SearchService
     from retriever.core.types import SearchQuery
     from retriever.generations import Collection, Registry
+    from retriever.service import SearchService
 
     settings = load_settings()
     coll_settings = CollectionSettings(

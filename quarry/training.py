@@ -31,10 +31,10 @@ from quarry.evaluate import ndcg_at_k, recall_at_k
 from ranker.features import feature_matrix
 from ranker.model import MLPRanker
 from ranker.schema import DEFAULT_SCHEMA
-from retriever.core.service import SearchService
 from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, UserEvent
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 
 log = logging.getLogger(__name__)
 

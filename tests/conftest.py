@@ -252,3 +252,25 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_bare_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny catalog with only a text index and a forward store: no vectors, no locations, no events."""
+    out = tmp_path_factory.mktemp("snap") / "tiny-bare"
+    items = [it.model_copy(update={"lat": None, "lon": None}) for it in TINY_ITEMS]
+    build_snapshot(
+        items,
+        out,
+        BuildOptions(collection="tiny", text_fields=TINY_FIELDS, progress=False, encoder=None),
+        {"dataset": "tiny (synthetic)"},
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bare_generation(tiny_bare_snapshot: Path) -> object:
+    from common.settings import CollectionSettings
+    from retriever.generations import Collection
+
+    return Collection(tiny_bare_snapshot, CollectionSettings())

@@ -16,8 +16,8 @@ from common.settings import QuarrySettings
 from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
 from retriever.api.errors import rpc
-from retriever.core.service import SearchService
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from retriever.recall.base import BranchUnavailable, Generation, RecallBranch, RecallRequest
+from retriever.recall.base import BranchUnavailable, Generation, RecallBranch, RecallRequest, analyze_query
 from retriever.recall.registry import branch_class, branch_names, branches, register
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Generation",
     "RecallBranch",
     "RecallRequest",
+    "analyze_query",
     "branch_class",
     "branch_names",
     "branches",

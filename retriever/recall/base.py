@@ -16,7 +16,7 @@ loader, so `retriever.generations` can import the registry without a cycle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,7 +28,7 @@ from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
-from common.index.text import Analyzer, TextField
+from common.index.text import Analyzer, TextField, analyze
 from common.settings import CollectionSettings
 from common.snapshot import Manifest
 from common.types import Candidate
@@ -68,6 +68,14 @@ class Generation(Protocol):
     def filter_mask(self, filters: Filters) -> np.ndarray | None:
         """Boolean mask over ordinals passing `filters`; None when they do not restrict."""
         ...
+
+
+def analyze_query(text: str, analyzers: Iterable[Analyzer], max_terms: int) -> dict[Analyzer, list[str]]:
+    """The query text analysed once per analyzer (deduplicated in query order, at most `max_terms`)."""
+    if not text.strip():
+        return {}
+    # dict.fromkeys dedups while keeping the query's order; the cap bounds query cost.
+    return {a: list(dict.fromkeys(analyze(text, a)))[:max_terms] for a in analyzers}
 
 
 @dataclass
@@ -120,4 +128,4 @@ class RecallBranch(Protocol):
         ...
 
 
-__all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest"]
+__all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest", "analyze_query"]

@@ -17,7 +17,7 @@ _BRANCHES: dict[str, type[RecallBranch]] = {}
 _discovered = False
 B = TypeVar("B", bound=type[RecallBranch])
 #: Modules of this package that are infrastructure, not branches.
-_NOT_BRANCHES = frozenset({"base", "registry"})
+_NOT_BRANCHES = frozenset({"base", "registry", "executor"})
 
 
 def register(cls: B) -> B:
@@ -26,10 +26,6 @@ def register(cls: B) -> B:
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name.isidentifier():
         raise TypeError(f"{cls.__qualname__}.name must be an identifier string, got {name!r}")
-    if name in _BRANCHES and _BRANCHES[name] is not cls:
-        raise ValueError(
-            f"recall branch {name!r} registered twice ({_BRANCHES[name].__qualname__}, {cls.__qualname__})"
-        )
     options = cls.options
     if options is not None:
         field = CollectionSettings.model_fields.get(name)
@@ -38,6 +34,10 @@ def register(cls: B) -> B:
                 f"recall branch {name!r} declares options {options.__name__}, but CollectionSettings.{name} "
                 f"is {getattr(field, 'annotation', None)!r}"
             )
+    if name in _BRANCHES and _BRANCHES[name] is not cls:
+        raise ValueError(
+            f"recall branch {name!r} registered twice ({_BRANCHES[name].__qualname__}, {cls.__qualname__})"
+        )
     _BRANCHES[name] = cls
     return cls
 

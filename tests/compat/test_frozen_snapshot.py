@@ -10,9 +10,9 @@ import asyncio
 from pathlib import Path
 
 from common.snapshot import open_snapshot
-from retriever.core.service import SearchService
 from retriever.core.types import SearchQuery
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 from retriever.settings import load_settings
 
 FROZEN = Path(__file__).resolve().parent.parent / "fixtures" / "snapshot_v1"

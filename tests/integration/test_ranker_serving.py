@@ -18,10 +18,10 @@ from quarry.training import train_movielens
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
 from ranker.serving import ModelRanker
-from retriever.core.service import SearchService
 from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, UserEvent
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,10 @@ from common.settings import RedisSettings
 from common.types import GeoPoint
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc
-from retriever.core.service import SearchService
 from retriever.core.types import BranchStatus, SearchQuery
 from retriever.features.recent import RedisRecentStore
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 from retriever.settings import load_settings
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from common.settings import AnnSettings, CollectionSettings
-from retriever.core.service import SearchService
 from retriever.core.types import BranchStatus, Filters, SearchQuery, SearchResult
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 from retriever.settings import load_settings
 
 

@@ -16,10 +16,10 @@ import pytest
 from common.settings import BranchSpec, CollectionSettings
 from common.types import Candidate
 from retriever.core.errors import BranchFailed
-from retriever.core.executor import run_branches
 from retriever.core.types import BranchStatus, SearchQuery
 from retriever.generations import Collection
 from retriever.recall.base import RecallRequest
+from retriever.recall.executor import run_branches
 
 
 class Fixed:

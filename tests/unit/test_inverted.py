@@ -10,9 +10,9 @@ import pytest
 from common.settings import BranchSpec, CollectionSettings
 from common.types import GeoPoint
 from retriever.core.errors import InvalidArgument
-from retriever.core.service import SearchService
 from retriever.core.types import BranchStatus, Filters, NumericRange, SearchQuery, SearchResult
 from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 from retriever.settings import load_settings
 
 

@@ -207,6 +207,27 @@ class TestVectorIndexContract:
             call(index, data[1][:3])
 
 
+@pytest.fixture(scope="module")
+def exact_index(data: tuple[np.ndarray, np.ndarray]) -> VectorIndex:
+    return build_vector_index("exact", data[0])
+
+
+class TestExactIndexContract(TestVectorIndexContract):
+    """The brute-force backend passes the same contract; only its kind differs."""
+
+    @pytest.fixture
+    def index(self, exact_index: VectorIndex) -> VectorIndex:
+        return exact_index
+
+    def test_is_a_vector_index(self, index: VectorIndex) -> None:
+        assert isinstance(index, VectorIndex)
+        assert (index.kind, index.device) == ("exact", "cpu")
+        assert (index.count, index.dim) == (N, D)
+
+    def test_answers_are_the_ground_truth(self, index: VectorIndex, data: Any, truth: np.ndarray) -> None:
+        np.testing.assert_array_equal(index.search(data[1], K)[0], truth)
+
+
 # ------------------------------------------------------------------------------------------------------------
 # helpers, factory and GPU
 # ------------------------------------------------------------------------------------------------------------

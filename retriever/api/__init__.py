@@ -1,0 +1,1 @@
+"""The thin gRPC layer over retriever.core: servicers (protobuf ↔ domain types), error mapping, reflection, the server."""

@@ -1,0 +1,1 @@
+"""The transport-agnostic serving domain: request/answer types, validation, fusion, events, errors and metrics. The search service that runs them (`retriever.service`) sits above, the gRPC layer (`retriever.api`) above that."""

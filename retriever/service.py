@@ -1,0 +1,258 @@
+"""The transport-agnostic search core. Each endpoint is a declared `Pipeline` of stages (see SEARCH and
+RECOMMEND at the bottom): validate → recall (parallel branches) → fuse → post-filter → rank → hydrate."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from common.geo import haversine_m, haversine_many
+from common.settings import BranchSpec, CollectionSettings, QuarrySettings
+from common.types import Fused, GeoPoint, UserCounters
+from ranker.base import FusedOrder, Ranker
+from retriever.core import fusion, metrics
+from retriever.core.errors import DeadlineExceeded, InvalidArgument
+from retriever.core.events import LogResult, RawEvent, log_events
+from retriever.core.types import BranchResult, BranchStatus, Hit, SearchQuery, SearchResult
+from retriever.core.validate import validate_search
+from retriever.features.recent import RecentStore, StoreUnavailable, make_recent_store
+from retriever.generations import Collection, Registry
+from retriever.recall.base import RecallRequest, analyze_query
+from retriever.recall.executor import run_branches
+
+log = logging.getLogger(__name__)
+
+
+class SearchService:
+    def __init__(
+        self,
+        settings: QuarrySettings,
+        registry: Registry,
+        ranker: Ranker | None = None,
+        recent: RecentStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.ranker: Ranker = ranker or FusedOrder()
+        self.recent: RecentStore = recent or make_recent_store(settings.redis)
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.server.blocking_threads, thread_name_prefix="quarry-blocking"
+        )
+
+    async def aclose(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        await self.recent.close()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def search(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
+        """`deadline` is a time.monotonic() instant (from the caller's RPC deadline), or None."""
+        return (await self._run(SEARCH, query, deadline)).result()
+
+    async def recommend(self, query: SearchQuery, deadline: float | None = None) -> SearchResult:
+        """No query text: behavior + geo + popularity (cold start) → merge → the same ranking stage."""
+        return (await self._run(RECOMMEND, query, deadline)).result()
+
+    async def log_events(self, collection_name: str, events: list[RawEvent]) -> LogResult:
+        if not collection_name:
+            raise InvalidArgument("collection is required")
+        self.registry.get(collection_name)  # NOT_FOUND for an unknown collection
+        return await log_events(self.recent, collection_name, events, self.settings.limits)
+
+    async def candidates(self, query: SearchQuery, *, recommend: bool = False) -> list[Fused]:
+        """Fused, filtered candidates before ranking — exactly what the ranking stage sees. Used offline
+        by the ranker's trainer so its training rows come from the serving path itself."""
+        return (await self._run(RECOMMEND_CANDIDATES if recommend else SEARCH_CANDIDATES, query, None)).fused
+
+    async def _run(self, pipeline: Pipeline, query: SearchQuery, deadline: float | None) -> Exchange:
+        ex = Exchange(pipeline, query, deadline)
+        try:
+            for stage in pipeline.stages:
+                await stage(self, ex)
+        finally:
+            if ex.counters_task is not None and not ex.counters_task.done():
+                ex.counters_task.cancel()
+        return ex
+
+    # -- stages: each reads and fills the request's Exchange; pipelines below declare their order --------
+
+    async def _reject_text(self, ex: Exchange) -> None:
+        if ex.query.text:
+            raise InvalidArgument("Recommend takes no query text; use Search")
+
+    async def _validate(self, ex: Exchange) -> None:
+        ex.query = validate_search(ex.query, self.settings.limits)
+        ex.collection = self.registry.get(ex.query.collection)  # one generation for the whole request
+        ex.specs = ex.pipeline.specs(ex.collection.settings)
+        ex.collection.check_filters(ex.query.filters)
+
+    async def _prefetch_user(self, ex: Exchange) -> None:
+        # The user's real-time counters feed a model ranker; fetch them while the branches run.
+        if ex.query.user_id and ex.generation.ranker is not None:
+            ex.counters_task = asyncio.create_task(self._counters(ex.generation.name, ex.query.user_id))
+
+    async def _recall(self, ex: Exchange) -> None:
+        collection, query = ex.generation, ex.query
+        request = RecallRequest(
+            query=query,
+            collection=collection,
+            pool=self.pool,
+            terms=analyze_query(query.text, collection.analyzers, self.settings.limits.max_query_terms),
+            recent=self.recent,
+        )
+        ex.results = await run_branches(
+            collection.branches, ex.specs, request, ex.deadline, collection.unavailable
+        )
+        if ex.deadline is not None and time.monotonic() >= ex.deadline:
+            raise DeadlineExceeded("the request deadline expired during recall")
+        ex.degraded = any(r.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR) for r in ex.results)
+        for r in ex.results:
+            metrics.BRANCH_RESULTS.labels(collection.name, r.branch, r.status.value).inc()
+            if r.status is BranchStatus.OK:
+                metrics.BRANCH_LATENCY.labels(collection.name, r.branch).observe(r.latency_ms / 1000)
+
+    async def _fuse(self, ex: Exchange) -> None:
+        fs = ex.generation.settings.fusion
+        ex.fused = fusion.fuse(
+            {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK},
+            strategy=fs.strategy,
+            rrf_k=fs.rrf_k,
+            weights={name: spec.weight for name, spec in ex.specs.items()},
+            normalization=fs.normalization,
+        )
+
+    async def _post_filter(self, ex: Exchange) -> None:
+        ex.fused = self._filtered(ex.fused, ex.generation, ex.query)
+
+    async def _rank(self, ex: Exchange) -> None:
+        collection = ex.generation
+        counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
+        ex.degraded = ex.degraded or not store_ok
+        ranker = collection.ranker or self.ranker
+        ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters)
+
+    async def _hydrate(self, ex: Exchange) -> None:
+        ex.hits = self._hits(ex.fused[: ex.query.top_k], ex.generation, ex.query.location)
+
+    async def _counters(self, collection: str, user_id: str) -> tuple[UserCounters | None, bool]:
+        try:
+            return await self.recent.counters(collection, user_id), True
+        except StoreUnavailable as exc:
+            log.warning("user counters unavailable (%s): ranking without user features", exc)
+            return None, False
+
+    @staticmethod
+    def _filtered(fused: list[Fused], collection: Collection, query: SearchQuery) -> list[Fused]:
+        """Exclusions, and the request radius as a hard filter on every branch's candidates."""
+        fw = collection.forward
+        if query.filters.exclude_ids:
+            ords = {fw.ord_of[i] for i in query.filters.exclude_ids if i in fw.ord_of}
+            fused = [f for f in fused if f.ordinal not in ords]
+        if query.radius_m > 0 and query.location is not None and fused:
+            idx = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused))
+            with np.errstate(invalid="ignore"):
+                dist = haversine_many(query.location.lat, query.location.lon, fw.lat[idx], fw.lon[idx])
+                keep = dist <= query.radius_m  # NaN (no location) compares False
+            fused = [f for f, k in zip(fused, keep, strict=True) if k]
+        return fused
+
+    @staticmethod
+    def _hits(fused: list[Fused], collection: Collection, origin: GeoPoint | None) -> list[Hit]:
+        rows = collection.forward.rows([f.ordinal for f in fused])
+        hits: list[Hit] = []
+        for f, row in zip(fused, rows, strict=True):
+            loc = (
+                GeoPoint(row["lat"], row["lon"])
+                if row["lat"] is not None and row["lon"] is not None
+                else None
+            )
+            dist = (
+                haversine_m(origin.lat, origin.lon, loc.lat, loc.lon)
+                if origin is not None and loc is not None
+                else None
+            )
+            hits.append(
+                Hit(
+                    id=row["id"],
+                    score=f.score,
+                    sources=f.sources,
+                    title=row["title"],
+                    category=row["category"],
+                    tags=list(row["tags"] or []),
+                    location=loc,
+                    distance_m=dist,
+                    attributes={k[5:]: v for k, v in row.items() if k.startswith("attr_") and v is not None},
+                    fields={k[5:]: v for k, v in row.items() if k.startswith("text_") and v},
+                )
+            )
+        return hits
+
+
+Stage = Callable[[SearchService, "Exchange"], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """One endpoint as a declared sequence of stages, and which branch specs it recalls with."""
+
+    name: str
+    specs: Callable[[CollectionSettings], Mapping[str, BranchSpec]]
+    stages: tuple[Stage, ...]
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request's state as it passes through a pipeline's stages."""
+
+    pipeline: Pipeline
+    query: SearchQuery
+    deadline: float | None
+    t0: float = field(default_factory=time.perf_counter)
+    collection: Collection | None = None
+    specs: Mapping[str, BranchSpec] = field(default_factory=dict)
+    results: list[BranchResult] = field(default_factory=list)
+    fused: list[Fused] = field(default_factory=list)
+    hits: list[Hit] = field(default_factory=list)
+    degraded: bool = False
+    counters_task: asyncio.Task[tuple[UserCounters | None, bool]] | None = None
+
+    @property
+    def generation(self) -> Collection:
+        """The generation `validate` resolved; every later stage uses this same one."""
+        assert self.collection is not None, "the validate stage runs first"
+        return self.collection
+
+    def result(self) -> SearchResult:
+        return SearchResult(
+            hits=self.hits,
+            snapshot_version=self.generation.version,
+            degraded=self.degraded,
+            branch_stats=self.results,
+            took_ms=(time.perf_counter() - self.t0) * 1000,
+        )
+
+
+_S = SearchService
+#: validate → recall → fuse → post-filter → rank → hydrate. Search and Recommend differ only here.
+SEARCH = Pipeline(
+    "search",
+    lambda cs: cs.branches,
+    (_S._validate, _S._prefetch_user, _S._recall, _S._fuse, _S._post_filter, _S._rank, _S._hydrate),
+)
+RECOMMEND = Pipeline(
+    "recommend",
+    lambda cs: cs.recommend_branches,
+    (_S._reject_text, *SEARCH.stages),
+)
+#: What the ranking stage sees, for offline training: the same stages up to ranking.
+SEARCH_CANDIDATES = Pipeline(
+    "search-candidates", SEARCH.specs, (_S._validate, _S._recall, _S._fuse, _S._post_filter)
+)
+RECOMMEND_CANDIDATES = Pipeline("recommend-candidates", RECOMMEND.specs, SEARCH_CANDIDATES.stages)
