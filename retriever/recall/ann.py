@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
+from pydantic import BaseModel
 
 from common.encoders import QueryEmbeddingCache, TextEncoder, get_encoder
 from common.encoders.fingerprint import fingerprint
@@ -42,7 +43,7 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
 @register
 class AnnBranch:
     name = "ann"
-    options = AnnSettings
+    options: ClassVar[type[BaseModel] | None] = AnnSettings
 
     def __init__(self, index: VectorIndex, encoder: TextEncoder, settings: AnnSettings) -> None:
         self.index = index

@@ -9,7 +9,7 @@ and fail-open; the merger owns dedup and exclusions; a branch only turns a reque
 Adding a branch = one module in `retriever/recall/` whose class is decorated with
 `retriever.recall.registry.register` (that is its one registration: name, options type, factory), plus a
 `BranchSpec` line in the default settings if it should run by default, plus one test that runs the
-`RecallBranchContract` suite (tests/contracts.py) over it. This module imports nothing from the generation
+`RecallBranchContract` suite (tests/contracts/recall.py) over it. This module imports nothing from the generation
 loader, so `retriever.generations` can import the registry without a cycle.
 """
 

@@ -8,7 +8,9 @@ degraded (fail-open), with long-term recall lost for that request only.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
 from common.settings import BehaviorSettings
@@ -20,7 +22,7 @@ from retriever.recall.registry import register
 @register
 class BehaviorBranch:
     name = "behavior"
-    options = BehaviorSettings
+    options: ClassVar[type[BaseModel] | None] = BehaviorSettings
 
     def __init__(self, index: BehaviorIndex, ord_of: dict[str, int], settings: BehaviorSettings) -> None:
         self.index = index

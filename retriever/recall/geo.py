@@ -5,7 +5,9 @@ metres (higher = closer) so fusion's "higher is better" holds; hits carry the ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
 
 from common.index.geo import GeoIndex
 from common.settings import GeoSettings
@@ -17,7 +19,7 @@ from retriever.recall.registry import register
 @register
 class GeoBranch:
     name = "geo"
-    options = GeoSettings
+    options: ClassVar[type[BaseModel] | None] = GeoSettings
 
     def __init__(self, index: GeoIndex, settings: GeoSettings) -> None:
         self.index = index

@@ -9,9 +9,10 @@ syntax. Terms are OR-ed (each summed over the text fields with their boosts), li
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Self
+from typing import ClassVar, Self
 
 import tantivy
+from pydantic import BaseModel
 
 from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
 from common.types import Candidate
@@ -23,7 +24,7 @@ from retriever.recall.registry import register
 @register
 class InvertedBranch:
     name = "inverted"
-    options = None
+    options: ClassVar[type[BaseModel] | None] = None
 
     def __init__(
         self, index: tantivy.Index, fields: list[TextField], boosts: dict[str, float], weight_by: str | None

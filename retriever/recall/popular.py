@@ -3,7 +3,9 @@ snapshot's time-decayed interaction counts."""
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, ClassVar, Self
+
+from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
 from common.types import Candidate
@@ -14,7 +16,7 @@ from retriever.recall.registry import register
 @register
 class PopularBranch:
     name = "popular"
-    options = None
+    options: ClassVar[type[BaseModel] | None] = None
 
     def __init__(self, index: BehaviorIndex) -> None:
         self.index = index

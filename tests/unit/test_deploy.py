@@ -40,3 +40,15 @@ def test_dockerfile_copies_existing_paths() -> None:
     for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M):
         for part in src.split():
             assert (ROOT / part).exists(), f"Dockerfile copies missing {part}"
+
+
+def test_dockerfile_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    packages = {p.rstrip("*") for p in include}
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    copied = {part for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M) for part in src.split()}
+    assert packages <= copied, f"the image would lack {sorted(packages - copied)}"
