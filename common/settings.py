@@ -13,7 +13,15 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -188,17 +196,30 @@ class RedisSettings(_Model):
     counter_cache_ttl_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+class AdminSettings(_Model):
+    """The AdminService (Status, Reload, Rollback) on the serving port."""
+
+    #: Bearer token every admin call must present; None (the default) turns the admin service off.
+    token: SecretStr | None = None
+    #: Reload a collection by itself when the snapshot root's live pointer moves (checked every interval).
+    watch: bool = False
+    watch_interval_s: Annotated[float, Field(gt=0)] = 5.0
+
+
 class QuarrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUARRY_", env_nested_delimiter="__", extra="forbid")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     #: Snapshot directories to serve (one collection each).
     snapshots: list[Path] = Field(default_factory=list)
+    #: A snapshot root (common.snapshot_root): serve the live generation of every collection under it.
+    snapshot_root: Path | None = None
     #: "full" re-hashes every file at load; "size" only checks sizes (faster for huge snapshots).
     verify: Literal["full", "size"] = "full"
     server: ServerSettings = Field(default_factory=ServerSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
     defaults: CollectionSettings = Field(default_factory=CollectionSettings)
     #: Per-collection overrides, merged over `defaults` key by key.
     collections: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 
@@ -48,9 +48,13 @@ def index() -> None:
 )
 @click.option(
     "--out",
-    required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Snapshot directory to publish.",
+    help="Snapshot directory to publish (or use --root).",
+)
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Snapshot root: publish the collection's next generation there and make it live.",
 )
 @click.option(
     "--collection", help="Collection name (default: the data set's name, or the catalog file's stem)."
@@ -99,7 +103,8 @@ def index() -> None:
 def index_build(
     dataset: str | None,
     catalog: Path | None,
-    out: Path,
+    out: Path | None,
+    root: Path | None,
     collection: str | None,
     data_dir: Path | None,
     text_fields: tuple[str, ...],
@@ -114,11 +119,15 @@ def index_build(
     """Build a snapshot from a data set or a catalog file."""
     from common.catalog import CatalogError, read_events, read_items
     from common.index.text import Analyzer, TextField
+    from common.snapshot import SnapshotError
+    from common.snapshot_root import SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
 
     if (dataset is None) == (catalog is None):
         raise click.UsageError("give exactly one of --dataset or --catalog")
+    if (out is None) == (root is None):
+        raise click.UsageError("give exactly one of --out or --root")
     common: dict[str, object] = {
         "encoder": None if encoder.lower() == "none" else encoder,
         "vector_indexes": tuple(v.strip() for v in vector_indexes.split(",") if v.strip()),
@@ -145,10 +154,16 @@ def index_build(
             events = read_events(events_path) if events_path is not None else None
             name = collection or catalog.name.split(".")[0]
             opts = BuildOptions(collection=name, text_fields=fields, **common)  # type: ignore[arg-type]
-        manifest = build_snapshot(items, out, opts, source, events)
-    except (CatalogError, DatasetUnavailable, FileExistsError, ValueError) as exc:
+        if root is not None:
+            with SnapshotRoot(root).publish(opts.collection) as out:
+                manifest = build_snapshot(items, out, opts, source, events)
+        else:
+            assert out is not None
+            manifest = build_snapshot(items, out, opts, source, events)
+    except (CatalogError, DatasetUnavailable, FileExistsError, SnapshotError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {out}")
+    where = f"{out} (live)" if root is not None else str(out)
+    click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {where}")
 
 
 def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-untyped-def]
@@ -176,6 +191,69 @@ def index_verify(snapshot_dir: Path) -> None:
     )
 
 
+_ROOT_OPTION = click.option(
+    "--root", required=True, type=click.Path(file_okay=False, path_type=Path), help="Snapshot root."
+)
+
+
+@index.command("list")
+@_ROOT_OPTION
+@click.option("--collection", help="Only this collection.")
+def index_list(root: Path, collection: str | None) -> None:
+    """Generations under a snapshot root; * marks the live one."""
+    from common.snapshot import SnapshotError
+    from common.snapshot_root import SnapshotRoot
+
+    store = SnapshotRoot(root)
+    names = [collection] if collection else store.collections()
+    if not names:
+        click.echo(f"no collections under {root}")
+    try:
+        for name in names:
+            click.echo(name)
+            for g in store.generations(name):
+                mark = "*" if g.live else " "
+                click.echo(f"  {mark} {g.name}  {g.snapshot_version}  {g.items} items  {g.created}")
+    except (SnapshotError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@index.command("rollback")
+@_ROOT_OPTION
+@click.option("--collection", required=True)
+@click.option("--to", "generation", help="Generation to make live (default: the one before the live one).")
+def index_rollback(root: Path, collection: str, generation: str | None) -> None:
+    """Point the collection's live generation back (a running server follows on `quarry admin reload`)."""
+    from common.snapshot import SnapshotError
+    from common.snapshot_root import SnapshotRoot, generation_name
+
+    store = SnapshotRoot(root)
+    try:
+        target = generation or generation_name(store.previous(collection))
+        path = store.activate(collection, target)
+    except (SnapshotError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{collection}: live generation is now {path.name}")
+
+
+@index.command("gc")
+@_ROOT_OPTION
+@click.option("--collection", help="Only this collection (default: all).")
+@click.option("--keep", default=3, show_default=True, type=click.IntRange(min=1), help="Generations kept.")
+def index_gc(root: Path, collection: str | None, keep: int) -> None:
+    """Delete old generations (never the live one) and abandoned build directories."""
+    from common.snapshot import SnapshotError
+    from common.snapshot_root import SnapshotRoot
+
+    store = SnapshotRoot(root)
+    try:
+        for name in [collection] if collection else store.collections():
+            removed = store.gc(name, keep=keep)
+            click.echo(f"{name}: removed {len(removed)}" + "".join(f"\n  {p.name}" for p in removed))
+    except (SnapshotError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
 # ---------------------------------------------------------------------------------------------- serve
 @main.command()
 @click.option(
@@ -185,6 +263,11 @@ def index_verify(snapshot_dir: Path) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Snapshot to serve (repeatable: one collection each).",
 )
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Snapshot root: serve the live generation of every collection under it.",
+)
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]")
 @click.option("--port", default=None, type=int, help="Port [default: 50051; 0 picks a free one]")
 @click.option(
@@ -192,8 +275,10 @@ def index_verify(snapshot_dir: Path) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TOML settings file (also $QUARRY_CONFIG).",
 )
-def serve(snapshots: tuple[Path, ...], host: str | None, port: int | None, config: Path | None) -> None:
-    """Serve snapshots over gRPC (SearchService, health, reflection)."""
+def serve(
+    snapshots: tuple[Path, ...], root: Path | None, host: str | None, port: int | None, config: Path | None
+) -> None:
+    """Serve snapshots over gRPC (SearchService, AdminService with a token, health, reflection)."""
     from common.snapshot import SnapshotError
     from retriever.api.server import serve as run
 
@@ -202,11 +287,14 @@ def serve(snapshots: tuple[Path, ...], host: str | None, port: int | None, confi
         update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     )
     settings = settings.model_copy(update={"server": server_over})
-    roots = list(snapshots) or settings.snapshots
-    if not roots:
-        raise click.UsageError("no snapshot: pass --snapshot DIR (or set snapshots in the config)")
+    dirs = list(snapshots) or settings.snapshots
+    root = root or settings.snapshot_root
+    if not dirs and root is None:
+        raise click.UsageError(
+            "no snapshot: pass --snapshot DIR or --root DIR (or set snapshots / snapshot_root in the config)"
+        )
     try:
-        asyncio.run(run(settings, roots))
+        asyncio.run(run(settings, dirs, root))
     except SnapshotError as exc:
         raise click.ClickException(f"refusing to serve: {exc}") from None
 
@@ -221,6 +309,78 @@ def _rpc(call: Callable[[], T]) -> T:
         raise click.BadParameter(str(exc)) from None
     except grpc.RpcError as exc:
         raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------- admin
+@main.group()
+def admin() -> None:
+    """Operate a running server: status, reload, rollback (AdminService; needs the admin token)."""
+
+
+def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
+    fn = click.option("--target", default="127.0.0.1:50051", show_default=True)(fn)
+    fn = click.option(
+        "--token", envvar="QUARRY_ADMIN__TOKEN", required=True, help="Admin token (or $QUARRY_ADMIN__TOKEN)."
+    )(fn)
+    return fn
+
+
+def _echo_status(s: Any) -> None:
+    gen = f" {s.generation}" if s.generation else ""
+    click.echo(f"{s.collection}{gen}: {s.snapshot_version}, {s.items} items, ranker {s.ranker}")
+    click.echo(f"  branches: {', '.join(s.branches) or 'none'}")
+    for b, why in sorted(s.unavailable.items()):
+        click.echo(f"  unavailable {b}: {why}")
+    if s.generations:
+        click.echo(f"  root: {', '.join(s.generations)} (live {s.root_live or '-'})")
+
+
+@admin.command("status")
+@_admin_options
+@click.option("--collection", default="", help="Only this collection.")
+def admin_status(target: str, token: str, collection: str) -> None:
+    """What every collection serves now."""
+    from quarry.client import AdminClient
+
+    with AdminClient(target, token) as client:
+        reply = _rpc(lambda: client.status(collection))
+    for s in reply.collections:
+        _echo_status(s)
+
+
+@admin.command("reload")
+@_admin_options
+@click.option("--collection", required=True)
+@click.option("--generation", default="", help="A named generation (default: the root's live one).")
+def admin_reload(target: str, token: str, collection: str, generation: str) -> None:
+    """Load, validate and switch to a generation without a restart."""
+    from quarry.client import AdminClient
+
+    with AdminClient(target, token) as client:
+        reply = _rpc(lambda: client.reload(collection, generation))
+    if reply.unchanged:
+        click.echo(f"{collection}: already serving {reply.status.snapshot_version}")
+    else:
+        click.echo(
+            f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
+        )
+    _echo_status(reply.status)
+
+
+@admin.command("rollback")
+@_admin_options
+@click.option("--collection", required=True)
+@click.option("--generation", default="", help="Generation to return to (default: the previous one).")
+def admin_rollback(target: str, token: str, collection: str, generation: str) -> None:
+    """Serve an older generation again (and make it the root's live one)."""
+    from quarry.client import AdminClient
+
+    with AdminClient(target, token) as client:
+        reply = _rpc(lambda: client.rollback(collection, generation))
+    click.echo(
+        f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
+    )
+    _echo_status(reply.status)
 
 
 # ---------------------------------------------------------------------------------------------- query

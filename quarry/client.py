@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 
@@ -106,3 +107,49 @@ def format_response(resp: pb.SearchResponse, text: str = "") -> str:
             f"{b.latency_ms:.2f} ms, {b.candidates} candidates {b.detail}".rstrip()
         )
     return "\n".join(lines)
+
+
+class AdminClient:
+    """quarry.v1.AdminService with the bearer token on every call (used by `quarry admin ...`)."""
+
+    def __init__(self, target: str, token: str, *, timeout_s: float = 600.0) -> None:
+        from common.v1 import admin_pb2_grpc
+
+        self._channel = grpc.insecure_channel(target)
+        self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._timeout = timeout_s
+
+    def status(self, collection: str = "") -> Any:
+        from common.v1 import admin_pb2
+
+        return self._stub.Status(
+            admin_pb2.StatusRequest(collection=collection), metadata=self._metadata, timeout=self._timeout
+        )
+
+    def reload(self, collection: str, generation: str = "") -> Any:
+        from common.v1 import admin_pb2
+
+        return self._stub.Reload(
+            admin_pb2.ReloadRequest(collection=collection, generation=generation),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def rollback(self, collection: str, generation: str = "") -> Any:
+        from common.v1 import admin_pb2
+
+        return self._stub.Rollback(
+            admin_pb2.RollbackRequest(collection=collection, generation=generation),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

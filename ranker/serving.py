@@ -48,9 +48,15 @@ class ModelRanker:
 
 
 def load_model_ranker(
-    path: Path, collection_name: str, *, window_ms: float, providers: list[str] | None
+    path: Path,
+    collection_name: str,
+    *,
+    window_ms: float,
+    providers: list[str] | None,
+    strict: bool = False,
 ) -> ModelRanker | None:
-    """The collection's model, or None (fused order) with a clear log line when it cannot be served."""
+    """The collection's model, or None (fused order) with a clear log line when it cannot be served;
+    with `strict`, a model that cannot be served raises ModelLoadError instead (hot reloads refuse it)."""
     import json
 
     try:
@@ -62,6 +68,8 @@ def load_model_ranker(
             )
         model = OnnxRanker(path, schema=DEFAULT_SCHEMA, providers=providers)
     except (OSError, ValueError, ModelLoadError) as exc:
+        if strict:
+            raise ModelLoadError(f"ranker model {path}: {exc}") from exc
         log.error(
             "collection %s: refusing ranker model %s (%s); ranking stays in fused order",
             collection_name,

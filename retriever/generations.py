@@ -32,10 +32,22 @@ log = logging.getLogger(__name__)
 
 class Collection:
     def __init__(
-        self, root: Path, settings: CollectionSettings, *, verify: Literal["full", "size"] = "full"
+        self,
+        root: Path,
+        settings: CollectionSettings,
+        *,
+        verify: Literal["full", "size"] = "full",
+        generation: str = "",
+        strict: bool = False,
     ) -> None:
+        """Load and validate the snapshot at `root`. `generation`: its name in a snapshot root ("" for a
+        plain snapshot directory). `strict` (hot reloads): a ranker model that cannot be served raises
+        instead of falling back to fused order."""
         t0 = time.perf_counter()
         self.root = root
+        self.generation = generation
+        #: Unix time this generation started serving (set by Registry.put).
+        self.serving_since = 0.0
         self.manifest = snapshot.open_snapshot(root, verify=verify)
         self.name = self.manifest.collection
         self.version = self.manifest.snapshot_version
@@ -68,8 +80,10 @@ class Collection:
             try:
                 self.branches[name] = cls.create(self, options)
             except BranchUnavailable as exc:
-                self.unavailable[name] = str(exc)
-                log.warning("collection %s: branch %s unavailable: %s", self.name, name, exc)
+                # Log the text, not the exception: a retained log record (e.g. a capturing handler) would
+                # otherwise keep its traceback, and through it this whole generation, alive after a swap.
+                self.unavailable[name] = reason = str(exc)
+                log.warning("collection %s: branch %s unavailable: %s", self.name, name, reason)
         #: The collection's trained ranking model, or None (the service's default ranker, fused order).
         self.ranker: Ranker | None = None
         if settings.ranker.model_path is not None:
@@ -80,6 +94,7 @@ class Collection:
                 self.name,
                 window_ms=settings.ranker.window_ms,
                 providers=settings.ranker.providers,
+                strict=strict,
             )
         log.info(
             "loaded collection %s (%s): %d items, branches %s, in %.2fs",
@@ -139,6 +154,9 @@ class Registry:
         self._collections: dict[str, Collection] = {}
 
     def put(self, collection: Collection) -> Collection | None:
+        """Serve `collection` from now on (one reference swap); returns the generation it replaces.
+        Requests that already hold the old one finish on it; it is freed when the last of them ends."""
+        collection.serving_since = time.time()
         with self._lock:
             old = self._collections.get(collection.name)
             self._collections[collection.name] = collection

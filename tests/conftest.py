@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from common.catalog import Item
 from common.index.text import Analyzer, TextField
@@ -154,7 +155,15 @@ class ServerThread:
     """A real QuarryServer on a free port, running its own event loop in a background thread, so both
     sync and async tests (and any client library) can talk to it."""
 
-    def __init__(self, snapshots: list[Path], redis_url: str = "") -> None:
+    def __init__(
+        self,
+        snapshots: list[Path],
+        redis_url: str = "",
+        *,
+        root: Path | None = None,
+        admin_token: str = "",
+        **settings_update: object,
+    ) -> None:
         import asyncio
         import threading
 
@@ -166,9 +175,16 @@ class ServerThread:
             update={
                 "server": settings.server.model_copy(update={"port": 0}),
                 "redis": settings.redis.model_copy(update={"url": redis_url, "socket_timeout_ms": 500}),
+                "admin": settings.admin.model_copy(
+                    update={"token": SecretStr(admin_token) if admin_token else None}
+                ),
+                **settings_update,
             }
         )
-        self.server = QuarryServer(settings, load_collections(settings, snapshots))
+        from common.snapshot_root import SnapshotRoot
+
+        store = SnapshotRoot(root) if root is not None else None
+        self.server = QuarryServer(settings, load_collections(settings, snapshots, store), store)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="quarry-test-server", daemon=True)
         self._thread.start()

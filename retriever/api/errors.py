@@ -15,9 +15,11 @@ from retriever.core import metrics
 from retriever.core.errors import (
     BranchFailed,
     DeadlineExceeded,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     QuarryError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -29,6 +31,8 @@ STATUS_OF: dict[type[QuarryError], grpc.StatusCode] = {
     Unavailable: grpc.StatusCode.UNAVAILABLE,
     DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     BranchFailed: grpc.StatusCode.UNAVAILABLE,
+    Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -42,10 +46,11 @@ def status_for(exc: QuarryError) -> grpc.StatusCode:
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
-def rpc(method: str, request_type: Any) -> Callable[[Method], Method]:
+def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Method], Method]:
     """Wrap a unary handler: parse the raw request (so malformed bytes, e.g. invalid UTF-8 in a string
     field, become INVALID_ARGUMENT instead of grpc's generic deserialisation failure), map domain errors
-    to status codes, and write one access-log line per call. The server never dies on a bad request."""
+    to status codes, and write one access-log line per call. The server never dies on a bad request.
+    With `auth`, the servicer's `authorize(context)` runs first (before anything of the request is read)."""
 
     def deco(fn: Method) -> Method:
         @functools.wraps(fn)
@@ -53,6 +58,8 @@ def rpc(method: str, request_type: Any) -> Callable[[Method], Method]:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if auth:
+                    self.authorize(context)
                 try:
                     request = request_type.FromString(raw)
                 except DecodeError as exc:

@@ -13,10 +13,14 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.index.text import warm_up
 from common.settings import QuarrySettings
+from common.snapshot import read_manifest
+from common.snapshot_root import SnapshotRoot
 from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
+from retriever.api.admin import ADMIN_SERVICE, AdminServicer
 from retriever.api.errors import rpc
 from retriever.generations import Collection, Registry
+from retriever.lifecycle import Lifecycle
 from retriever.service import SearchService
 
 log = logging.getLogger(__name__)
@@ -85,25 +89,38 @@ def limit_native_threads() -> None:
         pass
 
 
-def load_collections(settings: QuarrySettings, snapshots: Sequence[Path]) -> Registry:
+def load_collections(
+    settings: QuarrySettings, snapshots: Sequence[Path], root: SnapshotRoot | None = None
+) -> Registry:
+    """Every snapshot directory, plus the live generation of every collection under `root`."""
     registry = Registry()
-    for root in snapshots:
-        from common.snapshot import read_manifest
 
-        name = read_manifest(root).collection
-        coll = Collection(root, settings.for_collection(name), verify=settings.verify)
+    def put(coll: Collection) -> None:
         if registry.put(coll) is not None:
-            raise ValueError(f"two snapshots for collection {name!r}")
+            raise ValueError(f"two snapshots for collection {coll.name!r}")
+
+    for path in snapshots:
+        name = read_manifest(path).collection
+        put(Collection(path, settings.for_collection(name), verify=settings.verify))
+    if root is not None:
+        for name in root.collections():
+            live = root.live(name)
+            put(Collection(live, settings.for_collection(name), verify=settings.verify, generation=live.name))
     return registry
 
 
 class QuarryServer:
     """Owns the grpc.aio server, the health service and the core."""
 
-    def __init__(self, settings: QuarrySettings, registry: Registry) -> None:
+    def __init__(
+        self, settings: QuarrySettings, registry: Registry, root: SnapshotRoot | None = None
+    ) -> None:
         self.settings = settings
         self.registry = registry
         self.core = SearchService(settings, registry)
+        self.lifecycle = Lifecycle(settings, registry, root)
+        self._stop_watch = asyncio.Event()
+        self._watch: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int = 0
@@ -125,8 +142,14 @@ class QuarryServer:
             ],
         )
         server.add_generic_rpc_handlers((SearchServicer(self.core).handler(),))
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         services = [SEARCH_SERVICE, health.SERVICE_NAME]
+        token = self.settings.admin.token.get_secret_value() if self.settings.admin.token else ""
+        if token:
+            server.add_generic_rpc_handlers((AdminServicer(self.lifecycle, token).handler(),))
+            services.append(ADMIN_SERVICE)
+        else:
+            log.info("admin service off (no admin.token configured)")
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
             reflection.enable(server, services)
         self.port = server.add_insecure_port(f"{s.host}:{s.port}")
@@ -141,12 +164,18 @@ class QuarryServer:
         )
         for name in ("", SEARCH_SERVICE):
             await self.health.set(name, serving)
+        if self.settings.admin.watch and self.lifecycle.root is not None:
+            self._watch = asyncio.create_task(self.lifecycle.watch(self._stop_watch))
         log.info("serving %s on %s:%d", self.registry.names(), s.host, self.port)
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         if self.server is None:
             return
+        self._stop_watch.set()
+        if self._watch is not None:
+            await self._watch
+            self._watch = None
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace_s if grace is None else grace)
         await self.core.aclose()
@@ -157,12 +186,13 @@ class QuarryServer:
         await self.server.wait_for_termination()
 
 
-async def serve(settings: QuarrySettings, snapshots: Sequence[Path]) -> None:
+async def serve(settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None = None) -> None:
     """Run until SIGINT/SIGTERM, then stop gracefully."""
     import signal
 
-    registry = load_collections(settings, snapshots)
-    server = QuarryServer(settings, registry)
+    store = SnapshotRoot(root) if root is not None else None
+    registry = load_collections(settings, snapshots, store)
+    server = QuarryServer(settings, registry, store)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

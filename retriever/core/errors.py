@@ -25,3 +25,11 @@ class DeadlineExceeded(QuarryError):
 
 class BranchFailed(QuarryError):
     """A recall branch that is configured fail_open=false failed."""
+
+
+class Unauthenticated(QuarryError):
+    """The call needs credentials it did not carry (or carried wrong ones)."""
+
+
+class FailedPrecondition(QuarryError):
+    """The system is not in a state the call needs, e.g. a generation that failed validation."""

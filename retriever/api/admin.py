@@ -1,0 +1,91 @@
+"""quarry.v1.AdminService: Status, Reload, Rollback over `retriever.lifecycle` — bearer-token protected."""
+
+from __future__ import annotations
+
+import hmac
+
+import grpc
+
+from common.v1 import admin_pb2 as pb
+from retriever.api.errors import rpc
+from retriever.core.errors import InvalidArgument, Unauthenticated
+from retriever.lifecycle import GenerationStatus, Lifecycle, ReloadOutcome
+
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
+
+
+def _status(s: GenerationStatus) -> pb.CollectionStatus:
+    return pb.CollectionStatus(
+        collection=s.collection,
+        snapshot_version=s.snapshot_version,
+        generation=s.generation,
+        path=str(s.path),
+        items=s.items,
+        branches=s.branches,
+        unavailable=s.unavailable,
+        ranker=s.ranker,
+        serving_since=s.serving_since,
+        generations=s.generations,
+        root_live=s.root_live,
+    )
+
+
+def _reload(o: ReloadOutcome) -> pb.ReloadResponse:
+    return pb.ReloadResponse(
+        status=_status(o.status),
+        previous_version=o.previous_version,
+        load_ms=o.load_ms,
+        unchanged=o.unchanged,
+    )
+
+
+class AdminServicer:
+    """Only converts and authenticates; `Lifecycle` decides."""
+
+    def __init__(self, lifecycle: Lifecycle, token: str) -> None:
+        if not token:
+            raise ValueError("the admin service needs a token")
+        self.lifecycle = lifecycle
+        self._expected = f"Bearer {token}".encode()
+
+    def authorize(self, context: grpc.aio.ServicerContext) -> None:
+        got = dict(context.invocation_metadata() or ()).get("authorization")
+        if got is None:
+            raise Unauthenticated("admin calls need the metadata 'authorization: Bearer <token>'")
+        if not hmac.compare_digest(str(got).encode(), self._expected):
+            raise Unauthenticated("wrong admin token")
+
+    @rpc("Status", pb.StatusRequest, auth=True)
+    async def status(self, request: pb.StatusRequest, context: grpc.aio.ServicerContext) -> pb.StatusResponse:
+        return pb.StatusResponse(collections=[_status(s) for s in self.lifecycle.status(request.collection)])
+
+    @rpc("Reload", pb.ReloadRequest, auth=True)
+    async def reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
+        return _reload(await self.lifecycle.reload(_required(request.collection), request.generation))
+
+    @rpc("Rollback", pb.RollbackRequest, auth=True)
+    async def rollback(
+        self, request: pb.RollbackRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReloadResponse:
+        return _reload(await self.lifecycle.rollback(_required(request.collection), request.generation))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: object, response: type) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=response.SerializeToString
+            )  # type: ignore[attr-defined]
+
+        return grpc.method_handlers_generic_handler(
+            ADMIN_SERVICE,
+            {
+                "Status": unary(self.status, pb.StatusResponse),
+                "Reload": unary(self.reload, pb.ReloadResponse),
+                "Rollback": unary(self.rollback, pb.ReloadResponse),
+            },
+        )
+
+
+def _required(collection: str) -> str:
+    if not collection:
+        raise InvalidArgument("collection is required")
+    return collection
