@@ -50,6 +50,19 @@ class ServerSettings(_Model):
     reflection: bool = True
     #: Prometheus /metrics HTTP port (None: not exposed; 0 is not allowed here).
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    #: TLS: the server's certificate chain and private key (PEM). Unset: plaintext (keep it on loopback).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    #: With TLS, also require client certificates signed by this CA (PEM): mutual TLS.
+    tls_client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> ServerSettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("server.tls_cert and server.tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("server.tls_client_ca needs server.tls_cert and server.tls_key")
+        return self
 
 
 class LimitSettings(_Model):

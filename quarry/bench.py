@@ -255,3 +255,131 @@ def _name_of(snapshot: Path) -> str:
     from common.snapshot import read_manifest
 
     return read_manifest(snapshot).collection
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * 4096
+
+
+def bench_reload(
+    root: Path, collection: str, *, swaps: int = 6, seconds: float = 10.0, threads: int = 4
+) -> str:
+    """Hot swap over real gRPC: Search latency under closed-loop load, steady vs while Reload alternates
+    between the collection's two newest generations; reload time; process RSS with one generation
+    loaded and at its peak during the swaps."""
+    import threading
+
+    import grpc
+
+    from common.snapshot_root import SnapshotRoot, generation_name
+    from common.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
+    from retriever.api.server import QuarryServer, load_collections
+    from retriever.settings import load_settings
+
+    store = SnapshotRoot(root)
+    numbers = store.numbers(collection)
+    if len(numbers) < 2:
+        raise ValueError(f"{root}/{collection} needs two generations (build it twice with --root)")
+    gens = [generation_name(n) for n in numbers[-2:]]
+    store.activate(collection, gens[0])
+    token = "bench-token"
+    settings = load_settings()
+    settings = settings.model_copy(
+        update={
+            "server": settings.server.model_copy(update={"port": 0}),
+            "admin": settings.admin.model_copy(update={"token": _secret(token)}),
+        }
+    )
+    rss_empty = _rss_bytes()
+    registry = load_collections(settings, [], store)
+    rss_one = _rss_bytes()
+    server = QuarryServer(settings, registry, store)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    port = asyncio.run_coroutine_threadsafe(server.start(), loop).result(timeout=120)
+    target = f"127.0.0.1:{port}"
+    queries = _queries(registry.get(collection), 2000, None)
+
+    phase = ["steady"]
+    lat: dict[str, list[float]] = {"steady": [], "swapping": []}
+    errors: list[str] = []
+    stop = threading.Event()
+    peak = [rss_one]
+
+    def client(i: int) -> None:
+        with grpc.insecure_channel(target) as ch:
+            stub = search_pb2_grpc.SearchServiceStub(ch)
+            k = i
+            while not stop.is_set():
+                req = search_pb2.SearchRequest(
+                    collection=collection, query=queries[k % len(queries)], top_k=10
+                )
+                t0 = time.perf_counter()
+                try:
+                    stub.Search(req, timeout=10)
+                    lat[phase[0]].append((time.perf_counter() - t0) * 1e6)
+                except grpc.RpcError as exc:
+                    errors.append(exc.code().name)  # type: ignore[attr-defined]
+                k += threads
+
+    def sampler() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.02)
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)] + [
+        threading.Thread(target=sampler)
+    ]
+    for w in workers:
+        w.start()
+    reloads: list[float] = []
+    walls: list[float] = []
+    try:
+        time.sleep(seconds)
+        rss_steady = _rss_bytes()  # one generation + the server, clients and buffers under load
+        peak[0] = rss_steady
+        phase[0] = "swapping"
+        with grpc.insecure_channel(target) as ch:
+            admin = admin_pb2_grpc.AdminServiceStub(ch)
+            meta = (("authorization", f"Bearer {token}"),)
+            for s in range(swaps):
+                t0 = time.perf_counter()
+                reply = admin.Reload(
+                    admin_pb2.ReloadRequest(collection=collection, generation=gens[(s + 1) % 2]),
+                    metadata=meta,
+                    timeout=600,
+                )
+                walls.append((time.perf_counter() - t0) * 1000)
+                reloads.append(reply.load_ms)
+                time.sleep(max(0.5, seconds / swaps))
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(timeout=30)
+        asyncio.run_coroutine_threadsafe(server.stop(grace=1.0), loop).result(timeout=60)
+        loop.call_soon_threadsafe(loop.stop)
+        store.activate(collection, gens[-1])
+    one_gen = max(1, rss_one - rss_empty)
+    lines = [
+        f"hot swap, {collection} ({len(registry.get(collection).forward)} items), generations {gens[0]} ↔ {gens[1]},",
+        f"  {threads} closed-loop gRPC Search clients on this machine; {swaps} Reloads",
+        _fmt("Search, steady", lat["steady"]),
+        _fmt("Search, during swaps", lat["swapping"], lat["steady"]),
+        f"  p99 during swaps / steady p99: {_pct(lat['swapping'], 99) / _pct(lat['steady'], 99):.2f}×",
+        f"  Reload: load+validate p50 {statistics.median(reloads):.0f} ms (max {max(reloads):.0f}), "
+        f"RPC wall p50 {statistics.median(walls):.0f} ms",
+        f"  failed RPCs: {len(errors)} {sorted(set(errors)) if errors else ''}",
+        f"  RSS: one generation adds {one_gen / 2**20:.0f} MiB; steady under load {rss_steady / 2**20:.0f} MiB; "
+        f"peak during swaps {peak[0] / 2**20:.0f} MiB (+{(peak[0] - rss_steady) / 2**20:.0f} MiB)",
+        f"  generation memory at the peak: {(one_gen + peak[0] - rss_steady) / one_gen:.2f}× one generation "
+        "(target ≤ 2×; freed generations' heap is kept by the allocator for the next load)",
+    ]
+    return "\n".join(lines)
+
+
+def _secret(value: str) -> Any:
+    from pydantic import SecretStr
+
+    return SecretStr(value)

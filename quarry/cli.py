@@ -322,6 +322,12 @@ def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
     fn = click.option(
         "--token", envvar="QUARRY_ADMIN__TOKEN", required=True, help="Admin token (or $QUARRY_ADMIN__TOKEN)."
     )(fn)
+    pem = click.Path(exists=True, dir_okay=False, path_type=Path)
+    fn = click.option("--tls-key", "key", type=pem, help="Client private key (mutual TLS).")(fn)
+    fn = click.option("--tls-cert", "cert", type=pem, help="Client certificate (mutual TLS).")(fn)
+    fn = click.option("--tls-ca", "ca", type=pem, help="CA that signed the server's certificate: use TLS.")(
+        fn
+    )
     return fn
 
 
@@ -338,11 +344,11 @@ def _echo_status(s: Any) -> None:
 @admin.command("status")
 @_admin_options
 @click.option("--collection", default="", help="Only this collection.")
-def admin_status(target: str, token: str, collection: str) -> None:
+def admin_status(target: str, token: str, collection: str, **tls: Path | None) -> None:
     """What every collection serves now."""
     from quarry.client import AdminClient
 
-    with AdminClient(target, token) as client:
+    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
         reply = _rpc(lambda: client.status(collection))
     for s in reply.collections:
         _echo_status(s)
@@ -352,11 +358,11 @@ def admin_status(target: str, token: str, collection: str) -> None:
 @_admin_options
 @click.option("--collection", required=True)
 @click.option("--generation", default="", help="A named generation (default: the root's live one).")
-def admin_reload(target: str, token: str, collection: str, generation: str) -> None:
+def admin_reload(target: str, token: str, collection: str, generation: str, **tls: Path | None) -> None:
     """Load, validate and switch to a generation without a restart."""
     from quarry.client import AdminClient
 
-    with AdminClient(target, token) as client:
+    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
         reply = _rpc(lambda: client.reload(collection, generation))
     if reply.unchanged:
         click.echo(f"{collection}: already serving {reply.status.snapshot_version}")
@@ -371,11 +377,11 @@ def admin_reload(target: str, token: str, collection: str, generation: str) -> N
 @_admin_options
 @click.option("--collection", required=True)
 @click.option("--generation", default="", help="Generation to return to (default: the previous one).")
-def admin_rollback(target: str, token: str, collection: str, generation: str) -> None:
+def admin_rollback(target: str, token: str, collection: str, generation: str, **tls: Path | None) -> None:
     """Serve an older generation again (and make it the root's live one)."""
     from quarry.client import AdminClient
 
-    with AdminClient(target, token) as client:
+    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
         reply = _rpc(lambda: client.rollback(collection, generation))
     click.echo(
         f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
@@ -718,6 +724,22 @@ def bench_search_cmd(snapshot: Path, n: int, top_k: int, radius_m: float, redis_
     from quarry.bench import bench_search
 
     click.echo(bench_search(snapshot, n=n, top_k=top_k, radius_m=radius_m, redis_url=redis_url))
+
+
+@bench.command("reload")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", required=True)
+@click.option("--swaps", default=6, show_default=True)
+@click.option("--seconds", default=10.0, show_default=True, help="Steady phase length (and swap phase).")
+@click.option("--threads", default=4, show_default=True)
+def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, threads: int) -> None:
+    """Search latency steady vs during hot swaps, reload time and peak RSS (two newest generations)."""
+    from quarry.bench import bench_reload
+
+    try:
+        click.echo(bench_reload(root, collection, swaps=swaps, seconds=seconds, threads=threads))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":

@@ -3,12 +3,31 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc
+
+
+def channel(
+    target: str, *, ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> grpc.Channel:
+    """A channel to `target`: TLS when `ca` is given (plus a client certificate for mutual TLS)."""
+    if ca is None:
+        if cert is not None or key is not None:
+            raise ValueError("a client certificate needs --tls-ca too")
+        return grpc.insecure_channel(target)
+    if (cert is None) != (key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes() if key is not None else None,
+        certificate_chain=cert.read_bytes() if cert is not None else None,
+    )
+    return grpc.secure_channel(target, creds)
 
 
 def _locate_and_filter(
@@ -112,10 +131,10 @@ def format_response(resp: pb.SearchResponse, text: str = "") -> str:
 class AdminClient:
     """quarry.v1.AdminService with the bearer token on every call (used by `quarry admin ...`)."""
 
-    def __init__(self, target: str, token: str, *, timeout_s: float = 600.0) -> None:
+    def __init__(self, target: str, token: str, *, timeout_s: float = 600.0, **tls: Path | None) -> None:
         from common.v1 import admin_pb2_grpc
 
-        self._channel = grpc.insecure_channel(target)
+        self._channel = channel(target, **tls)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout_s

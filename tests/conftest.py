@@ -173,7 +173,8 @@ class ServerThread:
         settings = load_settings()
         settings = settings.model_copy(
             update={
-                "server": settings.server.model_copy(update={"port": 0}),
+                "server": settings_update.pop("server", None)
+                or settings.server.model_copy(update={"port": 0}),
                 "redis": settings.redis.model_copy(update={"url": redis_url, "socket_timeout_ms": 500}),
                 "admin": settings.admin.model_copy(
                     update={"token": SecretStr(admin_token) if admin_token else None}

@@ -152,7 +152,18 @@ class QuarryServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if s.reflection:
             reflection.enable(server, services)
-        self.port = server.add_insecure_port(f"{s.host}:{s.port}")
+        address = f"{s.host}:{s.port}"
+        if s.tls_cert is not None and s.tls_key is not None:
+            ca = s.tls_client_ca.read_bytes() if s.tls_client_ca is not None else None
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key.read_bytes(), s.tls_cert.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+            self.port = server.add_secure_port(address, credentials)
+            log.info("TLS on (%s)", "client certificates required" if ca else "server certificate only")
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"could not bind {s.host}:{s.port}")
         await server.start()

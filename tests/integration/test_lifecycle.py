@@ -256,3 +256,53 @@ def test_a_ranker_model_for_another_schema_refuses_the_reload(tmp_path: Path) ->
     with pytest.raises(FailedPrecondition, match=r"ranker model .* schema"):
         asyncio.run(Lifecycle(settings, registry, root).reload("tiny"))
     assert registry.get("tiny").generation == "gen-000001"
+
+
+def test_quarry_admin_cli(served: tuple[ServerThread, SnapshotRoot, dict[str, int]]) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    srv, root, _ = served
+    publish(root, 2)
+    runner = CliRunner()
+    base = ["--target", srv.target, "--token", TOKEN]
+    res = runner.invoke(main, ["admin", "status", *base])
+    assert res.exit_code == 0 and "tiny gen-000001" in res.output and "live gen-000002" in res.output, (
+        res.output
+    )
+    res = runner.invoke(main, ["admin", "reload", *base, "--collection", "tiny"])
+    assert res.exit_code == 0 and "tiny gen-000002" in res.output, res.output
+    res = runner.invoke(main, ["admin", "rollback", *base, "--collection", "tiny"])
+    assert res.exit_code == 0 and "tiny gen-000001" in res.output, res.output
+    res = runner.invoke(main, ["admin", "status", "--target", srv.target, "--token", "nope"])
+    assert res.exit_code != 0 and "UNAUTHENTICATED" in res.output
+
+
+def test_watch_follows_the_root_pointer(tmp_path: Path) -> None:
+    """admin.watch: a server follows published generations (and rollbacks in the root) by itself."""
+    root = SnapshotRoot(tmp_path / "root")
+    publish(root, 1)
+    registry = Registry()
+    registry.put(Collection(root.live("tiny"), CollectionSettings(), generation="gen-000001"))
+    lifecycle = Lifecycle(QuarrySettings(admin={"watch": True, "watch_interval_s": 0.05}), registry, root)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(lifecycle.watch(stop))
+        assert await lifecycle.refresh() == []  # nothing moved
+        for step in ("2", "1"):  # a new generation, then a rollback done in the root only
+            if step == "2":
+                publish(root, 2)
+            else:
+                root.activate("tiny", "1")
+            for _ in range(200):
+                if registry.get("tiny").generation == f"gen-00000{step}":
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail(f"the watch loop did not load gen-00000{step}")
+        stop.set()
+        await task
+
+    asyncio.run(run())
