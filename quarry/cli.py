@@ -742,5 +742,92 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
         raise click.ClickException(str(exc)) from None
 
 
+@bench.command("load")
+@click.option("--snapshot", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--target", help="A running server (default: start `quarry serve` on a free loopback port).")
+@click.option("--server-pid", type=int, help="With --target: the server's pid, for its CPU and RSS.")
+@click.option(
+    "--rates", default="50,100,200,400,800", show_default=True, help="Offered req/s, one step each."
+)
+@click.option("--duration", default=10.0, show_default=True, help="Seconds per step.")
+@click.option(
+    "--mix", "kind", default="search", show_default=True,
+    type=click.Choice(["search", "recommend", "log_events", "mixed"]),
+)  # fmt: skip
+@click.option("--repetition", default="zipf", show_default=True, type=click.Choice(["zipf", "none"]))
+@click.option("--zipf-s", default=1.0, show_default=True)
+@click.option("--arrival", default="poisson", show_default=True, type=click.Choice(["poisson", "constant"]))
+@click.option("--max-in-flight", default=512, show_default=True)
+@click.option("--floor-n", default=300, show_default=True, help="Requests timed through the raw libraries.")
+@click.option("--redis-url", default="", help="Real Redis for the server it starts (default: embedded).")
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--plot-out", type=click.Path(dir_okay=False, path_type=Path), help="PNG: latency vs offered load."
+)
+def bench_load_cmd(
+    snapshot: Path,
+    target: str | None,
+    server_pid: int | None,
+    rates: str,
+    duration: float,
+    kind: str,
+    repetition: str,
+    zipf_s: float,
+    arrival: str,
+    max_in_flight: int,
+    floor_n: int,
+    redis_url: str,
+    json_out: Path | None,
+    plot_out: Path | None,
+) -> None:
+    """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor."""
+    from quarry.load import run_load
+
+    try:
+        steps = [float(r) for r in rates.split(",") if r.strip()]
+    except ValueError:
+        raise click.BadParameter(f"--rates {rates!r}: comma-separated numbers") from None
+    if not steps or min(steps) <= 0:
+        raise click.BadParameter("--rates needs positive numbers")
+    report = run_load(
+        snapshot,
+        target=target,
+        server_pid=server_pid,
+        rates=steps,
+        duration_s=duration,
+        kind=kind,
+        repetition=repetition,
+        zipf_s=zipf_s,
+        arrival=arrival,
+        max_in_flight=max_in_flight,
+        floor_n=floor_n,
+        redis_url=redis_url,
+    )
+    click.echo(report.table())
+    if json_out is not None:
+        json_out.write_text(report.to_json())
+    if plot_out is not None:
+        report.plot(plot_out)
+
+
+@bench.command("ghz-data")
+@click.option("--snapshot", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out", default=Path("deploy/ghz"), show_default=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@click.option("-n", "n", default=500, show_default=True, help="Requests per data file.")
+def bench_ghz_data_cmd(snapshot: Path, out: Path, n: int) -> None:
+    """Write ghz data files (Search, Recommend, LogEvents) from a snapshot's real data."""
+    from common.settings import QuarrySettings
+    from common.snapshot import read_manifest
+    from quarry.load import write_ghz_data
+    from retriever.generations import Collection
+
+    name = read_manifest(snapshot).collection
+    coll = Collection(snapshot, QuarrySettings().for_collection(name), verify="size")
+    for path in write_ghz_data(coll, out, n=n):
+        click.echo(path)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,541 @@
+"""`quarry bench load`: an open-loop load generator over real gRPC, beside the raw-library floor.
+
+Open loop: request i is *scheduled* at t_i (Poisson or constant arrivals at the offered rate) whatever the
+answers do, and its latency is measured from t_i, so queueing anywhere (client, network, server) shows in
+the percentiles instead of silently lowering the rate (no coordinated omission). A cap on requests in
+flight bounds the client; a request that would exceed it is counted as `dropped`, never delayed.
+
+Query mix from real data: GeoNames names (English, and the Chinese alternate names such as 上海) for the
+geonames collection, SciFact claims for scifact, real item titles otherwise. Repetition: `zipf` draws
+queries with P(rank r) ∝ r^-s (s = 1.0 by default; web query logs are close to it), `none` sends each query
+once. The report gives the share of requests whose text appeared earlier in the same run: the hit rate an
+unbounded query-embedding cache would see (the 10k-entry LRU sees at most that).
+
+The floor: the same Search requests through the raw libraries in this process, one at a time, one thread
+(tantivy search, onnxruntime encode, hnswlib/faiss search, cKDTree, i2i expand, RRF in numpy): CPU
+milliseconds per request → the 2-core ceiling (2000 / ms req/s). Every figure is printed beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+_HAN = re.compile(r"[\u4e00-\u9fff]")
+
+
+# ----------------------------------------------------------------------------------------------- mixes
+
+
+def query_pool(collection: Any, data_dir: Path | None = None, limit: int = 20_000) -> list[str]:
+    """Real query texts for a loaded collection (see the module docstring)."""
+    rnd = random.Random(3)
+    if collection.name == "scifact":
+        from indexer.datasets import default_data_dir, scifact
+
+        pool = list(scifact.queries(data_dir or default_data_dir()).values())
+    else:
+        pool = [t for t in collection.forward.column("title") if t]
+        if collection.name == "geonames":
+            alts = (
+                collection.forward.column("text_alt_names")
+                if "alt_names" in collection.forward.text_names
+                else []
+            )
+            han = [w for a in alts if a for w in re.split(r"[;,\s]+", a) if _HAN.search(w)]
+            rnd.shuffle(han)
+            # About one query in five in Chinese, like the demo's 上海.
+            pool = pool[: limit * 4 // 5] + han[: limit // 5]
+    rnd.shuffle(pool)
+    return pool[:limit]
+
+
+def zipf_sequence(pool: Sequence[str], n: int, s: float, seed: int) -> list[str]:
+    ranks = np.arange(1, len(pool) + 1, dtype=np.float64)
+    p = ranks**-s
+    p /= p.sum()
+    idx = np.random.default_rng(seed).choice(len(pool), size=n, p=p)
+    return [pool[i] for i in idx]
+
+
+def repeat_share(texts: Sequence[str]) -> float:
+    seen: set[str] = set()
+    repeats = 0
+    for t in texts:
+        repeats += t in seen
+        seen.add(t)
+    return repeats / max(1, len(texts))
+
+
+@dataclass
+class Mix:
+    """Pre-serialised requests, sent in order and cycled: (method, bytes)."""
+
+    name: str
+    requests: list[tuple[str, bytes]]
+    repeat_share: float
+
+
+def build_mix(
+    collection: Any,
+    kind: str,
+    *,
+    n: int = 20_000,
+    repetition: str = "zipf",
+    zipf_s: float = 1.0,
+    top_k: int = 10,
+    seed: int = 1,
+    data_dir: Path | None = None,
+) -> Mix:
+    from common.v1 import search_pb2 as pb
+
+    pool = query_pool(collection, data_dir)
+    if repetition == "zipf":
+        texts = zipf_sequence(pool, n, zipf_s, seed)
+    elif repetition == "none":
+        texts = (pool * (n // max(1, len(pool)) + 1))[:n]
+    else:
+        raise ValueError(f"repetition must be 'zipf' or 'none', got {repetition!r}")
+    users = collection.behavior.sample_users(1000) if collection.behavior is not None else []
+    fw = collection.forward
+    located = np.flatnonzero(~np.isnan(fw.lat))
+    rnd = random.Random(seed)
+    out: list[tuple[str, bytes]] = []
+    for i, text in enumerate(texts):
+        k = kind if kind != "mixed" else ("Search", "Search", "Search", "Recommend", "LogEvents")[i % 5]
+        user = rnd.choice(users) if users else f"u{rnd.randrange(10_000)}"
+        if k in ("search", "Search"):
+            req = pb.SearchRequest(
+                collection=collection.name, query=text, top_k=top_k, user_id=user if users else ""
+            )
+            if len(located) and i % 2:
+                o = int(located[rnd.randrange(len(located))])
+                req.location.lat, req.location.lon = float(fw.lat[o]), float(fw.lon[o])
+            out.append(("Search", req.SerializeToString()))
+        elif k in ("recommend", "Recommend"):
+            r = pb.RecommendRequest(collection=collection.name, user_id=user, top_k=top_k)
+            if len(located):
+                o = int(located[rnd.randrange(len(located))])
+                r.location.lat, r.location.lon = float(fw.lat[o]), float(fw.lon[o])
+            out.append(("Recommend", r.SerializeToString()))
+        elif k in ("log_events", "LogEvents"):
+            item = fw.rows([rnd.randrange(len(fw))])[0]["id"]
+            ev = pb.LogEventsRequest(collection=collection.name)
+            ev.events.add(event_id=f"load-{seed}-{i}", user_id=user, item_id=item, type="click")
+            out.append(("LogEvents", ev.SerializeToString()))
+        else:
+            raise ValueError(f"unknown mix {kind!r} (search, recommend, log_events, mixed)")
+    return Mix(kind, out, repeat_share(texts) if kind in ("search", "mixed") else 0.0)
+
+
+# ------------------------------------------------------------------------------------------- open loop
+
+
+@dataclass
+class StepResult:
+    offered_rps: float
+    duration_s: float
+    sent: int
+    ok: int
+    achieved_rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    p999_ms: float
+    errors: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0
+    server_cpu_cores: float | None = None
+    server_rss_mib: float | None = None
+
+
+def _pct(xs: Sequence[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+
+
+def _proc_cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run_step(
+    target: str,
+    mix: Mix,
+    rate: float,
+    duration_s: float,
+    *,
+    arrival: str = "poisson",
+    max_in_flight: int = 512,
+    timeout_s: float = 5.0,
+    server_pid: int | None = None,
+    offset: int = 0,
+    seed: int = 0,
+) -> StepResult:
+    import grpc
+
+    loop = asyncio.get_running_loop()
+    n = max(1, round(rate * duration_s))
+    rng = np.random.default_rng(seed)
+    gaps = rng.exponential(1 / rate, n) if arrival == "poisson" else np.full(n, 1 / rate)
+    async with grpc.aio.insecure_channel(target) as channel:
+        calls = {
+            m: channel.unary_unary(f"/quarry.v1.SearchService/{m}")  # bytes in, bytes out
+            for m in ("Search", "Recommend", "LogEvents")
+        }
+        await channel.channel_ready()
+        lat: list[float] = []
+        errors: Counter[str] = Counter()
+        in_flight = 0
+        dropped = 0
+        tasks: set[asyncio.Task[None]] = set()
+
+        last_done = 0.0
+
+        async def one(method: str, body: bytes, scheduled: float) -> None:
+            nonlocal in_flight, last_done
+            try:
+                await calls[method](body, timeout=timeout_s)
+                last_done = loop.time()
+                lat.append((last_done - scheduled) * 1000)
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] += 1
+            finally:
+                in_flight -= 1
+
+        cpu0 = _proc_cpu_s(server_pid) if server_pid else None
+        start = loop.time() + 0.05
+        scheduled = start
+        for i in range(n):
+            scheduled += float(gaps[i])
+            delay = scheduled - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if in_flight >= max_in_flight:
+                dropped += 1
+                continue
+            method, body = mix.requests[(offset + i) % len(mix.requests)]
+            in_flight += 1
+            task = asyncio.create_task(one(method, body, scheduled))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(set(tasks), timeout=timeout_s + 1)
+        elapsed = loop.time() - start
+        window = max(last_done, scheduled) - start  # from the first send to the last answer
+        cpu = (_proc_cpu_s(server_pid) - cpu0) / elapsed if server_pid and cpu0 is not None else None
+    return StepResult(
+        offered_rps=rate,
+        duration_s=round(elapsed, 3),
+        sent=n - dropped,
+        ok=len(lat),
+        achieved_rps=len(lat) / window if window > 0 else 0.0,
+        p50_ms=_pct(lat, 50),
+        p90_ms=_pct(lat, 90),
+        p99_ms=_pct(lat, 99),
+        p999_ms=_pct(lat, 99.9),
+        errors=dict(errors),
+        dropped=dropped,
+        server_cpu_cores=None if cpu is None else round(cpu, 3),
+        server_rss_mib=_proc_rss_mib(server_pid) if server_pid else None,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- floor
+
+
+def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict[str, float]:
+    """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
+    and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence."""
+    from threadpoolctl import threadpool_limits
+
+    from common.index.text import analyze
+
+    inv = collection.branches.get("inverted")
+    ann = collection.branches.get("ann")
+    geo = collection.branches.get("geo")
+    fw = collection.forward
+    located = np.flatnonzero(~np.isnan(fw.lat))
+    rnd = random.Random(5)
+    per: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Any) -> Any:
+        c0 = time.process_time()
+        out = fn()
+        per.setdefault(name, []).append((time.process_time() - c0) * 1000)
+        return out
+
+    walls: list[float] = []
+    with threadpool_limits(1):
+        for i, text in enumerate(texts):
+            w0 = time.perf_counter()
+            lists: list[np.ndarray] = []
+            if inv is not None:
+                terms = {a: list(dict.fromkeys(analyze(text, a))) for a in collection.analyzers}
+                q = inv.build_query(terms, _no_filters())
+                res = timed("tantivy", lambda q=q: inv._searcher.search(q, limit=200, count=False))
+                lists.append(np.arange(len(res.hits)))
+            if ann is not None:
+                v = timed("encode", lambda text=text: ann.encoder.encode([text]))
+                ids, _ = timed("ann search", lambda v=v: ann.index.search(v, k))
+                lists.append(ids[0])
+            if geo is not None and len(located) and i % 2:
+                o = int(located[rnd.randrange(len(located))])
+                ids, _ = timed(
+                    "cKDTree", lambda o=o: geo.index.within(float(fw.lat[o]), float(fw.lon[o]), 50_000.0, k=k)
+                )
+                lists.append(np.asarray(ids))
+            timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
+            walls.append((time.perf_counter() - w0) * 1000)
+    out = {name: statistics.mean(v) for name, v in per.items()}
+    out["wall_p50"] = _pct(walls, 50)
+    out["wall_p99"] = _pct(walls, 99)
+    # Every request pays each stage it ran; a stage run on half the requests counts half.
+    out["total"] = sum(statistics.mean(v) * len(v) / len(texts) for v in per.values())
+    return out
+
+
+def _no_filters() -> Any:
+    from retriever.core.types import Filters
+
+    return Filters()
+
+
+def _rrf(lists: Sequence[np.ndarray], k: float = 60.0) -> np.ndarray:
+    if not lists:
+        return np.zeros(0)
+    ids = np.concatenate(lists)
+    scores = np.concatenate([1.0 / (k + np.arange(1, len(x) + 1)) for x in lists])
+    uniq, inv = np.unique(ids, return_inverse=True)
+    return uniq[np.argsort(-np.bincount(inv, weights=scores))]
+
+
+# --------------------------------------------------------------------------------------------- driver
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server(
+    snapshots: Sequence[Path], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
+    """`quarry serve` in its own process (its own cores' worth of GIL), on a free loopback port."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = _free_port()
+    cmd = [sys.executable, "-m", "quarry.cli", "--log-level", "WARNING", "serve", "--port", str(port)]
+    for s in snapshots:
+        cmd += ["--snapshot", str(s)]
+    proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            with grpc.insecure_channel(target) as ch:
+                r = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if r.status == health_pb2.HealthCheckResponse.SERVING:
+                    return proc, target
+        except grpc.RpcError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the server did not become SERVING within 300 s")
+
+
+@dataclass
+class LoadReport:
+    machine: str
+    collection: str
+    mix: str
+    repetition: str
+    repeat_share: float
+    floor: dict[str, float]
+    ceiling_rps: float
+    steps: list[StepResult]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def table(self) -> str:
+        lines = [
+            f"{self.mix} on {self.collection} ({self.machine}); repetition {self.repetition}: "
+            f"{self.repeat_share:.0%} of requests repeat an earlier query (an unbounded cache's hit rate)",
+            "floor (raw libraries, one thread, CPU ms/request): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in self.floor.items() if not k.startswith("wall")),
+            f"floor per request: p50 {self.floor['wall_p50']:.3f} ms, p99 {self.floor['wall_p99']:.3f} ms; "
+            f"2-core ceiling {self.ceiling_rps:.0f} req/s",
+            f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'ach/ceil':>8} {'p99/floor':>9} {'srv cpu':>7} {'srv MiB':>8}  errors / dropped",
+        ]
+        for s in self.steps:
+            errs = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
+            cpu = f"{s.server_cpu_cores:.2f}" if s.server_cpu_cores is not None else "-"
+            rss = f"{s.server_rss_mib:.0f}" if s.server_rss_mib is not None else "-"
+            lines.append(
+                f"{s.offered_rps:8.0f} {s.achieved_rps:9.1f} {s.p50_ms:8.2f} {s.p90_ms:8.2f} {s.p99_ms:8.2f} "
+                f"{s.p999_ms:9.2f} {s.achieved_rps / self.ceiling_rps:8.2f} {s.p99_ms / self.floor['wall_p99']:9.1f} "
+                f"{cpu:>7} {rss:>8}  {errs} / {s.dropped}"
+            )
+        return "\n".join(lines)
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        xs = [s.offered_rps for s in self.steps]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+            ax.plot(xs, [getattr(s, key) for s in self.steps], marker="o", label=label)
+        ax.axvline(self.ceiling_rps, color="grey", linestyle="--", label="floor's 2-core ceiling")
+        ax.set_xlabel("offered load (req/s, open loop)")
+        ax.set_ylabel("latency (ms, from scheduled send)")
+        ax.set_yscale("log")
+        ax.set_title(f"{self.mix} on {self.collection}: latency vs offered load")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}"
+
+
+def run_load(
+    snapshot: Path,
+    *,
+    target: str | None,
+    server_pid: int | None,
+    rates: Sequence[float],
+    duration_s: float,
+    kind: str,
+    repetition: str,
+    zipf_s: float,
+    arrival: str,
+    max_in_flight: int,
+    floor_n: int,
+    redis_url: str = "",
+) -> LoadReport:
+    from common.settings import QuarrySettings
+    from common.snapshot import read_manifest
+    from retriever.generations import Collection
+
+    name = read_manifest(snapshot).collection
+    coll = Collection(snapshot, QuarrySettings().for_collection(name), verify="size")
+    mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
+    texts = query_pool(coll)[:floor_n]
+    floor = floor_cpu_ms(coll, texts)
+    ceiling = 2 * 1000 / floor["total"]
+    proc = None
+    if target is None:
+        env = {"QUARRY_REDIS__URL": redis_url} if redis_url else None
+        proc, target = start_server([snapshot], env)
+        server_pid = proc.pid
+    try:
+        # Warm-up (discarded): first requests pay lazy loading and connection set-up.
+        asyncio.run(
+            run_step(target, mix, rates[0], 2.0, arrival=arrival, max_in_flight=max_in_flight, seed=99)
+        )
+        steps = []
+        offset = 0
+        for i, rate in enumerate(rates):
+            step = asyncio.run(
+                run_step(
+                    target,
+                    mix,
+                    rate,
+                    duration_s,
+                    arrival=arrival,
+                    max_in_flight=max_in_flight,
+                    server_pid=server_pid,
+                    offset=offset,
+                    seed=i,
+                )
+            )
+            offset += step.sent + step.dropped
+            steps.append(step)
+            print(
+                f"  {rate:.0f} req/s offered → {step.achieved_rps:.1f} ok/s, p99 {step.p99_ms:.2f} ms",
+                file=sys.stderr,
+            )
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)
+    return LoadReport(machine(), name, kind, repetition, mix.repeat_share, floor, ceiling, steps)
+
+
+def write_ghz_data(collection: Any, out_dir: Path, *, n: int = 500, seed: int = 1) -> list[Path]:
+    """ghz data files (JSON arrays ghz cycles through) from the collection's real data: Search requests
+    (the query pool above, Zipf-repeated, every other one with a location), Recommend requests (users from
+    the behavior part, or synthetic ids), and one LogEvents template (unique event ids via ghz's
+    {{.RequestNumber}} / {{.TimestampUnixNano}})."""
+    from google.protobuf.json_format import MessageToDict
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind in ("search", "recommend"):
+        mix = build_mix(collection, kind, n=n, seed=seed)
+        from common.v1 import search_pb2 as pb
+
+        cls = pb.SearchRequest if kind == "search" else pb.RecommendRequest
+        rows = [MessageToDict(cls.FromString(body)) for _m, body in mix.requests]
+        path = out_dir / f"{kind}-{collection.name}.json"
+        path.write_text(json.dumps(rows, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        written.append(path)
+    item = collection.forward.rows([0])[0]["id"]
+    template = {
+        "collection": collection.name,
+        "events": [
+            {
+                "event_id": "ghz-{{.RequestNumber}}-{{.TimestampUnixNano}}",
+                "user_id": "ghz-user-{{.RequestNumber}}",
+                "item_id": item,
+                "type": "click",
+            }
+        ],
+    }
+    path = out_dir / f"log_events-{collection.name}.json"
+    path.write_text(json.dumps(template, indent=2) + "\n")
+    written.append(path)
+    return written

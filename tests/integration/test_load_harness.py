@@ -1,0 +1,59 @@
+"""The open-loop harness (quarry/load.py) against a real server: it sends at the offered rate, answers are
+counted by status code, the mixes are real requests, and the repetition model behaves as documented."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from common.settings import CollectionSettings
+from common.v1 import search_pb2 as pb
+from quarry.load import Mix, build_mix, floor_cpu_ms, repeat_share, run_step, zipf_sequence
+from retriever.generations import Collection
+
+pytestmark = pytest.mark.integration
+
+
+def test_zipf_repetition_and_repeat_share() -> None:
+    pool = [f"q{i}" for i in range(1000)]
+    seq = zipf_sequence(pool, 5000, 1.0, seed=1)
+    assert seq.count("q0") > seq.count("q10") > seq.count("q500")  # rank 1 most frequent
+    assert 0.5 < repeat_share(seq) < 1.0
+    assert repeat_share(pool) == 0.0 and repeat_share(["a", "a", "b", "a"]) == 0.5
+
+
+def test_mixes_are_valid_requests(tiny_snapshot: Path) -> None:
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    for kind, cls in (
+        ("search", pb.SearchRequest),
+        ("recommend", pb.RecommendRequest),
+        ("log_events", pb.LogEventsRequest),
+    ):
+        mix = build_mix(coll, kind, n=50)
+        assert len(mix.requests) == 50
+        for _method, body in mix.requests:
+            assert cls.FromString(body).collection == "tiny"
+    mixed = build_mix(coll, "mixed", n=10)
+    assert {m for m, _ in mixed.requests} == {"Search", "Recommend", "LogEvents"}
+    # 7 titles (Paris twice): 6 distinct sends repeat at most once; 200 Zipf draws repeat nearly always.
+    assert build_mix(coll, "search", n=6, repetition="none").repeat_share <= 1 / 6
+    assert build_mix(coll, "search", n=200).repeat_share > 0.9
+    with pytest.raises(ValueError, match="repetition"):
+        build_mix(coll, "search", repetition="sometimes")
+    floor = floor_cpu_ms(coll, ["paris", "上海", "zurich"])
+    assert floor["total"] > 0 and floor["wall_p99"] >= floor["wall_p50"] > 0
+
+
+def test_open_loop_step_against_a_real_server(server: str, tiny_snapshot: Path) -> None:
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    good = build_mix(coll, "search", n=100)
+    step = asyncio.run(run_step(server, good, rate=100, duration_s=1.0, arrival="constant"))
+    assert step.sent == 100 and step.ok == 100 and step.errors == {} and step.dropped == 0
+    assert 60 < step.achieved_rps < 140 and 0 < step.p50_ms <= step.p99_ms <= step.p999_ms
+    missing = Mix(
+        "search", [("Search", pb.SearchRequest(collection="nope", query="x").SerializeToString())], 0.0
+    )
+    step = asyncio.run(run_step(server, missing, rate=50, duration_s=0.5))
+    assert step.ok == 0 and step.errors == {"NOT_FOUND": step.sent}
