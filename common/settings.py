@@ -41,6 +41,9 @@ class _Model(BaseModel):
 class ServerSettings(_Model):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 50051
+    #: Server processes sharing the port (SO_REUSEPORT; the kernel spreads connections). More than 1 needs
+    #: a fixed port; each worker loads the memory-mapped snapshot itself (shared page cache).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
     #: Threads for blocking native calls (tantivy, hnswlib, faiss, onnxruntime); all release the GIL.
     blocking_threads: Annotated[int, Field(ge=1, le=256)] = 4
     #: RPCs in flight above this are refused with RESOURCE_EXHAUSTED (None: unbounded).
@@ -55,6 +58,12 @@ class ServerSettings(_Model):
     tls_key: Path | None = None
     #: With TLS, also require client certificates signed by this CA (PEM): mutual TLS.
     tls_client_ca: Path | None = None
+
+    @model_validator(mode="after")
+    def _workers_port(self) -> ServerSettings:
+        if self.workers > 1 and self.metrics_port is not None:
+            raise ValueError("server.metrics_port is per process: leave it unset with server.workers > 1")
+        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerSettings:

@@ -268,6 +268,9 @@ def index_gc(root: Path, collection: str | None, keep: int) -> None:
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Snapshot root: serve the live generation of every collection under it.",
 )
+@click.option(
+    "--workers", default=None, type=click.IntRange(min=1), help="Server processes on one port [default: 1]"
+)
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]")
 @click.option("--port", default=None, type=int, help="Port [default: 50051; 0 picks a free one]")
 @click.option(
@@ -276,16 +279,29 @@ def index_gc(root: Path, collection: str | None, keep: int) -> None:
     help="TOML settings file (also $QUARRY_CONFIG).",
 )
 def serve(
-    snapshots: tuple[Path, ...], root: Path | None, host: str | None, port: int | None, config: Path | None
+    snapshots: tuple[Path, ...],
+    root: Path | None,
+    workers: int | None,
+    host: str | None,
+    port: int | None,
+    config: Path | None,
 ) -> None:
     """Serve snapshots over gRPC (SearchService, AdminService with a token, health, reflection)."""
     from common.snapshot import SnapshotError
-    from retriever.api.server import serve as run
+    from retriever.api.server import serve_workers
 
     settings = load_settings(config)
-    server_over = settings.server.model_copy(
-        update={k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    )
+    try:
+        server_over = settings.server.model_validate(
+            {
+                **settings.server.model_dump(),
+                **{
+                    k: v for k, v in {"host": host, "port": port, "workers": workers}.items() if v is not None
+                },
+            }
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
     settings = settings.model_copy(update={"server": server_over})
     dirs = list(snapshots) or settings.snapshots
     root = root or settings.snapshot_root
@@ -294,7 +310,9 @@ def serve(
             "no snapshot: pass --snapshot DIR or --root DIR (or set snapshots / snapshot_root in the config)"
         )
     try:
-        asyncio.run(run(settings, dirs, root))
+        serve_workers(settings, dirs, root)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     except SnapshotError as exc:
         raise click.ClickException(f"refusing to serve: {exc}") from None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,7 +138,8 @@ class QuarryServer:
         server = grpc.aio.server(
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             options=[
-                ("grpc.so_reuseport", 0),  # never share a port silently with another server
+                # Shared only between this server's own workers; else never share a port silently.
+                ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
                 ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ],
         )
@@ -195,6 +197,69 @@ class QuarryServer:
     async def wait(self) -> None:
         assert self.server is not None
         await self.server.wait_for_termination()
+
+
+def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None = None) -> None:
+    """`server.workers` processes on one port (SO_REUSEPORT), each a whole server over the same
+    memory-mapped snapshots; this process supervises them: SIGINT/SIGTERM stop them all gracefully, and
+    one dying stops the rest (a supervisor such as Kubernetes restarts the pod). With a snapshot root the
+    workers follow its live pointer (admin.watch is forced on): a Reload or Rollback answered by one
+    worker moves the pointer or finds it moved, and the others converge within admin.watch_interval_s."""
+    import multiprocessing as mp
+    import signal
+
+    if settings.server.workers == 1:
+        asyncio.run(serve(settings, snapshots, root))
+        return
+    if settings.server.port == 0:
+        raise ValueError("server.workers > 1 needs a fixed port (0 would give each worker its own)")
+    if root is not None:
+        settings = settings.model_copy(update={"admin": settings.admin.model_copy(update={"watch": True})})
+    ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no inherited threads or native state
+    procs = [
+        ctx.Process(target=_worker_main, args=(settings, list(snapshots), root), name=f"quarry-worker-{i}")
+        for i in range(settings.server.workers)
+    ]
+    for p in procs:
+        p.start()
+    log.info(
+        "%d workers on %s:%d: pids %s",
+        len(procs),
+        settings.server.host,
+        settings.server.port,
+        [p.pid for p in procs],
+    )
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    from multiprocessing.connection import wait
+
+    alive = list(procs)
+    while alive:
+        wait([p.sentinel for p in alive])
+        for p in [p for p in alive if not p.is_alive()]:
+            alive.remove(p)
+            if not stopping:
+                log.error("worker %s exited with %s: stopping the others", p.pid, p.exitcode)
+                stop()
+    failed = [p.exitcode for p in procs if p.exitcode not in (0, -signal.SIGTERM)]
+    if failed:
+        raise SystemExit(f"workers failed with exit codes {failed}")
+
+
+def _worker_main(settings: QuarrySettings, snapshots: list[Path], root: Path | None) -> None:
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    )
+    asyncio.run(serve(settings, snapshots, root))
 
 
 async def serve(settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None = None) -> None:
