@@ -22,6 +22,8 @@ def _setup_logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # faiss's loader reports, at INFO on every start, each SIMD build it tried before the one that loads.
+    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -511,7 +513,8 @@ def recommend_cmd(
             timeout=timeout,
         )
     )
-    click.echo(format_response(resp, f"recommend user={user!r}"))
+    who = f"user {user!r}" if user else "an anonymous user"
+    click.echo(format_response(resp, what=f"Recommend for {who}"))
 
 
 # ---------------------------------------------------------------------------------------------- rank

@@ -104,9 +104,29 @@ def recommend(
         return search_pb2_grpc.SearchServiceStub(channel).Recommend(req, timeout=timeout)
 
 
-def format_response(resp: pb.SearchResponse, text: str = "") -> str:
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _number(v: float) -> str:
+    """24874500.0 → 24,874,500; 0.25 → 0.25 (never scientific notation for a count)."""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return f"{int(v):,}"
+    return f"{v:,.4g}"
+
+
+def _source(s: pb.SourceScore) -> str:
+    # The geo branch scores by negated distance in metres (closer is higher): show the distance.
+    if s.branch == "geo":
+        return f"geo#{s.rank}({-s.score / 1000:.1f} km)"
+    return f"{s.branch}#{s.rank}({s.score:.3g})"
+
+
+def format_response(resp: pb.SearchResponse, text: str = "", *, what: str | None = None) -> str:
+    """Readable hits. `what` names the request in the header (default: the query text)."""
+    label = what if what is not None else repr(text)
     lines = [
-        f"{len(resp.hits)} hits for {text!r} from {resp.snapshot_version} in {resp.took_ms:.2f} ms"
+        f"{_plural(len(resp.hits), 'hit')} for {label} from {resp.snapshot_version} in {resp.took_ms:.2f} ms"
         + (" [DEGRADED]" if resp.degraded else "")
     ]
     for i, h in enumerate(resp.hits, 1):
@@ -114,16 +134,17 @@ def format_response(resp: pb.SearchResponse, text: str = "") -> str:
         if h.category:
             extra.append(h.category)
         for k, v in sorted(h.attributes.items()):
-            extra.append(f"{k}={v:g}")
+            extra.append(f"{k}={_number(v)}")
         if h.HasField("distance_m"):
             extra.append(f"{h.distance_m / 1000:.1f} km")
-        srcs = " ".join(f"{s.branch}#{s.rank}({s.score:.3g})" for s in h.sources)
+        srcs = " ".join(_source(s) for s in h.sources)
         lines.append(f"{i:>3}. {h.title}  [{h.id}]  score={h.score:.4g}  {' · '.join(extra)}  via {srcs}")
     status = {v: k for k, v in pb.BranchStatus.items()}
     for b in resp.branch_stats:
+        detail = f" ({b.detail})" if b.detail else ""
         lines.append(
             f"     branch {b.branch}: {status[b.status].removeprefix('BRANCH_STATUS_').lower()} "
-            f"{b.latency_ms:.2f} ms, {b.candidates} candidates {b.detail}".rstrip()
+            f"{b.latency_ms:.2f} ms, {_plural(b.candidates, 'candidate')}{detail}"
         )
     return "\n".join(lines)
 

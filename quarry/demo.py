@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 
 import grpc
@@ -57,6 +58,10 @@ async def run_demo(
     settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": port})})
     server = QuarryServer(settings, load_collections(settings, [out]))
     bound = await server.start()
+    # The examples print their own results; per-request access-log lines would interleave with them.
+    access = logging.getLogger("quarry.access")
+    access_level = access.level
+    access.setLevel(logging.WARNING)
     target = f"127.0.0.1:{bound}"
     print(f"\nQuarry is serving collection 'geonames' on {target}\n")
     try:
@@ -67,6 +72,7 @@ async def run_demo(
                 resp = await stub.Search(req, timeout=5)
                 print("$ quarry query --target", target, "--collection geonames", _flags(kw), repr(text))
                 print(format_response(resp, text), "\n")
+        access.setLevel(access_level)
         if keep_serving:
             print(
                 f"still serving on {target}; try: quarry query --target {target} --collection geonames 'berlin'  (Ctrl-C stops)"
