@@ -699,14 +699,31 @@ def eval_behavior(
     show_default=True,
     help="Also embed the places for ANN recall (minilm; about 10 min for cities500 on 2 cores).",
 )
-def demo(out: Path, rebuild: bool, port: int, keep_serving: bool, variant: str, encoder: str) -> None:
-    """The main job: build a GeoNames snapshot (235k real places), serve it, run example queries."""
+@click.option(
+    "--places/--no-places",
+    default=True,
+    show_default=True,
+    help="Also build and serve 'places' (cities15000 with vectors and synthetic events): ANN, behavior, popularity.",
+)
+def demo(
+    out: Path, rebuild: bool, port: int, keep_serving: bool, variant: str, encoder: str, places: bool
+) -> None:
+    """The main job: build GeoNames snapshots (235k real places, and 33k with vectors and synthetic
+    behaviour), serve them, and show every recall kind."""
     from quarry.demo import run_demo
 
     t0 = time.perf_counter()
     enc = None if encoder.lower() == "none" else encoder
     asyncio.run(
-        run_demo(out, rebuild=rebuild, port=port, keep_serving=keep_serving, variant=variant, encoder=enc)
+        run_demo(
+            out,
+            rebuild=rebuild,
+            port=port,
+            keep_serving=keep_serving,
+            variant=variant,
+            encoder=enc,
+            places=out.parent / "places" if places else None,
+        )
     )
     click.echo(f"demo finished in {time.perf_counter() - t0:.1f}s")
 

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-from common.catalog import Item
+from common.catalog import Event, Item
 from common.index.text import Analyzer, TextField
 from indexer.datasets.base import Dataset, DatasetUnavailable
 
@@ -70,3 +70,34 @@ def load(data_dir: Path, variant: str = "cities500") -> Dataset:
         },
         text_weight_attr="population",
     )
+
+
+def synthetic_events(
+    variant: str = "cities15000", *, users: int = 2000, per_user: int = 20, seed: int = 3
+) -> Iterator[Event]:
+    """SYNTHETIC visits (GeoNames has no behaviour data), for demos and load tests only — never for quality
+    figures. Each user has a home place drawn by population and visits places near it (its 60 nearest,
+    weighted by sqrt(population)), with 10% long-distance trips; timestamps spread over 90 days. The
+    item-to-item tables then get realistic locality."""
+    import numpy as np
+    from scipy.spatial import cKDTree
+
+    places = list(json.loads((_package_dir() / f"{variant}.json").read_text(encoding="utf-8")).values())
+    ids = [str(p["geonameid"]) for p in places]
+    lat = np.radians([p["latitude"] for p in places])
+    lon = np.radians([p["longitude"] for p in places])
+    xyz = np.stack([np.cos(lat) * np.cos(lon), np.cos(lat) * np.sin(lon), np.sin(lat)], axis=1)
+    pop = np.array([max(1.0, float(p.get("population") or 0)) for p in places])
+    tree = cKDTree(xyz)
+    rng = np.random.default_rng(seed)
+    homes = rng.choice(len(places), size=users, p=pop / pop.sum())
+    t0 = 1_700_000_000.0
+    for u, home in enumerate(homes):
+        _d, near = tree.query(xyz[home], k=min(60, len(places)))
+        weights = np.sqrt(pop[near])
+        visits = rng.choice(near, size=per_user, p=weights / weights.sum())
+        trips = rng.random(per_user) < 0.1
+        visits[trips] = rng.choice(len(places), size=int(trips.sum()), p=pop / pop.sum())
+        ts = t0 + np.sort(rng.uniform(0, 90 * 86400, size=per_user))
+        for item, t in zip(visits, ts, strict=True):
+            yield Event(user=f"u{u}", item=ids[int(item)], type="visit", ts=float(t))
