@@ -91,7 +91,18 @@ async def run_demo(
     if places is not None:
         await asyncio.to_thread(_ensure_places, places, rebuild)
     settings = load_settings()
-    settings = settings.model_copy(update={"server": settings.server.model_copy(update={"port": port})})
+    overrides = dict(settings.collections)
+    if encoder is None:
+        # The geonames snapshot has no vectors and no events: turn those branches off for it instead of
+        # warning at every start that they are unavailable ('places' shows them).
+        off = {"enabled": False}
+        overrides["geonames"] = {
+            "branches": {"ann": off, "behavior": off},
+            "recommend_branches": {"behavior": off, "popular": off},
+        }
+    settings = settings.model_copy(
+        update={"server": settings.server.model_copy(update={"port": port}), "collections": overrides}
+    )
     server = QuarryServer(settings, load_collections(settings, [out] + ([places] if places else [])))
     bound = await server.start()
     # The examples print their own results; per-request access-log lines would interleave with them.
