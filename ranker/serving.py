@@ -4,11 +4,13 @@ across concurrent requests) → candidates reordered by the model's score."""
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from common.types import Fused, UserCounters
 from ranker.base import RankingContext, RankQuery
 from ranker.features import feature_matrix
+from ranker.metrics import RANK_CANDIDATES, RANK_LATENCY, RANKER_INFO
 from ranker.model import sidecar_path
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
 from ranker.session import MicroBatcher, ModelLoadError, OnnxRanker
@@ -39,8 +41,11 @@ class ModelRanker:
     ) -> list[Fused]:
         if not candidates:
             return candidates
+        t0 = time.perf_counter()
         X = feature_matrix(candidates, collection, query.location, counters, self.schema)
         scores = await self.batcher.score(X)
+        RANK_LATENCY.labels(collection.name).observe(time.perf_counter() - t0)
+        RANK_CANDIDATES.labels(collection.name).observe(len(candidates))
         for f, s in zip(candidates, scores.tolist(), strict=True):
             f.score = s
         # Stable sort: equal model scores keep the fused order.
@@ -80,4 +85,5 @@ def load_model_ranker(
     log.info(
         "collection %s: ranker model %s (providers %s)", collection_name, model.model_version, model.providers
     )
+    RANKER_INFO.labels(collection_name, model.model_version, ",".join(model.providers)).set(1)
     return ModelRanker(model, window_ms=window_ms)

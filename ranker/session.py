@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from ranker.metrics import RANK_BATCH_ROWS
 from ranker.model import INPUT_NAME, OUTPUT_NAME, sidecar_path
 from ranker.schema import FeatureSchema
 
@@ -185,6 +186,7 @@ class MicroBatcher:
         if not self.enabled:
             # Inline: a sub-ms CPU call is cheaper than any thread hop.
             self.batches += 1
+            RANK_BATCH_ROWS.observe(X.shape[0])
             return self.ranker.score(X)
         X = np.ascontiguousarray(X, dtype=np.float32)
         loop = asyncio.get_running_loop()
@@ -217,6 +219,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         try:
             X = batch[0][0] if len(batch) == 1 else np.concatenate([x for x, _ in batch], axis=0)
+            RANK_BATCH_ROWS.observe(X.shape[0])
             scores = await loop.run_in_executor(self.executor, self.ranker.score, X)
             if scores.shape[0] != X.shape[0]:
                 raise RuntimeError(f"ranker returned {scores.shape[0]} scores for {X.shape[0]} rows")

@@ -8,6 +8,7 @@ once) never mixes two generations inside one answer.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, open_index
 from common.settings import CollectionSettings
 from ranker.base import Ranker
+from retriever.core import metrics
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
 from retriever.core.types import Filters
 from retriever.recall import BranchUnavailable, RecallBranch, branch_class
@@ -160,6 +162,12 @@ class Registry:
         with self._lock:
             old = self._collections.get(collection.name)
             self._collections[collection.name] = collection
+            if old is not None:
+                with contextlib.suppress(KeyError):
+                    metrics.GENERATION.remove(old.name, old.version, old.generation)
+            metrics.GENERATION.labels(collection.name, collection.version, collection.generation).set(1)
+            metrics.GENERATION_SINCE.labels(collection.name).set(collection.serving_since)
+            metrics.ITEMS.labels(collection.name).set(len(collection.forward))
         return old
 
     def get(self, name: str) -> Collection:

@@ -64,7 +64,15 @@ class SearchService:
         if not collection_name:
             raise InvalidArgument("collection is required")
         self.registry.get(collection_name)  # NOT_FOUND for an unknown collection
-        return await log_events(self.recent, collection_name, events, self.settings.limits)
+        result = await log_events(self.recent, collection_name, events, self.settings.limits)
+        for outcome, n in (
+            ("accepted", result.accepted),
+            ("duplicate", result.duplicates),
+            ("rejected", len(result.rejected)),
+        ):
+            if n:
+                metrics.EVENTS.labels(collection_name, outcome).inc(n)
+        return result
 
     async def candidates(self, query: SearchQuery, *, recommend: bool = False) -> list[Fused]:
         """Fused, filtered candidates before ranking — exactly what the ranking stage sees. Used offline
@@ -117,6 +125,7 @@ class SearchService:
             metrics.BRANCH_RESULTS.labels(collection.name, r.branch, r.status.value).inc()
             if r.status is BranchStatus.OK:
                 metrics.BRANCH_LATENCY.labels(collection.name, r.branch).observe(r.latency_ms / 1000)
+                metrics.BRANCH_CANDIDATES.labels(collection.name, r.branch).observe(len(r.candidates))
 
     async def _fuse(self, ex: Exchange) -> None:
         fs = ex.generation.settings.fusion

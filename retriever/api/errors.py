@@ -1,4 +1,5 @@
-"""The one place where domain errors become gRPC status codes, plus the per-RPC access log."""
+"""The one place where domain errors become gRPC status codes, plus the per-RPC access log (metrics:
+`retriever.api.interceptors`)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
-from retriever.core import metrics
 from retriever.core.errors import (
     BranchFailed,
     DeadlineExceeded,
@@ -80,8 +80,6 @@ def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Meth
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
             finally:
                 elapsed = time.perf_counter() - t0
-                metrics.RPCS.labels(method, code.name).inc()
-                metrics.RPC_LATENCY.labels(method).observe(elapsed)
                 log.info("%s %s %.2fms", method, code.name, elapsed * 1000)
 
         return wrapper

@@ -20,6 +20,7 @@ from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
 from retriever.api.admin import ADMIN_SERVICE, AdminServicer
 from retriever.api.errors import rpc
+from retriever.api.interceptors import MetricsInterceptor
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
 from retriever.service import SearchService
@@ -136,6 +137,7 @@ class QuarryServer:
             start_http_server(s.metrics_port, addr=s.host)
             log.info("metrics on http://%s:%d/metrics", s.host, s.metrics_port)
         server = grpc.aio.server(
+            interceptors=[MetricsInterceptor()],
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             options=[
                 # Shared only between this server's own workers; else never share a port silently.

@@ -1,9 +1,25 @@
-"""Prometheus metrics, one name per component (the branch name is a label, as in logs and config)."""
+"""Prometheus metrics of the serving path, on prometheus_client's one default registry (exposed on
+`server.metrics_port`). The names are documented in docs/operations.md; the branch name is a label, as in
+logs and config. The ranker's metrics live in `ranker.metrics`, the user store's in
+`retriever.features.recent` (each layer registers its own, in the same registry)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+_FAST = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
+
+GRPC_REQUESTS = Counter(
+    "quarry_grpc_requests_total",
+    "Unary RPCs by service, method and status code",
+    ["service", "method", "code"],
+)
+GRPC_LATENCY = Histogram(
+    "quarry_grpc_request_seconds",
+    "Unary RPC latency (server side, handler start to end)",
+    ["service", "method"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+)
 BRANCH_RESULTS = Counter(
     "quarry_branch_results_total",
     "Recall branch outcomes (ok, skipped, timeout, error, disabled)",
@@ -13,12 +29,25 @@ BRANCH_LATENCY = Histogram(
     "quarry_branch_latency_seconds",
     "Latency of successful recall branch calls",
     ["collection", "branch"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0),
+    buckets=_FAST,
 )
-RPCS = Counter("quarry_rpcs_total", "RPCs by method and status code", ["method", "code"])
-RPC_LATENCY = Histogram(
-    "quarry_rpc_latency_seconds",
-    "RPC latency by method",
-    ["method"],
-    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0, 5.0),
+BRANCH_CANDIDATES = Histogram(
+    "quarry_branch_candidates",
+    "Candidates a successful branch call returned",
+    ["collection", "branch"],
+    buckets=(0, 1, 5, 10, 25, 50, 100, 200, 500, 1000),
 )
+EVENTS = Counter(
+    "quarry_events_total",
+    "LogEvents records by outcome (accepted, duplicate, rejected)",
+    ["collection", "outcome"],
+)
+GENERATION = Gauge(
+    "quarry_generation_info",
+    "1 for the generation each collection serves now",
+    ["collection", "snapshot_version", "generation"],
+)
+GENERATION_SINCE = Gauge(
+    "quarry_generation_serving_since_seconds", "Unix time the serving generation went live", ["collection"]
+)
+ITEMS = Gauge("quarry_collection_items", "Items in the serving generation", ["collection"])

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from cachetools import TTLCache
+from prometheus_client import Counter, Gauge, Histogram
 
 from common.settings import RedisSettings
 from common.types import UserCounters
@@ -43,6 +44,18 @@ class RecentItem:
     type: str
     ts: float
     weight: float
+
+
+REDIS_LATENCY = Histogram(
+    "quarry_redis_latency_seconds",
+    "Redis user-store calls that answered, by operation (append, recent, counters)",
+    ["op"],
+    buckets=(0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05),
+)
+REDIS_ERRORS = Counter(
+    "quarry_redis_errors_total", "Redis user-store calls that failed, by operation and error", ["op", "error"]
+)
+REDIS_BREAKER_OPEN = Gauge("quarry_redis_breaker_open", "1 while the Redis circuit breaker is open")
 
 
 class StoreUnavailable(Exception):
@@ -205,6 +218,10 @@ class CircuitBreaker:
         if self._open_until > time.monotonic():
             raise StoreUnavailable("redis circuit breaker is open after repeated failures")
 
+    @property
+    def is_open(self) -> bool:
+        return self._open_until > time.monotonic()
+
     def success(self) -> None:
         self._count = 0
 
@@ -240,16 +257,25 @@ class RedisRecentStore:
         tag = f"{{{collection}:{user_id}}}"
         return [f"quarry:{tag}:recent", f"quarry:{tag}:seen", f"quarry:{tag}:counters", f"quarry:{tag}:items"]
 
-    async def _guard(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _guard(self, call: Callable[[], Awaitable[T]], op: str = "read") -> T:
         import redis
 
-        self.breaker.check()  # before the command is even created: an open breaker costs nothing
+        try:
+            self.breaker.check()  # before the command is even created: an open breaker costs nothing
+        except StoreUnavailable:
+            REDIS_ERRORS.labels(op, "breaker_open").inc()
+            raise
+        t0 = time.perf_counter()
         try:
             result = await call()
         except (redis.RedisError, OSError, TimeoutError) as exc:
             self.breaker.failure()
+            REDIS_ERRORS.labels(op, type(exc).__name__).inc()
+            REDIS_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
             raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+        REDIS_LATENCY.labels(op).observe(time.perf_counter() - t0)
         self.breaker.success()
+        REDIS_BREAKER_OPEN.set(0)
         return result
 
     async def append(self, collection: str, events: Sequence[UserEvent]) -> list[bool]:
@@ -264,7 +290,7 @@ class RedisRecentStore:
             for i in idxs:
                 args += [events[i].event_id, _payload(events[i])]
             await self._append(keys=self._keys(collection, user), args=args, client=pipe)
-        results = await self._guard(pipe.execute)
+        results = await self._guard(pipe.execute, "append")
         for user in by_user:
             self._counter_cache.pop((collection, user), None)
         for (_user, idxs), flags in zip(order, results, strict=True):
@@ -274,7 +300,7 @@ class RedisRecentStore:
 
     async def recent(self, collection: str, user_id: str, n: int) -> list[RecentItem]:
         key = self._keys(collection, user_id)[0]
-        raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1))
+        raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1), "recent")
         return [_parse(r) for r in raw]
 
     async def counters(self, collection: str, user_id: str) -> UserCounters:
@@ -289,7 +315,7 @@ class RedisRecentStore:
             pipe.pfcount(keys[3])
             return await pipe.execute()  # type: ignore[no-any-return]
 
-        raw, distinct = await self._guard(read)
+        raw, distinct = await self._guard(read, "counters")
         h = {k.decode(): float(v) for k, v in raw.items()}
         out = UserCounters(
             int(h.get("events_total", 0)), h.get("weight_sum", 0.0), int(distinct), h.get("last_ts", 0.0)

@@ -120,6 +120,12 @@ def test_hot_swap_under_load_never_fails_or_mixes(
     assert {versions[s[-1]] for s in load.seen} == {4}
     again = stub.Reload(admin_pb2.ReloadRequest(collection="tiny"), metadata=AUTH, timeout=60)
     assert again.unchanged
+    from prometheus_client import REGISTRY
+
+    for v, n in versions.items():
+        labels = {"collection": "tiny", "snapshot_version": v, "generation": f"gen-00000{n}"}
+        # The gauge names the serving generation only: each swap removed the one it replaced.
+        assert REGISTRY.get_sample_value("quarry_generation_info", labels) == (1.0 if n == 4 else None)
 
 
 def test_rollback_under_load_and_the_pointer_follows(
