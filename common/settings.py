@@ -51,6 +51,9 @@ class ServerSettings(_Model):
     max_receive_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024
     shutdown_grace_s: Annotated[float, Field(ge=0)] = 5.0
     reflection: bool = True
+    #: One access-log line per RPC (logger quarry.access, INFO), for this share of RPCs (sampled at random).
+    access_log: bool = True
+    access_log_sample: Annotated[float, Field(ge=0, le=1)] = 1.0
     #: Prometheus /metrics HTTP port (None: not exposed; 0 is not allowed here).
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     #: TLS: the server's certificate chain and private key (PEM). Unset: plaintext (keep it on loopback).
@@ -232,6 +235,8 @@ class QuarrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUARRY_", env_nested_delimiter="__", extra="forbid")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    #: "text" for people, "json" for log pipelines (one object per line; see common/logs.py).
+    log_format: Literal["text", "json"] = "text"
     #: Snapshot directories to serve (one collection each).
     snapshots: list[Path] = Field(default_factory=list)
     #: A snapshot root (common.snapshot_root): serve the live generation of every collection under it.

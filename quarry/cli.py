@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,26 +12,27 @@ from typing import Any, TypeVar
 
 import click
 
+from common.logs import configure_logging
 from retriever.settings import load_settings
 
 T = TypeVar("T")
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-    # faiss's loader reports, at INFO on every start, each SIMD build it tried before the one that loads.
-    logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--log-level", default="INFO", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), show_default=True
 )
-def main(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    envvar="QUARRY_LOG_FORMAT",
+    type=click.Choice(["text", "json"]),
+    show_default=True,
+    help="json: one JSON object per line (also $QUARRY_LOG_FORMAT).",
+)
+def main(log_level: str, log_format: str) -> None:
     """Quarry: search & recommendation retrieval (tantivy, hnswlib, faiss, onnxruntime over gRPC)."""
-    _setup_logging(log_level)
+    configure_logging(log_level, log_format)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------------- index
@@ -293,6 +293,8 @@ def serve(
     from retriever.api.server import serve_workers
 
     settings = load_settings(config)
+    if settings.log_format == "json":  # a config file's choice (the flag and env var are read earlier)
+        configure_logging(logging.getLevelName(logging.getLogger().level), "json")
     try:
         server_over = settings.server.model_validate(
             {

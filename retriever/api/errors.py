@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -46,6 +47,40 @@ def status_for(exc: QuarryError) -> grpc.StatusCode:
 Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
+class AccessLog:
+    """One line per RPC on the `quarry.access` logger (INFO), for a random `sample` share of RPCs."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+        self.sample = 1.0
+
+    def configure(self, *, enabled: bool, sample: float) -> None:
+        self.enabled, self.sample = enabled, sample
+
+    def write(self, method: str, code: grpc.StatusCode, elapsed_s: float, request: Any) -> None:
+        if not self.enabled or not log.isEnabledFor(logging.INFO):
+            return
+        if self.sample < 1.0 and random.random() >= self.sample:
+            return
+        ms = elapsed_s * 1000
+        log.info(
+            "%s %s %.2fms",
+            method,
+            code.name,
+            ms,
+            extra={
+                "method": method,
+                "code": code.name,
+                "latency_ms": round(ms, 3),
+                "collection": getattr(request, "collection", ""),
+                "request_id": getattr(request, "request_id", ""),
+            },
+        )
+
+
+access_log = AccessLog()
+
+
 def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Method], Method]:
     """Wrap a unary handler: parse the raw request (so malformed bytes, e.g. invalid UTF-8 in a string
     field, become INVALID_ARGUMENT instead of grpc's generic deserialisation failure), map domain errors
@@ -57,6 +92,7 @@ def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Meth
         async def wrapper(self: Any, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
             t0 = time.perf_counter()
             code = grpc.StatusCode.OK
+            request: Any = None
             try:
                 if auth:
                     self.authorize(context)
@@ -79,8 +115,7 @@ def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Meth
                 log.exception("%s: internal error", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error (logged on the server)")
             finally:
-                elapsed = time.perf_counter() - t0
-                log.info("%s %s %.2fms", method, code.name, elapsed * 1000)
+                access_log.write(method, code, time.perf_counter() - t0, request)
 
         return wrapper
 

@@ -13,13 +13,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from common.index.text import warm_up
+from common.logs import configure_logging
 from common.settings import QuarrySettings
 from common.snapshot import read_manifest
 from common.snapshot_root import SnapshotRoot
 from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
 from retriever.api.admin import ADMIN_SERVICE, AdminServicer
-from retriever.api.errors import rpc
+from retriever.api.errors import access_log, rpc
 from retriever.api.interceptors import MetricsInterceptor
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
@@ -129,6 +130,7 @@ class QuarryServer:
 
     async def start(self) -> int:
         s = self.settings.server
+        access_log.configure(enabled=s.access_log, sample=s.access_log_sample)
         warm_up()
         limit_native_threads()
         if s.metrics_port is not None:
@@ -219,7 +221,11 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
         settings = settings.model_copy(update={"admin": settings.admin.model_copy(update={"watch": True})})
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no inherited threads or native state
     procs = [
-        ctx.Process(target=_worker_main, args=(settings, list(snapshots), root), name=f"quarry-worker-{i}")
+        ctx.Process(
+            target=_worker_main,
+            args=(settings, list(snapshots), root, _current_format()),
+            name=f"quarry-worker-{i}",
+        )
         for i in range(settings.server.workers)
     ]
     for p in procs:
@@ -257,11 +263,15 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
         raise SystemExit(f"workers failed with exit codes {failed}")
 
 
-def _worker_main(settings: QuarrySettings, snapshots: list[Path], root: Path | None) -> None:
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    )
+def _worker_main(settings: QuarrySettings, snapshots: list[Path], root: Path | None, log_format: str) -> None:
+    configure_logging(settings.log_level, log_format)  # type: ignore[arg-type]
     asyncio.run(serve(settings, snapshots, root))
+
+
+def _current_format() -> str:
+    """The parent's log format, so workers log like it (JSON formatters carry rename_fields)."""
+    handlers = logging.getLogger().handlers
+    return "json" if handlers and type(handlers[0].formatter).__name__ == "JsonFormatter" else "text"
 
 
 async def serve(settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None = None) -> None:
