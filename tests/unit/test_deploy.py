@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from click.testing import CliRunner
 
@@ -52,3 +53,21 @@ def test_dockerfile_copies_every_package_the_project_installs() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     copied = {part for src in re.findall(r"^COPY (.+) \S+$", text, flags=re.M) for part in src.split()}
     assert packages <= copied, f"the image would lack {sorted(packages - copied)}"
+
+
+def test_compose_gpu_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    gpu = doc["services"]["retriever-gpu"]
+    assert gpu["profiles"] == ["gpu"] and gpu["build"]["args"]["QUARRY_EXTRA"] == "gpu"
+    assert "QUARRY_EXTRA" in (ROOT / gpu["build"]["dockerfile"]).read_text(), (
+        "the Dockerfile takes the build arg"
+    )
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"] and device["count"] == 1
+    r = CliRunner().invoke(main, [*gpu["command"], "--help"])
+    assert r.exit_code == 0, r.output
+    from common.settings import QuarrySettings
+
+    for k, v in gpu["environment"].items():
+        monkeypatch.setenv(k, str(v))
+    assert QuarrySettings().defaults.ann.use_gpu == "always"
