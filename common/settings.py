@@ -231,6 +231,16 @@ class AdminSettings(_Model):
     watch_interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+class TracingSettings(_Model):
+    """OpenTelemetry: one span per RPC with child spans for recall (one per branch), fusion and ranking."""
+
+    #: OTLP/gRPC collector, e.g. "http://127.0.0.1:4317"; None (the default): no tracing, no exporter.
+    otlp_endpoint: str | None = None
+    service_name: str = "quarry"
+    #: Share of new traces recorded (parent-based: a caller's sampling decision is kept).
+    sample_ratio: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+
 class QuarrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QUARRY_", env_nested_delimiter="__", extra="forbid")
 
@@ -247,6 +257,7 @@ class QuarrySettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     defaults: CollectionSettings = Field(default_factory=CollectionSettings)
     #: Per-collection overrides, merged over `defaults` key by key.
     collections: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -11,9 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry import trace
 
 from common.geo import haversine_m, haversine_many
-from common.settings import BranchSpec, CollectionSettings, QuarrySettings
+from common.settings import BranchSpec, CollectionSettings, FusionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, UserCounters
 from ranker.base import FusedOrder, Ranker
 from retriever.core import fusion, metrics
@@ -36,8 +37,11 @@ class SearchService:
         registry: Registry,
         ranker: Ranker | None = None,
         recent: RecentStore | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         self.settings = settings
+        #: No-op unless a provider is given or installed globally (retriever.tracing).
+        self.tracer = trace.get_tracer("quarry.retriever", tracer_provider=tracer_provider)
         self.registry = registry
         self.ranker: Ranker = ranker or FusedOrder()
         self.recent: RecentStore = recent or make_recent_store(settings.redis)
@@ -115,9 +119,10 @@ class SearchService:
             terms=analyze_query(query.text, collection.analyzers, self.settings.limits.max_query_terms),
             recent=self.recent,
         )
-        ex.results = await run_branches(
-            collection.branches, ex.specs, request, ex.deadline, collection.unavailable
-        )
+        with self.tracer.start_as_current_span("recall", attributes={"quarry.collection": collection.name}):
+            ex.results = await run_branches(
+                collection.branches, ex.specs, request, ex.deadline, collection.unavailable, self.tracer
+            )
         if ex.deadline is not None and time.monotonic() >= ex.deadline:
             raise DeadlineExceeded("the request deadline expired during recall")
         ex.degraded = any(r.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR) for r in ex.results)
@@ -129,7 +134,11 @@ class SearchService:
 
     async def _fuse(self, ex: Exchange) -> None:
         fs = ex.generation.settings.fusion
-        ex.fused = fusion.fuse(
+        with self.tracer.start_as_current_span("fusion", attributes={"quarry.fusion": fs.strategy}):
+            ex.fused = self._fused(ex, fs)
+
+    def _fused(self, ex: Exchange, fs: FusionSettings) -> list[Fused]:
+        return fusion.fuse(
             {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK},
             strategy=fs.strategy,
             rrf_k=fs.rrf_k,
@@ -145,7 +154,10 @@ class SearchService:
         counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
         ex.degraded = ex.degraded or not store_ok
         ranker = collection.ranker or self.ranker
-        ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters)
+        with self.tracer.start_as_current_span(
+            "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": len(ex.fused)}
+        ):
+            ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters)
 
     async def _hydrate(self, ex: Exchange) -> None:
         ex.hits = self._hits(ex.fused[: ex.query.top_k], ex.generation, ex.query.location)

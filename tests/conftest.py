@@ -162,6 +162,7 @@ class ServerThread:
         *,
         root: Path | None = None,
         admin_token: str = "",
+        tracer_provider: object = None,
         **settings_update: object,
     ) -> None:
         import asyncio
@@ -185,7 +186,9 @@ class ServerThread:
         from common.snapshot_root import SnapshotRoot
 
         store = SnapshotRoot(root) if root is not None else None
-        self.server = QuarryServer(settings, load_collections(settings, snapshots, store), store)
+        self.server = QuarryServer(
+            settings, load_collections(settings, snapshots, store), store, tracer_provider=tracer_provider
+        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="quarry-test-server", daemon=True)
         self._thread.start()

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry import trace
 
 from retriever.core.errors import (
     BranchFailed,
@@ -63,6 +64,7 @@ class AccessLog:
         if self.sample < 1.0 and random.random() >= self.sample:
             return
         ms = elapsed_s * 1000
+        span = trace.get_current_span().get_span_context()
         log.info(
             "%s %s %.2fms",
             method,
@@ -74,6 +76,7 @@ class AccessLog:
                 "latency_ms": round(ms, 3),
                 "collection": getattr(request, "collection", ""),
                 "request_id": getattr(request, "request_id", ""),
+                "trace_id": format(span.trace_id, "032x") if span.is_valid else "",
             },
         )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
 
 from common.index.text import warm_up
 from common.logs import configure_logging
@@ -25,6 +26,7 @@ from retriever.api.interceptors import MetricsInterceptor
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
 from retriever.service import SearchService
+from retriever.tracing import make_tracer_provider
 
 log = logging.getLogger(__name__)
 
@@ -116,11 +118,18 @@ class QuarryServer:
     """Owns the grpc.aio server, the health service and the core."""
 
     def __init__(
-        self, settings: QuarrySettings, registry: Registry, root: SnapshotRoot | None = None
+        self,
+        settings: QuarrySettings,
+        registry: Registry,
+        root: SnapshotRoot | None = None,
+        *,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
-        self.core = SearchService(settings, registry)
+        #: Spans go to this provider (tests pass one with an in-memory exporter), else OTLP when configured.
+        self.tracer_provider = tracer_provider or make_tracer_provider(settings.tracing)
+        self.core = SearchService(settings, registry, tracer_provider=self.tracer_provider)
         self.lifecycle = Lifecycle(settings, registry, root)
         self._stop_watch = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
@@ -138,8 +147,13 @@ class QuarryServer:
 
             start_http_server(s.metrics_port, addr=s.host)
             log.info("metrics on http://%s:%d/metrics", s.host, s.metrics_port)
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
+        if self.tracer_provider is not None:
+            from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+            interceptors.append(aio_server_interceptor(tracer_provider=self.tracer_provider))
         server = grpc.aio.server(
-            interceptors=[MetricsInterceptor()],
+            interceptors=interceptors,
             maximum_concurrent_rpcs=s.max_concurrent_rpcs,
             options=[
                 # Shared only between this server's own workers; else never share a port silently.
@@ -196,6 +210,8 @@ class QuarryServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace_s if grace is None else grace)
         await self.core.aclose()
+        if self.tracer_provider is not None:
+            self.tracer_provider.force_flush()
         self.server = None
 
     async def wait(self) -> None:

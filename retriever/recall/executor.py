@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
+
+from opentelemetry import trace
 
 from common.settings import BranchSpec
 from retriever.core.errors import BranchFailed
@@ -52,21 +54,34 @@ async def _run_one(
     return BranchResult(name, BranchStatus.OK, candidates=cands[: spec.quota], latency_ms=ms)
 
 
+async def _traced(tracer: trace.Tracer, name: str, run: Awaitable[BranchResult]) -> BranchResult:
+    with tracer.start_as_current_span(f"branch {name}", attributes={"quarry.branch": name}) as span:
+        res = await run
+        span.set_attribute("quarry.branch.status", res.status.value)
+        span.set_attribute("quarry.branch.candidates", len(res.candidates))
+        if res.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR):
+            span.set_status(trace.Status(trace.StatusCode.ERROR, res.detail))
+        return res
+
+
 async def run_branches(
     branches: Mapping[str, RecallBranch],
     specs: Mapping[str, BranchSpec],
     request: RecallRequest,
     deadline: float | None = None,
     unavailable: Mapping[str, str] | None = None,
+    tracer: trace.Tracer | None = None,
 ) -> list[BranchResult]:
-    """Run every enabled branch concurrently; the result list follows `specs` order."""
+    """Run every enabled branch concurrently; the result list follows `specs` order. With `tracer`, each
+    branch runs in its own span (a child of the caller's), carrying its status and candidate count."""
     results: list[BranchResult] = []
     tasks: dict[str, asyncio.Task[BranchResult]] = {}
     async with asyncio.TaskGroup() as tg:
         for name, spec in specs.items():
             branch = branches.get(name)
             if branch is not None and spec.enabled:
-                tasks[name] = tg.create_task(_run_one(branch, spec, request, deadline))
+                run = _run_one(branch, spec, request, deadline)
+                tasks[name] = tg.create_task(run if tracer is None else _traced(tracer, name, run))
     for name, spec in specs.items():
         if name in tasks:
             res = tasks[name].result()
