@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -119,7 +119,7 @@ def index_build(
     no_progress: bool,
 ) -> None:
     """Build a snapshot from a data set or a catalog file."""
-    from common.catalog import CatalogError, read_events, read_items
+    from common.catalog import CatalogError, Event, read_events, read_items
     from common.index.text import Analyzer, TextField
     from common.snapshot import SnapshotError
     from common.snapshot_root import SnapshotRoot
@@ -144,6 +144,7 @@ def index_build(
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
             items, source = ds.items(), ds.source
+            events: Iterator[Event] | None
             if events_path is not None:
                 events = read_events(events_path)
             else:
@@ -366,11 +367,13 @@ def _echo_status(s: Any) -> None:
 @admin.command("status")
 @_admin_options
 @click.option("--collection", default="", help="Only this collection.")
-def admin_status(target: str, token: str, collection: str, **tls: Path | None) -> None:
+def admin_status(
+    target: str, token: str, collection: str, ca: Path | None, cert: Path | None, key: Path | None
+) -> None:
     """What every collection serves now."""
     from quarry.client import AdminClient
 
-    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
+    with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
         reply = _rpc(lambda: client.status(collection))
     for s in reply.collections:
         _echo_status(s)
@@ -380,11 +383,19 @@ def admin_status(target: str, token: str, collection: str, **tls: Path | None) -
 @_admin_options
 @click.option("--collection", required=True)
 @click.option("--generation", default="", help="A named generation (default: the root's live one).")
-def admin_reload(target: str, token: str, collection: str, generation: str, **tls: Path | None) -> None:
+def admin_reload(
+    target: str,
+    token: str,
+    collection: str,
+    generation: str,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
     """Load, validate and switch to a generation without a restart."""
     from quarry.client import AdminClient
 
-    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
+    with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
         reply = _rpc(lambda: client.reload(collection, generation))
     if reply.unchanged:
         click.echo(f"{collection}: already serving {reply.status.snapshot_version}")
@@ -399,11 +410,19 @@ def admin_reload(target: str, token: str, collection: str, generation: str, **tl
 @_admin_options
 @click.option("--collection", required=True)
 @click.option("--generation", default="", help="Generation to return to (default: the previous one).")
-def admin_rollback(target: str, token: str, collection: str, generation: str, **tls: Path | None) -> None:
+def admin_rollback(
+    target: str,
+    token: str,
+    collection: str,
+    generation: str,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
     """Serve an older generation again (and make it the root's live one)."""
     from quarry.client import AdminClient
 
-    with _rpc(lambda: AdminClient(target, token, **tls)) as client:
+    with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
         reply = _rpc(lambda: client.rollback(collection, generation))
     click.echo(
         f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"

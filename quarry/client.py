@@ -152,10 +152,19 @@ def format_response(resp: pb.SearchResponse, text: str = "", *, what: str | None
 class AdminClient:
     """quarry.v1.AdminService with the bearer token on every call (used by `quarry admin ...`)."""
 
-    def __init__(self, target: str, token: str, *, timeout_s: float = 600.0, **tls: Path | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        token: str,
+        *,
+        timeout_s: float = 600.0,
+        ca: Path | None = None,
+        cert: Path | None = None,
+        key: Path | None = None,
+    ) -> None:
         from common.v1 import admin_pb2_grpc
 
-        self._channel = channel(target, **tls)
+        self._channel = channel(target, ca=ca, cert=cert, key=key)
         self._stub = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._timeout = timeout_s

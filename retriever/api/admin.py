@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 import grpc
 
@@ -70,10 +71,10 @@ class AdminServicer:
         return _reload(await self.lifecycle.rollback(_required(request.collection), request.generation))
 
     def handler(self) -> grpc.GenericRpcHandler:
-        def unary(fn: object, response: type) -> grpc.RpcMethodHandler:
+        def unary(fn: Any, response: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=None, response_serializer=response.SerializeToString
-            )  # type: ignore[attr-defined]
+            )
 
         return grpc.method_handlers_generic_handler(
             ADMIN_SERVICE,

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,10 +66,10 @@ class SearchServicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         # request_deserializer=None hands the handlers raw bytes, so decoding errors are ours to report.
-        def unary(fn: object, response: type) -> grpc.RpcMethodHandler:
+        def unary(fn: Any, response: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
                 fn, request_deserializer=None, response_serializer=response.SerializeToString
-            )  # type: ignore[attr-defined]
+            )
 
         return grpc.method_handlers_generic_handler(
             SEARCH_SERVICE,
