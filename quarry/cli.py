@@ -101,7 +101,7 @@ def index() -> None:
     help="Text field to embed (repeatable; default: the data set's choice, else all text fields).",
 )
 @click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="No progress bars (logs and CI).")
 def index_build(
     dataset: str | None,
     catalog: Path | None,
@@ -318,6 +318,8 @@ def serve(
         serve_workers(settings, dirs, root)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    except OSError as exc:  # e.g. the port is taken
+        raise click.ClickException(f"cannot serve: {exc}") from None
     except SnapshotError as exc:
         raise click.ClickException(f"refusing to serve: {exc}") from None
 
@@ -331,7 +333,13 @@ def _rpc(call: Callable[[], T]) -> T:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     except grpc.RpcError as exc:
-        raise click.ClickException(f"{exc.code().name}: {exc.details()}") from None  # type: ignore[attr-defined]
+        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        if code is grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
+            raise click.ClickException(
+                "cannot reach a Quarry server there (connection refused or no such host): "
+                "is `quarry serve` running, and is --target right?"
+            ) from None
+        raise click.ClickException(f"{code.name}: {details}") from None
 
 
 # ---------------------------------------------------------------------------------------------- admin
@@ -341,7 +349,9 @@ def admin() -> None:
 
 
 def _admin_options(fn: Callable[..., None]) -> Callable[..., None]:
-    fn = click.option("--target", default="127.0.0.1:50051", show_default=True)(fn)
+    fn = click.option(
+        "--target", default="127.0.0.1:50051", show_default=True, help="Server address (host:port)."
+    )(fn)
     fn = click.option(
         "--token", envvar="QUARRY_ADMIN__TOKEN", required=True, help="Admin token (or $QUARRY_ADMIN__TOKEN)."
     )(fn)
@@ -433,12 +443,14 @@ def admin_rollback(
 # ---------------------------------------------------------------------------------------------- query
 @main.command()
 @click.argument("text", required=False, default="")
-@click.option("--target", default="127.0.0.1:50051", show_default=True)
+@click.option("--target", default="127.0.0.1:50051", show_default=True, help="Server address (host:port).")
 @click.option("--collection", required=True)
-@click.option("--lat", type=float)
-@click.option("--lon", type=float)
-@click.option("--radius-m", type=float, default=0.0)
-@click.option("--user", default="")
+@click.option("--lat", type=float, help="Request location: latitude (with --lon).")
+@click.option("--lon", type=float, help="Request location: longitude (with --lat).")
+@click.option(
+    "--radius-m", type=float, default=0.0, help="Only items within this many metres of the location (0: any)."
+)
+@click.option("--user", default="", help="User id: personalises recall (behavior) and ranking.")
 @click.option("--top-k", type=int, default=10, show_default=True)
 @click.option("--category", "categories", multiple=True, help="Category filter (repeatable: any of).")
 @click.option(
@@ -450,7 +462,7 @@ def admin_rollback(
 )
 @click.option("--debug", is_flag=True, help="Show per-branch statistics.")
 @click.option("--json", "as_json", is_flag=True, help="Print the raw response as JSON.")
-@click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="RPC deadline in seconds.")
 def query(
     text: str,
     target: str,
@@ -494,16 +506,18 @@ def query(
 
 
 @main.command("recommend")
-@click.option("--target", default="127.0.0.1:50051", show_default=True)
+@click.option("--target", default="127.0.0.1:50051", show_default=True, help="Server address (host:port).")
 @click.option("--collection", required=True)
 @click.option("--user", default="", help="User id (unknown users get popular items).")
-@click.option("--lat", type=float)
-@click.option("--lon", type=float)
-@click.option("--radius-m", type=float, default=0.0)
+@click.option("--lat", type=float, help="Request location: latitude (with --lon).")
+@click.option("--lon", type=float, help="Request location: longitude (with --lat).")
+@click.option(
+    "--radius-m", type=float, default=0.0, help="Only items within this many metres of the location (0: any)."
+)
 @click.option("--top-k", type=int, default=10, show_default=True)
-@click.option("--category", "categories", multiple=True)
-@click.option("--debug", is_flag=True)
-@click.option("--timeout", type=float, default=5.0, show_default=True)
+@click.option("--category", "categories", multiple=True, help="Category filter (repeatable: any of).")
+@click.option("--debug", is_flag=True, help="Show per-branch statistics.")
+@click.option("--timeout", type=float, default=5.0, show_default=True, help="RPC deadline in seconds.")
 def recommend_cmd(
     target: str,
     collection: str,

@@ -95,6 +95,13 @@ class SearchService:
 
     # -- stages: each reads and fills the request's Exchange; pipelines below declare their order --------
 
+    async def _require_intent(self, ex: Exchange) -> None:
+        q = ex.query
+        if not q.text.strip() and q.location is None and not q.user_id:
+            raise InvalidArgument(
+                "a Search needs query text, a location or a user_id (to browse without any, use Recommend)"
+            )
+
     async def _reject_text(self, ex: Exchange) -> None:
         if ex.query.text:
             raise InvalidArgument("Recommend takes no query text; use Search")
@@ -265,12 +272,21 @@ _S = SearchService
 SEARCH = Pipeline(
     "search",
     lambda cs: cs.branches,
-    (_S._validate, _S._prefetch_user, _S._recall, _S._fuse, _S._post_filter, _S._rank, _S._hydrate),
+    (
+        _S._require_intent,
+        _S._validate,
+        _S._prefetch_user,
+        _S._recall,
+        _S._fuse,
+        _S._post_filter,
+        _S._rank,
+        _S._hydrate,
+    ),
 )
 RECOMMEND = Pipeline(
     "recommend",
     lambda cs: cs.recommend_branches,
-    (_S._reject_text, *SEARCH.stages),
+    (_S._reject_text, *SEARCH.stages[1:]),
 )
 #: What the ranking stage sees, for offline training: the same stages up to ranking.
 SEARCH_CANDIDATES = Pipeline(

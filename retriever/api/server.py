@@ -181,12 +181,18 @@ class QuarryServer:
                 root_certificates=ca,
                 require_client_auth=ca is not None,
             )
-            self.port = server.add_secure_port(address, credentials)
+            try:
+                self.port = server.add_secure_port(address, credentials)
+            except RuntimeError:
+                self.port = 0
             log.info("TLS on (%s)", "client certificates required" if ca else "server certificate only")
         else:
-            self.port = server.add_insecure_port(address)
+            try:
+                self.port = server.add_insecure_port(address)
+            except RuntimeError:
+                self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {s.host}:{s.port}")
+            raise OSError(f"could not bind {address}: the port is in use or the address is not local")
         await server.start()
         self.server = server
         serving = (

@@ -100,3 +100,27 @@ def test_rank_load_profiles_into_redis(tmp_path: Path, redis_url: str) -> None:
 
     h = redis.Redis.from_url(redis_url).hgetall("quarry:{cli-prof:u}:counters")
     assert int(h[b"events_total"]) == 2 and float(h[b"weight_sum"]) == 4.0
+
+
+def test_unreachable_server_and_taken_port_are_one_clear_line(server: str, tiny_snapshot: Path) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"  # bound, never listening: connection refused
+        r = CliRunner().invoke(main, ["query", "--target", dead, "--collection", "x", "--timeout", "2", "q"])
+    assert (
+        r.exit_code == 1 and "cannot reach a Quarry server there" in r.output and "Traceback" not in r.output
+    )
+    port = server.rsplit(":", 1)[1]  # the session server holds this port
+    r = CliRunner().invoke(main, ["serve", "--snapshot", str(tiny_snapshot), "--port", port])
+    assert r.exit_code == 1 and "cannot serve: could not bind" in r.output
+    assert len(r.output.strip().splitlines()) <= 3, r.output  # (log lines of the load may precede it)
+
+
+def test_a_search_without_anything_to_search_by_is_invalid(server: str) -> None:
+    r = CliRunner().invoke(main, ["query", "--target", server, "--collection", "geonames"])
+    assert (
+        r.exit_code == 1
+        and "INVALID_ARGUMENT: a Search needs query text, a location or a user_id" in r.output
+    )

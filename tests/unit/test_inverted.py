@@ -68,7 +68,10 @@ def test_query_syntax_is_not_interpreted(service: SearchService, text: str) -> N
 
 
 def test_empty_and_stopword_queries_skip_the_branch(service: SearchService) -> None:
-    res = search(service, "")
+    # A Search with nothing to search by is a bad request (issue 13), not an empty answer.
+    with pytest.raises(InvalidArgument, match="a Search needs query text, a location or a user_id"):
+        search(service, "")
+    res = search(service, "", user_id="u1")  # only the user: the inverted branch has nothing to do
     assert res.hits == [] and res.branch_stats[0].status is BranchStatus.SKIPPED
     res = search(service, "!!! ???")
     assert res.hits == [] and res.branch_stats[0].status is BranchStatus.SKIPPED and not res.degraded
