@@ -123,8 +123,15 @@ def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             import lzma
 
             opener = lzma.open
-        with opener(path, "rt", encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
+        # Bytes, decoded line by line: invalid UTF-8 is reported with its line like any other bad record.
+        with opener(path, "rb") as fh:
+            for lineno, raw in enumerate(fh, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise CatalogError(
+                        f"{path}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line)"
+                    ) from None
                 if not line.strip():
                     continue
                 try:

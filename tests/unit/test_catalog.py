@@ -70,3 +70,10 @@ def test_events(tmp_path: Path) -> None:
 def test_item_model_is_strict() -> None:
     with pytest.raises(ValueError):
         Item(id=" padded", text={})
+
+
+def test_invalid_utf8_is_a_catalog_error_with_its_line(tmp_path: Path) -> None:
+    p = tmp_path / "items.jsonl"
+    p.write_bytes(b'{"id": "a"}\n{"id": "b\x80"}\n')
+    with pytest.raises(CatalogError, match=r"items\.jsonl:2: not valid UTF-8"):
+        list(read_items(p))
