@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -186,3 +187,66 @@ def test_fuzz_catalog_reader(
             list(reader(path))
         except CatalogError as exc:
             assert re.search(rf"{name}:\d+: \S", str(exc)), f"an error names the file and line: {exc}"
+
+
+@pytest.fixture(scope="module")
+def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from common.snapshot_root import SnapshotRoot
+    from tests.conftest import ServerThread
+    from tests.integration.test_lifecycle import TOKEN, publish
+
+    root = SnapshotRoot(tmp_path_factory.mktemp("fuzz-root") / "root")
+    publish(root, 1)
+    publish(root, 2)
+    srv = ServerThread([], root=root.root, admin_token=TOKEN)
+    try:
+        yield srv.target
+    finally:
+        srv.close()
+
+
+@FUZZ
+@given(
+    method=st.sampled_from(["Status", "Reload", "Rollback"]),
+    collection=st.one_of(st.just("tiny"), TEXT),
+    generation=st.one_of(st.sampled_from(["", "1", "gen-000002", "gen-9", "-1", "../x"]), TEXT),
+    # Header values gRPC can send (printable ASCII); others are refused client-side ("Invalid metadata").
+    token=st.one_of(
+        st.just("good"), st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=80)
+    ),
+    cut=st.integers(0, 10_000),
+    junk=st.binary(max_size=20),
+)
+def test_fuzz_admin(
+    admin_server: str, method: str, collection: str, generation: str, token: str, cut: int, junk: bytes
+) -> None:
+    from common.v1 import admin_pb2
+    from tests.integration.test_lifecycle import TOKEN
+
+    if method == "Status":
+        body = admin_pb2.StatusRequest(collection=collection).SerializeToString()
+    elif method == "Reload":
+        body = admin_pb2.ReloadRequest(collection=collection, generation=generation).SerializeToString()
+    else:
+        body = admin_pb2.RollbackRequest(collection=collection, generation=generation).SerializeToString()
+    if junk:
+        body = mangle(body, cut, junk)
+    bearer = f"Bearer {TOKEN}" if token == "good" else token
+    allowed = ALLOWED | {grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED}
+    with grpc.insecure_channel(admin_server) as ch:
+        call = ch.unary_unary(f"/quarry.v1.AdminService/{method}")
+        try:
+            call(body, timeout=60, metadata=(("authorization", bearer),))
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            assert code in allowed, f"{method} answered {code.name}: {exc.details()}"  # type: ignore[attr-defined]
+            assert exc.details()  # type: ignore[attr-defined]
+    _alive_admin(admin_server)
+
+
+def _alive_admin(target: str) -> None:
+    with grpc.insecure_channel(target) as ch:
+        res = search_pb2_grpc.SearchServiceStub(ch).Search(
+            pb.SearchRequest(collection="tiny", query="paris"), timeout=10
+        )
+        assert res.snapshot_version
