@@ -218,6 +218,27 @@ def load_vectors(directory: Path, meta: Mapping[str, Any], *, mmap: bool) -> np.
     return vectors
 
 
+def manifest_entry(
+    index: VectorIndex,
+    files: dict[str, str],
+    params: dict[str, Any],
+    library: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The snapshot manifest entry `save` returns and `check_meta` + the backend's `load` read back."""
+    entry: dict[str, Any] = {
+        "kind": index.kind,
+        "format": FORMAT_VERSION,
+        "metric": "ip",
+        "dim": index.dim,
+        "count": index.count,
+        "files": files,
+        "params": params,
+    }
+    if library is not None:
+        entry["library"] = library
+    return entry
+
+
 def check_meta(meta: Mapping[str, Any], kind: str) -> None:
     if meta.get("kind") != kind:
         raise ValueError(f"manifest entry is for a {meta.get('kind')!r} index, not {kind!r}")

@@ -11,7 +11,6 @@ from typing import Any, ClassVar, Self
 import numpy as np
 
 from common.index.vectors.base import (
-    FORMAT_VERSION,
     SearchParams,
     as_mask,
     as_queries,
@@ -20,6 +19,7 @@ from common.index.vectors.base import (
     check_meta,
     empty_result,
     load_vectors,
+    manifest_entry,
     save_vectors,
 )
 
@@ -144,15 +144,7 @@ class ExactIndex:
     def save(self, directory: Path) -> dict[str, Any]:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "metric": "ip",
-            "dim": self.dim,
-            "count": self.count,
-            "files": {"vectors": save_vectors(directory, self._vectors)},
-            "params": {},
-        }
+        return manifest_entry(self, {"vectors": save_vectors(directory, self._vectors)}, {})
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any], *, mmap: bool) -> Self:

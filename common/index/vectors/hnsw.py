@@ -18,7 +18,6 @@ import numpy as np
 
 from common.index.vectors.approximate import ApproximateIndex
 from common.index.vectors.base import (
-    FORMAT_VERSION,
     HNSW_EXACT_THRESHOLD,
     INT64,
     SearchParams,
@@ -28,6 +27,7 @@ from common.index.vectors.base import (
     empty_result,
     library_version,
     load_vectors,
+    manifest_entry,
     save_vectors,
 )
 from common.index.vectors.exact import exact_topk
@@ -204,14 +204,10 @@ class HnswIndex(ApproximateIndex):
         tmp = directory / (self.INDEX_FILE + ".tmp")
         self._index.save_index(str(tmp))
         os.replace(tmp, directory / self.INDEX_FILE)
-        return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "metric": "ip",
-            "dim": self.dim,
-            "count": self.count,
-            "files": {"index": self.INDEX_FILE, "vectors": vectors_file},
-            "params": {
+        return manifest_entry(
+            self,
+            {"index": self.INDEX_FILE, "vectors": vectors_file},
+            {
                 "M": self.M,
                 "ef_construction": self.ef_construction,
                 "ef_search": self.ef_search,
@@ -219,8 +215,8 @@ class HnswIndex(ApproximateIndex):
                 "overfetch_safety": self.overfetch_safety,
                 "max_overfetch": self.max_overfetch,
             },
-            "library": {"hnswlib": library_version("hnswlib")},
-        }
+            {"hnswlib": library_version("hnswlib")},
+        )
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any], *, mmap: bool) -> Self:

@@ -15,7 +15,6 @@ import numpy as np
 
 from common.index.vectors.approximate import ApproximateIndex
 from common.index.vectors.base import (
-    FORMAT_VERSION,
     IVF_EXACT_THRESHOLD,
     GpuMode,
     SearchParams,
@@ -24,6 +23,7 @@ from common.index.vectors.base import (
     check_meta,
     empty_result,
     load_vectors,
+    manifest_entry,
     require_faiss,
     save_vectors,
 )
@@ -296,14 +296,10 @@ class FaissIvfIndex(ApproximateIndex):
         tmp = directory / (self.INDEX_FILE + ".tmp")
         faiss.write_index(self._index, str(tmp))
         os.replace(tmp, directory / self.INDEX_FILE)
-        return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "metric": "ip",
-            "dim": self.dim,
-            "count": self.count,
-            "files": {"index": self.INDEX_FILE, "vectors": vectors_file},
-            "params": {
+        return manifest_entry(
+            self,
+            {"index": self.INDEX_FILE, "vectors": vectors_file},
+            {
                 "quantizer": self.quantizer,
                 "nlist": self.nlist,
                 "nprobe": self.nprobe,
@@ -312,8 +308,8 @@ class FaissIvfIndex(ApproximateIndex):
                 "refine_k_factor": self.refine_k_factor,
                 "filter_nprobe_exponent": self.filter_nprobe_exponent,
             },
-            "library": {"faiss": str(faiss.__version__)},
-        }
+            {"faiss": str(faiss.__version__)},
+        )
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any], *, mmap: bool, use_gpu: GpuMode = "auto") -> Self:
