@@ -443,6 +443,17 @@ def _echo_status(s: Any) -> None:
         click.echo(f"  root: {', '.join(s.generations)} (live {s.root_live or '-'})")
 
 
+def _echo_switch(collection: str, reply: Any) -> None:
+    """A Reload/Rollback answer (ReloadResponse): what changed, then the new status."""
+    if reply.unchanged:
+        click.echo(f"{collection}: already serving {reply.status.snapshot_version}")
+    else:
+        click.echo(
+            f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
+        )
+    _echo_status(reply.status)
+
+
 @admin.command("status")
 @_admin_options
 @click.option("--collection", default="", help="Only this collection.")
@@ -475,14 +486,7 @@ def admin_reload(
     from quarry.client import AdminClient
 
     with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
-        reply = _rpc(lambda: client.reload(collection, generation))
-    if reply.unchanged:
-        click.echo(f"{collection}: already serving {reply.status.snapshot_version}")
-    else:
-        click.echo(
-            f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
-        )
-    _echo_status(reply.status)
+        _echo_switch(collection, _rpc(lambda: client.reload(collection, generation)))
 
 
 @admin.command("rollback")
@@ -502,11 +506,7 @@ def admin_rollback(
     from quarry.client import AdminClient
 
     with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
-        reply = _rpc(lambda: client.rollback(collection, generation))
-    click.echo(
-        f"{collection}: {reply.previous_version} → {reply.status.snapshot_version} ({reply.load_ms:.0f} ms)"
-    )
-    _echo_status(reply.status)
+        _echo_switch(collection, _rpc(lambda: client.rollback(collection, generation)))
 
 
 # ---------------------------------------------------------------------------------------------- query
@@ -960,14 +960,10 @@ def bench_load_cmd(
 @click.option("-n", "n", default=500, show_default=True, help="Requests per data file.")
 def bench_ghz_data_cmd(snapshot: Path, out: Path, n: int) -> None:
     """Write ghz data files (Search, Recommend, LogEvents) from a snapshot's real data."""
-    from common.settings import QuarrySettings
-    from common.snapshot import read_manifest
+    from quarry.bench import open_collection
     from quarry.load import write_ghz_data
-    from retriever.generations import Collection
 
-    name = read_manifest(snapshot).collection
-    coll = Collection(snapshot, QuarrySettings().for_collection(name), verify="size")
-    for path in write_ghz_data(coll, out, n=n):
+    for path in write_ghz_data(open_collection(snapshot), out, n=n):
         click.echo(path)
 
 

@@ -34,18 +34,24 @@ PLACES_VARIANT = "cities15000"
 SYNTHETIC_USERS = 2000
 
 
-def _ensure_places(out: Path, rebuild: bool) -> None:
+def _reusable(out: Path) -> bool:
+    """A valid snapshot already at `out` (sizes checked), announced; False builds a new one."""
     from common.snapshot import SnapshotError, open_snapshot
+
+    try:
+        m = open_snapshot(out, verify="size")
+    except SnapshotError:
+        return False
+    print(f"using existing snapshot {m.snapshot_version} at {out} (pass --rebuild to rebuild)")
+    return True
+
+
+def _ensure_places(out: Path, rebuild: bool) -> None:
     from indexer.build import build_snapshot
     from indexer.datasets import geonames
 
-    if not rebuild:
-        try:
-            m = open_snapshot(out, verify="size")
-            print(f"using existing snapshot {m.snapshot_version} at {out} (pass --rebuild to rebuild)")
-            return
-        except SnapshotError:
-            pass
+    if not rebuild and _reusable(out):
+        return
     ds = geonames.load(out, variant=PLACES_VARIANT)
     print(
         f"building 'places' at {out}: GeoNames {PLACES_VARIANT} with MiniLM vectors and SYNTHETIC events "
@@ -58,17 +64,11 @@ def _ensure_places(out: Path, rebuild: bool) -> None:
 
 
 def _ensure_snapshot(out: Path, rebuild: bool, variant: str, encoder: str | None) -> None:
-    from common.snapshot import SnapshotError, open_snapshot
     from indexer.build import build_snapshot
     from indexer.datasets import geonames
 
-    if not rebuild:
-        try:
-            m = open_snapshot(out, verify="size")
-            print(f"using existing snapshot {m.snapshot_version} at {out} (pass --rebuild to rebuild)")
-            return
-        except SnapshotError:
-            pass
+    if not rebuild and _reusable(out):
+        return
     ds = geonames.load(out, variant=variant)
     print(f"building the GeoNames ({variant}) snapshot at {out} (vectors: {encoder or 'none'}) ...")
     build_snapshot(ds.items(), out, ds.build_options(overwrite=True, encoder=encoder), ds.source)
