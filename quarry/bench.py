@@ -7,6 +7,7 @@ people (and closing notes) to compare, with ratios against the raw calls that ma
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import statistics
 import time
@@ -16,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import SecretStr
 
 from common.settings import AnnSettings, BranchSpec, CollectionSettings
 
 
-def _pct(xs: Sequence[float], p: float) -> float:
+def percentile(xs: Sequence[float], p: float) -> float:
+    if not xs:
+        return float("nan")
     s = sorted(xs)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def _fmt(name: str, xs_us: Sequence[float], base: Sequence[float] | None = None) -> str:
-    row = f"  {name:<44} p50 {_pct(xs_us, 50):9.1f} µs   p99 {_pct(xs_us, 99):9.1f} µs"
+    row = f"  {name:<44} p50 {percentile(xs_us, 50):9.1f} µs   p99 {percentile(xs_us, 99):9.1f} µs"
     if base is not None:
         row += f"   ratio(p50) {statistics.median(xs_us) / statistics.median(base):5.2f}×"
     return row
@@ -160,11 +164,11 @@ def bench_search(
     from common.types import GeoPoint
     from retriever.core.types import SearchQuery
     from retriever.features.recent import make_recent_store
-    from retriever.generations import Collection, Registry
+    from retriever.generations import Registry
     from retriever.service import SearchService
 
     settings = QuarrySettings(redis=RedisSettings(url=redis_url))
-    coll = Collection(snapshot, settings.for_collection(_name_of(snapshot)), verify="size")
+    coll = open_collection(snapshot, settings)
     reg = Registry()
     reg.put(coll)
     svc = SearchService(settings, reg, recent=make_recent_store(settings.redis))
@@ -251,15 +255,20 @@ def bench_search(
     return "\n".join(lines)
 
 
-def _name_of(snapshot: Path) -> str:
+def open_collection(snapshot: Path, settings: Any = None) -> Any:
+    """The snapshot as its own collection (named by its manifest), sizes checked: what benchmarks load."""
+    from common.settings import QuarrySettings
     from common.snapshot import read_manifest
+    from retriever.generations import Collection
 
-    return read_manifest(snapshot).collection
+    settings = settings or QuarrySettings()
+    return Collection(snapshot, settings.for_collection(read_manifest(snapshot).collection), verify="size")
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * 4096
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process (this one by default), from /proc."""
+    with open(f"/proc/{pid}/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def bench_reload(
@@ -288,12 +297,12 @@ def bench_reload(
     settings = settings.model_copy(
         update={
             "server": settings.server.model_copy(update={"port": 0}),
-            "admin": settings.admin.model_copy(update={"token": _secret(token)}),
+            "admin": settings.admin.model_copy(update={"token": SecretStr(token)}),
         }
     )
-    rss_empty = _rss_bytes()
+    rss_empty = rss_bytes()
     registry = load_collections(settings, [], store)
-    rss_one = _rss_bytes()
+    rss_one = rss_bytes()
     server = QuarryServer(settings, registry, store)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -326,7 +335,7 @@ def bench_reload(
 
     def sampler() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
+            peak[0] = max(peak[0], rss_bytes())
             time.sleep(0.02)
 
     workers = [threading.Thread(target=client, args=(i,)) for i in range(threads)] + [
@@ -338,7 +347,7 @@ def bench_reload(
     walls: list[float] = []
     try:
         time.sleep(seconds)
-        rss_steady = _rss_bytes()  # one generation + the server, clients and buffers under load
+        rss_steady = rss_bytes()  # one generation + the server, clients and buffers under load
         peak[0] = rss_steady
         phase[0] = "swapping"
         with grpc.insecure_channel(target) as ch:
@@ -367,7 +376,7 @@ def bench_reload(
         f"  {threads} closed-loop gRPC Search clients on this machine; {swaps} Reloads",
         _fmt("Search, steady", lat["steady"]),
         _fmt("Search, during swaps", lat["swapping"], lat["steady"]),
-        f"  p99 during swaps / steady p99: {_pct(lat['swapping'], 99) / _pct(lat['steady'], 99):.2f}×",
+        f"  p99 during swaps / steady p99: {percentile(lat['swapping'], 99) / percentile(lat['steady'], 99):.2f}×",
         f"  Reload: load+validate p50 {statistics.median(reloads):.0f} ms (max {max(reloads):.0f}), "
         f"RPC wall p50 {statistics.median(walls):.0f} ms",
         f"  failed RPCs: {len(errors)} {sorted(set(errors)) if errors else ''}",
@@ -377,9 +386,3 @@ def bench_reload(
         "(target ≤ 2×; freed generations' heap is kept by the allocator for the next load)",
     ]
     return "\n".join(lines)
-
-
-def _secret(value: str) -> Any:
-    from pydantic import SecretStr
-
-    return SecretStr(value)

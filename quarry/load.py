@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from quarry.bench import open_collection, percentile, rss_bytes
+
 _HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
@@ -163,25 +165,10 @@ class StepResult:
     server_rss_mib: float | None = None
 
 
-def _pct(xs: Sequence[float], p: float) -> float:
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
 def _proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as fh:
         fields = fh.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _proc_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 async def run_step(
@@ -255,14 +242,14 @@ async def run_step(
         sent=n - dropped,
         ok=len(lat),
         achieved_rps=len(lat) / window if window > 0 else 0.0,
-        p50_ms=_pct(lat, 50),
-        p90_ms=_pct(lat, 90),
-        p99_ms=_pct(lat, 99),
-        p999_ms=_pct(lat, 99.9),
+        p50_ms=percentile(lat, 50),
+        p90_ms=percentile(lat, 90),
+        p99_ms=percentile(lat, 99),
+        p999_ms=percentile(lat, 99.9),
         errors=dict(errors),
         dropped=dropped,
         server_cpu_cores=None if cpu is None else round(cpu, 3),
-        server_rss_mib=_proc_rss_mib(server_pid) if server_pid else None,
+        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
     )
 
 
@@ -292,6 +279,12 @@ def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict
 
     walls: list[float] = []
     with threadpool_limits(1):
+        # Untimed first use: jieba loads its dictionary and onnxruntime its session lazily (~1 s), which
+        # would otherwise be one request's "latency" and skew a small floor sample.
+        for a in collection.analyzers:
+            analyze("warm up 上海", a)  # Han text: jieba loads at the first one
+        if ann is not None:
+            ann.encoder.encode(["warm up"])
         for i, text in enumerate(texts):
             w0 = time.perf_counter()
             lists: list[np.ndarray] = []
@@ -313,8 +306,8 @@ def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict
             timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
             walls.append((time.perf_counter() - w0) * 1000)
     out = {name: statistics.mean(v) for name, v in per.items()}
-    out["wall_p50"] = _pct(walls, 50)
-    out["wall_p99"] = _pct(walls, 99)
+    out["wall_p50"] = percentile(walls, 50)
+    out["wall_p99"] = percentile(walls, 99)
     # Every request pays each stage it ran; a stage run on half the requests counts half.
     out["total"] = sum(statistics.mean(v) * len(v) / len(texts) for v in per.values())
     return out
@@ -456,12 +449,8 @@ def run_load(
     floor_n: int,
     redis_url: str = "",
 ) -> LoadReport:
-    from common.settings import QuarrySettings
-    from common.snapshot import read_manifest
-    from retriever.generations import Collection
-
-    name = read_manifest(snapshot).collection
-    coll = Collection(snapshot, QuarrySettings().for_collection(name), verify="size")
+    coll = open_collection(snapshot)
+    name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
     texts = query_pool(coll)[:floor_n]
     floor = floor_cpu_ms(coll, texts)
