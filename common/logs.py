@@ -12,6 +12,7 @@ from typing import Literal
 
 LogFormat = Literal["text", "json"]
 TEXT = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+_configured: LogFormat = "text"
 
 
 def formatter(fmt: LogFormat) -> logging.Formatter:
@@ -43,3 +44,10 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = "text", *, force: bo
     root.setLevel(level)
     # faiss's loader reports, at INFO on every start, each SIMD build it tried before the one that loads.
     logging.getLogger("faiss.loader").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    global _configured
+    _configured = fmt
+
+
+def current_format() -> LogFormat:
+    """The format of the last `configure_logging` (child processes log the way their parent does)."""
+    return _configured

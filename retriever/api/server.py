@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
 from common.index.text import warm_up
-from common.logs import configure_logging
+from common.logs import LogFormat, configure_logging, current_format
 from common.settings import QuarrySettings
 from common.snapshot import read_manifest
 from common.snapshot_root import SnapshotRoot
@@ -246,7 +246,7 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
     procs = [
         ctx.Process(
             target=_worker_main,
-            args=(settings, list(snapshots), root, _current_format()),
+            args=(settings, list(snapshots), root, current_format()),
             name=f"quarry-worker-{i}",
         )
         for i in range(settings.server.workers)
@@ -286,15 +286,11 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
         raise SystemExit(f"workers failed with exit codes {failed}")
 
 
-def _worker_main(settings: QuarrySettings, snapshots: list[Path], root: Path | None, log_format: str) -> None:
-    configure_logging(settings.log_level, log_format)  # type: ignore[arg-type]
+def _worker_main(
+    settings: QuarrySettings, snapshots: list[Path], root: Path | None, log_format: LogFormat
+) -> None:
+    configure_logging(settings.log_level, log_format)
     asyncio.run(serve(settings, snapshots, root))
-
-
-def _current_format() -> str:
-    """The parent's log format, so workers log like it (JSON formatters carry rename_fields)."""
-    handlers = logging.getLogger().handlers
-    return "json" if handlers and type(handlers[0].formatter).__name__ == "JsonFormatter" else "text"
 
 
 async def serve(settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None = None) -> None:
