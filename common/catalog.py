@@ -93,6 +93,11 @@ class Item(BaseModel):
         return self.text.get("title") or self.text.get("name") or self.id
 
 
+def embed_text(item: Item, fields: Iterable[str]) -> str:
+    """The text embedded for an item: its chosen fields joined with '. ' (empty fields skipped)."""
+    return ". ".join(t for f in fields if (t := item.text.get(f, "").strip()))
+
+
 class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -110,8 +115,8 @@ class Event(BaseModel):
         return v
 
 
-def _records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (location, record) from a JSONL or Parquet file."""
+def read_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (location, raw record) from a JSONL or Parquet file (not validated: see read_items)."""
     suffix = "".join(path.suffixes[-2:]) if path.suffix in {".gz", ".xz"} else path.suffix
     if suffix in {".jsonl", ".ndjson", ".jsonl.gz", ".jsonl.xz"}:
         opener: Any = open
@@ -174,12 +179,12 @@ def _parse(model: type[BaseModel], where: str, record: dict[str, Any]) -> Any:
 
 
 def read_items(path: Path) -> Iterator[Item]:
-    for where, record in _records(path):
+    for where, record in read_records(path):
         yield _parse(Item, where, record)
 
 
 def read_events(path: Path) -> Iterator[Event]:
-    for where, record in _records(path):
+    for where, record in read_records(path):
         yield _parse(Event, where, record)
 
 

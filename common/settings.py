@@ -231,6 +231,20 @@ class AdminSettings(_Model):
     watch_interval_s: Annotated[float, Field(gt=0)] = 5.0
 
 
+class RealtimeSettings(_Model):
+    """Real-time Upsert/Delete (AdminService): the durable change log and how fast other processes see it."""
+
+    #: Where change logs live when serving plain snapshot directories: <log_dir>/<collection>/. Served
+    #: from a snapshot root, a collection's log is <root>/<collection>/changes/ and this is not needed.
+    log_dir: Path | None = None
+    #: How often every process looks for changes appended by another one (SO_REUSEPORT workers, a second
+    #: server on the same root): the visibility bound across processes. In the process that took the
+    #: Upsert, the change is visible when the RPC returns.
+    poll_interval_s: Annotated[float, Field(gt=0, le=60)] = 0.2
+    #: Items per Upsert and ids per Delete call.
+    max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
+
+
 class TracingSettings(_Model):
     """OpenTelemetry: one span per RPC with child spans for recall (one per branch), fusion and ranking."""
 
@@ -257,6 +271,7 @@ class QuarrySettings(BaseSettings):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
+    realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     defaults: CollectionSettings = Field(default_factory=CollectionSettings)
     #: Per-collection overrides, merged over `defaults` key by key.

@@ -7,6 +7,8 @@ Layout::
         gen-000002/
         CURRENT              one line, the live generation's name ("gen-000002"); replaced by rename
         .lock                serialises publishers (flock) so two builds never take the same number
+        changes/             the collection's change log (common.changelog): real-time Upserts/Deletes
+        .work/               servers' private working copies for applying changes (removed with them)
 
 Rules:
 - A generation is published by building it into a hidden staging directory beside the others and renaming
@@ -33,6 +35,9 @@ from pathlib import Path
 from common.snapshot import SnapshotError, read_manifest
 
 POINTER = "CURRENT"
+#: The change log's and the working copies' directories inside a collection's directory.
+CHANGES = "changes"
+WORK = ".work"
 LOCK = ".lock"
 _GEN = re.compile(r"^gen-(\d{6,})$")
 _COLLECTION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # as in the manifest

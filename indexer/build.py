@@ -14,20 +14,10 @@ import tantivy
 from tqdm import tqdm
 
 from common import snapshot
-from common.catalog import CatalogError, Event, Item
+from common.catalog import CatalogError, Event, Item, embed_text
 from common.index.forward import write_forward
 from common.index.geo import build_geo
-from common.index.text import (
-    ATTR_PREFIX,
-    CATEGORY_FIELD,
-    ORD_FIELD,
-    TAGS_FIELD,
-    Analyzer,
-    TextField,
-    build_schema,
-    create_index,
-    pretokenize_for_index,
-)
+from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
 from indexer.behavior import BehaviorParams, build_behavior
 
 log = logging.getLogger(__name__)
@@ -103,19 +93,7 @@ def build_snapshot(
         for ordinal, item in enumerate(
             tqdm(catalog, desc="text index", unit=" docs", disable=not options.progress, mininterval=0.5)
         ):
-            doc = tantivy.Document()
-            doc.add_unsigned(ORD_FIELD, ordinal)
-            for f in fields:
-                value = item.text.get(f.name)
-                if value:
-                    doc.add_text(f.name, pretokenize_for_index(value))
-            if item.category is not None:
-                doc.add_text(CATEGORY_FIELD, item.category)
-            for tag in item.tags:
-                doc.add_text(TAGS_FIELD, tag)
-            for name, value in item.attrs.items():
-                doc.add_float(ATTR_PREFIX + name, value)
-            writer.add_document(doc)
+            writer.add_document(item_document(ordinal, item, fields))
         writer.commit()
         writer.wait_merging_threads()
         del writer, index
@@ -163,11 +141,6 @@ def build_snapshot(
         out,
     )
     return manifest
-
-
-def embed_text(item: Item, fields: Sequence[str]) -> str:
-    """The text embedded for an item: its chosen fields joined with '. ' (empty fields skipped)."""
-    return ". ".join(t for f in fields if (t := item.text.get(f, "").strip()))
 
 
 def build_vectors(

@@ -123,9 +123,10 @@ def index_build(
 ) -> None:
     """Build a snapshot from a data set or a catalog file."""
     from common.catalog import CatalogError, Event, read_events, read_items
+    from common.changelog import ChangeLog, ChangeLogError, fold
     from common.index.text import Analyzer, TextField
     from common.snapshot import SnapshotError
-    from common.snapshot_root import SnapshotRoot
+    from common.snapshot_root import CHANGES, SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
 
@@ -161,12 +162,27 @@ def index_build(
             name = collection or catalog.name.split(".")[0]
             opts = BuildOptions(collection=name, text_fields=fields, **common)  # type: ignore[arg-type]
         if root is not None:
-            with SnapshotRoot(root).publish(opts.collection) as out:
+            store = SnapshotRoot(root)
+            # Real-time changes so far are folded into the new generation; the server replays only later
+            # entries over it (the manifest records the log position included).
+            entries, pos = ChangeLog(store.collection_dir(opts.collection) / CHANGES).read(0)
+            if entries:
+                items = fold(items, entries)
+                click.echo(f"folding {len(entries)} change-log entries (up to seq {pos.seq}) into the build")
+            source = {**source, "changelog_seq": pos.seq}
+            with store.publish(opts.collection) as out:
                 manifest = build_snapshot(items, out, opts, source, events)
         else:
             assert out is not None
             manifest = build_snapshot(items, out, opts, source, events)
-    except (CatalogError, DatasetUnavailable, FileExistsError, SnapshotError, ValueError) as exc:
+    except (
+        CatalogError,
+        ChangeLogError,
+        DatasetUnavailable,
+        FileExistsError,
+        SnapshotError,
+        ValueError,
+    ) as exc:
         raise click.ClickException(str(exc)) from None
     where = f"{out} (live)" if root is not None else str(out)
     click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {where}")
@@ -441,6 +457,11 @@ def _echo_status(s: Any) -> None:
         click.echo(f"  unavailable {b}: {why}")
     if s.generations:
         click.echo(f"  root: {', '.join(s.generations)} (live {s.root_live or '-'})")
+    if s.changelog:
+        click.echo(
+            f"  real-time: {s.upserts} upserts, {s.deletes} deletes applied over the generation "
+            f"(change log seq {s.generation_log_seq} → {s.log_seq}, {s.changelog})"
+        )
 
 
 def _echo_switch(collection: str, reply: Any) -> None:
@@ -507,6 +528,78 @@ def admin_rollback(
 
     with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
         _echo_switch(collection, _rpc(lambda: client.rollback(collection, generation)))
+
+
+@admin.command("upsert")
+@_admin_options
+@click.option("--collection", required=True)
+@click.option("--batch", default=500, show_default=True, type=click.IntRange(1), help="Items per call.")
+@click.argument("catalog", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def admin_upsert(
+    target: str,
+    token: str,
+    collection: str,
+    batch: int,
+    catalog: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
+    """Add or replace the items of a catalog file (.jsonl/.parquet) in real time."""
+    from common.catalog import CatalogError, read_records
+    from quarry.client import AdminClient
+
+    accepted = rejected = 0
+    seq = 0
+    with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
+        chunk: list[tuple[str, dict[str, Any]]] = []
+
+        def send() -> None:
+            nonlocal accepted, rejected, seq
+            reply = _rpc(lambda: client.upsert(collection, [r for _w, r in chunk]))
+            accepted += reply.accepted
+            rejected += len(reply.rejected)
+            seq = reply.log_seq or seq
+            for r in reply.rejected:
+                click.echo(f"rejected {chunk[r.index][0]} (id {r.id!r}): {r.reason}", err=True)
+            chunk.clear()
+
+        try:
+            for where, record in read_records(catalog):
+                chunk.append((where, record))
+                if len(chunk) >= batch:
+                    send()
+            if chunk:
+                send()
+        except (CatalogError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"{collection}: {accepted} upserted, {rejected} rejected (change log at seq {seq})")
+    if rejected:
+        raise SystemExit(1)
+
+
+@admin.command("delete")
+@_admin_options
+@click.option("--collection", required=True)
+@click.argument("ids", nargs=-1, required=True)
+def admin_delete(
+    target: str,
+    token: str,
+    collection: str,
+    ids: tuple[str, ...],
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+) -> None:
+    """Remove items by id in real time."""
+    from quarry.client import AdminClient
+
+    with _rpc(lambda: AdminClient(target, token, ca=ca, cert=cert, key=key)) as client:
+        reply = _rpc(lambda: client.delete(collection, list(ids)))
+    for r in reply.rejected:
+        click.echo(f"rejected {r.id!r}: {r.reason}", err=True)
+    missing = f", not found: {', '.join(reply.not_found)}" if reply.not_found else ""
+    click.echo(f"{collection}: {reply.accepted} deleted{missing} (change log at seq {reply.log_seq})")
 
 
 # ---------------------------------------------------------------------------------------------- query
@@ -866,6 +959,23 @@ def bench_search_cmd(snapshot: Path, n: int, top_k: int, radius_m: float, redis_
     from quarry.bench import bench_search
 
     click.echo(bench_search(snapshot, n=n, top_k=top_k, radius_m=radius_m, redis_url=redis_url))
+
+
+@bench.command("upsert")
+@click.option("--root", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", required=True)
+@click.option("--batches", default=20, show_default=True)
+@click.option("--batch", default=100, show_default=True, help="Items per Upsert call.")
+@click.option("--probes", default=20, show_default=True, help="Single-item Upserts timed for visibility.")
+def bench_upsert_cmd(root: Path, collection: str, batches: int, batch: int, probes: int) -> None:
+    """Real-time Upsert throughput, visibility lag and Search latency after changes (on a private copy
+    of the root: its own change log is never touched)."""
+    from quarry.bench import bench_upsert
+
+    try:
+        click.echo(bench_upsert(root, collection, batches=batches, batch=batch, probes=probes))
+    except (ValueError, RuntimeError) as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @bench.command("reload")

@@ -149,6 +149,26 @@ def format_response(resp: pb.SearchResponse, text: str = "", *, what: str | None
     return "\n".join(lines)
 
 
+def item_message(record: dict[str, Any]) -> Any:
+    """A catalog record (common/catalog.py's format) as an admin Item message. Raises ValueError when a
+    field has the wrong shape for the message; the server validates everything else, item by item."""
+    from common.v1 import admin_pb2
+
+    try:
+        return admin_pb2.Item(
+            id=str(record.get("id", "")),
+            text={str(k): str(v) for k, v in (record.get("text") or {}).items()},
+            category=record.get("category"),
+            tags=[str(t) for t in record.get("tags") or ()],
+            lat=record.get("lat"),
+            lon=record.get("lon"),
+            attrs={str(k): float(v) for k, v in (record.get("attrs") or {}).items()},
+            embedding=[float(x) for x in record.get("embedding") or ()],
+        )
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"record {record.get('id', '?')!r}: {exc}") from None
+
+
 class AdminClient:
     """quarry.v1.AdminService with the bearer token on every call (used by `quarry admin ...`)."""
 
@@ -181,6 +201,25 @@ class AdminClient:
 
         return self._stub.Reload(
             admin_pb2.ReloadRequest(collection=collection, generation=generation),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def upsert(self, collection: str, records: list[dict[str, Any]]) -> Any:
+        """Catalog records (dicts in the catalog format) as one Upsert call."""
+        from common.v1 import admin_pb2
+
+        return self._stub.Upsert(
+            admin_pb2.UpsertRequest(collection=collection, items=[item_message(r) for r in records]),
+            metadata=self._metadata,
+            timeout=self._timeout,
+        )
+
+    def delete(self, collection: str, ids: list[str]) -> Any:
+        from common.v1 import admin_pb2
+
+        return self._stub.Delete(
+            admin_pb2.DeleteRequest(collection=collection, ids=ids),
             metadata=self._metadata,
             timeout=self._timeout,
         )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from common.index.behavior import BehaviorIndex
+import numpy as np
+
 from common.index.forward import ForwardStore
 from common.types import Fused, GeoPoint, UserCounters
 
@@ -28,9 +29,14 @@ class RankingContext(Protocol):
     @property
     def name(self) -> str: ...
     @property
-    def forward(self) -> ForwardStore: ...
+    def forward(self) -> ForwardStore:
+        """Rows of every ordinal a candidate may carry."""
+        ...
+
     @property
-    def behavior(self) -> BehaviorIndex | None: ...
+    def item_popularity(self) -> np.ndarray | None:
+        """Popularity over the same ordinals; None without behavior data."""
+        ...
 
 
 @runtime_checkable

@@ -76,7 +76,7 @@ def feature_matrix(
     schema: FeatureSchema = DEFAULT_SCHEMA,
 ) -> np.ndarray:
     """The model input for `fused` in `collection` (float32, one row per candidate)."""
-    popularity = collection.behavior.popularity if collection.behavior is not None else None
+    popularity = collection.item_popularity
     rows = feature_rows(
         fused,
         lat=collection.forward.lat,

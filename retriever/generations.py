@@ -12,13 +12,15 @@ import contextlib
 import logging
 import threading
 import time
+import weakref
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
 from common import snapshot
+from common.changelog import ChangeLog, Position
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, open_index
@@ -27,6 +29,7 @@ from ranker.base import Ranker
 from retriever.core import metrics
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
 from retriever.core.types import Filters
+from retriever.live import LiveForward, LiveState, LiveView, Vectorizer, work_dir_for
 from retriever.recall import BranchUnavailable, RecallBranch, branch_class
 
 log = logging.getLogger(__name__)
@@ -41,10 +44,14 @@ class Collection:
         verify: Literal["full", "size"] = "full",
         generation: str = "",
         strict: bool = False,
+        changelog: ChangeLog | None = None,
+        work_root: Path | None = None,
     ) -> None:
         """Load and validate the snapshot at `root`. `generation`: its name in a snapshot root ("" for a
         plain snapshot directory). `strict` (hot reloads): a ranker model that cannot be served raises
-        instead of falling back to fused order."""
+        instead of falling back to fused order. `changelog`: the collection's change log, replayed from
+        the generation's own position (real-time Upserts/Deletes); `work_root` holds the private working
+        copies that replay needs (required with a change log)."""
         t0 = time.perf_counter()
         self.root = root
         self.generation = generation
@@ -60,10 +67,11 @@ class Collection:
         self.text_index = open_index(root / self.manifest.parts["text"]["dir"])
         self.text_fields = [TextField.from_json(f) for f in self.manifest.parts["text"]["fields"]]
         self.analyzers: tuple[Analyzer, ...] = tuple(sorted({f.analyzer for f in self.text_fields}))
-        self.forward = ForwardStore(root, self.manifest.parts["forward"])
-        if len(self.forward) != self.manifest.counts["items"]:
+        #: The generation's own rows: the ordinals its indexes use (`forward` adds real-time changes).
+        self.base_forward = ForwardStore(root, self.manifest.parts["forward"])
+        if len(self.base_forward) != self.manifest.counts["items"]:
             raise snapshot.SnapshotError(
-                f"{root}: forward store has {len(self.forward)} rows, manifest says {self.manifest.counts['items']}"
+                f"{root}: forward store has {len(self.base_forward)} rows, manifest says {self.manifest.counts['items']}"
             )
         self.branches: dict[str, RecallBranch] = {}
         #: Enabled branches this snapshot cannot feed (e.g. ann without a vectors part), with the reason.
@@ -98,11 +106,28 @@ class Collection:
                 providers=settings.ranker.providers,
                 strict=strict,
             )
+        self.changelog = changelog
+        self._log_pos: Position | int = self.log_seq
+        self._catch_up_lock = threading.Lock()
+        self.live = LiveState(
+            base=self.base_forward,
+            text_dir=root / self.manifest.parts["text"]["dir"],
+            text_fields=self.text_fields,
+            work_dir=None if changelog is None or work_root is None else work_dir_for(work_root, generation),
+            vectorizer=Vectorizer.from_manifest(
+                self.manifest.parts.get("vectors"), settings.ann.encoder_threads
+            ),
+            seq=self.log_seq,
+            base_popularity=self.behavior.popularity if self.behavior is not None else None,
+        )
+        self._finalizer = weakref.finalize(self, LiveState.close, self.live)
+        if changelog is not None:
+            self.catch_up()
         log.info(
             "loaded collection %s (%s): %d items, branches %s, in %.2fs",
             self.name,
             self.version,
-            len(self.forward),
+            self.view.item_count(),
             sorted(self.branches),
             time.perf_counter() - t0,
         )
@@ -115,23 +140,74 @@ class Collection:
         return None if part is None else BehaviorIndex.load(self.root / part["dir"], part)
 
     @property
+    def log_seq(self) -> int:
+        """The change-log position this generation's build included (0: none)."""
+        return int(self.manifest.source.get("changelog_seq", 0))
+
+    @property
+    def view(self) -> LiveView:
+        """The generation with its real-time changes as of now (immutable; take it once per request)."""
+        return self.live.view
+
+    @property
+    def forward(self) -> ForwardStore | LiveForward:
+        """Rows of every ordinal served now: the generation's own plus real-time upserts."""
+        return self.live.view.forward
+
+    @property
+    def item_popularity(self) -> np.ndarray | None:
+        return self.live.view.popularity
+
+    def catch_up(self) -> int:
+        """Apply change-log entries appended since the last look (by this or another process); returns
+        how many. Cheap when nothing is new (one directory listing and a read at the end)."""
+        if self.changelog is None:
+            return 0
+        with self._catch_up_lock:
+            entries, self._log_pos = self.changelog.read(self._log_pos)
+            if entries:
+                self.live.apply(entries)
+            return len(entries)
+
+    def commit(self, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append `ops` to the change log (durable on return) and apply them, after catching up with what
+        other processes appended: under the log's lock, so sequence numbers stay one total order."""
+        if self.changelog is None:
+            raise RuntimeError(f"collection {self.name} has no change log")
+        with self._catch_up_lock:
+            with self.changelog.locked():
+                entries, _pos = self.changelog.read(self._log_pos)
+                if entries:
+                    self.live.apply(entries)
+                written = self.changelog.append_locked(ops)
+                self._log_pos = self.changelog.tail
+            self.live.apply(written)
+        return written
+
+    def close(self) -> None:
+        """Release the working copies now (also done when the generation is garbage-collected)."""
+        self._finalizer()
+
+    @property
     def attr_names(self) -> list[str]:
-        return self.forward.attr_names
+        return self.base_forward.attr_names
 
     def check_filters(self, filters: Filters) -> None:
         """Reject filters that name attributes this collection does not have."""
         for r in filters.ranges:
-            if r.field not in self.forward.attr_names:
-                known = ", ".join(self.forward.attr_names) or "none"
+            if r.field not in self.base_forward.attr_names:
+                known = ", ".join(self.base_forward.attr_names) or "none"
                 raise InvalidArgument(
                     f"filters.ranges: unknown numeric attribute {r.field!r} in collection {self.name!r} (known: {known})"
                 )
 
-    def filter_mask(self, filters: Filters) -> np.ndarray | None:
-        """Boolean mask over ordinals for branches that filter by ordinal (ANN, geo, behavior)."""
+    def filter_mask(self, filters: Filters, view: LiveView | None = None) -> np.ndarray | None:
+        """Boolean mask over every ordinal of `view` (default: the current one) passing `filters`, dead
+        ordinals excluded; None when nothing is excluded."""
+        view = view or self.view
         if not filters.restricts:
-            return None
-        fw = self.forward
+            return view.restrict(None)
+        fw = view.forward
         mask = np.ones(len(fw), dtype=bool)
         if filters.categories:
             codes = [fw.category_vocab[c] for c in filters.categories if c in fw.category_vocab]
@@ -145,7 +221,7 @@ class Collection:
                     mask &= values > r.min if r.min_exclusive else values >= r.min
                 if r.max is not None:
                     mask &= values < r.max if r.max_exclusive else values <= r.max
-        return mask
+        return view.restrict(mask)
 
 
 class Registry:
@@ -167,7 +243,7 @@ class Registry:
                     metrics.GENERATION.remove(old.name, old.version, old.generation)
             metrics.GENERATION.labels(collection.name, collection.version, collection.generation).set(1)
             metrics.GENERATION_SINCE.labels(collection.name).set(collection.serving_since)
-            metrics.ITEMS.labels(collection.name).set(len(collection.forward))
+            metrics.ITEMS.labels(collection.name).set(collection.view.item_count())
         return old
 
     def get(self, name: str) -> Collection:

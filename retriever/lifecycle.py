@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.changelog import ChangeLogError
 from common.settings import QuarrySettings
 from common.snapshot import SnapshotError, read_manifest
 from common.snapshot_root import SnapshotRoot, generation_name, parse_generation
@@ -25,6 +26,7 @@ from ranker.session import ModelLoadError
 from retriever.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from retriever.core.types import SearchQuery
 from retriever.generations import Collection, Registry
+from retriever.realtime import Realtime, log_location
 from retriever.recall.base import RecallRequest, analyze_query
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,11 @@ class GenerationStatus:
     serving_since: float
     generations: list[str] = field(default_factory=list)
     root_live: str = ""
+    log_seq: int = 0
+    generation_log_seq: int = 0
+    upserts: int = 0
+    deletes: int = 0
+    changelog: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +71,12 @@ class Lifecycle:
         settings: QuarrySettings,
         registry: Registry,
         root: SnapshotRoot | None,
+        realtime: Realtime | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.root = root
+        self.realtime = realtime
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- status ------------------------------------------------------------------------------------------
@@ -84,18 +93,24 @@ class Lifecycle:
             number = self.root.live_number(coll.name)
             live = generation_name(number) if number is not None else ""
         ranker = coll.ranker
+        view = coll.view
         return GenerationStatus(
             collection=coll.name,
             snapshot_version=coll.version,
             generation=coll.generation,
             path=coll.root,
-            items=len(coll.forward),
+            items=view.item_count(),
             branches=sorted(coll.branches),
             unavailable=dict(coll.unavailable),
             ranker="fused" if ranker is None else str(getattr(ranker, "version", ranker.name)),
             serving_since=coll.serving_since,
             generations=gens,
             root_live=live,
+            log_seq=view.seq,
+            generation_log_seq=coll.log_seq,
+            upserts=view.upserts,
+            deletes=view.deletes,
+            changelog=str(coll.changelog.dir) if coll.changelog is not None else "",
         )
 
     # -- reload / rollback -------------------------------------------------------------------------------
@@ -186,6 +201,8 @@ class Lifecycle:
             raise FailedPrecondition(f"refused {label or path}: {exc}") from None
         if version == current.version and label == current.generation:
             return ReloadOutcome(self._status(current), current.version, 0.0, unchanged=True)
+        where = log_location(self.settings, self.root if label else None, name)
+        changelog, work_root = where if where is not None else (None, None)
         try:
             fresh = await asyncio.to_thread(
                 Collection,
@@ -194,6 +211,8 @@ class Lifecycle:
                 verify=self.settings.verify,
                 generation=label,
                 strict=True,
+                changelog=changelog,
+                work_root=work_root,
             )
             if fresh.name != name:
                 raise SnapshotError(f"{path} holds collection {fresh.name!r}, not {name!r}")
@@ -204,7 +223,7 @@ class Lifecycle:
                     + "; ".join(f"{b}: {r}" for b, r in sorted(lost.items()))
                 )
             await self._warm_up(fresh)
-        except (SnapshotError, ModelLoadError, OSError, ValueError) as exc:
+        except (SnapshotError, ModelLoadError, ChangeLogError, OSError, ValueError) as exc:
             reason = str(exc)  # text only: the exception's traceback would pin the refused generation
             log.error(
                 "collection %s: refused %s (%s); %s keeps serving",
@@ -214,8 +233,8 @@ class Lifecycle:
                 current.version,
             )
             raise FailedPrecondition(f"refused {label or path}: {reason}") from None
+        previous = await asyncio.to_thread(self._put, fresh)
         load_ms = (time.perf_counter() - t0) * 1000
-        previous = self.registry.put(fresh)
         log.info(
             "collection %s: now serving %s (%s), was %s; loaded and validated in %.0f ms",
             name,
@@ -225,6 +244,15 @@ class Lifecycle:
             load_ms,
         )
         return ReloadOutcome(self._status(fresh), current.version, load_ms, unchanged=False)
+
+    def _put(self, fresh: Collection) -> Collection | None:
+        """Switch to `fresh` after a last catch-up with the change log, under the collection's writer lock:
+        an Upsert acknowledged before the switch is in the new generation, one after it goes to it."""
+        if self.realtime is None or fresh.changelog is None:
+            return self.registry.put(fresh)
+        with self.realtime.lock(fresh.name):
+            fresh.catch_up()
+            return self.registry.put(fresh)
 
     async def _warm_up(self, coll: Collection) -> None:
         """One recall through every branch with a probe request built from the generation's own data:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import tantivy
 
+from common.catalog import Item
+
 ORD_FIELD = "_ord"
 CATEGORY_FIELD = "_category"
 TAGS_FIELD = "_tags"
@@ -150,3 +152,25 @@ def open_index(directory: Path) -> tantivy.Index:
 def pretokenize_for_index(text: str) -> str:
     """What the indexer hands tantivy for a text field (tantivy's analyzer then runs on it)."""
     return segment_cjk(text)
+
+
+def item_document(ordinal: int, item: Item, fields: Iterable[TextField]) -> tantivy.Document:
+    """The tantivy document of `item` at `ordinal`: what a build and a real-time Upsert both index."""
+    doc = tantivy.Document()
+    doc.add_unsigned(ORD_FIELD, ordinal)
+    for f in fields:
+        value = item.text.get(f.name)
+        if value:
+            doc.add_text(f.name, pretokenize_for_index(value))
+    if item.category is not None:
+        doc.add_text(CATEGORY_FIELD, item.category)
+    for tag in item.tags:
+        doc.add_text(TAGS_FIELD, tag)
+    for name, value in item.attrs.items():
+        doc.add_float(ATTR_PREFIX + name, value)
+    return doc
+
+
+def ordinal_query(schema: tantivy.Schema, ordinal: int) -> tantivy.Query:
+    """Matches the one document at `ordinal` (for deleting it)."""
+    return tantivy.Query.term_query(schema, ORD_FIELD, ordinal)

@@ -24,29 +24,47 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15quarry/v1/admin.proto\x12\tquarry.v1\"#\n\rStatusRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xc9\x02\n\x10\x43ollectionStatus\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\r\n\x05items\x18\x05 \x01(\x03\x12\x10\n\x08\x62ranches\x18\x06 \x03(\t\x12\x41\n\x0bunavailable\x18\x07 \x03(\x0b\x32,.quarry.v1.CollectionStatus.UnavailableEntry\x12\x0e\n\x06ranker\x18\x08 \x01(\t\x12\x15\n\rserving_since\x18\t \x01(\x01\x12\x13\n\x0bgenerations\x18\n \x03(\t\x12\x11\n\troot_live\x18\x0b \x01(\t\x1a\x32\n\x10UnavailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x0eStatusResponse\x12\x30\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1b.quarry.v1.CollectionStatus\"7\n\rReloadRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\t\"9\n\x0fRollbackRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\t\"{\n\x0eReloadResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.quarry.v1.CollectionStatus\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x11\n\tunchanged\x18\x04 \x01(\x08\x32\xcf\x01\n\x0c\x41\x64minService\x12=\n\x06Status\x12\x18.quarry.v1.StatusRequest\x1a\x19.quarry.v1.StatusResponse\x12=\n\x06Reload\x12\x18.quarry.v1.ReloadRequest\x1a\x19.quarry.v1.ReloadResponse\x12\x41\n\x08Rollback\x12\x1a.quarry.v1.RollbackRequest\x1a\x19.quarry.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15quarry/v1/admin.proto\x12\tquarry.v1\"\xba\x02\n\x04Item\x12\n\n\x02id\x18\x01 \x01(\t\x12\'\n\x04text\x18\x02 \x03(\x0b\x32\x19.quarry.v1.Item.TextEntry\x12\x15\n\x08\x63\x61tegory\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x10\n\x03lat\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x10\n\x03lon\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12)\n\x05\x61ttrs\x18\x07 \x03(\x0b\x32\x1a.quarry.v1.Item.AttrsEntry\x12\x11\n\tembedding\x18\x08 \x03(\x02\x1a+\n\tTextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nAttrsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x42\x0b\n\t_categoryB\x06\n\x04_latB\x06\n\x04_lon\"C\n\rUpsertRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1e\n\x05items\x18\x02 \x03(\x0b\x32\x0f.quarry.v1.Item\"0\n\rDeleteRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"9\n\x0cRejectedItem\x12\r\n\x05index\x18\x01 \x01(\x05\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x82\x01\n\x0e\x43hangeResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12)\n\x08rejected\x18\x02 \x03(\x0b\x32\x17.quarry.v1.RejectedItem\x12\x11\n\tnot_found\x18\x03 \x03(\t\x12\x0f\n\x07log_seq\x18\x04 \x01(\x03\x12\x0f\n\x07took_ms\x18\x05 \x01(\x01\"#\n\rStatusRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\"\xab\x03\n\x10\x43ollectionStatus\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\x0c\n\x04path\x18\x04 \x01(\t\x12\r\n\x05items\x18\x05 \x01(\x03\x12\x10\n\x08\x62ranches\x18\x06 \x03(\t\x12\x41\n\x0bunavailable\x18\x07 \x03(\x0b\x32,.quarry.v1.CollectionStatus.UnavailableEntry\x12\x0e\n\x06ranker\x18\x08 \x01(\t\x12\x15\n\rserving_since\x18\t \x01(\x01\x12\x13\n\x0bgenerations\x18\n \x03(\t\x12\x11\n\troot_live\x18\x0b \x01(\t\x12\x0f\n\x07log_seq\x18\x0c \x01(\x03\x12\x1a\n\x12generation_log_seq\x18\r \x01(\x03\x12\x0f\n\x07upserts\x18\x0e \x01(\x03\x12\x0f\n\x07\x64\x65letes\x18\x0f \x01(\x03\x12\x11\n\tchangelog\x18\x10 \x01(\t\x1a\x32\n\x10UnavailableEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x0eStatusResponse\x12\x30\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x1b.quarry.v1.CollectionStatus\"7\n\rReloadRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\t\"9\n\x0fRollbackRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\t\"{\n\x0eReloadResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.quarry.v1.CollectionStatus\x12\x18\n\x10previous_version\x18\x02 \x01(\t\x12\x0f\n\x07load_ms\x18\x03 \x01(\x01\x12\x11\n\tunchanged\x18\x04 \x01(\x08\x32\xcd\x02\n\x0c\x41\x64minService\x12=\n\x06Status\x12\x18.quarry.v1.StatusRequest\x1a\x19.quarry.v1.StatusResponse\x12=\n\x06Reload\x12\x18.quarry.v1.ReloadRequest\x1a\x19.quarry.v1.ReloadResponse\x12\x41\n\x08Rollback\x12\x1a.quarry.v1.RollbackRequest\x1a\x19.quarry.v1.ReloadResponse\x12=\n\x06Upsert\x12\x18.quarry.v1.UpsertRequest\x1a\x19.quarry.v1.ChangeResponse\x12=\n\x06\x44\x65lete\x12\x18.quarry.v1.DeleteRequest\x1a\x19.quarry.v1.ChangeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'common.v1.admin_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ITEM_TEXTENTRY']._loaded_options = None
+  _globals['_ITEM_TEXTENTRY']._serialized_options = b'8\001'
+  _globals['_ITEM_ATTRSENTRY']._loaded_options = None
+  _globals['_ITEM_ATTRSENTRY']._serialized_options = b'8\001'
   _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._loaded_options = None
   _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._serialized_options = b'8\001'
-  _globals['_STATUSREQUEST']._serialized_start=36
-  _globals['_STATUSREQUEST']._serialized_end=71
-  _globals['_COLLECTIONSTATUS']._serialized_start=74
-  _globals['_COLLECTIONSTATUS']._serialized_end=403
-  _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._serialized_start=353
-  _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._serialized_end=403
-  _globals['_STATUSRESPONSE']._serialized_start=405
-  _globals['_STATUSRESPONSE']._serialized_end=471
-  _globals['_RELOADREQUEST']._serialized_start=473
-  _globals['_RELOADREQUEST']._serialized_end=528
-  _globals['_ROLLBACKREQUEST']._serialized_start=530
-  _globals['_ROLLBACKREQUEST']._serialized_end=587
-  _globals['_RELOADRESPONSE']._serialized_start=589
-  _globals['_RELOADRESPONSE']._serialized_end=712
-  _globals['_ADMINSERVICE']._serialized_start=715
-  _globals['_ADMINSERVICE']._serialized_end=922
+  _globals['_ITEM']._serialized_start=37
+  _globals['_ITEM']._serialized_end=351
+  _globals['_ITEM_TEXTENTRY']._serialized_start=233
+  _globals['_ITEM_TEXTENTRY']._serialized_end=276
+  _globals['_ITEM_ATTRSENTRY']._serialized_start=278
+  _globals['_ITEM_ATTRSENTRY']._serialized_end=322
+  _globals['_UPSERTREQUEST']._serialized_start=353
+  _globals['_UPSERTREQUEST']._serialized_end=420
+  _globals['_DELETEREQUEST']._serialized_start=422
+  _globals['_DELETEREQUEST']._serialized_end=470
+  _globals['_REJECTEDITEM']._serialized_start=472
+  _globals['_REJECTEDITEM']._serialized_end=529
+  _globals['_CHANGERESPONSE']._serialized_start=532
+  _globals['_CHANGERESPONSE']._serialized_end=662
+  _globals['_STATUSREQUEST']._serialized_start=664
+  _globals['_STATUSREQUEST']._serialized_end=699
+  _globals['_COLLECTIONSTATUS']._serialized_start=702
+  _globals['_COLLECTIONSTATUS']._serialized_end=1129
+  _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._serialized_start=1079
+  _globals['_COLLECTIONSTATUS_UNAVAILABLEENTRY']._serialized_end=1129
+  _globals['_STATUSRESPONSE']._serialized_start=1131
+  _globals['_STATUSRESPONSE']._serialized_end=1197
+  _globals['_RELOADREQUEST']._serialized_start=1199
+  _globals['_RELOADREQUEST']._serialized_end=1254
+  _globals['_ROLLBACKREQUEST']._serialized_start=1256
+  _globals['_ROLLBACKREQUEST']._serialized_end=1313
+  _globals['_RELOADRESPONSE']._serialized_start=1315
+  _globals['_RELOADRESPONSE']._serialized_end=1438
+  _globals['_ADMINSERVICE']._serialized_start=1441
+  _globals['_ADMINSERVICE']._serialized_end=1774
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,80 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Item(_message.Message):
+    __slots__ = ("id", "text", "category", "tags", "lat", "lon", "attrs", "embedding")
+    class TextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AttrsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    LAT_FIELD_NUMBER: _ClassVar[int]
+    LON_FIELD_NUMBER: _ClassVar[int]
+    ATTRS_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    text: _containers.ScalarMap[str, str]
+    category: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    lat: float
+    lon: float
+    attrs: _containers.ScalarMap[str, float]
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., text: _Optional[_Mapping[str, str]] = ..., category: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ..., lat: _Optional[float] = ..., lon: _Optional[float] = ..., attrs: _Optional[_Mapping[str, float]] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class UpsertRequest(_message.Message):
+    __slots__ = ("collection", "items")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, collection: _Optional[str] = ..., items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class DeleteRequest(_message.Message):
+    __slots__ = ("collection", "ids")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    IDS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, collection: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RejectedItem(_message.Message):
+    __slots__ = ("index", "id", "reason")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    id: str
+    reason: str
+    def __init__(self, index: _Optional[int] = ..., id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class ChangeResponse(_message.Message):
+    __slots__ = ("accepted", "rejected", "not_found", "log_seq", "took_ms")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    LOG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    TOOK_MS_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    rejected: _containers.RepeatedCompositeFieldContainer[RejectedItem]
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    log_seq: int
+    took_ms: float
+    def __init__(self, accepted: _Optional[int] = ..., rejected: _Optional[_Iterable[_Union[RejectedItem, _Mapping]]] = ..., not_found: _Optional[_Iterable[str]] = ..., log_seq: _Optional[int] = ..., took_ms: _Optional[float] = ...) -> None: ...
+
 class StatusRequest(_message.Message):
     __slots__ = ("collection",)
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
@@ -13,7 +87,7 @@ class StatusRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class CollectionStatus(_message.Message):
-    __slots__ = ("collection", "snapshot_version", "generation", "path", "items", "branches", "unavailable", "ranker", "serving_since", "generations", "root_live")
+    __slots__ = ("collection", "snapshot_version", "generation", "path", "items", "branches", "unavailable", "ranker", "serving_since", "generations", "root_live", "log_seq", "generation_log_seq", "upserts", "deletes", "changelog")
     class UnavailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,6 +106,11 @@ class CollectionStatus(_message.Message):
     SERVING_SINCE_FIELD_NUMBER: _ClassVar[int]
     GENERATIONS_FIELD_NUMBER: _ClassVar[int]
     ROOT_LIVE_FIELD_NUMBER: _ClassVar[int]
+    LOG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_LOG_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UPSERTS_FIELD_NUMBER: _ClassVar[int]
+    DELETES_FIELD_NUMBER: _ClassVar[int]
+    CHANGELOG_FIELD_NUMBER: _ClassVar[int]
     collection: str
     snapshot_version: str
     generation: str
@@ -43,7 +122,12 @@ class CollectionStatus(_message.Message):
     serving_since: float
     generations: _containers.RepeatedScalarFieldContainer[str]
     root_live: str
-    def __init__(self, collection: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., generation: _Optional[str] = ..., path: _Optional[str] = ..., items: _Optional[int] = ..., branches: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Mapping[str, str]] = ..., ranker: _Optional[str] = ..., serving_since: _Optional[float] = ..., generations: _Optional[_Iterable[str]] = ..., root_live: _Optional[str] = ...) -> None: ...
+    log_seq: int
+    generation_log_seq: int
+    upserts: int
+    deletes: int
+    changelog: str
+    def __init__(self, collection: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., generation: _Optional[str] = ..., path: _Optional[str] = ..., items: _Optional[int] = ..., branches: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Mapping[str, str]] = ..., ranker: _Optional[str] = ..., serving_since: _Optional[float] = ..., generations: _Optional[_Iterable[str]] = ..., root_live: _Optional[str] = ..., log_seq: _Optional[int] = ..., generation_log_seq: _Optional[int] = ..., upserts: _Optional[int] = ..., deletes: _Optional[int] = ..., changelog: _Optional[str] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("collections",)

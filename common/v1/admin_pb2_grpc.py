@@ -49,6 +49,16 @@ class AdminServiceStub:
                 request_serializer=quarry_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
                 response_deserializer=quarry_dot_v1_dot_admin__pb2.ReloadResponse.FromString,
                 _registered_method=True)
+        self.Upsert = channel.unary_unary(
+                '/quarry.v1.AdminService/Upsert',
+                request_serializer=quarry_dot_v1_dot_admin__pb2.UpsertRequest.SerializeToString,
+                response_deserializer=quarry_dot_v1_dot_admin__pb2.ChangeResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/quarry.v1.AdminService/Delete',
+                request_serializer=quarry_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=quarry_dot_v1_dot_admin__pb2.ChangeResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -79,6 +89,25 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Upsert(self, request, context):
+        """Add or replace items (by id) in real time. Each item is accepted or rejected on its own, with a
+        reason; accepted ones are in the collection's durable change log (fsynced) when the call returns,
+        and visible to every recall branch of this process at once (other processes serving the same
+        collection: within realtime.poll_interval_s). Needs a change log: serve from a snapshot root, or set
+        realtime.log_dir. The next build into the root folds the log in (see docs/operations.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Remove items by id in real time; same guarantees as Upsert. Ids the collection does not serve are
+        reported in `not_found` (a retried Delete is harmless).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +125,16 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.Rollback,
                     request_deserializer=quarry_dot_v1_dot_admin__pb2.RollbackRequest.FromString,
                     response_serializer=quarry_dot_v1_dot_admin__pb2.ReloadResponse.SerializeToString,
+            ),
+            'Upsert': grpc.unary_unary_rpc_method_handler(
+                    servicer.Upsert,
+                    request_deserializer=quarry_dot_v1_dot_admin__pb2.UpsertRequest.FromString,
+                    response_serializer=quarry_dot_v1_dot_admin__pb2.ChangeResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=quarry_dot_v1_dot_admin__pb2.DeleteRequest.FromString,
+                    response_serializer=quarry_dot_v1_dot_admin__pb2.ChangeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +218,60 @@ class AdminService:
             '/quarry.v1.AdminService/Rollback',
             quarry_dot_v1_dot_admin__pb2.RollbackRequest.SerializeToString,
             quarry_dot_v1_dot_admin__pb2.ReloadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Upsert(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.AdminService/Upsert',
+            quarry_dot_v1_dot_admin__pb2.UpsertRequest.SerializeToString,
+            quarry_dot_v1_dot_admin__pb2.ChangeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.AdminService/Delete',
+            quarry_dot_v1_dot_admin__pb2.DeleteRequest.SerializeToString,
+            quarry_dot_v1_dot_admin__pb2.ChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

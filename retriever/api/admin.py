@@ -11,6 +11,7 @@ from common.v1 import admin_pb2 as pb
 from retriever.api.errors import rpc
 from retriever.core.errors import InvalidArgument, Unauthenticated
 from retriever.lifecycle import GenerationStatus, Lifecycle, ReloadOutcome
+from retriever.realtime import ChangeOutcome, Realtime
 
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["AdminService"].full_name
 
@@ -28,6 +29,11 @@ def _status(s: GenerationStatus) -> pb.CollectionStatus:
         serving_since=s.serving_since,
         generations=s.generations,
         root_live=s.root_live,
+        log_seq=s.log_seq,
+        generation_log_seq=s.generation_log_seq,
+        upserts=s.upserts,
+        deletes=s.deletes,
+        changelog=s.changelog,
     )
 
 
@@ -40,13 +46,40 @@ def _reload(o: ReloadOutcome) -> pb.ReloadResponse:
     )
 
 
-class AdminServicer:
-    """Only converts and authenticates; `Lifecycle` decides."""
+def item_record(item: pb.Item) -> dict[str, Any]:
+    """An Item message as a catalog record (validated by the core, per item)."""
+    record: dict[str, Any] = {"id": item.id, "text": dict(item.text), "tags": list(item.tags)}
+    if item.HasField("category"):
+        record["category"] = item.category
+    if item.HasField("lat"):
+        record["lat"] = item.lat
+    if item.HasField("lon"):
+        record["lon"] = item.lon
+    if item.attrs:
+        record["attrs"] = dict(item.attrs)
+    if item.embedding:
+        record["embedding"] = list(item.embedding)
+    return record
 
-    def __init__(self, lifecycle: Lifecycle, token: str) -> None:
+
+def _change(o: ChangeOutcome) -> pb.ChangeResponse:
+    return pb.ChangeResponse(
+        accepted=o.accepted,
+        rejected=[pb.RejectedItem(index=r.index, id=r.id, reason=r.reason) for r in o.rejected],
+        not_found=o.not_found,
+        log_seq=o.log_seq,
+        took_ms=o.took_ms,
+    )
+
+
+class AdminServicer:
+    """Only converts and authenticates; `Lifecycle` and `Realtime` decide."""
+
+    def __init__(self, lifecycle: Lifecycle, realtime: Realtime, token: str) -> None:
         if not token:
             raise ValueError("the admin service needs a token")
         self.lifecycle = lifecycle
+        self.realtime = realtime
         self._expected = f"Bearer {token}".encode()
 
     def authorize(self, context: grpc.aio.ServicerContext) -> None:
@@ -70,6 +103,15 @@ class AdminServicer:
     ) -> pb.ReloadResponse:
         return _reload(await self.lifecycle.rollback(_required(request.collection), request.generation))
 
+    @rpc("Upsert", pb.UpsertRequest, auth=True)
+    async def upsert(self, request: pb.UpsertRequest, context: grpc.aio.ServicerContext) -> pb.ChangeResponse:
+        name = _required(request.collection)
+        return _change(await self.realtime.upsert(name, [item_record(it) for it in request.items]))
+
+    @rpc("Delete", pb.DeleteRequest, auth=True)
+    async def delete(self, request: pb.DeleteRequest, context: grpc.aio.ServicerContext) -> pb.ChangeResponse:
+        return _change(await self.realtime.delete(_required(request.collection), list(request.ids)))
+
     def handler(self) -> grpc.GenericRpcHandler:
         def unary(fn: Any, response: Any) -> grpc.RpcMethodHandler:
             return grpc.unary_unary_rpc_method_handler(
@@ -82,6 +124,8 @@ class AdminServicer:
                 "Status": unary(self.status, pb.StatusResponse),
                 "Reload": unary(self.reload, pb.ReloadResponse),
                 "Rollback": unary(self.rollback, pb.ReloadResponse),
+                "Upsert": unary(self.upsert, pb.ChangeResponse),
+                "Delete": unary(self.delete, pb.ChangeResponse),
             },
         )
 

@@ -26,6 +26,7 @@ from retriever.api.errors import access_log, rpc
 from retriever.api.interceptors import MetricsInterceptor
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
+from retriever.realtime import Realtime, log_location
 from retriever.service import SearchService
 from retriever.tracing import make_tracer_provider
 
@@ -105,13 +106,24 @@ def load_collections(
         if registry.put(coll) is not None:
             raise ValueError(f"two snapshots for collection {coll.name!r}")
 
+    def load(path: Path, name: str, generation: str = "") -> Collection:
+        where = log_location(settings, root if generation else None, name)
+        changelog, work_root = where if where is not None else (None, None)
+        return Collection(
+            path,
+            settings.for_collection(name),
+            verify=settings.verify,
+            generation=generation,
+            changelog=changelog,
+            work_root=work_root,
+        )
+
     for path in snapshots:
-        name = read_manifest(path).collection
-        put(Collection(path, settings.for_collection(name), verify=settings.verify))
+        put(load(path, read_manifest(path).collection))
     if root is not None:
         for name in root.collections():
             live = root.live(name)
-            put(Collection(live, settings.for_collection(name), verify=settings.verify, generation=live.name))
+            put(load(live, name, live.name))
     return registry
 
 
@@ -131,9 +143,11 @@ class QuarryServer:
         #: Spans go to this provider (tests pass one with an in-memory exporter), else OTLP when configured.
         self.tracer_provider = tracer_provider or make_tracer_provider(settings.tracing)
         self.core = SearchService(settings, registry, tracer_provider=self.tracer_provider)
-        self.lifecycle = Lifecycle(settings, registry, root)
+        self.realtime = Realtime(settings, registry)
+        self.lifecycle = Lifecycle(settings, registry, root, self.realtime)
         self._stop_watch = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
+        self._follow: asyncio.Task[None] | None = None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int = 0
@@ -166,7 +180,8 @@ class QuarryServer:
         services = [SEARCH_SERVICE, health.SERVICE_NAME]
         token = self.settings.admin.token.get_secret_value() if self.settings.admin.token else ""
         if token:
-            server.add_generic_rpc_handlers((AdminServicer(self.lifecycle, token).handler(),))
+            admin = AdminServicer(self.lifecycle, self.realtime, token)
+            server.add_generic_rpc_handlers((admin.handler(),))
             services.append(ADMIN_SERVICE)
         else:
             log.info("admin service off (no admin.token configured)")
@@ -204,6 +219,9 @@ class QuarryServer:
             await self.health.set(name, serving)
         if self.settings.admin.watch and self.lifecycle.root is not None:
             self._watch = asyncio.create_task(self.lifecycle.watch(self._stop_watch))
+        if any(self.registry.get(n).changelog is not None for n in self.registry.names()):
+            # Changes appended by other processes (workers, a second server on the root) show up here.
+            self._follow = asyncio.create_task(self.realtime.follow(self._stop_watch))
         log.info("serving %s on %s:%d", self.registry.names(), s.host, self.port)
         return self.port
 
@@ -211,9 +229,10 @@ class QuarryServer:
         if self.server is None:
             return
         self._stop_watch.set()
-        if self._watch is not None:
-            await self._watch
-            self._watch = None
+        for task in (self._watch, self._follow):
+            if task is not None:
+                await task
+        self._watch = self._follow = None
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.settings.server.shutdown_grace_s if grace is None else grace)
         await self.core.aclose()

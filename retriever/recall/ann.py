@@ -8,36 +8,22 @@ filter instead of being post-filtered away. Scores are cosine similarities.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import ClassVar, Self
 
 import numpy as np
 from pydantic import BaseModel
 
-from common.encoders import QueryEmbeddingCache, TextEncoder, get_encoder
-from common.encoders.fingerprint import fingerprint
+from common.encoders import QueryEmbeddingCache, TextEncoder
+from common.encoders.shared import shared_encoder
 from common.index.vectors import SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
 from common.types import Candidate
+from retriever.live import merge
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
 log = logging.getLogger(__name__)
-
-# Encoders are large (90 MB session) and stateless: one per (name, threads) per process, shared by
-# every collection and generation that uses it.
-_encoders: dict[tuple[str, int], tuple[TextEncoder, str]] = {}
-_encoders_lock = threading.Lock()
-
-
-def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
-    key = (name, threads)
-    with _encoders_lock:
-        if key not in _encoders:
-            enc = get_encoder(name, intra_op_threads=threads) if name == "minilm" else get_encoder(name)
-            _encoders[key] = (enc, fingerprint(enc))
-        return _encoders[key]
 
 
 @register
@@ -73,10 +59,9 @@ class AnnBranch:
         index = load_vector_index(
             Path(generation.root) / part["dir"], meta, mmap=options.mmap, use_gpu=options.use_gpu
         )
-        if index.count != len(generation.forward) or index.dim != encoder.dim:
-            raise BranchUnavailable(
-                f"vector index has {index.count}×{index.dim}, expected {len(generation.forward)}×{encoder.dim}"
-            )
+        n = len(generation.base_forward)
+        if index.count != n or index.dim != encoder.dim:
+            raise BranchUnavailable(f"vector index has {index.count}×{index.dim}, expected {n}×{encoder.dim}")
         log.info(
             "ann: %s index (%s) over %d items, encoder %s",
             index.kind,
@@ -94,11 +79,14 @@ class AnnBranch:
             return self.cache.get_or_encode(self.encoder, text)
         return self.encoder.encode([text])[0]
 
-    def _recall(self, text: str, allowed: np.ndarray | None, quota: int) -> list[Candidate]:
-        vec = self.embed(text)
-        ords, scores = self.index.search(vec[None, :], quota, allowed=allowed, params=self.params)
-        return [Candidate(o, s) for o, s in zip(ords[0].tolist(), scores[0].tolist(), strict=True) if o >= 0]
+    def _recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        vec = self.embed(request.query.text)
+        live, allowed = request.live, request.allowed
+        mask, k = live.plan(allowed, request.restricts, quota)
+        ords, scores = self.index.search(vec[None, :], k, allowed=mask, params=self.params)
+        base = [Candidate(o, s) for o, s in zip(ords[0].tolist(), scores[0].tolist(), strict=True) if o >= 0]
+        return merge(live.alive(base, quota), live.delta_vectors(vec, allowed, quota), quota)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         # One hop into the pool for encode + search: both are native and release the GIL.
-        return await request.blocking(self._recall, request.query.text, request.allowed, quota)
+        return await request.blocking(self._recall, request, quota)

@@ -33,6 +33,7 @@ from common.settings import CollectionSettings
 from common.snapshot import Manifest
 from common.types import Candidate
 from retriever.core.types import Filters, SearchQuery
+from retriever.live import LiveView
 
 if TYPE_CHECKING:
     import tantivy
@@ -55,7 +56,15 @@ class Generation(Protocol):
     @property
     def settings(self) -> CollectionSettings: ...
     @property
-    def forward(self) -> ForwardStore: ...
+    def base_forward(self) -> ForwardStore:
+        """The generation's own rows: the ordinal space of its indexes (and of behavior tables)."""
+        ...
+
+    @property
+    def view(self) -> LiveView:
+        """The generation plus its real-time changes now (see retriever.live)."""
+        ...
+
     @property
     def text_index(self) -> tantivy.Index: ...
     @property
@@ -65,8 +74,8 @@ class Generation(Protocol):
         """The behavior part (i2i tables, popularity, histories), loaded once and shared; None without one."""
         ...
 
-    def filter_mask(self, filters: Filters) -> np.ndarray | None:
-        """Boolean mask over ordinals passing `filters`; None when they do not restrict."""
+    def filter_mask(self, filters: Filters, view: LiveView | None = None) -> np.ndarray | None:
+        """Boolean mask over `view`'s ordinals passing `filters` (dead ones never); None: all pass."""
         ...
 
 
@@ -90,11 +99,21 @@ class RecallRequest:
     terms: dict[Analyzer, list[str]] = field(default_factory=dict)
     #: Real-time user behaviour (Redis or embedded); None where the caller has no store.
     recent: RecentStore | None = None
+    #: The generation's real-time state, taken once: every branch of this request sees the same one.
+    live: LiveView = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live = self.collection.view
 
     @cached_property
     def allowed(self) -> np.ndarray | None:
-        """Boolean mask over item ordinals passing the request's filters; None when unfiltered."""
-        return self.collection.filter_mask(self.query.filters)
+        """Boolean mask over the view's ordinals passing the filters (never a dead one); None: all."""
+        return self.collection.filter_mask(self.query.filters, self.live)
+
+    @property
+    def restricts(self) -> bool:
+        """Whether the request's own filters restrict (beyond dead ordinals)."""
+        return self.query.filters.restricts
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)

@@ -37,7 +37,7 @@ class BehaviorBranch:
         methods = generation.manifest.parts["behavior"].get("methods", [])
         if options.method not in methods:
             raise BranchUnavailable(f"the snapshot has no {options.method!r} i2i table (has: {methods})")
-        return cls(index, generation.forward.ord_of, options)
+        return cls(index, generation.base_forward.ord_of, options)  # the i2i table's ordinals
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
@@ -56,10 +56,12 @@ class BehaviorBranch:
             seeds[o] = seeds.get(o, 0.0) + self.s.history_weight * decay**i
         return seeds
 
-    def _expand(self, seeds: dict[int, float], allowed: Any, quota: int) -> list[Candidate]:
+    def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
         exclude = set(seeds) if self.s.exclude_seen else None
+        live = request.live
+        allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
         pairs = self.index.expand(self.s.method, list(seeds.items()), quota, exclude=exclude, allowed=allowed)
-        return [Candidate(o, s) for o, s in pairs]
+        return live.to_current(pairs)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         q = request.query
@@ -70,4 +72,4 @@ class BehaviorBranch:
         seeds = self._seeds(recent, history)
         if not seeds:
             return []
-        return await request.blocking(self._expand, seeds, request.allowed, quota)
+        return await request.blocking(self._expand, seeds, request, quota)

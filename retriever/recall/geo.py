@@ -5,13 +5,14 @@ metres (higher = closer) so fusion's "higher is better" holds; hits carry the ex
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel
 
 from common.index.geo import GeoIndex
 from common.settings import GeoSettings
 from common.types import Candidate
+from retriever.live import merge
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
@@ -35,14 +36,19 @@ class GeoBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.location is not None else "no location"
 
-    def _search(self, lat: float, lon: float, radius: float, allowed: Any, quota: int) -> list[Candidate]:
-        ords, dists = self.index.within(lat, lon, radius, k=quota, allowed=allowed)
-        return [Candidate(o, -d) for o, d in zip(ords.tolist(), dists.tolist(), strict=True)]
+    def _search(
+        self, request: RecallRequest, lat: float, lon: float, radius: float, quota: int
+    ) -> list[Candidate]:
+        live, allowed = request.live, request.allowed
+        mask, k = live.plan(allowed, request.restricts, quota)
+        ords, dists = self.index.within(lat, lon, radius, k=k, allowed=mask)
+        base = [Candidate(o, -d) for o, d in zip(ords.tolist(), dists.tolist(), strict=True)]
+        d_ords, d_dists = live.delta_within(lat, lon, radius, allowed, quota)
+        delta = [Candidate(o, -d) for o, d in zip(d_ords.tolist(), d_dists.tolist(), strict=True)]
+        return merge(live.alive(base, quota), delta, quota)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         q = request.query
         assert q.location is not None
         radius = q.radius_m or self.s.default_radius_m
-        return await request.blocking(
-            self._search, q.location.lat, q.location.lon, radius, request.allowed, quota
-        )
+        return await request.blocking(self._search, request, q.location.lat, q.location.lon, radius, quota)

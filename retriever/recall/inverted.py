@@ -104,14 +104,19 @@ class InvertedBranch:
             return None
         return clauses[0][1] if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
 
-    def _search(self, query: tantivy.Query, limit: int) -> list[Candidate]:
-        result = self._searcher.search(query, limit=limit, count=False, weight_by_field=self._weight_by)
+    def _search(
+        self, query: tantivy.Query, limit: int, searcher: tantivy.Searcher | None = None
+    ) -> list[Candidate]:
+        searcher = searcher or self._searcher
+        result = searcher.search(query, limit=limit, count=False, weight_by_field=self._weight_by)
         if not result.hits:
             return []
         addrs = [addr for _score, addr in result.hits]
-        ords = self._searcher.fast_field_values(ORD_FIELD, addrs)
+        ords = searcher.fast_field_values(ORD_FIELD, addrs)
         return [Candidate(o, s) for (s, _a), o in zip(result.hits, ords, strict=True)]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         query = self.build_query(request.terms, request.query.filters)
-        return await request.blocking(self._search, query, quota)
+        # After real-time changes the view's working index serves: it holds the generation's documents
+        # minus the dead ones plus the upserted ones, with index-wide BM25 statistics.
+        return await request.blocking(self._search, query, quota, request.live.searcher)

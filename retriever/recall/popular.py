@@ -3,7 +3,7 @@ snapshot's time-decayed interaction counts."""
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel
 
@@ -31,8 +31,10 @@ class PopularBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None
 
-    def _popular(self, allowed: Any, quota: int) -> list[Candidate]:
-        return [Candidate(o, s) for o, s in self.index.popular(quota, allowed=allowed)]
+    def _popular(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        live = request.live
+        allowed = live.identity_mask(request.allowed)  # deleted items never; updated ones follow
+        return live.to_current(self.index.popular(quota, allowed=allowed))
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        return await request.blocking(self._popular, request.allowed, quota)
+        return await request.blocking(self._popular, request, quota)
