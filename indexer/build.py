@@ -17,6 +17,7 @@ from common import snapshot
 from common.catalog import CatalogError, Event, Item, embed_text
 from common.index.forward import write_forward
 from common.index.geo import build_geo
+from common.index.ranker_part import write_ranker_part
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
 from indexer.behavior import BehaviorParams, build_behavior
 
@@ -45,6 +46,8 @@ class BuildOptions:
     encode_batch_size: int = 64
     #: Item-to-item table parameters (used when events are given).
     behavior_params: BehaviorParams | None = None
+    #: A trained ranker model (ONNX + its sidecar) to ship inside the snapshot (the `ranker` part).
+    ranker_model: Path | None = None
 
 
 def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
@@ -119,6 +122,8 @@ def build_snapshot(
             parts["behavior"] = build_behavior(
                 events, ord_of, tmp / "behavior", params=options.behavior_params or BehaviorParams()
             )
+        if options.ranker_model is not None:
+            parts["ranker"] = write_ranker_part(options.ranker_model, tmp, options.collection)
         counts = {
             "items": len(catalog),
             "with_location": sum(1 for it in catalog if it.lat is not None),

@@ -103,6 +103,12 @@ def index() -> None:
     multiple=True,
     help="Text field to embed (repeatable; default: the data set's choice, else all text fields).",
 )
+@click.option(
+    "--ranker-model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A trained ranker (model.onnx with its .json sidecar, e.g. from `quarry rank train`) shipped inside "
+    "the snapshot: it swaps with the indexes and wins over settings' ranker.model_path.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs and CI).")
 def index_build(
@@ -118,6 +124,7 @@ def index_build(
     encoder: str,
     vector_indexes: str,
     embed_fields: tuple[str, ...],
+    ranker_model: Path | None,
     force: bool,
     no_progress: bool,
 ) -> None:
@@ -144,6 +151,8 @@ def index_build(
         common["embed_fields"] = list(embed_fields)
     if weight_by:
         common["text_weight_attr"] = weight_by
+    if ranker_model is not None:
+        common["ranker_model"] = ranker_model
     try:
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)

@@ -25,6 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from common.fsutil import atomic_write
+from common.index.ranker_part import sidecar_path
 from ranker.schema import FeatureSchema
 
 OPSET = 17
@@ -33,11 +34,6 @@ OPSET = 17
 IR_VERSION = 8
 INPUT_NAME = "features"
 OUTPUT_NAME = "score"
-
-
-def sidecar_path(onnx_path: str | os.PathLike[str]) -> Path:
-    p = Path(onnx_path)
-    return p.with_name(p.name + ".json")
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray) -> float:

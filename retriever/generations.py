@@ -21,6 +21,7 @@ import numpy as np
 
 from common import snapshot
 from common.changelog import ChangeLog, Position
+from common.index import ranker_part
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, open_index
@@ -94,13 +95,16 @@ class Collection:
                 # otherwise keep its traceback, and through it this whole generation, alive after a swap.
                 self.unavailable[name] = reason = str(exc)
                 log.warning("collection %s: branch %s unavailable: %s", self.name, name, reason)
-        #: The collection's trained ranking model, or None (the service's default ranker, fused order).
+        #: The collection's trained ranking model, or None (the service's default ranker, fused order):
+        #: the generation's own (its `ranker` part), else the one settings name.
         self.ranker: Ranker | None = None
-        if settings.ranker.model_path is not None:
+        part = self.manifest.parts.get("ranker")
+        model = settings.ranker.model_path if part is None else ranker_part.model_path(root, part)
+        if model is not None:
             from ranker.serving import load_model_ranker  # onnxruntime is imported only when a model is set
 
             self.ranker = load_model_ranker(
-                settings.ranker.model_path,
+                model,
                 self.name,
                 window_ms=settings.ranker.window_ms,
                 providers=settings.ranker.providers,

@@ -5,6 +5,7 @@ the tiny synthetic catalog (text + geo + forward), one extra item per generation
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import json
 import threading
@@ -312,3 +313,43 @@ def test_watch_follows_the_root_pointer(tmp_path: Path) -> None:
         await task
 
     asyncio.run(run())
+
+
+def test_the_ranker_model_ships_inside_the_generation_and_swaps_with_it(tmp_path: Path) -> None:
+    """A generation is whole: its own ranker model (the `ranker` part) serves with it, wins over
+    settings, is checked at reload (a model for another schema is refused), and a rollback restores the
+    previous model together with the previous indexes."""
+    from ranker.model import train_synthetic
+    from ranker.schema import DEFAULT_SCHEMA, Feature, FeatureSchema
+
+    def model(schema: FeatureSchema, version: str) -> Path:
+        m, metrics, _, _ = train_synthetic(schema, n=2000, max_epochs=3)
+        path = tmp_path / version / "model.onnx"
+        path.parent.mkdir()
+        m.to_onnx(path, schema=schema, model_version=version, metrics=metrics)
+        return path
+
+    good = model(DEFAULT_SCHEMA, "tiny-ranker-v1")
+    other = FeatureSchema("v2", (*DEFAULT_SCHEMA.features[:-1], Feature("fused_score", "query_item", 0.5)))
+    bad = model(other, "other-schema")
+    root = SnapshotRoot(tmp_path / "root")
+    opts = BuildOptions(collection="tiny", text_fields=TINY_FIELDS, progress=False, encoder=None)
+
+    def build(ranker_model: Path | None) -> None:
+        with root.publish("tiny") as out:
+            build_snapshot(TINY_ITEMS, out, dataclasses.replace(opts, ranker_model=ranker_model), {})
+
+    build(None)
+    registry = Registry()
+    registry.put(Collection(root.live("tiny"), CollectionSettings(), generation="gen-000001"))
+    lifecycle = Lifecycle(QuarrySettings(), registry, root)
+    build(good)
+    assert read_manifest(root.live("tiny")).parts["ranker"]["model_version"] == "tiny-ranker-v1"
+    out = asyncio.run(lifecycle.reload("tiny"))
+    assert out.status.ranker == "tiny-ranker-v1" and out.status.generation == "gen-000002"
+    build(bad)
+    with pytest.raises(FailedPrecondition, match=r"ranker model .* schema"):
+        asyncio.run(lifecycle.reload("tiny"))
+    assert registry.get("tiny").generation == "gen-000002"
+    back = asyncio.run(lifecycle.rollback("tiny", "gen-000001"))
+    assert back.status.ranker == "fused"
