@@ -55,6 +55,22 @@ class Ranker(Protocol):
         ...
 
 
+@runtime_checkable
+class ExplainingRanker(Protocol):
+    """A ranker that can say what it reads: its input features per candidate (debug requests)."""
+
+    def explain(
+        self,
+        query: RankQuery,
+        candidates: list[Fused],
+        collection: RankingContext,
+        counters: UserCounters | None = None,
+    ) -> tuple[tuple[str, ...], np.ndarray]:
+        """Feature names and the model input (one row per candidate, in `candidates` order), computed
+        exactly as `rank` computes them. Call it before `rank`, which rescores the candidates."""
+        ...
+
+
 class FusedOrder:
     """Keep the fusion order: the ranking stage with no model loaded."""
 

@@ -7,6 +7,8 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
+
 from common.types import Fused, UserCounters
 from ranker.base import RankingContext, RankQuery
 from ranker.features import feature_matrix
@@ -31,6 +33,17 @@ class ModelRanker:
     @property
     def version(self) -> str:
         return self.model.model_version
+
+    def explain(
+        self,
+        query: RankQuery,
+        candidates: list[Fused],
+        collection: RankingContext,
+        counters: UserCounters | None = None,
+    ) -> tuple[tuple[str, ...], np.ndarray]:
+        return self.schema.names, feature_matrix(
+            candidates, collection, query.location, counters, self.schema
+        )
 
     async def rank(
         self,

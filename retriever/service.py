@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -15,12 +15,23 @@ from opentelemetry import trace
 
 from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, FusionSettings, QuarrySettings
-from common.types import Fused, GeoPoint, UserCounters
-from ranker.base import FusedOrder, Ranker
+from common.types import Fused, GeoPoint, SourceScore, UserCounters
+from ranker.base import ExplainingRanker, FusedOrder, Ranker
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
-from retriever.core.types import BranchResult, BranchStatus, Hit, SearchQuery, SearchResult
+from retriever.core.types import (
+    BranchResult,
+    BranchStatus,
+    DebugDetail,
+    DebugItem,
+    Hit,
+    HitDetail,
+    RecentEventDetail,
+    SearchQuery,
+    SearchResult,
+    UserDetail,
+)
 from retriever.core.validate import validate_search
 from retriever.features.recent import RecentStore, StoreUnavailable, make_recent_store
 from retriever.generations import Collection, Registry
@@ -110,7 +121,22 @@ class SearchService:
         ex.query = validate_search(ex.query, self.settings.limits)
         ex.collection = self.registry.get(ex.query.collection)  # one generation for the whole request
         ex.specs = ex.pipeline.specs(ex.collection.settings)
+        if ex.query.branches:
+            ex.specs = self._requested(ex.pipeline, ex.specs, ex.query.branches, ex.collection.name)
         ex.collection.check_filters(ex.query.filters)
+
+    @staticmethod
+    def _requested(
+        pipeline: Pipeline, specs: Mapping[str, BranchSpec], names: tuple[str, ...], collection: str
+    ) -> dict[str, BranchSpec]:
+        unknown = [n for n in names if n not in specs]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown branch {unknown[0][:64]!r}: {pipeline.name} in collection {collection!r} "
+                f"has the branches {', '.join(specs)}"
+            )
+        wanted = set(names)
+        return {n: spec for n, spec in specs.items() if n in wanted}
 
     async def _prefetch_user(self, ex: Exchange) -> None:
         # The user's real-time counters feed a model ranker; fetch them while the branches run.
@@ -141,13 +167,14 @@ class SearchService:
 
     async def _fuse(self, ex: Exchange) -> None:
         fs = ex.generation.settings.fusion
-        with self.tracer.start_as_current_span("fusion", attributes={"quarry.fusion": fs.strategy}):
+        ex.fusion = ex.query.fusion or fs.strategy
+        with self.tracer.start_as_current_span("fusion", attributes={"quarry.fusion": ex.fusion}):
             ex.fused = self._fused(ex, fs)
 
     def _fused(self, ex: Exchange, fs: FusionSettings) -> list[Fused]:
         return fusion.fuse(
             {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK},
-            strategy=fs.strategy,
+            strategy="weighted" if ex.fusion == "weighted" else "rrf",
             rrf_k=fs.rrf_k,
             weights={name: spec.weight for name, spec in ex.specs.items()},
             normalization=fs.normalization,
@@ -161,6 +188,8 @@ class SearchService:
         counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
         ex.degraded = ex.degraded or not store_ok
         ranker = collection.ranker or self.ranker
+        if ex.query.debug:
+            ex.explain = self._explain_rank(ex, ranker, counters)
         with self.tracer.start_as_current_span(
             "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": len(ex.fused)}
         ):
@@ -168,6 +197,81 @@ class SearchService:
 
     async def _hydrate(self, ex: Exchange) -> None:
         ex.hits = self._hits(ex.fused[: ex.query.top_k], ex.generation, ex.query.location)
+
+    # -- debug: what each stage saw, for consoles and tuning (debug requests only) ---------------------
+
+    @staticmethod
+    def _explain_rank(ex: Exchange, ranker: Ranker, counters: UserCounters | None) -> RankExplain:
+        """Before ranking rescores the candidates: the fused list as it stands and the ranker's inputs."""
+        fused = tuple((f.ordinal, f.score, tuple(f.sources)) for f in ex.fused)
+        label = ranker.name
+        version = getattr(ranker, "version", None)
+        if version:
+            label = f"{label}:{version}"
+        names: tuple[str, ...] = ()
+        features: dict[int, dict[str, float]] = {}
+        if isinstance(ranker, ExplainingRanker) and ex.fused:
+            names, X = ranker.explain(ex.query, ex.fused, ex.generation, counters)
+            features = {
+                f.ordinal: dict(zip(names, row, strict=True))
+                for f, row in zip(ex.fused, X.astype(np.float64).tolist(), strict=True)
+            }
+        return RankExplain(fused, label, names, features)
+
+    async def _debug(self, ex: Exchange) -> None:
+        if not ex.query.debug:
+            return
+        collection, explain = ex.generation, ex.explain
+        assert explain is not None, "the rank stage records the explanation of a debug request"
+        fw = collection.forward
+        lists = [(r.branch, [(c.ordinal, c.score, ()) for c in r.candidates]) for r in ex.results]
+        ordinals = sorted({o for _, items in lists for o, _, _ in items} | {o for o, _, _ in explain.fused})
+        rows = dict(zip(ordinals, fw.rows(ordinals), strict=True))
+
+        def items(entries: Sequence[tuple[int, float, tuple[SourceScore, ...]]]) -> tuple[DebugItem, ...]:
+            out = []
+            for rank, (o, score, sources) in enumerate(entries, 1):
+                row = rows[o]
+                loc = None if row["lat"] is None or row["lon"] is None else GeoPoint(row["lat"], row["lon"])
+                out.append(DebugItem(row["id"], row["title"] or "", score, rank, sources, loc))
+            return tuple(out)
+
+        position = {o: (score, rank) for rank, (o, score, _) in enumerate(explain.fused, 1)}
+        by_id = {rows[o]["id"]: o for o in position}
+        for h in ex.hits:
+            o = by_id.get(h.id, -1)
+            score, rank = position.get(o, (h.score, 0))
+            h.debug = HitDetail(score, rank, explain.features.get(o, {}))
+        ex.debug = DebugDetail(
+            branches=tuple((name, items(entries)) for name, entries in lists),
+            fused=items(explain.fused),
+            fusion=ex.fusion,
+            ranker=explain.ranker,
+            feature_names=explain.feature_names,
+            user=await self._user_detail(collection, ex.query.user_id) if ex.query.user_id else None,
+        )
+
+    async def _user_detail(self, collection: Collection, user_id: str) -> UserDetail:
+        try:
+            recent = await self.recent.recent(collection.name, user_id, DEBUG_RECENT)
+            counters = await self.recent.counters(collection.name, user_id)
+        except StoreUnavailable:
+            return UserDetail(user_id, available=False)
+        fw = collection.forward
+        titles = {}
+        known = [r.item_id for r in recent if r.item_id in fw.ord_of]
+        if known:
+            for item_id, row in zip(known, fw.rows([fw.ord_of[i] for i in known]), strict=True):
+                titles[item_id] = row["title"] or ""
+        return UserDetail(
+            user_id,
+            available=True,
+            recent=tuple(
+                RecentEventDetail(r.item_id, titles.get(r.item_id, ""), r.type, r.ts, r.weight)
+                for r in recent
+            ),
+            counters=counters,
+        )
 
     async def _counters(self, collection: str, user_id: str) -> tuple[UserCounters | None, bool]:
         try:
@@ -250,6 +354,9 @@ class Exchange:
     hits: list[Hit] = field(default_factory=list)
     degraded: bool = False
     counters_task: asyncio.Task[tuple[UserCounters | None, bool]] | None = None
+    fusion: str = ""
+    explain: RankExplain | None = None
+    debug: DebugDetail | None = None
 
     @property
     def generation(self) -> Collection:
@@ -264,7 +371,22 @@ class Exchange:
             degraded=self.degraded,
             branch_stats=self.results,
             took_ms=(time.perf_counter() - self.t0) * 1000,
+            debug=self.debug,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class RankExplain:
+    """The fused list (ordinal, score, sources) the ranking stage received, and the ranker's inputs."""
+
+    fused: tuple[tuple[int, float, tuple[SourceScore, ...]], ...]
+    ranker: str
+    feature_names: tuple[str, ...]
+    features: dict[int, dict[str, float]]
+
+
+#: How many of the user's recent events a debug answer shows.
+DEBUG_RECENT = 20
 
 
 _S = SearchService
@@ -281,6 +403,7 @@ SEARCH = Pipeline(
         _S._post_filter,
         _S._rank,
         _S._hydrate,
+        _S._debug,
     ),
 )
 RECOMMEND = Pipeline(

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quarry/v1/search.proto\x12\tquarry.v1\"$\n\x08GeoPoint\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lon\x18\x02 \x01(\x01\"\x7f\n\x0cNumericRange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x03min\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rmin_exclusive\x18\x04 \x01(\x08\x12\x15\n\rmax_exclusive\x18\x05 \x01(\x08\x42\x06\n\x04_minB\x06\n\x04_max\"i\n\x07\x46ilters\x12\x12\n\ncategories\x18\x01 \x03(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.quarry.v1.NumericRange\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\t\"\xd3\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x08location\x18\x04 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x05 \x01(\x01\x12#\n\x07\x66ilters\x18\x06 \x01(\x0b\x32\x12.quarry.v1.Filters\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\":\n\x0bSourceScore\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\x89\x03\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.quarry.v1.SourceScore\x12\r\n\x05title\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12%\n\x08location\x18\x07 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x17\n\ndistance_m\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x32\n\nattributes\x18\t \x03(\x0b\x32\x1e.quarry.v1.Hit.AttributesEntry\x12*\n\x06\x66ields\x18\n \x03(\x0b\x32\x1a.quarry.v1.Hit.FieldsEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_distance_m\"~\n\x0b\x42ranchStats\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.quarry.v1.BranchStatus\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\x99\x01\n\x0eSearchResponse\x12\x1c\n\x04hits\x18\x01 \x03(\x0b\x32\x0e.quarry.v1.Hit\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12,\n\x0c\x62ranch_stats\x18\x04 \x03(\x0b\x32\x16.quarry.v1.BranchStats\x12\x0f\n\x07took_ms\x18\x05 \x01(\x01\"\xc7\x01\n\x10RecommendRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12%\n\x08location\x18\x03 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x04 \x01(\x01\x12#\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x12.quarry.v1.Filters\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\"e\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\x12\x0e\n\x06weight\x18\x06 \x01(\x01\"H\n\x10LogEventsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.quarry.v1.Event\"@\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12*\n\x08rejected\x18\x03 \x03(\x0b\x32\x18.quarry.v1.RejectedEvent*\xae\x01\n\x0c\x42ranchStatus\x12\x1d\n\x19\x42RANCH_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42RANCH_STATUS_OK\x10\x01\x12\x19\n\x15\x42RANCH_STATUS_SKIPPED\x10\x02\x12\x19\n\x15\x42RANCH_STATUS_TIMEOUT\x10\x03\x12\x17\n\x13\x42RANCH_STATUS_ERROR\x10\x04\x12\x1a\n\x16\x42RANCH_STATUS_DISABLED\x10\x05\x32\xdb\x01\n\rSearchService\x12=\n\x06Search\x12\x18.quarry.v1.SearchRequest\x1a\x19.quarry.v1.SearchResponse\x12\x43\n\tRecommend\x12\x1b.quarry.v1.RecommendRequest\x1a\x19.quarry.v1.SearchResponse\x12\x46\n\tLogEvents\x12\x1b.quarry.v1.LogEventsRequest\x1a\x1c.quarry.v1.LogEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16quarry/v1/search.proto\x12\tquarry.v1\"$\n\x08GeoPoint\x12\x0b\n\x03lat\x18\x01 \x01(\x01\x12\x0b\n\x03lon\x18\x02 \x01(\x01\"\x7f\n\x0cNumericRange\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x03min\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rmin_exclusive\x18\x04 \x01(\x08\x12\x15\n\rmax_exclusive\x18\x05 \x01(\x08\x42\x06\n\x04_minB\x06\n\x04_max\"i\n\x07\x46ilters\x12\x12\n\ncategories\x18\x01 \x03(\t\x12\x0c\n\x04tags\x18\x02 \x03(\t\x12\'\n\x06ranges\x18\x03 \x03(\x0b\x32\x17.quarry.v1.NumericRange\x12\x13\n\x0b\x65xclude_ids\x18\x04 \x03(\t\"\xf5\x01\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\x0f\n\x07user_id\x18\x03 \x01(\t\x12%\n\x08location\x18\x04 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x05 \x01(\x01\x12#\n\x07\x66ilters\x18\x06 \x01(\x0b\x32\x12.quarry.v1.Filters\x12\r\n\x05top_k\x18\x07 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x08 \x01(\x08\x12\x12\n\nrequest_id\x18\t \x01(\t\x12\x10\n\x08\x62ranches\x18\n \x03(\t\x12\x0e\n\x06\x66usion\x18\x0b \x01(\t\":\n\x0bSourceScore\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0c\n\x04rank\x18\x03 \x01(\x05\"\xad\x03\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\'\n\x07sources\x18\x03 \x03(\x0b\x32\x16.quarry.v1.SourceScore\x12\r\n\x05title\x18\x04 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\x12\x0c\n\x04tags\x18\x06 \x03(\t\x12%\n\x08location\x18\x07 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x17\n\ndistance_m\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x32\n\nattributes\x18\t \x03(\x0b\x32\x1e.quarry.v1.Hit.AttributesEntry\x12*\n\x06\x66ields\x18\n \x03(\x0b\x32\x1a.quarry.v1.Hit.FieldsEntry\x12\"\n\x05\x64\x65\x62ug\x18\x0b \x01(\x0b\x32\x13.quarry.v1.HitDebug\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\r\n\x0b_distance_m\"\x99\x01\n\x08HitDebug\x12\x13\n\x0b\x66used_score\x18\x01 \x01(\x02\x12\x12\n\nfused_rank\x18\x02 \x01(\x05\x12\x33\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32!.quarry.v1.HitDebug.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"~\n\x0b\x42ranchStats\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.quarry.v1.BranchStatus\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x12\n\ncandidates\x18\x04 \x01(\x05\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"\xbe\x01\n\x0eSearchResponse\x12\x1c\n\x04hits\x18\x01 \x03(\x0b\x32\x0e.quarry.v1.Hit\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\x12,\n\x0c\x62ranch_stats\x18\x04 \x03(\x0b\x32\x16.quarry.v1.BranchStats\x12\x0f\n\x07took_ms\x18\x05 \x01(\x01\x12#\n\x05\x64\x65\x62ug\x18\x06 \x01(\x0b\x32\x14.quarry.v1.DebugInfo\"\x98\x01\n\x0e\x44\x65\x62ugCandidate\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04rank\x18\x04 \x01(\x05\x12\'\n\x07sources\x18\x05 \x03(\x0b\x32\x16.quarry.v1.SourceScore\x12%\n\x08location\x18\x06 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\"Q\n\x10\x42ranchCandidates\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12-\n\ncandidates\x18\x02 \x03(\x0b\x32\x19.quarry.v1.DebugCandidate\"W\n\x0bRecentEvent\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\n\n\x02ts\x18\x04 \x01(\x01\x12\x0e\n\x06weight\x18\x05 \x01(\x01\"\xaa\x01\n\tUserDebug\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tavailable\x18\x02 \x01(\x08\x12&\n\x06recent\x18\x03 \x03(\x0b\x32\x16.quarry.v1.RecentEvent\x12\x14\n\x0c\x65vents_total\x18\x04 \x01(\x03\x12\x12\n\nweight_sum\x18\x05 \x01(\x01\x12\x16\n\x0e\x64istinct_items\x18\x06 \x01(\x03\x12\x0f\n\x07last_ts\x18\x07 \x01(\x01\"\xbf\x01\n\tDebugInfo\x12-\n\x08\x62ranches\x18\x01 \x03(\x0b\x32\x1b.quarry.v1.BranchCandidates\x12(\n\x05\x66used\x18\x02 \x03(\x0b\x32\x19.quarry.v1.DebugCandidate\x12\x0e\n\x06\x66usion\x18\x03 \x01(\t\x12\x0e\n\x06ranker\x18\x04 \x01(\t\x12\x15\n\rfeature_names\x18\x05 \x03(\t\x12\"\n\x04user\x18\x06 \x01(\x0b\x32\x14.quarry.v1.UserDebug\"\xe9\x01\n\x10RecommendRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12%\n\x08location\x18\x03 \x01(\x0b\x32\x13.quarry.v1.GeoPoint\x12\x10\n\x08radius_m\x18\x04 \x01(\x01\x12#\n\x07\x66ilters\x18\x05 \x01(\x0b\x32\x12.quarry.v1.Filters\x12\r\n\x05top_k\x18\x06 \x01(\x05\x12\r\n\x05\x64\x65\x62ug\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x12\x10\n\x08\x62ranches\x18\t \x03(\t\x12\x0e\n\x06\x66usion\x18\n \x01(\t\"e\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0c\n\x04type\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x01\x12\x0e\n\x06weight\x18\x06 \x01(\x01\"H\n\x10LogEventsRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12 \n\x06\x65vents\x18\x02 \x03(\x0b\x32\x10.quarry.v1.Event\"@\n\rRejectedEvent\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"e\n\x11LogEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x12\n\nduplicates\x18\x02 \x01(\x05\x12*\n\x08rejected\x18\x03 \x03(\x0b\x32\x18.quarry.v1.RejectedEvent*\xae\x01\n\x0c\x42ranchStatus\x12\x1d\n\x19\x42RANCH_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10\x42RANCH_STATUS_OK\x10\x01\x12\x19\n\x15\x42RANCH_STATUS_SKIPPED\x10\x02\x12\x19\n\x15\x42RANCH_STATUS_TIMEOUT\x10\x03\x12\x17\n\x13\x42RANCH_STATUS_ERROR\x10\x04\x12\x1a\n\x16\x42RANCH_STATUS_DISABLED\x10\x05\x32\xdb\x01\n\rSearchService\x12=\n\x06Search\x12\x18.quarry.v1.SearchRequest\x1a\x19.quarry.v1.SearchResponse\x12\x43\n\tRecommend\x12\x1b.quarry.v1.RecommendRequest\x1a\x19.quarry.v1.SearchResponse\x12\x46\n\tLogEvents\x12\x1b.quarry.v1.LogEventsRequest\x1a\x1c.quarry.v1.LogEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HIT_ATTRIBUTESENTRY']._serialized_options = b'8\001'
   _globals['_HIT_FIELDSENTRY']._loaded_options = None
   _globals['_HIT_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_BRANCHSTATUS']._serialized_start=1814
-  _globals['_BRANCHSTATUS']._serialized_end=1988
+  _globals['_HITDEBUG_FEATURESENTRY']._loaded_options = None
+  _globals['_HITDEBUG_FEATURESENTRY']._serialized_options = b'8\001'
+  _globals['_BRANCHSTATUS']._serialized_start=2805
+  _globals['_BRANCHSTATUS']._serialized_end=2979
   _globals['_GEOPOINT']._serialized_start=37
   _globals['_GEOPOINT']._serialized_end=73
   _globals['_NUMERICRANGE']._serialized_start=75
@@ -44,29 +46,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILTERS']._serialized_start=204
   _globals['_FILTERS']._serialized_end=309
   _globals['_SEARCHREQUEST']._serialized_start=312
-  _globals['_SEARCHREQUEST']._serialized_end=523
-  _globals['_SOURCESCORE']._serialized_start=525
-  _globals['_SOURCESCORE']._serialized_end=583
-  _globals['_HIT']._serialized_start=586
-  _globals['_HIT']._serialized_end=979
-  _globals['_HIT_ATTRIBUTESENTRY']._serialized_start=868
-  _globals['_HIT_ATTRIBUTESENTRY']._serialized_end=917
-  _globals['_HIT_FIELDSENTRY']._serialized_start=919
-  _globals['_HIT_FIELDSENTRY']._serialized_end=964
-  _globals['_BRANCHSTATS']._serialized_start=981
-  _globals['_BRANCHSTATS']._serialized_end=1107
-  _globals['_SEARCHRESPONSE']._serialized_start=1110
-  _globals['_SEARCHRESPONSE']._serialized_end=1263
-  _globals['_RECOMMENDREQUEST']._serialized_start=1266
-  _globals['_RECOMMENDREQUEST']._serialized_end=1465
-  _globals['_EVENT']._serialized_start=1467
-  _globals['_EVENT']._serialized_end=1568
-  _globals['_LOGEVENTSREQUEST']._serialized_start=1570
-  _globals['_LOGEVENTSREQUEST']._serialized_end=1642
-  _globals['_REJECTEDEVENT']._serialized_start=1644
-  _globals['_REJECTEDEVENT']._serialized_end=1708
-  _globals['_LOGEVENTSRESPONSE']._serialized_start=1710
-  _globals['_LOGEVENTSRESPONSE']._serialized_end=1811
-  _globals['_SEARCHSERVICE']._serialized_start=1991
-  _globals['_SEARCHSERVICE']._serialized_end=2210
+  _globals['_SEARCHREQUEST']._serialized_end=557
+  _globals['_SOURCESCORE']._serialized_start=559
+  _globals['_SOURCESCORE']._serialized_end=617
+  _globals['_HIT']._serialized_start=620
+  _globals['_HIT']._serialized_end=1049
+  _globals['_HIT_ATTRIBUTESENTRY']._serialized_start=938
+  _globals['_HIT_ATTRIBUTESENTRY']._serialized_end=987
+  _globals['_HIT_FIELDSENTRY']._serialized_start=989
+  _globals['_HIT_FIELDSENTRY']._serialized_end=1034
+  _globals['_HITDEBUG']._serialized_start=1052
+  _globals['_HITDEBUG']._serialized_end=1205
+  _globals['_HITDEBUG_FEATURESENTRY']._serialized_start=1158
+  _globals['_HITDEBUG_FEATURESENTRY']._serialized_end=1205
+  _globals['_BRANCHSTATS']._serialized_start=1207
+  _globals['_BRANCHSTATS']._serialized_end=1333
+  _globals['_SEARCHRESPONSE']._serialized_start=1336
+  _globals['_SEARCHRESPONSE']._serialized_end=1526
+  _globals['_DEBUGCANDIDATE']._serialized_start=1529
+  _globals['_DEBUGCANDIDATE']._serialized_end=1681
+  _globals['_BRANCHCANDIDATES']._serialized_start=1683
+  _globals['_BRANCHCANDIDATES']._serialized_end=1764
+  _globals['_RECENTEVENT']._serialized_start=1766
+  _globals['_RECENTEVENT']._serialized_end=1853
+  _globals['_USERDEBUG']._serialized_start=1856
+  _globals['_USERDEBUG']._serialized_end=2026
+  _globals['_DEBUGINFO']._serialized_start=2029
+  _globals['_DEBUGINFO']._serialized_end=2220
+  _globals['_RECOMMENDREQUEST']._serialized_start=2223
+  _globals['_RECOMMENDREQUEST']._serialized_end=2456
+  _globals['_EVENT']._serialized_start=2458
+  _globals['_EVENT']._serialized_end=2559
+  _globals['_LOGEVENTSREQUEST']._serialized_start=2561
+  _globals['_LOGEVENTSREQUEST']._serialized_end=2633
+  _globals['_REJECTEDEVENT']._serialized_start=2635
+  _globals['_REJECTEDEVENT']._serialized_end=2699
+  _globals['_LOGEVENTSRESPONSE']._serialized_start=2701
+  _globals['_LOGEVENTSRESPONSE']._serialized_end=2802
+  _globals['_SEARCHSERVICE']._serialized_start=2982
+  _globals['_SEARCHSERVICE']._serialized_end=3201
 # @@protoc_insertion_point(module_scope)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from common.types import GeoPoint
 from common.v1 import search_pb2 as pb
 from retriever.core.events import LogResult, RawEvent
-from retriever.core.types import BranchStatus, Filters, NumericRange, SearchQuery, SearchResult
+from retriever.core.types import (
+    BranchStatus,
+    DebugDetail,
+    DebugItem,
+    Filters,
+    NumericRange,
+    SearchQuery,
+    SearchResult,
+)
 
 _STATUS = {
     BranchStatus.OK: pb.BRANCH_STATUS_OK,
@@ -45,6 +55,8 @@ def _query(req: pb.SearchRequest | pb.RecommendRequest, text: str) -> SearchQuer
         top_k=req.top_k,
         debug=req.debug,
         request_id=req.request_id,
+        branches=tuple(req.branches),
+        fusion=req.fusion,
     )
 
 
@@ -79,6 +91,11 @@ def search_response(res: SearchResult, *, debug: bool) -> pb.SearchResponse:
             hit.distance_m = h.distance_m
         hit.attributes.update(h.attributes)
         hit.fields.update(h.fields)
+        if debug and h.debug is not None:
+            hit.debug.fused_score, hit.debug.fused_rank = h.debug.fused_score, h.debug.fused_rank
+            hit.debug.features.update(h.debug.features)
+    if debug and res.debug is not None:
+        _debug_info(out.debug, res.debug)
     if debug:
         for b in res.branch_stats:
             out.branch_stats.add(
@@ -89,3 +106,29 @@ def search_response(res: SearchResult, *, debug: bool) -> pb.SearchResponse:
                 detail=b.detail,
             )
     return out
+
+
+def _debug_items(out: Any, items: tuple[DebugItem, ...]) -> None:
+    for it in items:
+        c = out.add(id=it.id, title=it.title, score=it.score, rank=it.rank)
+        for src in it.sources:
+            c.sources.add(branch=src.branch, score=src.score, rank=src.rank)
+        if it.location is not None:
+            c.location.lat, c.location.lon = it.location.lat, it.location.lon
+
+
+def _debug_info(out: pb.DebugInfo, d: DebugDetail) -> None:
+    for name, items in d.branches:
+        _debug_items(out.branches.add(branch=name).candidates, items)
+    _debug_items(out.fused, d.fused)
+    out.fusion, out.ranker = d.fusion, d.ranker
+    out.feature_names.extend(d.feature_names)
+    if d.user is not None:
+        u = out.user
+        u.user_id, u.available = d.user.user_id, d.user.available
+        for e in d.user.recent:
+            u.recent.add(item_id=e.item_id, title=e.title, type=e.type, ts=e.ts, weight=e.weight)
+        if d.user.counters is not None:
+            c = d.user.counters
+            u.events_total, u.weight_sum = c.events_total, c.weight_sum
+            u.distinct_items, u.last_ts = c.distinct_items, c.last_ts

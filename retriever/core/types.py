@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from common.types import Candidate, GeoPoint, SourceScore
+from common.types import Candidate, GeoPoint, SourceScore, UserCounters
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +44,10 @@ class SearchQuery:
     top_k: int = 0
     debug: bool = False
     request_id: str = ""
+    #: A subset of the pipeline's branches to run (empty: all); checked against the collection's.
+    branches: tuple[str, ...] = ()
+    #: A fusion strategy overriding the collection's ("" keeps it).
+    fusion: str = ""
 
 
 class BranchStatus(StrEnum):
@@ -75,6 +79,57 @@ class Hit:
     distance_m: float | None
     attributes: dict[str, float]
     fields: dict[str, str]
+    debug: HitDetail | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HitDetail:
+    """How the ranking stage saw a hit (debug requests only)."""
+
+    fused_score: float
+    fused_rank: int
+    features: dict[str, float]
+
+
+@dataclass(frozen=True, slots=True)
+class DebugItem:
+    """One entry of a debug list (a branch's own list, or the fused list), hydrated for display."""
+
+    id: str
+    title: str
+    score: float
+    rank: int
+    sources: tuple[SourceScore, ...] = ()
+    location: GeoPoint | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RecentEventDetail:
+    item_id: str
+    title: str
+    type: str
+    ts: float
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class UserDetail:
+    user_id: str
+    available: bool
+    recent: tuple[RecentEventDetail, ...] = ()
+    counters: UserCounters | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DebugDetail:
+    """Every stage's lists for one request (debug requests only): what a console shows."""
+
+    branches: tuple[tuple[str, tuple[DebugItem, ...]], ...]
+    fused: tuple[DebugItem, ...]
+    fusion: str
+    ranker: str
+    feature_names: tuple[str, ...] = ()
+    user: UserDetail | None = None
 
 
 @dataclass(slots=True)
@@ -85,3 +140,4 @@ class SearchResult:
     branch_stats: list[BranchResult]
     took_ms: float
     extra: dict[str, Any] = field(default_factory=dict)
+    debug: DebugDetail | None = None

@@ -11,6 +11,9 @@ from retriever.core.errors import InvalidArgument
 from retriever.core.types import SearchQuery
 
 MAX_ID_BYTES = 256
+MAX_BRANCHES = 32
+#: Request-level fusion overrides ("" keeps the collection's strategy).
+FUSIONS = ("", "rrf", "weighted")
 
 
 def _finite(name: str, value: float) -> None:
@@ -72,4 +75,13 @@ def validate_search(q: SearchQuery, limits: LimitSettings) -> SearchQuery:
                 _finite(f"{where}.{side}", v)
         if r.min is not None and r.max is not None and r.min > r.max:
             raise InvalidArgument(f"{where} ({r.field}): min {r.min} > max {r.max}")
-    return replace(q, top_k=q.top_k or limits.default_top_k)
+    if len(q.branches) > MAX_BRANCHES:
+        raise InvalidArgument(f"branches has {len(q.branches)} names; the maximum is {MAX_BRANCHES}")
+    if any(not b for b in q.branches):
+        raise InvalidArgument("branches contains an empty name")
+    if q.fusion not in FUSIONS:
+        raise InvalidArgument(
+            f"fusion {q.fusion[:64]!r} is not a fusion strategy; use one of: {', '.join(FUSIONS[1:])} "
+            "(or leave it empty for the collection's own)"
+        )
+    return replace(q, top_k=q.top_k or limits.default_top_k, branches=tuple(dict.fromkeys(q.branches)))

@@ -114,3 +114,39 @@ def test_mismatched_or_corrupt_model_is_refused(trained: tuple[Path, dict[str, A
     side["collection"] = "movielens"
     sidecar_path(model).write_text(json.dumps(side))
     assert Collection(out / "train-snapshot", _settings(model).for_collection("movielens")).ranker is None
+
+
+def test_debug_answer_shows_the_models_inputs(trained: tuple[Path, dict[str, Any]]) -> None:
+    """A debug request names the model and gives each hit the exact feature vector the model scored."""
+    out, _report = trained
+    settings = _settings(out / "model.onnx")
+    coll = Collection(out / "train-snapshot", settings.for_collection("movielens"))
+    assert isinstance(coll.ranker, ModelRanker)
+    rec = Recording(coll.ranker.model)
+    rec.seen = []
+    coll.ranker = rec
+    reg = Registry()
+    reg.put(coll)
+    store = MemoryRecentStore()
+    svc = SearchService(settings, reg, recent=store)
+
+    async def go() -> None:
+        await store.append("movielens", [UserEvent("d1", "dbg", "50", "rating", 1.0, 5.0)])
+        q = SearchQuery(collection="movielens", user_id="dbg", top_k=10, debug=True)
+        res = await svc.recommend(q)
+        assert res.debug is not None
+        assert res.debug.ranker == f"onnx:{rec.version}"
+        assert res.debug.feature_names == rec.schema.names
+        assert res.debug.user is not None and [e.item_id for e in res.debug.user.recent] == ["50"]
+        scored = rec.seen[-1]  # rows in fused order, as the model saw them
+        fused_ids = [c.id for c in res.debug.fused]
+        for h in res.hits:
+            assert h.debug is not None and h.debug.fused_rank >= 1
+            assert fused_ids[h.debug.fused_rank - 1] == h.id
+            row = scored[h.debug.fused_rank - 1]
+            assert [h.debug.features[n] for n in rec.schema.names] == pytest.approx(row.tolist())
+        # The model reorders: hit scores are the model's, not the fused ones.
+        assert [h.score for h in res.hits] != [h.debug.fused_score for h in res.hits]
+        await svc.aclose()
+
+    asyncio.run(go())
