@@ -151,6 +151,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_serving(
+    proc: subprocess.Popen[bytes], target: str, collection: str, query: str = "paris", timeout_s: float = 120
+) -> str:
+    """`target` once the `quarry serve` subprocess `proc` answers a Search on `collection`; fails (killing
+    it) if it exits or does not answer within timeout_s."""
+    import grpc
+
+    from common.v1 import search_pb2, search_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            with grpc.insecure_channel(target) as ch:
+                search_pb2_grpc.SearchServiceStub(ch).Search(
+                    search_pb2.SearchRequest(collection=collection, query=query), timeout=2
+                )
+            return target
+        except grpc.RpcError:
+            time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"the server did not answer on {target} within {timeout_s:.0f} s")
+
+
 class ServerThread:
     """A real QuarryServer on a free port, running its own event loop in a background thread, so both
     sync and async tests (and any client library) can talk to it."""

@@ -15,7 +15,7 @@ import pytest
 
 from common.snapshot_root import SnapshotRoot
 from common.v1 import admin_pb2, admin_pb2_grpc, search_pb2, search_pb2_grpc
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_serving
 from tests.integration.test_lifecycle import AUTH, TOKEN, publish
 
 pytestmark = pytest.mark.integration
@@ -25,20 +25,7 @@ def _start(args: list[str], env: dict[str, str] | None = None) -> tuple[subproce
     port = free_port()
     cmd = [sys.executable, "-m", "quarry.cli", "--log-level", "WARNING", "serve", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
-    target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            with grpc.insecure_channel(target) as ch:
-                search_pb2_grpc.SearchServiceStub(ch).Search(
-                    search_pb2.SearchRequest(collection="tiny", query="paris"), timeout=2
-                )
-            return proc, target
-        except grpc.RpcError:
-            time.sleep(0.3)
-    proc.kill()
-    raise AssertionError("workers did not start")
+    return proc, wait_serving(proc, f"127.0.0.1:{port}", "tiny")
 
 
 def _workers(parent: int) -> list[int]:
