@@ -351,6 +351,86 @@ def models_install() -> None:
     click.echo(f"installed: {find_model_dir()}")
 
 
+# -------------------------------------------------------------------------------------------- console
+@main.group("console", invoke_without_command=True)
+@click.option("--target", default="127.0.0.1:50051", show_default=True, help="Retriever address (host:port).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address the console listens on.")
+@click.option("--port", type=int, default=8090, show_default=True, help="Console HTTP port (0: a free one).")
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    help="Collection to offer (repeatable); with --token the server's own list is offered too.",
+)
+@click.option(
+    "--token",
+    envvar="QUARRY_ADMIN__TOKEN",
+    default="",
+    help="Admin token, only to list the server's collections (AdminService.Status); stays in this process.",
+)
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="RPC deadline in seconds.")
+@click.option("--tls-ca", "ca", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Use TLS.")
+@click.pass_context
+def console(
+    ctx: click.Context,
+    target: str,
+    host: str,
+    port: int,
+    collections: tuple[str, ...],
+    token: str,
+    timeout: float,
+    ca: Path | None,
+) -> None:
+    """Web debug console for a running server: each branch's candidates, the fused and ranked lists with
+    score parts and features, hits on a map, a Recommend tab with the user's recent events.
+
+    It talks to the retriever only through the public gRPC API (debug answers), so it works against any
+    running `quarry serve`. Its browser files come from pinned npm packages: `quarry console install`."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from quarry.client import channel
+    from quarry.console.assets import AssetsMissing, require
+    from quarry.console.server import Bridge, ConsoleServer
+
+    try:
+        assets = require()
+    except AssetsMissing as exc:
+        raise click.ClickException(str(exc)) from None
+    bridge = Bridge(
+        channel(target, ca=ca),
+        target,
+        assets,
+        collections=collections,
+        admin_token=token,
+        timeout_s=timeout,
+    )
+    try:
+        srv = ConsoleServer(bridge, host, port)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc}") from None
+    click.echo(f"Quarry console on {srv.url} (retriever {target}); Ctrl-C stops it")
+    try:
+        srv.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        srv.close()
+
+
+@console.command("install")
+def console_install() -> None:
+    """Download the console's browser files (Leaflet, topojson-client, world-atlas) from the npm
+    registry, verified against their pinned sha512 integrity, into the user's cache."""
+    from quarry.console.assets import assets_dir, install
+
+    try:
+        done = install()
+    except (OSError, ValueError) as exc:
+        raise click.ClickException(f"cannot install the console's browser files: {exc}") from None
+    where = assets_dir()
+    click.echo(f"installed {', '.join(done)} into {where}" if done else f"already installed in {where}")
+
+
 # ---------------------------------------------------------------------------------------------- serve
 @main.command()
 @click.option(

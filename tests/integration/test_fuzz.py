@@ -41,6 +41,12 @@ FLOAT = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 1e308, -91.0, 181.0])
 )
 INT32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
+#: Request options: real branch names (some not in every pipeline), hostile ones, fusion names.
+BRANCHES = st.lists(
+    st.one_of(st.sampled_from(["inverted", "ann", "geo", "behavior", "popular", "", "INVERTED"]), TEXT),
+    max_size=40,
+)
+FUSION = st.one_of(st.sampled_from(["", "rrf", "weighted", "RRF", "borda"]), TEXT)
 
 
 @st.composite
@@ -64,16 +70,20 @@ def search_requests(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         req.location.lat, req.location.lon = draw(FLOAT), draw(FLOAT)
     draw(filters(req.filters))
+    req.branches.extend(draw(BRANCHES))
+    req.fusion = draw(FUSION)
     return req.SerializeToString()
 
 
 @st.composite
 def recommend_requests(draw: st.DrawFn) -> bytes:
     req = pb.RecommendRequest(collection=draw(COLLECTIONS), user_id=draw(TEXT), top_k=draw(INT32))
-    req.radius_m = draw(FLOAT)
+    req.radius_m, req.debug = draw(FLOAT), draw(st.booleans())
     if draw(st.booleans()):
         req.location.lat, req.location.lon = draw(FLOAT), draw(FLOAT)
     draw(filters(req.filters))
+    req.branches.extend(draw(BRANCHES))
+    req.fusion = draw(FUSION)
     return req.SerializeToString()
 
 
