@@ -276,15 +276,7 @@ class MLPRanker:
             graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quarry.ranker"
         )
         model.ir_version = IR_VERSION
-        helper.set_model_props(
-            model,
-            {
-                "model_version": model_version,
-                "schema_version": schema.version,
-                "schema_fingerprint": schema.fingerprint(),
-                "feature_names": json.dumps(list(schema.names)),
-            },
-        )
+        set_model_props(model, schema=schema, model_version=model_version)
         onnx.checker.check_model(model, full_check=True)
         return model
 
@@ -297,29 +289,57 @@ class MLPRanker:
         metrics: dict[str, Any],
         extra: dict[str, Any] | None = None,
     ) -> Path:
-        """Write `path` and its `.json` sidecar, each atomically (temp file + rename).
+        model = self.to_onnx_model(schema=schema, model_version=model_version)
+        info = {"kind": "mlp", "hidden": list(self.hidden), **(extra or {})}
+        return write_model(
+            path, model, schema=schema, model_version=model_version, metrics=metrics, extra=info
+        )
 
-        The .onnx is renamed into place before the sidecar, so a reader racing the export sees either
-        the old pair or a new .onnx whose sha256 does not match the old sidecar -- which the loader
-        refuses, keeping its previous model -- never a silently mismatched pair.
-        """
-        path = Path(path)
-        data = self.to_onnx_model(schema=schema, model_version=model_version).SerializeToString()
-        sidecar = {
+
+def set_model_props(model: onnx.ModelProto, *, schema: FeatureSchema, model_version: str) -> None:
+    """The metadata every Quarry ranker graph carries (the loader checks the schema fingerprint)."""
+    helper.set_model_props(
+        model,
+        {
             "model_version": model_version,
             "schema_version": schema.version,
             "schema_fingerprint": schema.fingerprint(),
-            "feature_names": list(schema.names),
-            "metrics": metrics,
-            "onnx_sha256": hashlib.sha256(data).hexdigest(),
-            "opset": OPSET,
-            "hidden": list(self.hidden),
-            **(extra or {}),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, data)
-        atomic_write(sidecar_path(path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
-        return path
+            "feature_names": json.dumps(list(schema.names)),
+        },
+    )
+
+
+def write_model(
+    path: str | os.PathLike[str],
+    model: onnx.ModelProto,
+    *,
+    schema: FeatureSchema,
+    model_version: str,
+    metrics: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write `path` and its `.json` sidecar, each atomically (temp file + rename).
+
+    The .onnx is renamed into place before the sidecar, so a reader racing the export sees either
+    the old pair or a new .onnx whose sha256 does not match the old sidecar -- which the loader
+    refuses, keeping its previous model -- never a silently mismatched pair.
+    """
+    path = Path(path)
+    data = model.SerializeToString()
+    sidecar = {
+        "model_version": model_version,
+        "schema_version": schema.version,
+        "schema_fingerprint": schema.fingerprint(),
+        "feature_names": list(schema.names),
+        "metrics": metrics,
+        "onnx_sha256": hashlib.sha256(data).hexdigest(),
+        "opset": OPSET,
+        **(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, data)
+    atomic_write(sidecar_path(path), (json.dumps(sidecar, indent=2, sort_keys=True) + "\n").encode())
+    return path
 
 
 def train_synthetic(

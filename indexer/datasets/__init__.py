@@ -15,7 +15,12 @@ from indexer.datasets.base import DATA_DIR_ENV, Dataset, DatasetUnavailable, def
 def adapters() -> dict[str, Callable[[Path], Dataset]]:
     from indexer.datasets import geonames, movielens, scifact
 
-    return {"scifact": scifact.load, "geonames": geonames.load, "movielens": movielens.load}
+    return {
+        "scifact": scifact.load,
+        "geonames": geonames.load,
+        "movielens": movielens.load,
+        "movielens-1m": movielens.load_1m,
+    }
 
 
 def load_dataset(name: str, data_dir: Path | None = None) -> Dataset:

