@@ -114,13 +114,15 @@ async def branch_lists(
     from retriever.service import SearchService
 
     registry = Registry()
-    registry.put(Collection(snapshot, _eval_collection(branches, "rrf")))
+    collection = Collection(snapshot, _eval_collection(branches, "rrf"))
+    registry.put(collection)
     service = SearchService(load_settings(), registry)
     lists: dict[str, dict[str, list[Candidate]]] = {}
     ids: dict[int, str] = {}
     try:
         for qid, text in queries.items():
-            res = await service.search(SearchQuery(collection="scifact", text=text, top_k=1, debug=True))
+            q = SearchQuery(collection=collection.name, text=text, top_k=1, debug=True)
+            res = await service.search(q)
             assert res.debug is not None
             shown = dict(res.debug.branches)
             lists[qid] = {}

@@ -74,3 +74,14 @@ def test_learned_without_parameters_is_invalid_argument(stub: search_pb2_grpc.Se
     assert "collection 'tiny' has no learned fusion parameters" in (err.value.details() or "")
     ok = stub.Search(pb.SearchRequest(collection="tiny", query="paris", fusion="weighted", debug=True))
     assert ok.debug.fusion == "weighted" and ok.hits
+
+
+def test_branch_lists_replay_what_the_service_fuses(tiny_snapshot: Path) -> None:
+    """The evaluation's recall (one debug Search per query) gives each branch's own list and the ids."""
+    from quarry.evaluate import branch_lists
+
+    lists, ids = asyncio.run(branch_lists(tiny_snapshot, {"q1": "Paris Texas"}, ["inverted", "ann"]))
+    assert set(lists["q1"]) == {"inverted", "ann"}
+    assert len(lists["q1"]["ann"]) == 7  # every tiny item, ranked
+    assert ids[lists["q1"]["inverted"][0].ordinal] == "pt"
+    assert set(ids.values()) == {"sh", "bj", "pa", "pt", "sf", "zu", "nl"}
