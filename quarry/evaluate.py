@@ -137,7 +137,7 @@ async def branch_lists(
     return lists, ids
 
 
-def _score(values: Sequence[float]) -> dict[str, float]:
+def _score(values: Sequence[float]) -> dict[str, Any]:
     from quarry.learned_fusion import bootstrap_ci
 
     lo, hi = bootstrap_ci(values)

@@ -225,7 +225,7 @@ def train(rows: Sequence[QueryRows], names: Sequence[str], *, inner_folds: int, 
 
 
 def bootstrap_ci(
-    values: Sequence[float], *, resamples: int = 2000, seed: int = 0, level: float = 0.95
+    values: Sequence[float] | np.ndarray, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean, resampling queries."""
     v = np.asarray(values, dtype=np.float64)

@@ -118,7 +118,7 @@ def test_cv_fusion_end_to_end_and_snippet_serves() -> None:
     model = report["_model"]
     text = lf.toml_snippet("synth", ["good", "noise"], model, rrf_k=60.0, version='v "1"', comments=["x"])
     parsed = tomllib.loads(text)
-    branches = {"good": {}, "noise": {}}
+    branches: dict[str, dict[str, object]] = {"good": {}, "noise": {}}
     parsed["collections"]["synth"]["branches"] = branches
     settings = QuarrySettings(collections=parsed["collections"])
     fs = settings.for_collection("synth").fusion
