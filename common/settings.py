@@ -29,6 +29,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from common.types import LEARNED_FEATURES
+
 CONFIG_ENV = "QUARRY_CONFIG"
 #: Validation-context key: the recall branch names the serving layer registered (see `load_settings`).
 RECALL_BRANCHES = "recall_branches"
@@ -103,11 +105,54 @@ class BranchSpec(_Model):
     weight: Annotated[float, Field(ge=0)] = 1.0
 
 
+class LearnedFusion(_Model):
+    """A linear fusion model fitted offline on judgments (`quarry eval scifact --cv-folds 5 --learned-out`):
+    fused score = intercept + Σ weights[f] · x_f over per-branch features "<branch>.<feature>"
+    (common.types.LEARNED_FEATURES). The fitted numbers live here, not in a model file, so a collection's
+    fusion is reviewable in its config and travels with it."""
+
+    #: The branches it was trained for. Candidates found only by other branches score `intercept`.
+    branches: Annotated[list[str], Field(min_length=1)]
+    #: Feature name → weight, in raw (unstandardised) feature units.
+    weights: dict[str, float]
+    intercept: float = 0.0
+    #: k of the "rrf" features, as trained (independent of fusion.rrf_k, so retuning RRF cannot shift it).
+    rrf_k: Annotated[float, Field(gt=0)] = 60.0
+    #: Where the numbers came from (data set, judgments, CV score, date): shown nowhere, kept for people.
+    version: str = ""
+
+    @model_validator(mode="after")
+    def _feature_names(self) -> LearnedFusion:
+        if not self.weights:
+            raise ValueError("fusion.learned.weights is empty: a learned fusion needs at least one feature")
+        for name in self.weights:
+            branch, _, feature = name.rpartition(".")
+            if branch not in self.branches or feature not in LEARNED_FEATURES:
+                raise ValueError(
+                    f"fusion.learned.weights has {name!r}; features are named <branch>.<feature> with "
+                    f"branch in {self.branches} and feature one of {', '.join(LEARNED_FEATURES)}"
+                )
+        return self
+
+
 class FusionSettings(_Model):
-    strategy: Literal["rrf", "weighted"] = "rrf"
+    #: "learned" needs `learned` (the fitted parameters).
+    strategy: Literal["rrf", "weighted", "learned"] = "rrf"
     rrf_k: Annotated[float, Field(gt=0)] = 60.0
     #: Per-branch score normalisation for the weighted strategy.
     normalization: Literal["minmax", "zscore", "rank"] = "minmax"
+    #: Fitted parameters of the learned strategy (None: requests cannot ask for "learned").
+    learned: LearnedFusion | None = None
+
+    @model_validator(mode="after")
+    def _learned_has_parameters(self) -> FusionSettings:
+        if self.strategy == "learned" and self.learned is None:
+            raise ValueError(
+                'fusion.strategy = "learned" needs fitted parameters in fusion.learned '
+                "(branches, weights, intercept); `quarry eval scifact --cv-folds 5 --learned-out FILE` "
+                "writes them"
+            )
+        return self
 
 
 class AnnSettings(_Model):
@@ -198,6 +243,19 @@ class CollectionSettings(_Model):
             if unknown:
                 raise ValueError(f"unknown recall branches {unknown}; known: {sorted(known)}")
         return v
+
+    @model_validator(mode="after")
+    def _learned_branches(self) -> CollectionSettings:
+        # A model trained for a branch this collection does not run would silently score 0 for it.
+        learned = self.fusion.learned
+        if learned is not None:
+            missing = [b for b in learned.branches if b not in self.branches]
+            if missing:
+                raise ValueError(
+                    f"fusion.learned was trained for branches {missing} that are not Search branches here "
+                    f"({', '.join(self.branches)})"
+                )
+        return self
 
 
 class RedisSettings(_Model):

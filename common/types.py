@@ -9,7 +9,7 @@ without importing each other.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +42,17 @@ class Fused:
     ordinal: int
     score: float
     sources: list[SourceScore]
+
+
+#: What learned fusion knows of one branch's view of a candidate, declared once for the trainer
+#: (quarry.learned_fusion), the server (retriever.core.fusion) and settings validation. Model inputs are
+#: named "<branch>.<feature>", e.g. "ann.zscore"; all are 0 when the branch did not find the candidate.
+#: - minmax: the branch's score min-max normalised over its own list (1 = its best, 0 = its worst)
+#: - zscore: the branch's score standardised over its own list
+#: - rrf: 1 / (rrf_k + rank), the branch's rank as RRF sees it
+#: - found: 1 when the branch found the candidate (the model's offset for being found at all)
+LearnedFeature = Literal["minmax", "zscore", "rrf", "found"]
+LEARNED_FEATURES: tuple[LearnedFeature, ...] = get_args(LearnedFeature)
 
 
 @dataclass(frozen=True, slots=True)

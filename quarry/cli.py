@@ -906,17 +906,60 @@ def eval_group() -> None:
     help="Comma-separated recall branches (several = hybrid).",
 )
 @click.option("--fusion", default="rrf", type=click.Choice(["rrf", "weighted"]), show_default=True)
+@click.option(
+    "--cv-folds",
+    type=click.IntRange(2, 100),
+    default=None,
+    help="Compare each branch alone, rrf, weighted and learned fusion by K-fold CV over queries "
+    "(needs several --branches; recall runs once per query).",
+)
+@click.option("--seed", default=0, show_default=True, help="Seed of the CV folds and bootstrap.")
+@click.option(
+    "--learned-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="With --cv-folds: write the learned model fitted on every query as a TOML snippet.",
+)
+@click.option("--max-queries", type=click.IntRange(10), default=None, help="With --cv-folds: first N only.")
 def eval_scifact(
-    snapshot: Path | None, data_dir: Path | None, split: str, k: int, branches: str, fusion: str
+    snapshot: Path | None,
+    data_dir: Path | None,
+    split: str,
+    k: int,
+    branches: str,
+    fusion: str,
+    cv_folds: int | None,
+    seed: int,
+    learned_out: Path | None,
+    max_queries: int | None,
 ) -> None:
-    """nDCG@k of recall branches on SciFact with its judgments."""
-    from quarry.evaluate import evaluate_scifact
+    """nDCG@k of recall branches on SciFact with its judgments (or, with --cv-folds, of every fusion)."""
+    from quarry.evaluate import evaluate_scifact, evaluate_scifact_fusion
 
     names = [b.strip() for b in branches.split(",") if b.strip()]
-    report = evaluate_scifact(
-        snapshot=snapshot, data_dir=data_dir, split=split, k=k, branches=names, fusion=fusion
+    if cv_folds is None:
+        if learned_out is not None or max_queries is not None:
+            raise click.UsageError("--learned-out and --max-queries go with --cv-folds")
+        report = evaluate_scifact(
+            snapshot=snapshot, data_dir=data_dir, split=split, k=k, branches=names, fusion=fusion
+        )
+        click.echo(json.dumps(report, indent=2))
+        return
+    if len(names) < 2:
+        raise click.UsageError("--cv-folds compares fusions: give several --branches, e.g. inverted,ann")
+    report = evaluate_scifact_fusion(
+        snapshot=snapshot,
+        data_dir=data_dir,
+        split=split,
+        k=k,
+        branches=names,
+        folds=cv_folds,
+        seed=seed,
+        learned_out=learned_out,
+        max_queries=max_queries,
     )
+    snippet = report.pop("toml")
     click.echo(json.dumps(report, indent=2))
+    click.echo(f"\n{snippet}", nl=False)
 
 
 @eval_group.command("behavior")

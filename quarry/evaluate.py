@@ -6,11 +6,15 @@ import asyncio
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from common.settings import BranchSpec, CollectionSettings, FusionSettings
 from retriever.settings import load_settings
+
+if TYPE_CHECKING:
+    from common.types import Candidate
 
 
 def ndcg_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> float:
@@ -75,14 +79,8 @@ async def _run(
     from retriever.service import SearchService
 
     settings = load_settings()
-    coll_settings = CollectionSettings(
-        # fail_open=False: an evaluation must not silently score a degraded answer.
-        branches={b: BranchSpec(quota=100, timeout_ms=60_000, fail_open=False) for b in branches},
-        fusion=FusionSettings(strategy=fusion),  # type: ignore[arg-type]
-        field_boosts=settings.for_collection("scifact").field_boosts,
-    )
     registry = Registry()
-    registry.put(Collection(snapshot, coll_settings))
+    registry.put(Collection(snapshot, _eval_collection(branches, fusion)))
     service = SearchService(settings, registry)
     out: dict[str, list[str]] = {}
     try:
@@ -92,3 +90,197 @@ async def _run(
     finally:
         service.close()
     return out
+
+
+def _eval_collection(branches: Sequence[str], fusion: str) -> CollectionSettings:
+    settings = load_settings()
+    return CollectionSettings(
+        # fail_open=False: an evaluation must not silently score a degraded answer.
+        branches={b: BranchSpec(quota=100, timeout_ms=60_000, fail_open=False) for b in branches},
+        fusion=FusionSettings(strategy=fusion),  # type: ignore[arg-type]
+        field_boosts=settings.for_collection("scifact").field_boosts,
+    )
+
+
+async def branch_lists(
+    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str]
+) -> tuple[dict[str, dict[str, list[Candidate]]], dict[int, str]]:
+    """Each branch's own candidate list per query (one Search each, debug answers), and ordinal → item id.
+
+    Recall runs once per query through the real search core; every fusion is then replayed offline on
+    these lists with the same pure functions the server calls."""
+    from retriever.core.types import BranchStatus, SearchQuery
+    from retriever.generations import Collection, Registry
+    from retriever.service import SearchService
+
+    registry = Registry()
+    collection = Collection(snapshot, _eval_collection(branches, "rrf"))
+    registry.put(collection)
+    service = SearchService(load_settings(), registry)
+    lists: dict[str, dict[str, list[Candidate]]] = {}
+    ids: dict[int, str] = {}
+    try:
+        for qid, text in queries.items():
+            q = SearchQuery(collection=collection.name, text=text, top_k=1, debug=True)
+            res = await service.search(q)
+            assert res.debug is not None
+            shown = dict(res.debug.branches)
+            lists[qid] = {}
+            for r in res.branch_stats:
+                if r.status is not BranchStatus.OK:
+                    raise RuntimeError(f"query {qid}: branch {r.branch} {r.status.value}: {r.detail}")
+                lists[qid][r.branch] = r.candidates
+                for c, item in zip(r.candidates, shown[r.branch], strict=True):
+                    ids[c.ordinal] = item.id
+    finally:
+        service.close()
+    return lists, ids
+
+
+def _score(values: Sequence[float]) -> dict[str, Any]:
+    from quarry.learned_fusion import bootstrap_ci
+
+    lo, hi = bootstrap_ci(values)
+    return {"mean": round(sum(values) / len(values), 4), "ci95": [round(lo, 4), round(hi, 4)]}
+
+
+def cv_fusion(
+    lists: Mapping[str, Mapping[str, Sequence[Candidate]]],
+    ids: Mapping[int, str],
+    judgments: Mapping[str, Mapping[str, int]],
+    *,
+    branches: Sequence[str],
+    k: int = 10,
+    folds: int = 5,
+    inner_folds: int = 4,
+    seed: int = 0,
+    settings: CollectionSettings | None = None,
+) -> dict[str, Any]:
+    """nDCG@k per query of each branch alone, RRF, weighted and learned fusion; learned is K-fold
+    cross-validated by query (each query scored by a model fitted without it, its configuration chosen by
+    an inner CV on the training folds), then refitted on every query for serving.
+
+    RRF and weighted use `settings` (default: the scifact collection's) k, weights and normalisation."""
+    from quarry import learned_fusion as lf
+    from retriever.core import fusion
+
+    cs = settings or load_settings().for_collection("scifact")
+    weights = {b: cs.branches[b].weight if b in cs.branches else 1.0 for b in branches}
+    qids = list(judgments)
+    ord_of = {item: o for o, item in ids.items()}
+
+    def ndcg(fused: Sequence[Any], qid: str) -> float:
+        return ndcg_at_k([ids[f.ordinal] for f in fused], judgments[qid], k)
+
+    per_query: dict[str, list[float]] = {}
+    for b in branches:
+        per_query[b] = [ndcg(fusion.rrf({b: lists[q][b]}), q) for q in qids]
+    per_query["rrf"] = [ndcg(fusion.rrf(lists[q], k=cs.fusion.rrf_k, weights=weights), q) for q in qids]
+    per_query["weighted"] = [
+        ndcg(fusion.weighted(lists[q], weights=weights, normalization=cs.fusion.normalization), q)
+        for q in qids
+    ]
+
+    names = lf.feature_names(branches)
+    rows = [
+        lf.query_rows(
+            q,
+            lists[q],
+            {ord_of[d]: g for d, g in judgments[q].items() if d in ord_of},
+            branches,
+            all_grades=list(judgments[q].values()),
+            k=k,
+        )
+        for q in qids
+    ]
+    held_out: dict[str, float] = {}
+    chosen = []
+    for i, held in enumerate(lf.kfold(len(rows), folds, seed)):
+        held_set = set(held.tolist())
+        model = lf.train(
+            [r for j, r in enumerate(rows) if j not in held_set],
+            names,
+            inner_folds=inner_folds,
+            seed=seed + i,
+            k=k,
+        )
+        chosen.append(model.config)
+        for j in held:
+            q = qids[j]
+            held_out[q] = ndcg(fusion.learned(lists[q], weights=model.weights, intercept=model.intercept), q)
+    per_query["learned"] = [held_out[q] for q in qids]
+    final_config, inner_score = lf.select(rows, names, folds=folds, seed=seed, k=k)
+    final = lf.fit(rows, names, final_config)
+    diff = [a - b for a, b in zip(per_query["learned"], per_query["weighted"], strict=True)]
+    return {
+        "queries": len(qids),
+        "folds": folds,
+        "inner_folds": inner_folds,
+        "seed": seed,
+        f"ndcg@{k}": {name: _score(v) for name, v in per_query.items()},
+        "learned_minus_weighted": _score(diff),
+        "fold_configs": [asdict(c) for c in chosen],
+        "final": {
+            "config": asdict(final_config),
+            f"cv_ndcg@{k}_of_config": round(inner_score, 4),
+            "weights": {n: round(w, 6) for n, w in final.weights.items()},
+            "intercept": round(final.intercept, 6),
+        },
+        "_model": final,
+    }
+
+
+def evaluate_scifact_fusion(
+    *,
+    snapshot: Path | None,
+    data_dir: Path | None,
+    split: str = "train",
+    k: int = 10,
+    branches: Sequence[str] = ("inverted", "ann"),
+    folds: int = 5,
+    seed: int = 0,
+    learned_out: Path | None = None,
+    max_queries: int | None = None,
+) -> dict[str, Any]:
+    """`cv_fusion` on SciFact's judgments (train: the only split that ships), recall run once per query;
+    with `learned_out`, writes the model fitted on all of them as a `[collections.scifact.fusion]` TOML
+    snippet."""
+    from indexer.build import build_snapshot
+    from indexer.datasets import default_data_dir, scifact
+    from quarry.learned_fusion import toml_snippet
+
+    data = data_dir or default_data_dir()
+    queries = scifact.queries(data)
+    judgments = scifact.qrels(data, split)
+    if max_queries is not None:
+        judgments = dict(list(judgments.items())[:max_queries])
+    with tempfile.TemporaryDirectory(prefix="quarry-eval-") as tmp:
+        if snapshot is None:
+            ds = scifact.load(data)
+            snapshot = Path(tmp) / "scifact"
+            encoder = "minilm" if "ann" in branches else None
+            build_snapshot(ds.items(), snapshot, ds.build_options(encoder=encoder), ds.source)
+        lists, ids = asyncio.run(branch_lists(snapshot, {q: queries[q] for q in judgments}, branches))
+    report = cv_fusion(lists, ids, judgments, branches=branches, k=k, folds=folds, seed=seed)
+    model = report.pop("_model")
+    cv = report[f"ndcg@{k}"]["learned"]
+    version = (
+        f"scifact {split} judgments, {len(judgments)} queries, {folds}-fold CV nDCG@{k} {cv['mean']}, "
+        f"{model.config.loss} loss, features {model.config.features}, l2 {model.config.l2}"
+    )
+    snippet = toml_snippet(
+        "scifact",
+        list(branches),
+        model,
+        rrf_k=60.0,
+        version=version,
+        comments=(
+            f"Learned fusion for {', '.join(branches)} (quarry eval scifact --cv-folds {folds}).",
+            "Trained with quota = 100 per branch: min-max/z-score features depend on the list length.",
+        ),
+    )
+    report.update(dataset="scifact", split=split, branches=list(branches), toml=snippet)
+    if learned_out is not None:
+        learned_out.write_text(snippet)
+        report["learned_out"] = str(learned_out)
+    return report

@@ -123,6 +123,12 @@ class SearchService:
         ex.specs = ex.pipeline.specs(ex.collection.settings)
         if ex.query.branches:
             ex.specs = self._requested(ex.pipeline, ex.specs, ex.query.branches, ex.collection.name)
+        if ex.query.fusion == "learned" and ex.collection.settings.fusion.learned is None:
+            # The static validator allows "learned"; whether this collection has a model is known here.
+            raise InvalidArgument(
+                f"collection {ex.collection.name!r} has no learned fusion parameters "
+                "(fusion.learned in its settings); use rrf or weighted"
+            )
         ex.collection.check_filters(ex.query.filters)
 
     @staticmethod
@@ -172,8 +178,13 @@ class SearchService:
             ex.fused = self._fused(ex, fs)
 
     def _fused(self, ex: Exchange, fs: FusionSettings) -> list[Fused]:
+        ranked = {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK}
+        if ex.fusion == "learned":
+            assert fs.learned is not None, "settings and _validate refuse learned without parameters"
+            model = fusion.LinearModel(fs.learned.weights, fs.learned.intercept, fs.learned.rrf_k)
+            return fusion.fuse(ranked, strategy="learned", model=model)
         return fusion.fuse(
-            {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK},
+            ranked,
             strategy="weighted" if ex.fusion == "weighted" else "rrf",
             rrf_k=fs.rrf_k,
             weights={name: spec.weight for name, spec in ex.specs.items()},

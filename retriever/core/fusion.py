@@ -4,15 +4,21 @@ Every fused item keeps each branch that found it with that branch's raw score an
 - `rrf`: Reciprocal Rank Fusion, score = Σ_b w_b / (k + rank_b) (Cormack et al. 2009) with explicit k.
 - `weighted`: Σ_b w_b · norm_b(score), with per-branch normalisation (min-max, z-score or rank-based),
   since BM25 scores and cosine similarities live on unrelated scales.
+- `learned`: intercept + w·x, a linear model fitted offline on judgments (quarry.learned_fusion) over
+  per-branch features (common.types.LEARNED_FEATURES). `learned_features` is the one feature function: the
+  trainer builds its rows with it, so training and serving cannot disagree on what a feature means.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
-from common.types import Candidate, Fused, SourceScore
+import numpy as np
+
+from common.types import LEARNED_FEATURES, Candidate, Fused, SourceScore
 
 Normalization = Literal["minmax", "zscore", "rank"]
 
@@ -77,16 +83,79 @@ def weighted(
     return _ordered(merged)
 
 
+def _branch_features(cands: Sequence[Candidate], rrf_k: float) -> dict[str, dict[int, float]]:
+    """Every LEARNED_FEATURES value of each item in one branch's list (first occurrence = its rank)."""
+    rank: dict[int, int] = {}
+    for r, c in enumerate(cands, 1):
+        rank.setdefault(c.ordinal, r)
+    return {
+        "minmax": _normalizer(cands, "minmax"),
+        "zscore": _normalizer(cands, "zscore"),
+        "rrf": {o: 1.0 / (rrf_k + r) for o, r in rank.items()},
+        "found": dict.fromkeys(rank, 1.0),
+    }
+
+
+def learned_features(
+    ranked: Mapping[str, Sequence[Candidate]], names: Sequence[str], *, rrf_k: float = 60.0
+) -> tuple[list[Fused], np.ndarray]:
+    """The merged candidates (first-seen order, score 0) and their feature matrix, one column per name
+    "<branch>.<feature>". A branch that did not run, or did not find an item, gives 0 for all its features:
+    the "found" weight is what the model learns for being found at all."""
+    if rrf_k <= 0:
+        raise ValueError("rrf k must be > 0")
+    merged = list(_collect(ranked).values())
+    X = np.zeros((len(merged), len(names)), dtype=np.float64)
+    per_branch = {b: _branch_features(c, rrf_k) for b, c in ranked.items()}
+    for j, name in enumerate(names):
+        branch, _, feature = name.rpartition(".")
+        if feature not in LEARNED_FEATURES:
+            raise ValueError(f"unknown learned-fusion feature {name!r}")
+        values = per_branch.get(branch, {}).get(feature)
+        if values:
+            X[:, j] = [values.get(f.ordinal, 0.0) for f in merged]
+    return merged, X
+
+
+def learned(
+    ranked: Mapping[str, Sequence[Candidate]],
+    *,
+    weights: Mapping[str, float],
+    intercept: float = 0.0,
+    rrf_k: float = 60.0,
+) -> list[Fused]:
+    names = list(weights)
+    merged, X = learned_features(ranked, names, rrf_k=rrf_k)
+    scores = X @ np.fromiter((weights[n] for n in names), dtype=np.float64, count=len(names)) + intercept
+    for f, s in zip(merged, scores.tolist(), strict=True):
+        f.score = s
+    return _ordered({f.ordinal: f for f in merged})
+
+
+@dataclass(frozen=True, slots=True)
+class LinearModel:
+    """The learned strategy's parameters (from settings: common.settings.LearnedFusion)."""
+
+    weights: Mapping[str, float]
+    intercept: float = 0.0
+    rrf_k: float = 60.0
+
+
 def fuse(
     ranked: Mapping[str, Sequence[Candidate]],
     *,
-    strategy: Literal["rrf", "weighted"],
+    strategy: Literal["rrf", "weighted", "learned"],
     rrf_k: float = 60.0,
     weights: Mapping[str, float] | None = None,
     normalization: Normalization = "minmax",
+    model: LinearModel | None = None,
 ) -> list[Fused]:
     if strategy == "rrf":
         return rrf(ranked, k=rrf_k, weights=weights)
     if strategy == "weighted":
         return weighted(ranked, weights=weights, normalization=normalization)
+    if strategy == "learned":
+        if model is None:
+            raise ValueError("the learned fusion strategy needs a model")
+        return learned(ranked, weights=model.weights, intercept=model.intercept, rrf_k=model.rrf_k)
     raise ValueError(f"unknown fusion strategy {strategy!r}")

@@ -12,8 +12,9 @@ from retriever.core.types import SearchQuery
 
 MAX_ID_BYTES = 256
 MAX_BRANCHES = 32
-#: Request-level fusion overrides ("" keeps the collection's strategy).
-FUSIONS = ("", "rrf", "weighted")
+#: Request-level fusion overrides ("" keeps the collection's strategy). "learned" also needs the collection
+#: to have fitted parameters, which the service checks once it has resolved the collection.
+FUSIONS = ("", "rrf", "weighted", "learned")
 
 
 def _finite(name: str, value: float) -> None:

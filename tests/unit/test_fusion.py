@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
-from common.types import Candidate
-from retriever.core.fusion import fuse, rrf, weighted
+from common.settings import CollectionSettings, FusionSettings, LearnedFusion
+from common.types import LEARNED_FEATURES, Candidate
+from retriever.core.fusion import LinearModel, fuse, learned, learned_features, rrf, weighted
 
 A = [Candidate(1, 10.0), Candidate(2, 8.0), Candidate(3, 1.0)]
 B = [Candidate(3, 0.9), Candidate(4, 0.8), Candidate(1, 0.1)]
@@ -54,3 +56,67 @@ def test_empty_and_constant_lists() -> None:
     assert [f.score for f in weighted({"a": same})] == [1.0, 1.0]
     with pytest.raises(ValueError):
         fuse({"a": A}, strategy="nope")  # type: ignore[arg-type]
+
+
+# -- learned fusion -------------------------------------------------------------------------------------
+
+
+def test_learned_features_per_branch_with_missing_defaults() -> None:
+    names = ["a.minmax", "a.zscore", "a.rrf", "a.found", "b.minmax", "b.found", "c.found"]
+    merged, X = learned_features({"a": A, "b": B}, names, rrf_k=60)
+    assert [f.ordinal for f in merged] == [1, 2, 3, 4]  # first-seen order, then the order of b's new ones
+    row = {f.ordinal: dict(zip(names, x, strict=True)) for f, x in zip(merged, X.tolist(), strict=True)}
+    assert row[1]["a.minmax"] == pytest.approx(1.0) and row[3]["a.minmax"] == pytest.approx(0.0)
+    assert row[2]["a.rrf"] == pytest.approx(1 / 62) and row[1]["a.found"] == 1.0
+    assert sum(row[o]["a.zscore"] for o in (1, 2, 3)) == pytest.approx(0.0, abs=1e-9)
+    # Not found by a branch (4 by a, 2 by b), or a branch that did not run (c): every feature 0.
+    assert row[4]["a.minmax"] == row[4]["a.zscore"] == row[4]["a.rrf"] == row[4]["a.found"] == 0.0
+    assert row[2]["b.minmax"] == row[2]["b.found"] == 0.0
+    assert all(r["c.found"] == 0.0 for r in row.values())
+    with pytest.raises(ValueError, match="unknown learned-fusion feature"):
+        learned_features({"a": A}, ["a.bm25"])
+
+
+def test_learned_every_feature_is_computed() -> None:
+    names = [f"a.{f}" for f in LEARNED_FEATURES]
+    _, X = learned_features({"a": A}, names)
+    assert (X[0] != 0).any() and X.shape == (3, len(LEARNED_FEATURES))
+
+
+def test_learned_scores_linearly_and_orders_deterministically() -> None:
+    out = learned({"a": A, "b": B}, weights={"a.found": 1.0, "b.found": 1.0}, intercept=-0.5)
+    by = {f.ordinal: f.score for f in out}
+    assert by == {1: pytest.approx(1.5), 2: pytest.approx(0.5), 3: pytest.approx(1.5), 4: pytest.approx(0.5)}
+    # Ties break on best rank in any branch, then ordinal, as in every strategy.
+    assert [f.ordinal for f in out] == [1, 3, 2, 4]
+    assert [(s.branch, s.rank) for s in out[0].sources] == [("a", 1), ("b", 3)]
+    out2 = learned({"b": B, "a": A}, weights={"a.found": 1.0, "b.found": 1.0}, intercept=-0.5)
+    assert [f.ordinal for f in out2] == [1, 3, 2, 4]
+    # Only b's rank matters: b's order comes out.
+    assert [f.ordinal for f in learned({"a": A, "b": B}, weights={"b.rrf": 1.0})][:3] == [3, 4, 1]
+
+
+def test_fuse_dispatches_learned() -> None:
+    model = LinearModel({"a.minmax": 2.0}, intercept=1.0)
+    out = fuse({"a": A}, strategy="learned", model=model)
+    assert [f.score for f in out] == pytest.approx([3.0, 1 + 2 * 7 / 9, 1.0])
+    assert fuse({}, strategy="learned", model=model) == []
+    with pytest.raises(ValueError, match="needs a model"):
+        fuse({"a": A}, strategy="learned")
+
+
+def test_learned_settings_validation() -> None:
+    with pytest.raises(ValidationError, match=r'strategy = "learned" needs fitted parameters'):
+        FusionSettings(strategy="learned")
+    ok = LearnedFusion(branches=["inverted", "ann"], weights={"inverted.minmax": 1.0, "ann.rrf": 2.0})
+    assert FusionSettings(strategy="learned", learned=ok).learned == ok
+    with pytest.raises(ValidationError, match=r"features are named <branch>\.<feature>"):
+        LearnedFusion(branches=["inverted"], weights={"ann.minmax": 1.0})
+    with pytest.raises(ValidationError, match="features are named"):
+        LearnedFusion(branches=["inverted"], weights={"inverted.bm25": 1.0})
+    with pytest.raises(ValidationError, match="weights is empty"):
+        LearnedFusion(branches=["inverted"], weights={})
+    with pytest.raises(ValidationError, match="not Search branches here"):
+        CollectionSettings(
+            fusion=FusionSettings(learned=LearnedFusion(branches=["popular"], weights={"popular.found": 1}))
+        )

@@ -49,3 +49,19 @@ def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
 def test_defaults_need_no_file() -> None:
     s = QuarrySettings()
     assert s.redis.url == "" and s.defaults.fusion.strategy == "rrf"
+
+
+def test_example_learned_fusion_block_is_valid_when_uncommented() -> None:
+    import tomllib
+
+    lines = EXAMPLE.read_text().splitlines()
+    start = lines.index("# [collections.scifact.fusion]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("#"):
+            break
+        block.append(line[2:])
+    parsed = tomllib.loads("\n".join(block))
+    fs = QuarrySettings(collections=parsed["collections"]).for_collection("scifact").fusion
+    assert fs.strategy == "learned" and fs.learned is not None
+    assert fs.learned.branches == ["inverted", "ann"] and fs.learned.weights
