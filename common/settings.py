@@ -191,6 +191,23 @@ class BehaviorSettings(_Model):
     exclude_seen: bool = True
 
 
+class PreferenceSettings(_Model):
+    """How the preference branch profiles a user (tag and category affinities) and recalls from it."""
+
+    #: Real-time recent events read from the store, and long-term history items from the snapshot.
+    recent_n: Annotated[int, Field(ge=0, le=1000)] = 50
+    history_n: Annotated[int, Field(ge=0, le=1000)] = 50
+    #: An event's say halves every `decay_half_life` positions back in the user's history.
+    decay_half_life: Annotated[float, Field(gt=0)] = 20.0
+    #: Long-term history counts this much relative to real-time events.
+    history_weight: Annotated[float, Field(ge=0)] = 0.5
+    #: The profile's strongest tags recalled from, and the most popular items taken per tag.
+    top_tags: Annotated[int, Field(ge=1, le=100)] = 6
+    per_tag: Annotated[int, Field(ge=1, le=10_000)] = 300
+    #: Exclude items the user already interacted with.
+    exclude_seen: bool = True
+
+
 class GeoSettings(_Model):
     #: Without radius_m, the geo branch takes the nearest items within this distance.
     default_radius_m: Annotated[float, Field(gt=0)] = 50_000.0
@@ -202,12 +219,19 @@ def _search_branches() -> dict[str, BranchSpec]:
         "ann": BranchSpec(quota=100),
         # Until a ranker model serves, query-independent signals get a smaller say in fused order.
         "behavior": BranchSpec(quota=100, weight=0.5),
+        # The user's favourite tags/categories: a small say, only for a known user.
+        "preference": BranchSpec(quota=50, weight=0.2),
         "geo": BranchSpec(quota=100, weight=0.5),
     }
 
 
 def _recommend_branches() -> dict[str, BranchSpec]:
-    return {"behavior": BranchSpec(), "geo": BranchSpec(), "popular": BranchSpec(quota=100, weight=0.3)}
+    return {
+        "behavior": BranchSpec(),
+        "preference": BranchSpec(quota=100, weight=0.5),
+        "geo": BranchSpec(),
+        "popular": BranchSpec(quota=100, weight=0.3),
+    }
 
 
 class RankerSettings(_Model):
@@ -226,6 +250,7 @@ class CollectionSettings(_Model):
     recommend_branches: dict[str, BranchSpec] = Field(default_factory=_recommend_branches)
     ann: AnnSettings = Field(default_factory=AnnSettings)
     behavior: BehaviorSettings = Field(default_factory=BehaviorSettings)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)
     geo: GeoSettings = Field(default_factory=GeoSettings)
     ranker: RankerSettings = Field(default_factory=RankerSettings)
     fusion: FusionSettings = Field(default_factory=FusionSettings)

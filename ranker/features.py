@@ -4,16 +4,21 @@ Inputs are only what serving has at ranking time — the fused candidates with t
 the collection's forward store and popularity, the request's location, and the user's real-time
 counters (from the RecentStore, i.e. what LogEvents maintained). The trainer replays its training events
 through the same store and calls this same function, so offline and online vectors cannot drift.
-`user_events_7d` and `item_age_days` have no source yet and take their schema defaults in both places.
+`item_age_days` comes from the item's `created_ts` attribute (epoch seconds) or else its `year`
+(1 January of it), relative to `now`; `user_events_7d` has no source yet and takes its schema default in
+both places.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from common.geo import haversine_many
+from common.index.forward import ForwardStore
 from common.types import Fused, GeoPoint, UserCounters
 from ranker.base import RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
@@ -24,7 +29,19 @@ _SCORE_FEATURE = {
     "ann": "ann_similarity",
     "behavior": "i2i_score",
     "popular": "popular_score",
+    "preference": "preference_score",
 }
+DAY_S = 86_400.0
+_EPOCH_YEAR = 1970
+
+
+def item_created_ts(forward: ForwardStore) -> np.ndarray | None:
+    """Per ordinal, when the item came to be (epoch seconds; NaN unknown): `created_ts`, else `year`."""
+    if "created_ts" in forward.attr_names:
+        return forward.attr("created_ts")
+    if "year" in forward.attr_names:
+        return (forward.attr("year") - _EPOCH_YEAR) * 365.2425 * DAY_S
+    return None
 
 
 def feature_rows(
@@ -35,6 +52,8 @@ def feature_rows(
     popularity: np.ndarray | None,
     origin: GeoPoint | None,
     counters: UserCounters | None,
+    created: np.ndarray | None = None,
+    now: float | None = None,
 ) -> list[dict[str, float]]:
     user: dict[str, float] = {}
     if counters is not None:
@@ -50,15 +69,23 @@ def feature_rows(
             d = haversine_many(origin.lat, origin.lon, lat[ords], lon[ords]) / 1000.0
         dist_km = [None if np.isnan(x) else float(x) for x in d]
     pop = popularity[ords].tolist() if popularity is not None and len(fused) else [None] * len(fused)
+    age: list[float | None] = [None] * len(fused)
+    if created is not None and len(fused):
+        when = time.time() if now is None else now
+        age = [None if math.isnan(c) else max(0.0, (when - c) / DAY_S) for c in created[ords].tolist()]
     rows: list[dict[str, float]] = []
-    for f, dk, p in zip(fused, dist_km, pop, strict=True):
+    for f, dk, p, a in zip(fused, dist_km, pop, age, strict=True):
         row: dict[str, float] = dict(user)
         for s in f.sources:
             row[f"found_by_{s.branch}"] = 1.0
+            row[f"{s.branch}_rank"] = float(s.rank)
             name = _SCORE_FEATURE.get(s.branch)
             if name is not None:
                 row[name] = s.score
         row["best_branch_rank"] = float(min(s.rank for s in f.sources))
+        row["branches_found"] = float(len(f.sources))
+        if a is not None:
+            row["item_age_days"] = a
         row["fused_score"] = f.score
         if dk is not None:
             row["distance_km"] = dk
@@ -74,8 +101,10 @@ def feature_matrix(
     origin: GeoPoint | None,
     counters: UserCounters | None,
     schema: FeatureSchema = DEFAULT_SCHEMA,
+    now: float | None = None,
 ) -> np.ndarray:
-    """The model input for `fused` in `collection` (float32, one row per candidate)."""
+    """The model input for `fused` in `collection` (float32, one row per candidate); `now` (epoch
+    seconds, default the clock) is when the request happens, for item ages."""
     popularity = collection.item_popularity
     rows = feature_rows(
         fused,
@@ -84,5 +113,7 @@ def feature_matrix(
         popularity=popularity,
         origin=origin,
         counters=counters,
+        created=item_created_ts(collection.forward),
+        now=now,
     )
     return schema.vectorize(rows)

@@ -148,7 +148,7 @@ class FeatureSchema:
 # Defaults are chosen so that "unknown" never looks like a strong signal: an unknown age counts as old
 # (no freshness boost), an unknown distance as far, an item no branch found as ranked last.
 DEFAULT_SCHEMA = FeatureSchema(
-    version="v1",
+    version="v2",
     features=(
         Feature("user_events_total", "user", 0.0, "log1p"),
         Feature("user_events_7d", "user", 0.0, "log1p"),
@@ -161,12 +161,22 @@ DEFAULT_SCHEMA = FeatureSchema(
         Feature("distance_km", "query_item", 20_000.0, "log1p"),
         Feature("i2i_score", "query_item", 0.0, "none"),
         Feature("popular_score", "query_item", 0.0, "none"),
+        Feature("preference_score", "query_item", 0.0, "none"),
         Feature("found_by_inverted", "query_item", 0.0, "clip01"),
         Feature("found_by_ann", "query_item", 0.0, "clip01"),
         Feature("found_by_behavior", "query_item", 0.0, "clip01"),
         Feature("found_by_geo", "query_item", 0.0, "clip01"),
         Feature("found_by_popular", "query_item", 0.0, "clip01"),
+        Feature("found_by_preference", "query_item", 0.0, "clip01"),
+        # Each branch's own rank (an item the branch did not find counts as far down its list).
+        Feature("inverted_rank", "query_item", 1000.0, "log1p"),
+        Feature("ann_rank", "query_item", 1000.0, "log1p"),
+        Feature("behavior_rank", "query_item", 1000.0, "log1p"),
+        Feature("geo_rank", "query_item", 1000.0, "log1p"),
+        Feature("popular_rank", "query_item", 1000.0, "log1p"),
+        Feature("preference_rank", "query_item", 1000.0, "log1p"),
         Feature("best_branch_rank", "query_item", 1000.0, "log1p"),
+        Feature("branches_found", "query_item", 0.0, "none"),
         Feature("fused_score", "query_item", 0.0, "none"),
     ),
 )

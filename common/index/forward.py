@@ -71,9 +71,13 @@ class ForwardStore:
         """float64 array over ordinals; NaN where the item lacks the attribute."""
         return self._attrs[name]
 
+    def tags_column(self) -> pa.ListArray:
+        """Every item's tags as one Arrow list array, in ordinal order."""
+        return self._table.column("tags").combine_chunks()
+
     def tags_mask(self, tags: Sequence[str]) -> np.ndarray:
         """Boolean mask of items carrying any of `tags`."""
-        col = self._table.column("tags").combine_chunks()
+        col = self.tags_column()
         import pyarrow.compute as pc
 
         flat = col.flatten()

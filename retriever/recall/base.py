@@ -16,7 +16,7 @@ loader, so `retriever.generations` can import the registry without a cycle.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -38,7 +38,7 @@ from retriever.live import LiveView
 if TYPE_CHECKING:
     import tantivy
 
-    from retriever.features.recent import RecentStore
+    from retriever.features.recent import RecentItem, RecentStore
 
 T = TypeVar("T")
 
@@ -148,3 +148,29 @@ class RecallBranch(Protocol):
 
 
 __all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest", "analyze_query"]
+
+
+def decayed_seeds(
+    recent: Sequence[RecentItem],
+    history: Sequence[int],
+    ord_of: Mapping[str, int],
+    *,
+    half_life: float,
+    history_n: int,
+    history_weight: float,
+) -> dict[int, float]:
+    """A user's seed items → weight, shared by the branches that start from what the user did (behavior,
+    preference): real-time events first (the event's weight × decay^position), then long-term history
+    (history_weight × decay^position); the weight halves every `half_life` positions."""
+    decay = 0.5 ** (1.0 / half_life)
+    seeds: dict[int, float] = {}
+    pos = 0
+    for r in recent:
+        o = ord_of.get(r.item_id)
+        if o is None:
+            continue
+        seeds[o] = seeds.get(o, 0.0) + r.weight * decay**pos
+        pos += 1
+    for i, o in enumerate(history[:history_n]):
+        seeds[o] = seeds.get(o, 0.0) + history_weight * decay**i
+    return seeds

@@ -8,14 +8,15 @@ degraded (fail-open), with long-term recall lost for that request only.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
 from common.settings import BehaviorSettings
 from common.types import Candidate
-from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
+from retriever.features.recent import RecentItem
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest, decayed_seeds
 from retriever.recall.registry import register
 
 
@@ -42,19 +43,15 @@ class BehaviorBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
-    def _seeds(self, recent: list[Any], history: list[int]) -> dict[int, float]:
-        decay = 0.5 ** (1.0 / self.s.decay_half_life)
-        seeds: dict[int, float] = {}
-        pos = 0
-        for r in recent:
-            o = self.ord_of.get(r.item_id)
-            if o is None:
-                continue
-            seeds[o] = seeds.get(o, 0.0) + r.weight * decay**pos
-            pos += 1
-        for i, o in enumerate(history[: self.s.history_n]):
-            seeds[o] = seeds.get(o, 0.0) + self.s.history_weight * decay**i
-        return seeds
+    def _seeds(self, recent: list[RecentItem], history: list[int]) -> dict[int, float]:
+        return decayed_seeds(
+            recent,
+            history,
+            self.ord_of,
+            half_life=self.s.decay_half_life,
+            history_n=self.s.history_n,
+            history_weight=self.s.history_weight,
+        )
 
     def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
         exclude = set(seeds) if self.s.exclude_seen else None

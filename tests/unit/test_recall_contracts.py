@@ -88,6 +88,16 @@ class TestBehaviorBranch(MovieLensBranch):
         return SearchQuery(collection="movielens", user_id=user)
 
 
+class TestPreferenceBranch(MovieLensBranch):
+    NAME = "preference"
+
+    @pytest.fixture
+    def query(self, movielens_generation: Collection) -> SearchQuery:
+        assert movielens_generation.behavior is not None
+        user = movielens_generation.behavior.sample_users(1)[0]
+        return SearchQuery(collection="movielens", user_id=user)
+
+
 class TestPopularBranch(MovieLensBranch):
     NAME = "popular"
 

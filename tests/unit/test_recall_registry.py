@@ -16,7 +16,7 @@ from retriever.settings import load_settings
 
 
 def test_every_branch_module_is_registered() -> None:
-    assert branch_names() == ("ann", "behavior", "geo", "inverted", "popular")
+    assert branch_names() == ("ann", "behavior", "geo", "inverted", "popular", "preference")
     assert branch_class("ann") is AnnBranch
     with pytest.raises(KeyError, match="unknown recall branch 'telepathy'; known: \\['ann'"):
         branch_class("telepathy")

@@ -1,0 +1,310 @@
+"""`quarry eval movielens`: recommendation quality on MovieLens (1M by default) with a global temporal split.
+
+Protocol (all from the real data, no synthetic events):
+- Events are ordered by time and cut at two quantiles (default 0.8 and 0.9): train < a ≤ validation < b ≤
+  test. A rating ≥ `min_rating` (4) is a positive; positives the user already had before the period they
+  are judged in do not count, and every method's list excludes everything the user rated before.
+- Model selection ("fit" phase): a snapshot from the train period only; its events are replayed into the
+  embedded real-time store through LogEvents' own code path; candidates come from Quarry's own Recommend
+  recall (behavior, preference, popularity: the serving pipeline, `SearchService.candidates`); labels are
+  the validation positives. Users are split (seeded) into fitting and selection users; each ranker kind
+  (the NumPy MLP, LightGBM LambdaMART exported to ONNX) is fitted on the first and the one with the best
+  selection NDCG@10 is chosen — by validation, not by taste.
+- Test phase: a snapshot from train + validation; the replayed store likewise; every test user with a
+  history and a test positive is a query. Baselines in the same table: popularity, ItemCF and Swing
+  (item-to-item expansion of the user's history, as the behavior branch does it), Quarry's recall order
+  (fused), and the chosen ranker's order over the same candidates.
+- Metrics per user: NDCG@10, Recall@50, HitRate@10; means with bootstrap 95% confidence intervals over
+  users (the same resamples for every method, so differences are paired).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.catalog import Event
+from common.settings import BranchSpec, CollectionSettings, QuarrySettings
+from indexer.build import build_snapshot
+from indexer.datasets import load_dataset
+from ranker.features import feature_matrix
+from ranker.schema import DEFAULT_SCHEMA
+from retriever.core.types import SearchQuery
+from retriever.features.recent import MemoryRecentStore, UserEvent
+from retriever.generations import Collection, Registry
+from retriever.service import SearchService
+
+log = logging.getLogger(__name__)
+
+METRICS = ("ndcg@10", "recall@50", "hit_rate@10")
+
+
+def user_metrics(order: Sequence[int], positives: set[int]) -> tuple[float, float, float]:
+    """NDCG@10 (binary gains), Recall@50, HitRate@10 of one ranked list."""
+    dcg = sum(1.0 / math.log2(i + 2) for i, o in enumerate(order[:10]) if o in positives)
+    idcg = sum(1.0 / math.log2(i + 2) for i in range(min(10, len(positives))))
+    got50 = len(positives.intersection(order[:50]))
+    return (
+        dcg / idcg if idcg else 0.0,
+        got50 / len(positives),
+        float(any(o in positives for o in order[:10])),
+    )
+
+
+def bootstrap_ci(
+    values: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, tuple[float, float, float]]:
+    """mean and 95% percentile interval per method, from the same user resamples for every method."""
+    n = len(next(iter(values.values())))
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    out = {}
+    for name, v in values.items():
+        means = v[idx].mean(axis=1)
+        out[name] = (float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
+    return out
+
+
+@dataclass
+class Phase:
+    """One side of the split: a snapshot of the events before `cut`, its collection and service."""
+
+    collection: Collection
+    service: SearchService
+    seen: dict[str, set[int]]
+    positives: dict[str, set[int]]
+
+
+def _eval_settings() -> CollectionSettings:
+    # Larger quotas than serving's defaults: every list is judged after removing what the user rated
+    # before, which for a heavy user is most of the popular head.
+    return CollectionSettings(
+        recommend_branches={
+            "behavior": BranchSpec(quota=300, timeout_ms=60_000),
+            "preference": BranchSpec(quota=200, weight=0.5, timeout_ms=60_000),
+            "popular": BranchSpec(quota=300, weight=0.3, timeout_ms=60_000),
+        }
+    )
+
+
+def _phase(
+    ds: Any,
+    before: list[Event],
+    judged: list[Event],
+    out: Path,
+    min_rating: float,
+) -> Phase:
+    build_snapshot(
+        ds.items(), out, ds.build_options(encoder=None, overwrite=True, progress=False), ds.source, before
+    )
+    settings = QuarrySettings()
+    coll = Collection(out, _eval_settings())
+    reg = Registry()
+    reg.put(coll)
+    store = MemoryRecentStore(
+        max_len=settings.redis.recent_max_len, dedup_window=len(before) + 1, max_users=10**7
+    )
+    svc = SearchService(settings, reg, recent=store)
+    replay = [UserEvent(f"r{i}", e.user, e.item, e.type, e.ts, e.weight) for i, e in enumerate(before)]
+    asyncio.run(store.append(ds.name, replay))
+    ord_of = coll.forward.ord_of
+    seen: dict[str, set[int]] = {}
+    for e in before:
+        if e.item in ord_of:
+            seen.setdefault(e.user, set()).add(ord_of[e.item])
+    positives: dict[str, set[int]] = {}
+    for e in judged:
+        o = ord_of.get(e.item)
+        if o is not None and e.weight >= min_rating and o not in seen.get(e.user, ()):
+            positives.setdefault(e.user, set()).add(o)
+    return Phase(coll, svc, seen, positives)
+
+
+def _candidates(phase: Phase, users: Sequence[str], n: int) -> dict[str, tuple[list[int], np.ndarray]]:
+    """Quarry's own Recommend candidates per user (what the ranker sees), minus what the user rated."""
+
+    async def run() -> dict[str, tuple[list[int], np.ndarray]]:
+        out = {}
+        for u in users:
+            q = SearchQuery(collection=phase.collection.name, user_id=u, top_k=1000)
+            fused = await phase.service.candidates(q, recommend=True)
+            seen = phase.seen.get(u, set())
+            fused = [f for f in fused if f.ordinal not in seen][:n]
+            counters = await phase.service.recent.counters(phase.collection.name, u)
+            out[u] = ([f.ordinal for f in fused], feature_matrix(fused, phase.collection, None, counters))
+        return out
+
+    return asyncio.run(run())
+
+
+def _fit_rankers(
+    rows: Mapping[str, tuple[list[int], np.ndarray]],
+    positives: Mapping[str, set[int]],
+    fit_users: Sequence[str],
+    sel_users: Sequence[str],
+    seed: int,
+) -> tuple[str, dict[str, Any], dict[str, float]]:
+    from ranker.gbdt import GBDTRanker, TrainingDependencyMissing
+    from ranker.model import MLPRanker
+
+    def stack(users: Sequence[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        users = [u for u in users if rows[u][0]]
+        X = np.concatenate([rows[u][1] for u in users])
+        y = np.concatenate([np.array([o in positives[u] for o in rows[u][0]], float) for u in users])
+        return X, y, [len(rows[u][0]) for u in users]
+
+    X, y, g = stack(fit_users)
+    Xs, ys, gs = stack(sel_users)
+    models: dict[str, Any] = {}
+    mlp = MLPRanker(seed=seed)
+    mlp.fit(X, y)
+    models["mlp"] = mlp
+    try:
+        for name, objective in (("gbdt-lambdarank", "lambdarank"), ("gbdt-binary", "binary")):
+            gbdt = GBDTRanker(objective=objective, seed=seed)
+            gbdt.fit(X, y, g, valid=(Xs, ys, gs))
+            models[name] = gbdt
+    except TrainingDependencyMissing as exc:
+        log.warning("%s: choosing among the other ranker kinds", exc)
+    users_with = [u for u in sel_users if rows[u][0]]
+    selection: dict[str, float] = {
+        # The baseline every model must beat to be chosen: no model at all (the fused order).
+        "recall order": float(np.mean([user_metrics(rows[u][0], positives[u])[0] for u in users_with]))
+    }
+    for name, model in models.items():
+        scores = [_order(rows[u][0], model.predict(rows[u][1])) for u in sel_users if rows[u][0]]
+        users_with = [u for u in sel_users if rows[u][0]]
+        selection[name] = float(
+            np.mean([user_metrics(o, positives[u])[0] for o, u in zip(scores, users_with, strict=True)])
+        )
+    best = max(selection, key=lambda k: selection[k])
+    return best, models, selection
+
+
+def _order(ordinals: Sequence[int], scores: np.ndarray) -> list[int]:
+    return [ordinals[i] for i in np.argsort(-np.asarray(scores), kind="stable")]
+
+
+def evaluate_movielens(
+    *,
+    variant: str = "1m",
+    data_dir: Path | None = None,
+    cuts: tuple[float, float] = (0.8, 0.9),
+    min_rating: float = 4.0,
+    candidates: int = 200,
+    seed: int = 0,
+    max_users: int | None = None,
+    model_out: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    ds = load_dataset("movielens-1m" if variant == "1m" else "movielens", data_dir)
+    assert ds.events is not None
+    events = sorted(ds.events(), key=lambda e: e.ts)
+    ts = np.array([e.ts for e in events])
+    a, b = (float(x) for x in np.quantile(ts, cuts))
+    train = [e for e in events if e.ts < a]
+    val = [e for e in events if a <= e.ts < b]
+    test = [e for e in events if e.ts >= b]
+    progress(f"{ds.name}: {len(train):,} train / {len(val):,} validation / {len(test):,} test events")
+    with tempfile.TemporaryDirectory(prefix="quarry-eval-ml-") as tmp:
+        progress("fit phase: snapshot of the train period, replay, candidates from Recommend ...")
+        fit = _phase(ds, train, val, Path(tmp) / "fit", min_rating)
+        users = sorted(u for u in fit.positives if u in fit.seen)
+        rnd = random.Random(seed)
+        rnd.shuffle(users)
+        if max_users:
+            users = users[:max_users]
+        rows = _candidates(fit, users, candidates)
+        n_sel = max(1, len(users) // 4)
+        chosen, models, selection = _fit_rankers(rows, fit.positives, users[n_sel:], users[:n_sel], seed)
+        fit.service.close()
+        progress(f"model selection on {n_sel} users (NDCG@10): {selection} → {chosen}")
+
+        progress("test phase: snapshot of train + validation, replay, candidates ...")
+        tp = _phase(ds, train + val, test, Path(tmp) / "test", min_rating)
+        behavior = tp.collection.behavior
+        assert behavior is not None
+        test_users = sorted(u for u in tp.positives if behavior.user_history(u))
+        if max_users:
+            test_users = test_users[:max_users]
+        cand = _candidates(tp, test_users, candidates)
+        bs = tp.collection.settings.behavior
+        decay = 0.5 ** (1.0 / bs.decay_half_life)
+        per: dict[str, list[tuple[float, float, float]]] = {
+            k: []
+            for k in ("popularity", "itemcf", "swing", "recall order", *[f"ranker ({m})" for m in models])
+        }
+        n_items = behavior.num_items
+        for u in test_users:
+            pos, seen = tp.positives[u], tp.seen.get(u, set())
+            allowed = np.ones(n_items, dtype=bool)
+            allowed[list(seen)] = False
+            per["popularity"].append(user_metrics([o for o, _ in behavior.popular(50, allowed)], pos))
+            seeds = [(o, decay**r) for r, o in enumerate(behavior.user_history(u))]
+            for method in ("itemcf", "swing"):
+                got = [o for o, _ in behavior.expand(method, seeds, 50, exclude=seen)]
+                per[method].append(user_metrics(got, pos))
+            ords, X = cand[u]
+            per["recall order"].append(user_metrics(ords, pos))
+            for m, model in models.items():
+                order = _order(ords, model.predict(X)) if ords else []
+                per[f"ranker ({m})"].append(user_metrics(order, pos))
+        tp.service.close()
+        if model_out is not None and chosen not in models:
+            progress(f"no model beat the recall order on the selection users: nothing written to {model_out}")
+        elif model_out is not None:
+            from datetime import UTC, datetime
+
+            version = f"{ds.name}-{chosen}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
+            models[chosen].to_onnx(
+                model_out,
+                schema=DEFAULT_SCHEMA,
+                model_version=version,
+                metrics={"selection_ndcg@10": selection},
+                extra={"collection": ds.name, "split_ts": [a, b]},
+            )
+    table: dict[str, dict[str, tuple[float, float, float]]] = {}
+    for i, metric in enumerate(METRICS):
+        cis = bootstrap_ci({k: np.array([m[i] for m in v]) for k, v in per.items()}, seed=seed)
+        for k, ci in cis.items():
+            table.setdefault(k, {})[metric] = ci
+    return {
+        "dataset": ds.name,
+        "cuts": {"train_until": a, "validation_until": b, "quantiles": list(cuts)},
+        "events": {"train": len(train), "validation": len(val), "test": len(test)},
+        "selection": {
+            "users": n_sel,
+            "fit_users": len(users) - n_sel,
+            "ndcg@10": selection,
+            "chosen": chosen,
+        },
+        "test_users": len(test_users),
+        "candidates": candidates,
+        "table": table,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def format_movielens(report: Mapping[str, Any]) -> str:
+    lines = [
+        f"{report['dataset']}: {report['test_users']} test users (with a history and a test positive); "
+        f"candidates ≤ {report['candidates']} from Recommend; ranker chosen by selection NDCG@10: "
+        f"{report['selection']['chosen']} ({report['selection']['ndcg@10']})",
+        f"{'method':<16}" + "".join(f"{m:>26}" for m in METRICS),
+    ]
+    for name, row in report["table"].items():
+        cells = "".join(f"{row[m][0]:>10.4f} [{row[m][1]:.4f}, {row[m][2]:.4f}]" for m in METRICS)
+        lines.append(f"{name:<16}{cells}")
+    lines.append(f"(bootstrap 95% CIs over users; {report['seconds']} s)")
+    return "\n".join(lines)

@@ -1,0 +1,93 @@
+"""Recall by user preference (基于用户偏好的召回): the tags and categories the user favours, from their
+long-term history (the snapshot's) and real-time recent events (the store's, kept by LogEvents), each
+weighted with the same positional decay as behavior seeds → a profile (common.profile) → the most
+popular items of the profile's strongest tags, scored by profile match × log(1 + popularity).
+
+Unlike behavior recall it needs no co-occurrence: it still answers for items nobody co-watched, and it
+follows a taste (many thrillers) rather than single items. The per-tag top lists are built once per
+generation when the branch is created (the snapshot's forward store and popularity hold everything).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Self
+
+import numpy as np
+from pydantic import BaseModel
+
+from common.index.behavior import BehaviorIndex
+from common.profile import TagTable
+from common.settings import PreferenceSettings
+from common.types import Candidate
+from retriever.features.recent import RecentItem
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest, decayed_seeds
+from retriever.recall.registry import register
+
+
+@register
+class PreferenceBranch:
+    name = "preference"
+    options: ClassVar[type[BaseModel] | None] = PreferenceSettings
+
+    def __init__(
+        self, index: BehaviorIndex, table: TagTable, ord_of: dict[str, int], settings: PreferenceSettings
+    ) -> None:
+        self.index = index
+        self.table = table
+        self.ord_of = ord_of
+        self.s = settings
+        self.log_pop = np.log1p(np.maximum(index.popularity, 0.0))
+
+    @classmethod
+    def create(cls, generation: Generation, options: PreferenceSettings) -> Self:
+        index = generation.behavior
+        if index is None:
+            raise BranchUnavailable("the snapshot has no behavior part (no histories, no popularity)")
+        forward = generation.base_forward
+        table = TagTable.build(forward, index.popularity, per_tag=options.per_tag)
+        if not table.vocab:
+            raise BranchUnavailable("no item has a tag or a category")
+        return cls(index, table, forward.ord_of, options)
+
+    def skip_reason(self, request: RecallRequest) -> str | None:
+        return None if request.query.user_id else "no user_id"
+
+    def _recall(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
+        affinity = self.table.profile(list(seeds.items()))
+        if not affinity.any():
+            return []
+        top = np.argsort(-affinity, kind="stable")[: self.s.top_tags]
+        top = top[affinity[top] > 0]
+        pool = np.unique(np.concatenate([self.table.items_of(int(t)) for t in top]))
+        live = request.live
+        allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
+        keep = np.ones(len(pool), dtype=bool) if allowed is None else allowed[pool]
+        if self.s.exclude_seen and seeds:
+            keep &= ~np.isin(pool, np.fromiter(seeds, dtype=np.int64, count=len(seeds)))
+        pool = pool[keep]
+        if not len(pool):
+            return []
+        scores = self.table.match(pool, affinity) * self.log_pop[pool]
+        best = np.lexsort((pool, -scores))[:quota]
+        return live.to_current([(int(pool[i]), float(scores[i])) for i in best])
+
+    def _seeds(self, recent: list[RecentItem], history: list[int]) -> dict[int, float]:
+        return decayed_seeds(
+            recent,
+            history,
+            self.ord_of,
+            half_life=self.s.decay_half_life,
+            history_n=self.s.history_n,
+            history_weight=self.s.history_weight,
+        )
+
+    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+        q = request.query
+        recent = []
+        if request.recent is not None and self.s.recent_n:
+            recent = await request.recent.recent(q.collection, q.user_id, self.s.recent_n)
+        history = self.index.user_history(q.user_id) if self.s.history_n else []
+        seeds = self._seeds(recent, history)
+        if not seeds:
+            return []
+        return await request.blocking(self._recall, seeds, request, quota)
