@@ -8,8 +8,10 @@ without importing each other.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
+
+import numpy as np
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,9 @@ class UserCounters:
     weight_sum: float = 0.0
     distinct_items: int = 0
     last_ts: float = 0.0
+    #: The user's preference profile (common.profile: affinity per tag id of the generation's tag
+    #: table), derived by the serving layer from the same store and history; None when not derived.
+    tag_affinity: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def avg_weight(self) -> float:

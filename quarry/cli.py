@@ -1006,7 +1006,10 @@ def eval_behavior(
 @click.option("--variant", default="1m", type=click.Choice(["1m", "100k"]), show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
 @click.option(
-    "--cuts", default="0.8,0.9", show_default=True, help="Timestamp quantiles: train | validation | test."
+    "--cuts",
+    default="0.6,0.7,0.8,0.9",
+    show_default=True,
+    help="Timestamp quantiles: fitting windows, then validation, then test (the last).",
 )
 @click.option("--min-rating", default=4.0, show_default=True, help="Ratings >= this are positive.")
 @click.option("--candidates", default=200, show_default=True, help="Recommend candidates the ranker orders.")
@@ -1034,15 +1037,15 @@ def eval_movielens(
     from quarry.recsys_eval import evaluate_movielens, format_movielens
 
     try:
-        lo, hi = (float(x) for x in cuts.split(","))
+        quantiles = [float(x) for x in cuts.split(",")]
     except ValueError:
-        raise click.BadParameter(f"--cuts {cuts!r}: expected two quantiles like 0.8,0.9") from None
-    if not 0 < lo < hi < 1:
-        raise click.BadParameter(f"--cuts {cuts!r}: need 0 < train cut < validation cut < 1")
+        raise click.BadParameter(f"--cuts {cuts!r}: expected quantiles like 0.6,0.7,0.8,0.9") from None
+    if len(quantiles) < 2 or quantiles != sorted(set(quantiles)) or not 0 < quantiles[0] < quantiles[-1] < 1:
+        raise click.BadParameter(f"--cuts {cuts!r}: need at least two increasing quantiles in (0, 1)")
     report = evaluate_movielens(
         variant=variant,
         data_dir=data_dir,
-        cuts=(lo, hi),
+        cuts=quantiles,
         min_rating=min_rating,
         candidates=candidates,
         seed=seed,

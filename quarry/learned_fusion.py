@@ -228,12 +228,10 @@ def bootstrap_ci(
     values: Sequence[float] | np.ndarray, *, resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean, resampling queries."""
-    v = np.asarray(values, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(means, [alpha, 1.0 - alpha])
-    return float(lo), float(hi)
+    from quarry.stats import paired_bootstrap
+
+    _mean, lo, hi = paired_bootstrap({"v": values}, resamples=resamples, seed=seed, level=level)["v"]
+    return lo, hi
 
 
 def toml_snippet(

@@ -21,6 +21,7 @@ Protocol (all from the real data, no synthetic events):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import random
@@ -37,6 +38,7 @@ from common.catalog import Event
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
+from quarry.stats import paired_bootstrap
 from ranker.features import feature_matrix
 from ranker.schema import DEFAULT_SCHEMA
 from retriever.core.types import SearchQuery
@@ -59,20 +61,6 @@ def user_metrics(order: Sequence[int], positives: set[int]) -> tuple[float, floa
         got50 / len(positives),
         float(any(o in positives for o in order[:10])),
     )
-
-
-def bootstrap_ci(
-    values: Mapping[str, np.ndarray], *, resamples: int = 1000, seed: int = 0
-) -> dict[str, tuple[float, float, float]]:
-    """mean and 95% percentile interval per method, from the same user resamples for every method."""
-    n = len(next(iter(values.values())))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(resamples, n))
-    out = {}
-    for name, v in values.items():
-        means = v[idx].mean(axis=1)
-        out[name] = (float(v.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)))
-    return out
 
 
 @dataclass
@@ -140,7 +128,7 @@ def _candidates(phase: Phase, users: Sequence[str], n: int) -> dict[str, tuple[l
             fused = await phase.service.candidates(q, recommend=True)
             seen = phase.seen.get(u, set())
             fused = [f for f in fused if f.ordinal not in seen][:n]
-            counters = await phase.service.recent.counters(phase.collection.name, u)
+            counters = await phase.service.user_counters(phase.collection, u)
             out[u] = ([f.ordinal for f in fused], feature_matrix(fused, phase.collection, None, counters))
         return out
 
@@ -199,7 +187,7 @@ def evaluate_movielens(
     *,
     variant: str = "1m",
     data_dir: Path | None = None,
-    cuts: tuple[float, float] = (0.8, 0.9),
+    cuts: Sequence[float] = (0.6, 0.7, 0.8, 0.9),
     min_rating: float = 4.0,
     candidates: int = 200,
     seed: int = 0,
@@ -207,32 +195,60 @@ def evaluate_movielens(
     model_out: Path | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
+    """`cuts`: timestamp quantiles c0 < … < cn. Each window [c_i, c_i+1) is judged on a snapshot of
+    everything before c_i; the windows before the last give fitting rows, the last (validation) window's
+    users are split between fitting (3/4) and model selection (1/4); test is [cn, end) on a snapshot of
+    everything before cn. MovieLens users rate in bursts, so one window holds few users that also have a
+    history: several windows give the ranker several times more queries."""
+    if len(cuts) < 2 or list(cuts) != sorted(set(cuts)) or (not cuts[0] > 0 and cuts[-1] < 1):
+        raise ValueError(f"cuts must be increasing quantiles in (0, 1), at least two; got {list(cuts)}")
     t0 = time.perf_counter()
     ds = load_dataset("movielens-1m" if variant == "1m" else "movielens", data_dir)
     assert ds.events is not None
     events = sorted(ds.events(), key=lambda e: e.ts)
     ts = np.array([e.ts for e in events])
-    a, b = (float(x) for x in np.quantile(ts, cuts))
-    train = [e for e in events if e.ts < a]
-    val = [e for e in events if a <= e.ts < b]
-    test = [e for e in events if e.ts >= b]
-    progress(f"{ds.name}: {len(train):,} train / {len(val):,} validation / {len(test):,} test events")
+    bounds = [float(x) for x in np.quantile(ts, cuts)]
+    test = [e for e in events if e.ts >= bounds[-1]]
+    progress(
+        f"{ds.name}: {len(events):,} events; windows at quantiles {list(cuts)}; test {len(test):,} events"
+    )
+    rows: dict[str, tuple[list[int], np.ndarray]] = {}
+    positives: dict[str, set[int]] = {}
+    fit_keys: list[str] = []
+    sel_keys: list[str] = []
+    rnd = random.Random(seed)
     with tempfile.TemporaryDirectory(prefix="quarry-eval-ml-") as tmp:
-        progress("fit phase: snapshot of the train period, replay, candidates from Recommend ...")
-        fit = _phase(ds, train, val, Path(tmp) / "fit", min_rating)
-        users = sorted(u for u in fit.positives if u in fit.seen)
-        rnd = random.Random(seed)
-        rnd.shuffle(users)
-        if max_users:
-            users = users[:max_users]
-        rows = _candidates(fit, users, candidates)
-        n_sel = max(1, len(users) // 4)
-        chosen, models, selection = _fit_rankers(rows, fit.positives, users[n_sel:], users[:n_sel], seed)
-        fit.service.close()
-        progress(f"model selection on {n_sel} users (NDCG@10): {selection} → {chosen}")
+        for w, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            before = [e for e in events if e.ts < lo]
+            judged = [e for e in events if lo <= e.ts < hi]
+            last = w == len(bounds) - 2
+            progress(
+                f"{'validation' if last else 'fitting'} window {w}: snapshot of {len(before):,} events, "
+                f"{len(judged):,} judged; candidates from Recommend ..."
+            )
+            phase = _phase(ds, before, judged, Path(tmp) / f"w{w}", min_rating)
+            users = sorted(u for u in phase.positives if u in phase.seen)
+            rnd.shuffle(users)
+            if max_users:
+                users = users[:max_users]
+            for u, row in _candidates(phase, users, candidates).items():
+                rows[f"{w}:{u}"] = row
+                positives[f"{w}:{u}"] = phase.positives[u]
+            keys = [f"{w}:{u}" for u in users]
+            if last:
+                n_sel = max(1, len(keys) // 4)
+                sel_keys, fit_keys = keys[:n_sel], fit_keys + keys[n_sel:]
+            else:
+                fit_keys += keys
+            phase.service.close()
+        chosen, models, selection = _fit_rankers(rows, positives, fit_keys, sel_keys, seed)
+        progress(
+            f"fitted on {len(fit_keys)} (window, user) queries; selection on {len(sel_keys)} users "
+            f"(NDCG@10): {selection} → {chosen}"
+        )
 
-        progress("test phase: snapshot of train + validation, replay, candidates ...")
-        tp = _phase(ds, train + val, test, Path(tmp) / "test", min_rating)
+        progress("test phase: snapshot of everything before the test window, replay, candidates ...")
+        tp = _phase(ds, [e for e in events if e.ts < bounds[-1]], test, Path(tmp) / "test", min_rating)
         behavior = tp.collection.behavior
         assert behavior is not None
         test_users = sorted(u for u in tp.positives if behavior.user_history(u))
@@ -272,20 +288,32 @@ def evaluate_movielens(
                 schema=DEFAULT_SCHEMA,
                 model_version=version,
                 metrics={"selection_ndcg@10": selection},
-                extra={"collection": ds.name, "split_ts": [a, b]},
+                extra={"collection": ds.name, "split_ts": bounds},
             )
     table: dict[str, dict[str, tuple[float, float, float]]] = {}
     for i, metric in enumerate(METRICS):
-        cis = bootstrap_ci({k: np.array([m[i] for m in v]) for k, v in per.items()}, seed=seed)
+        cis = paired_bootstrap({k: [m[i] for m in v] for k, v in per.items()}, seed=seed)
         for k, ci in cis.items():
             table.setdefault(k, {})[metric] = ci
+    # The chosen ranker against each baseline, paired per user (the same users, the same resamples).
+    versus: dict[str, dict[str, tuple[float, float, float]]] = {}
+    mine = f"ranker ({chosen})"
+    if mine in per:
+        for i, metric in enumerate(METRICS):
+            diffs = {
+                other: [a[i] - b[i] for a, b in zip(per[mine], per[other], strict=True)]
+                for other in ("popularity", "itemcf", "swing", "recall order")
+            }
+            for other, ci in paired_bootstrap(diffs, seed=seed).items():
+                versus.setdefault(other, {})[metric] = ci
     return {
         "dataset": ds.name,
-        "cuts": {"train_until": a, "validation_until": b, "quantiles": list(cuts)},
-        "events": {"train": len(train), "validation": len(val), "test": len(test)},
+        "versus": versus,
+        "cuts": {"quantiles": list(cuts), "timestamps": bounds},
+        "events": {"total": len(events), "test": len(test)},
         "selection": {
-            "users": n_sel,
-            "fit_users": len(users) - n_sel,
+            "users": len(sel_keys),
+            "fit_queries": len(fit_keys),
             "ndcg@10": selection,
             "chosen": chosen,
         },
@@ -306,5 +334,10 @@ def format_movielens(report: Mapping[str, Any]) -> str:
     for name, row in report["table"].items():
         cells = "".join(f"{row[m][0]:>10.4f} [{row[m][1]:.4f}, {row[m][2]:.4f}]" for m in METRICS)
         lines.append(f"{name:<16}{cells}")
+    if report.get("versus"):
+        lines.append(f"ranker ({report['selection']['chosen']}) minus each baseline, paired per user:")
+        for name, row in report["versus"].items():
+            cells = "".join(f"{row[m][0]:>+10.4f} [{row[m][1]:+.4f}, {row[m][2]:+.4f}]" for m in METRICS)
+            lines.append(f"  vs {name:<13}{cells}")
     lines.append(f"(bootstrap 95% CIs over users; {report['seconds']} s)")
     return "\n".join(lines)

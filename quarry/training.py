@@ -49,7 +49,7 @@ async def _collect(
                 SearchQuery(collection=collection.name, user_id=u, top_k=candidates), recommend=True
             )
         )[:candidates]
-        counters = await svc.recent.counters(collection.name, u)
+        counters = await svc.user_counters(collection, u)
         out[u] = (fused, feature_matrix(fused, collection, None, counters))
     return out
 

@@ -13,6 +13,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from common.index.forward import ForwardStore
+from common.profile import TagTable
 from common.types import Fused, GeoPoint, UserCounters
 
 
@@ -36,6 +37,11 @@ class RankingContext(Protocol):
     @property
     def item_popularity(self) -> np.ndarray | None:
         """Popularity over the same ordinals; None without behavior data."""
+        ...
+
+    @property
+    def tag_table(self) -> TagTable | None:
+        """Item tags (common.profile) for the user–item affinity; None without any."""
         ...
 
 

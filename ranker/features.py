@@ -19,6 +19,7 @@ import numpy as np
 
 from common.geo import haversine_many
 from common.index.forward import ForwardStore
+from common.profile import TagTable
 from common.types import Fused, GeoPoint, UserCounters
 from ranker.base import RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
@@ -54,6 +55,7 @@ def feature_rows(
     counters: UserCounters | None,
     created: np.ndarray | None = None,
     now: float | None = None,
+    tag_table: TagTable | None = None,
 ) -> list[dict[str, float]]:
     user: dict[str, float] = {}
     if counters is not None:
@@ -73,8 +75,13 @@ def feature_rows(
     if created is not None and len(fused):
         when = time.time() if now is None else now
         age = [None if math.isnan(c) else max(0.0, (when - c) / DAY_S) for c in created[ords].tolist()]
+    affinity: list[float | None] = [None] * len(fused)
+    profile = counters.tag_affinity if counters is not None else None
+    # Only a profile over this very table (same tag ids) is matched.
+    if tag_table is not None and profile is not None and len(profile) == len(tag_table.vocab) and len(fused):
+        affinity = tag_table.match(ords, profile).tolist()
     rows: list[dict[str, float]] = []
-    for f, dk, p, a in zip(fused, dist_km, pop, age, strict=True):
+    for f, dk, p, a, aff in zip(fused, dist_km, pop, age, affinity, strict=True):
         row: dict[str, float] = dict(user)
         for s in f.sources:
             row[f"found_by_{s.branch}"] = 1.0
@@ -86,6 +93,8 @@ def feature_rows(
         row["branches_found"] = float(len(f.sources))
         if a is not None:
             row["item_age_days"] = a
+        if aff is not None:
+            row["user_tag_affinity"] = aff
         row["fused_score"] = f.score
         if dk is not None:
             row["distance_km"] = dk
@@ -115,5 +124,6 @@ def feature_matrix(
         counters=counters,
         created=item_created_ts(collection.forward),
         now=now,
+        tag_table=collection.tag_table,
     )
     return schema.vectorize(rows)

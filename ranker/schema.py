@@ -162,6 +162,8 @@ DEFAULT_SCHEMA = FeatureSchema(
         Feature("i2i_score", "query_item", 0.0, "none"),
         Feature("popular_score", "query_item", 0.0, "none"),
         Feature("preference_score", "query_item", 0.0, "none"),
+        # How much the item's tags match the user's preference profile (0..1; common.profile).
+        Feature("user_tag_affinity", "query_item", 0.0, "none"),
         Feature("found_by_inverted", "query_item", 0.0, "clip01"),
         Feature("found_by_ann", "query_item", 0.0, "clip01"),
         Feature("found_by_behavior", "query_item", 0.0, "clip01"),

@@ -25,6 +25,7 @@ from common.index import ranker_part
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, open_index
+from common.profile import TagTable
 from common.settings import CollectionSettings
 from ranker.base import Ranker
 from retriever.core import metrics
@@ -135,6 +136,17 @@ class Collection:
             sorted(self.branches),
             time.perf_counter() - t0,
         )
+
+    @cached_property
+    def tag_table(self) -> TagTable | None:
+        """Item → tags and tag → items by popularity (common.profile), built once per generation for the
+        preference branch and the ranker's user–item affinity; None without behavior data or tags."""
+        if self.behavior is None:
+            return None
+        table = TagTable.build(
+            self.base_forward, self.behavior.popularity, per_tag=self.settings.preference.per_tag
+        )
+        return table if table.vocab else None
 
     @cached_property
     def behavior(self) -> BehaviorIndex | None:

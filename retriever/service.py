@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from opentelemetry import trace
@@ -33,9 +33,9 @@ from retriever.core.types import (
     UserDetail,
 )
 from retriever.core.validate import validate_search
-from retriever.features.recent import RecentStore, StoreUnavailable, make_recent_store
+from retriever.features.recent import RecentItem, RecentStore, StoreUnavailable, make_recent_store
 from retriever.generations import Collection, Registry
-from retriever.recall.base import RecallRequest, analyze_query
+from retriever.recall.base import RecallRequest, analyze_query, decayed_seeds
 from retriever.recall.executor import run_branches
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class SearchService:
     async def _prefetch_user(self, ex: Exchange) -> None:
         # The user's real-time counters feed a model ranker; fetch them while the branches run.
         if ex.query.user_id and ex.generation.ranker is not None:
-            ex.counters_task = asyncio.create_task(self._counters(ex.generation.name, ex.query.user_id))
+            ex.counters_task = asyncio.create_task(self._counters(ex.generation, ex.query.user_id))
 
     async def _recall(self, ex: Exchange) -> None:
         collection, query = ex.generation, ex.query
@@ -284,9 +284,32 @@ class SearchService:
             counters=counters,
         )
 
-    async def _counters(self, collection: str, user_id: str) -> tuple[UserCounters | None, bool]:
+    async def user_counters(self, collection: Collection, user_id: str) -> UserCounters:
+        """What the ranking stage reads about a user: the real-time counters and, where the generation
+        has a tag table, the preference profile (the preference branch's own recipe: real-time events
+        then long-term history, decayed). The trainers call this too, so offline features equal online
+        ones. Raises StoreUnavailable."""
+        table, behavior = collection.tag_table, collection.behavior
+        if table is None or behavior is None:
+            return await self.recent.counters(collection.name, user_id)
+        ps = collection.settings.preference
+        counters, recent = await asyncio.gather(
+            self.recent.counters(collection.name, user_id),
+            self.recent.recent(collection.name, user_id, ps.recent_n) if ps.recent_n else _no_events(),
+        )
+        seeds = decayed_seeds(
+            recent,
+            behavior.user_history(user_id),
+            collection.base_forward.ord_of,
+            half_life=ps.decay_half_life,
+            history_n=ps.history_n,
+            history_weight=ps.history_weight,
+        )
+        return replace(counters, tag_affinity=table.profile(list(seeds.items())))
+
+    async def _counters(self, collection: Collection, user_id: str) -> tuple[UserCounters | None, bool]:
         try:
-            return await self.recent.counters(collection, user_id), True
+            return await self.user_counters(collection, user_id), True
         except StoreUnavailable as exc:
             log.warning("user counters unavailable (%s): ranking without user features", exc)
             return None, False
@@ -394,6 +417,10 @@ class RankExplain:
     ranker: str
     feature_names: tuple[str, ...]
     features: dict[int, dict[str, float]]
+
+
+async def _no_events() -> list[RecentItem]:
+    return []
 
 
 #: How many of the user's recent events a debug answer shows.

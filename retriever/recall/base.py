@@ -29,6 +29,7 @@ from pydantic import BaseModel
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, analyze
+from common.profile import TagTable
 from common.settings import CollectionSettings
 from common.snapshot import Manifest
 from common.types import Candidate
@@ -72,6 +73,11 @@ class Generation(Protocol):
     @property
     def behavior(self) -> BehaviorIndex | None:
         """The behavior part (i2i tables, popularity, histories), loaded once and shared; None without one."""
+        ...
+
+    @property
+    def tag_table(self) -> TagTable | None:
+        """Item tags and per-tag popular lists (common.profile), built once; None without any."""
         ...
 
     def filter_mask(self, filters: Filters, view: LiveView | None = None) -> np.ndarray | None:

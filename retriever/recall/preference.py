@@ -5,7 +5,7 @@ popular items of the profile's strongest tags, scored by profile match × log(1 
 
 Unlike behavior recall it needs no co-occurrence: it still answers for items nobody co-watched, and it
 follows a taste (many thrillers) rather than single items. The per-tag top lists are built once per
-generation when the branch is created (the snapshot's forward store and popularity hold everything).
+generation (`Generation.tag_table`, shared with the ranker's user–item affinity feature).
 """
 
 from __future__ import annotations
@@ -43,11 +43,10 @@ class PreferenceBranch:
         index = generation.behavior
         if index is None:
             raise BranchUnavailable("the snapshot has no behavior part (no histories, no popularity)")
-        forward = generation.base_forward
-        table = TagTable.build(forward, index.popularity, per_tag=options.per_tag)
-        if not table.vocab:
+        table = generation.tag_table  # shared with the ranker's user–item affinity
+        if table is None:
             raise BranchUnavailable("no item has a tag or a category")
-        return cls(index, table, forward.ord_of, options)
+        return cls(index, table, generation.base_forward.ord_of, options)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"

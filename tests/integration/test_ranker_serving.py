@@ -17,6 +17,7 @@ from common.types import Fused
 from quarry.training import train_movielens
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
+from ranker.schema import DEFAULT_SCHEMA
 from ranker.serving import ModelRanker
 from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, UserEvent
@@ -87,9 +88,12 @@ def test_model_serves_and_offline_features_equal_online(trained: tuple[Path, dic
         fused = await svc.candidates(
             SearchQuery(collection="movielens", user_id="fan", top_k=20), recommend=True
         )
-        offline = feature_matrix(fused, coll, None, await store.counters("movielens", "fan"))
+        # The trainers read the user through the service's own user_counters (counters + profile).
+        offline = feature_matrix(fused, coll, None, await svc.user_counters(coll, "fan"))
         np.testing.assert_array_equal(offline, rec.seen[-1])
         assert offline[:, 0].max() > 0  # user_events_total came from the real-time counters
+        affinity = offline[:, list(DEFAULT_SCHEMA.names).index("user_tag_affinity")]
+        assert 0 < affinity.max() <= 1  # the user's genre profile (Star Wars: Action, Sci-Fi, ...)
         await svc.aclose()
 
     asyncio.run(go())

@@ -1,0 +1,71 @@
+"""`quarry eval movielens` end to end on the real MovieLens-100K (the 1M run is a CLI job, minutes long):
+the temporal windows, Quarry's own Recommend candidates, the baselines and the rankers chosen on
+validation, with paired bootstrap intervals, and the chosen model loadable by the server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from quarry.cli import main
+from quarry.recsys_eval import METRICS, user_metrics
+from quarry.stats import paired_bootstrap
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_user_metrics() -> None:
+    ndcg, rec50, hit = user_metrics([5, 1, 7, 2], {1, 2, 99})
+    # hits at ranks 2 and 4: (1/log2(3) + 1/log2(5)) / (1 + 1/log2(3) + 1/2)
+    assert ndcg == pytest.approx((1 / 1.5849625 + 1 / 2.3219281) / (1 + 1 / 1.5849625 + 0.5))
+    assert rec50 == pytest.approx(2 / 3) and hit == 1.0
+    assert user_metrics([], {1}) == (0.0, 0.0, 0.0)
+
+
+def test_paired_bootstrap_contains_the_mean() -> None:
+    ci = paired_bootstrap({"a": [0.0, 1.0] * 50, "b": [1.0] * 100}, resamples=500)
+    lo_a, hi_a = ci["a"][1:]
+    assert ci["a"][0] == pytest.approx(0.5) and lo_a < 0.5 < hi_a and hi_a - lo_a < 0.25
+    assert ci["b"] == (1.0, 1.0, 1.0)
+
+
+def test_eval_movielens_cli(tmp_path: Path) -> None:
+    out, model = tmp_path / "report.json", tmp_path / "model.onnx"
+    res = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "movielens",
+            "--variant",
+            "100k",
+            "--max-users",
+            "150",
+            "--json-out",
+            str(out),
+            "--model-out",
+            str(model),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    table = report["table"]
+    assert {"popularity", "itemcf", "swing", "recall order"} <= set(table)
+    assert any(name.startswith("ranker (gbdt") for name in table)
+    for row in table.values():
+        for metric in METRICS:
+            mean, lo, hi = row[metric]
+            assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert report["test_users"] >= 50 and report["selection"]["fit_queries"] > report["selection"]["users"]
+    assert "recall order" in report["selection"]["ndcg@10"]  # a model must beat no model to be chosen
+    assert "NDCG" in res.output or "ndcg@10" in res.output
+    chosen = report["selection"]["chosen"]
+    if chosen != "recall order":
+        from ranker.schema import DEFAULT_SCHEMA
+        from ranker.session import OnnxRanker
+
+        assert OnnxRanker(model, schema=DEFAULT_SCHEMA).model_version.startswith("movielens-")
+    else:
+        assert not model.exists()
