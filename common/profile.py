@@ -72,23 +72,36 @@ class TagTable:
     def items_of(self, tag: int) -> np.ndarray:
         return self.tag_items[self.tag_indptr[tag] : self.tag_indptr[tag + 1]]
 
+    def _flat(self, ordinals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, tag id) of every tag of every ordinal, as two aligned arrays (rows index `ordinals`)."""
+        n = len(self.item_indptr) - 1
+        inside = (ordinals >= 0) & (ordinals < n)
+        safe = np.where(inside, ordinals, 0)
+        starts = self.item_indptr[safe]
+        lens = np.where(inside, self.item_indptr[safe + 1] - starts, 0)
+        rows = np.repeat(np.arange(len(ordinals)), lens)
+        # each row's run starts at starts[row]: position within the run = global index - run offset
+        run_offset = np.repeat(np.cumsum(lens) - lens, lens)
+        return rows, self.tag_ids[np.repeat(starts, lens) + np.arange(len(rows)) - run_offset]
+
     def profile(self, seeds: Sequence[tuple[int, float]]) -> np.ndarray:
         """Affinity per tag id (sums to 1; all zero without usable seeds)."""
         aff = np.zeros(len(self.vocab), dtype=np.float64)
-        n = len(self.item_indptr) - 1
-        for o, w in seeds:
-            if 0 <= o < n and w > 0:
-                tags = self.tags_of(o)
-                if len(tags):
-                    aff[tags] += w / len(tags)
+        if not seeds:
+            return aff
+        ords = np.fromiter((o for o, _ in seeds), dtype=np.int64, count=len(seeds))
+        weights = np.fromiter((w for _, w in seeds), dtype=np.float64, count=len(seeds))
+        rows, tags = self._flat(ords)
+        if not len(rows):
+            return aff
+        per_tag = np.bincount(rows, minlength=len(ords))  # each seed's weight is shared by its tags
+        share = np.where(weights > 0, weights, 0.0) / np.maximum(per_tag, 1)
+        aff = np.bincount(tags, weights=share[rows], minlength=len(self.vocab)).astype(np.float64)
         total = aff.sum()
         return aff / total if total > 0 else aff
 
     def match(self, ordinals: np.ndarray, affinity: np.ndarray) -> np.ndarray:
         """Σ affinity over each item's tags (0 for items without tags or outside the table)."""
-        out = np.zeros(len(ordinals), dtype=np.float64)
-        n = len(self.item_indptr) - 1
-        for i, o in enumerate(ordinals.tolist()):
-            if 0 <= o < n:
-                out[i] = affinity[self.tags_of(o)].sum()
-        return out
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        rows, tags = self._flat(ordinals)
+        return np.bincount(rows, weights=affinity[tags], minlength=len(ordinals)).astype(np.float64)

@@ -97,8 +97,8 @@ async def run_demo(
         # warning at every start that they are unavailable ('places' shows them).
         off = {"enabled": False}
         overrides["geonames"] = {
-            "branches": {"ann": off, "behavior": off},
-            "recommend_branches": {"behavior": off, "popular": off},
+            "branches": {"ann": off, "behavior": off, "preference": off},
+            "recommend_branches": {"behavior": off, "preference": off, "popular": off},
         }
     settings = settings.model_copy(
         update={"server": settings.server.model_copy(update={"port": port}), "collections": overrides}

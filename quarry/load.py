@@ -256,9 +256,17 @@ async def run_step(
 # ---------------------------------------------------------------------------------------------- floor
 
 
-def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict[str, float]:
+def floor_cpu_ms(
+    collection: Any, texts: Sequence[str], *, k: int = 100, redis_url: str = "", candidates: int = 200
+) -> dict[str, float]:
     """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
-    and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence."""
+    and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
+
+    With behavior data, each request names a user as the load mix does, so the floor also pays what a
+    known user costs: the Redis reads (recent events + counters, one pipelined round trip, redis-py; with
+    `redis_url`), the i2i expansion of the user's history, the preference profile and its per-tag lists
+    (NumPy over the generation's tag table), and — when the collection serves a ranker model — one
+    onnxruntime call over `candidates` feature rows. CPU time is this process's: Redis's own is not in it."""
     from threadpoolctl import threadpool_limits
 
     from common.index.text import analyze
@@ -266,6 +274,15 @@ def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict
     inv = collection.branches.get("inverted")
     ann = collection.branches.get("ann")
     geo = collection.branches.get("geo")
+    behavior = collection.behavior if "behavior" in collection.branches else None
+    table = collection.tag_table if "preference" in collection.branches else None
+    users = behavior.sample_users(200) if behavior is not None else []
+    ranker = getattr(collection.ranker, "model", None)  # the OnnxRanker of a ModelRanker
+    redis_client = None
+    if redis_url and users:
+        import redis
+
+        redis_client = redis.Redis.from_url(redis_url)
     fw = collection.forward
     located = np.flatnonzero(~np.isnan(fw.lat))
     rnd = random.Random(5)
@@ -303,7 +320,23 @@ def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict
                     "cKDTree", lambda o=o: geo.index.within(float(fw.lat[o]), float(fw.lon[o]), 50_000.0, k=k)
                 )
                 lists.append(np.asarray(ids))
-            timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
+            if users:
+                user = users[i % len(users)]
+                if redis_client is not None:
+                    tag = f"{{{collection.name}:{user}}}"
+                    pipe = redis_client.pipeline(transaction=False)
+                    pipe.lrange(f"quarry:{tag}:recent", 0, 19).hgetall(f"quarry:{tag}:counters")
+                    timed("redis reads", pipe.execute)
+                history = behavior.user_history(user)
+                seeds = [(o, 0.5 ** (r / 10)) for r, o in enumerate(history[:20])]
+                got = timed("i2i expand", lambda seeds=seeds: behavior.expand("swing", seeds, k))
+                lists.append(np.fromiter((o for o, _ in got), dtype=np.int64))
+                if table is not None:
+                    lists.append(timed("preference (numpy)", lambda h=history: _preference(table, h, k)))
+            fused = timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
+            if ranker is not None and len(fused):
+                X = np.zeros((min(len(fused), candidates), ranker.dim), dtype=np.float32)
+                timed(f"onnx rank {candidates}", lambda X=X: ranker.session.run(None, {"features": X}))
             walls.append((time.perf_counter() - w0) * 1000)
     out = {name: statistics.mean(v) for name, v in per.items()}
     out["wall_p50"] = percentile(walls, 50)
@@ -311,6 +344,16 @@ def floor_cpu_ms(collection: Any, texts: Sequence[str], *, k: int = 100) -> dict
     # Every request pays each stage it ran; a stage run on half the requests counts half.
     out["total"] = sum(statistics.mean(v) * len(v) / len(texts) for v in per.values())
     return out
+
+
+def _preference(table: Any, history: Sequence[int], k: int) -> np.ndarray:
+    """The preference branch's raw work: profile → strongest tags → their popular items → match."""
+    aff = table.profile([(o, 0.5 ** (r / 20)) for r, o in enumerate(history[:50])])
+    if not aff.any():
+        return np.zeros(0, dtype=np.int64)
+    top = np.argsort(-aff)[:6]
+    pool = np.unique(np.concatenate([table.items_of(int(t)) for t in top]))
+    return pool[np.argsort(-table.match(pool, aff))[:k]]
 
 
 def _no_filters() -> Any:
@@ -453,7 +496,7 @@ def run_load(
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
     texts = query_pool(coll)[:floor_n]
-    floor = floor_cpu_ms(coll, texts)
+    floor = floor_cpu_ms(coll, texts, redis_url=redis_url)
     ceiling = 2 * 1000 / floor["total"]
     proc = None
     if target is None:

@@ -57,3 +57,15 @@ def test_open_loop_step_against_a_real_server(server: str, tiny_snapshot: Path) 
     )
     step = asyncio.run(run_step(server, missing, rate=50, duration_s=0.5))
     assert step.ok == 0 and step.errors == {"NOT_FOUND": step.sent}
+
+
+def test_floor_pays_what_a_known_user_costs(movielens_snapshot: Path, redis_url: str) -> None:
+    """With behavior data the floor's requests name users, as the load mix's do: Redis reads, i2i
+    expansion and the preference profile join the raw stages (and ONNX ranking, with a model)."""
+    from quarry.bench import open_collection
+
+    coll = open_collection(movielens_snapshot)
+    floor = floor_cpu_ms(coll, ["star wars", "toy story", "alien"], redis_url=redis_url)
+    for stage in ("redis reads", "i2i expand", "preference (numpy)", "encode", "tantivy"):
+        assert floor[stage] > 0, stage
+    assert floor["total"] >= sum(floor[s] for s in ("redis reads", "i2i expand", "tantivy")) * 0.99

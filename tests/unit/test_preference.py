@@ -83,3 +83,24 @@ def test_recall_follows_the_users_taste_from_real_time_events(generation: Collec
     )
     scores = [c.score for c in got]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_profile_and_match_equal_the_plain_definition(generation: Collection) -> None:
+    """The vectorised profile/match against their definitions, written as plain loops (incl. repeated
+    seeds, zero and negative weights, ordinals outside the table)."""
+    table = generation.tag_table
+    assert table is not None
+    rng = np.random.default_rng(3)
+    n = len(generation.base_forward)
+    seeds = [(int(o), float(w)) for o, w in zip(rng.integers(0, n, 40), rng.normal(1, 1, 40), strict=True)]
+    seeds += [(seeds[0][0], 2.0), (n + 5, 1.0), (-1, 1.0)]
+    plain = np.zeros(len(table.vocab))
+    for o, w in seeds:
+        if 0 <= o < n and w > 0 and len(table.tags_of(o)):
+            plain[table.tags_of(o)] += w / len(table.tags_of(o))
+    plain /= plain.sum()
+    np.testing.assert_allclose(table.profile(seeds), plain, rtol=1e-12, atol=1e-15)
+    ords = np.array([*rng.integers(0, n, 30).tolist(), n + 1, -3])
+    want = [plain[table.tags_of(o)].sum() if 0 <= o < n else 0.0 for o in ords.tolist()]
+    np.testing.assert_allclose(table.match(ords, plain), want, rtol=1e-12, atol=1e-15)
+    assert table.profile([]).sum() == 0.0 and len(table.match(np.zeros(0, np.int64), plain)) == 0
