@@ -221,3 +221,26 @@ def test_recommend_tab_shows_the_users_recent_events(server: str, console: str, 
     assert len(browser.find_elements(By.CSS_SELECTOR, "#ranked .hit")) == 10
     assert not browser.find_element(By.ID, "map-wrap").is_displayed()  # films have no coordinates
     _shot(browser, "console-movielens.png")
+
+
+def test_a_dead_retriever_is_one_clear_error(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    target = f"127.0.0.1:{free_port()}"  # nothing listens there
+    srv = ConsoleServer(Bridge(channel(target), target, tmp_path, timeout_s=2.0)).start()
+    try:
+        status, body = _post(srv.url + "api/search", b'{"collection": "geonames", "query": "x"}')
+    finally:
+        srv.close()
+    assert status == 502 and body["error"]["code"] == "UNAVAILABLE"
+    assert body["error"]["message"].startswith(f"the retriever at {target} is unavailable")
+
+
+def test_console_without_its_browser_files_says_how_to_install_them(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    res = CliRunner().invoke(main, ["console", "--port", "0"], env={"QUARRY_CONSOLE_ASSETS": str(tmp_path)})
+    assert res.exit_code == 1
+    assert "run `quarry console install`" in res.output and "Traceback" not in res.output
