@@ -248,6 +248,9 @@ class CollectionSettings(_Model):
     branches: dict[str, BranchSpec] = Field(default_factory=_search_branches)
     #: Recall branches for Recommend (no query text), by name.
     recommend_branches: dict[str, BranchSpec] = Field(default_factory=_recommend_branches)
+    #: Recommend never returns what the user already interacted with: their long-term history (snapshot)
+    #: and real-time events (store, up to `redis.recent_max_len`), whichever branch proposed it.
+    recommend_exclude_seen: bool = True
     ann: AnnSettings = Field(default_factory=AnnSettings)
     behavior: BehaviorSettings = Field(default_factory=BehaviorSettings)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)

@@ -194,6 +194,23 @@ class SearchService:
     async def _post_filter(self, ex: Exchange) -> None:
         ex.fused = self._filtered(ex.fused, ex.generation, ex.query)
 
+    async def _exclude_seen(self, ex: Exchange) -> None:
+        """Recommend: drop what the user already interacted with (history + real-time events). A store
+        failure degrades the answer (history alone is still excluded), never fails it."""
+        coll, user = ex.generation, ex.query.user_id
+        if not user or not coll.settings.recommend_exclude_seen or not ex.fused:
+            return
+        seen: set[int] = set(coll.behavior.user_history(user)) if coll.behavior is not None else set()
+        try:
+            recent = await self.recent.recent(coll.name, user, self.settings.redis.recent_max_len)
+        except StoreUnavailable as exc:
+            log.warning("recent events unavailable (%s): excluding only the long-term history", exc)
+            ex.degraded, recent = True, []
+        ord_of = coll.forward.ord_of
+        seen.update(o for o in (ord_of.get(r.item_id) for r in recent) if o is not None)
+        if seen:
+            ex.fused = [f for f in ex.fused if f.ordinal not in seen]
+
     async def _rank(self, ex: Exchange) -> None:
         collection = ex.generation
         counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
@@ -444,13 +461,25 @@ SEARCH = Pipeline(
         _S._debug,
     ),
 )
-RECOMMEND = Pipeline(
-    "recommend",
-    lambda cs: cs.recommend_branches,
-    (_S._reject_text, *SEARCH.stages[1:]),
+_RECOMMEND_STAGES = (
+    _S._reject_text,
+    _S._validate,
+    _S._prefetch_user,
+    _S._recall,
+    _S._fuse,
+    _S._post_filter,
+    _S._exclude_seen,
+    _S._rank,
+    _S._hydrate,
+    _S._debug,
 )
+RECOMMEND = Pipeline("recommend", lambda cs: cs.recommend_branches, _RECOMMEND_STAGES)
 #: What the ranking stage sees, for offline training: the same stages up to ranking.
 SEARCH_CANDIDATES = Pipeline(
     "search-candidates", SEARCH.specs, (_S._validate, _S._recall, _S._fuse, _S._post_filter)
 )
-RECOMMEND_CANDIDATES = Pipeline("recommend-candidates", RECOMMEND.specs, SEARCH_CANDIDATES.stages)
+RECOMMEND_CANDIDATES = Pipeline(
+    "recommend-candidates",
+    RECOMMEND.specs,
+    (_S._validate, _S._recall, _S._fuse, _S._post_filter, _S._exclude_seen),
+)

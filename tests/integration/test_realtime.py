@@ -142,10 +142,13 @@ def test_upsert_is_visible_in_every_branch_at_once(srv: ServerThread, root: Path
 
 
 def test_delete_hides_the_item_from_every_branch(srv: ServerThread) -> None:
-    before_user, before_pop = recommend(srv.target, "u0"), recommend(srv.target)
+    before_user, before_pop = recommend(srv.target, "u4"), recommend(srv.target)
     assert "sh" in ids(search(srv.target, query="Shanghai"))
     assert "sh" in ids(before_pop), "popularity recalls Shanghai (the most visited)"
+    # u4 saw Shanghai and Zürich; those who saw Shanghai also saw Beijing and Paris.
     assert "bj" in ids(before_user) or "pa" in ids(before_user)
+    assert not {"sh", "zu"} & set(ids(before_user)), "Recommend never returns what the user saw"
+    assert not {"sh", "bj", "pa"} & set(ids(recommend(srv.target, "u0")))
     res = admin(srv.target).Delete(
         admin_pb2.DeleteRequest(collection="tiny", ids=["sh", "bj", "nope"]), metadata=AUTH
     )
