@@ -33,7 +33,13 @@ from retriever.core.types import (
     UserDetail,
 )
 from retriever.core.validate import validate_search
-from retriever.features.recent import RecentItem, RecentStore, StoreUnavailable, make_recent_store
+from retriever.features.recent import (
+    RecentItem,
+    RecentStore,
+    StoreUnavailable,
+    UserRecent,
+    make_recent_store,
+)
 from retriever.generations import Collection, Registry
 from retriever.recall.base import RecallRequest, analyze_query, decayed_seeds
 from retriever.recall.executor import run_branches
@@ -102,6 +108,8 @@ class SearchService:
         finally:
             if ex.counters_task is not None and not ex.counters_task.done():
                 ex.counters_task.cancel()
+            if ex.user_recent is not None:
+                ex.user_recent.close()
         return ex
 
     # -- stages: each reads and fills the request's Exchange; pipelines below declare their order --------
@@ -145,9 +153,21 @@ class SearchService:
         return {n: spec for n, spec in specs.items() if n in wanted}
 
     async def _prefetch_user(self, ex: Exchange) -> None:
+        if not ex.query.user_id:
+            return
+        # One read of the user's recent events for every stage that wants them (behavior and preference
+        # recall, the ranker's profile, Recommend's seen-filter): as many as the most demanding one needs
+        # (parsing costs ~2.7 µs an event, a round trip ~0.1 ms, so not blindly all the store keeps).
+        cs = ex.generation.settings
+        need = max(cs.behavior.recent_n, cs.preference.recent_n)
+        if ex.pipeline.name == "recommend" and cs.recommend_exclude_seen:
+            need = max(need, self.settings.redis.recent_max_len)
+        ex.user_recent = UserRecent(self.recent, ex.generation.name, ex.query.user_id, max(need, 1))
         # The user's real-time counters feed a model ranker; fetch them while the branches run.
-        if ex.query.user_id and ex.generation.ranker is not None:
-            ex.counters_task = asyncio.create_task(self._counters(ex.generation, ex.query.user_id))
+        if ex.generation.ranker is not None:
+            ex.counters_task = asyncio.create_task(
+                self._counters(ex.generation, ex.query.user_id, ex.user_recent)
+            )
 
     async def _recall(self, ex: Exchange) -> None:
         collection, query = ex.generation, ex.query
@@ -157,6 +177,7 @@ class SearchService:
             pool=self.pool,
             terms=analyze_query(query.text, collection.analyzers, self.settings.limits.max_query_terms),
             recent=self.recent,
+            user_recent=ex.user_recent,
         )
         with self.tracer.start_as_current_span("recall", attributes={"quarry.collection": collection.name}):
             ex.results = await run_branches(
@@ -202,7 +223,7 @@ class SearchService:
             return
         seen: set[int] = set(coll.behavior.user_history(user)) if coll.behavior is not None else set()
         try:
-            recent = await self.recent.recent(coll.name, user, self.settings.redis.recent_max_len)
+            recent = await self._reader(ex).get(self.settings.redis.recent_max_len)
         except StoreUnavailable as exc:
             log.warning("recent events unavailable (%s): excluding only the long-term history", exc)
             ex.degraded, recent = True, []
@@ -301,7 +322,16 @@ class SearchService:
             counters=counters,
         )
 
-    async def user_counters(self, collection: Collection, user_id: str) -> UserCounters:
+    def _reader(self, ex: Exchange) -> UserRecent:
+        if ex.user_recent is None:
+            ex.user_recent = UserRecent(
+                self.recent, ex.generation.name, ex.query.user_id, self.settings.redis.recent_max_len
+            )
+        return ex.user_recent
+
+    async def user_counters(
+        self, collection: Collection, user_id: str, reader: UserRecent | None = None
+    ) -> UserCounters:
         """What the ranking stage reads about a user: the real-time counters and, where the generation
         has a tag table, the preference profile (the preference branch's own recipe: real-time events
         then long-term history, decayed). The trainers call this too, so offline features equal online
@@ -312,7 +342,7 @@ class SearchService:
         ps = collection.settings.preference
         counters, recent = await asyncio.gather(
             self.recent.counters(collection.name, user_id),
-            self.recent.recent(collection.name, user_id, ps.recent_n) if ps.recent_n else _no_events(),
+            _recent(self.recent, collection.name, user_id, ps.recent_n, reader),
         )
         seeds = decayed_seeds(
             recent,
@@ -324,9 +354,11 @@ class SearchService:
         )
         return replace(counters, tag_affinity=table.profile(list(seeds.items())))
 
-    async def _counters(self, collection: Collection, user_id: str) -> tuple[UserCounters | None, bool]:
+    async def _counters(
+        self, collection: Collection, user_id: str, reader: UserRecent | None = None
+    ) -> tuple[UserCounters | None, bool]:
         try:
-            return await self.user_counters(collection, user_id), True
+            return await self.user_counters(collection, user_id, reader), True
         except StoreUnavailable as exc:
             log.warning("user counters unavailable (%s): ranking without user features", exc)
             return None, False
@@ -405,6 +437,7 @@ class Exchange:
     hits: list[Hit] = field(default_factory=list)
     degraded: bool = False
     counters_task: asyncio.Task[tuple[UserCounters | None, bool]] | None = None
+    user_recent: UserRecent | None = None
     fusion: str = ""
     explain: RankExplain | None = None
     debug: DebugDetail | None = None
@@ -436,8 +469,12 @@ class RankExplain:
     features: dict[int, dict[str, float]]
 
 
-async def _no_events() -> list[RecentItem]:
-    return []
+async def _recent(
+    store: RecentStore, collection: str, user_id: str, n: int, reader: UserRecent | None
+) -> list[RecentItem]:
+    if n <= 0:
+        return []
+    return await (reader.get(n) if reader is not None else store.recent(collection, user_id, n))
 
 
 #: How many of the user's recent events a debug answer shows.

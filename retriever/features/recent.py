@@ -10,6 +10,7 @@ One Protocol, two backends that pass the same contract tests (tests/integration/
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -325,6 +326,33 @@ class RedisRecentStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class UserRecent:
+    """One user's newest real-time events, read from the store at most once per request: every reader
+    (behavior and preference recall, the ranker's profile, Recommend's seen-filter) slices the same
+    list. The read is shielded, so a branch cancelled at its deadline never cancels it for the others;
+    a store failure reaches every reader as StoreUnavailable."""
+
+    def __init__(self, store: RecentStore, collection: str, user_id: str, limit: int) -> None:
+        self.store, self.collection, self.user_id, self.limit = store, collection, user_id, limit
+        self._task: asyncio.Task[list[RecentItem]] | None = None
+
+    async def get(self, n: int) -> list[RecentItem]:
+        if n > self.limit:
+            return await self.store.recent(self.collection, self.user_id, n)
+        if self._task is None:
+            self._task = asyncio.ensure_future(self.store.recent(self.collection, self.user_id, self.limit))
+        return (await asyncio.shield(self._task))[:n]
+
+    def close(self) -> None:
+        """At the end of the request: a read nobody waited for is cancelled, a failed one is retrieved."""
+        if self._task is None:
+            return
+        if not self._task.done():
+            self._task.cancel()
+        elif not self._task.cancelled():
+            self._task.exception()
 
 
 def make_recent_store(settings: RedisSettings) -> RecentStore:

@@ -39,7 +39,7 @@ from retriever.live import LiveView
 if TYPE_CHECKING:
     import tantivy
 
-    from retriever.features.recent import RecentItem, RecentStore
+    from retriever.features.recent import RecentItem, RecentStore, UserRecent
 
 T = TypeVar("T")
 
@@ -105,6 +105,8 @@ class RecallRequest:
     terms: dict[Analyzer, list[str]] = field(default_factory=dict)
     #: Real-time user behaviour (Redis or embedded); None where the caller has no store.
     recent: RecentStore | None = None
+    #: The request's user's events, read once and shared by every branch (the service sets it).
+    user_recent: UserRecent | None = None
     #: The generation's real-time state, taken once: every branch of this request sees the same one.
     live: LiveView = field(init=False)
 
@@ -120,6 +122,14 @@ class RecallRequest:
     def restricts(self) -> bool:
         """Whether the request's own filters restrict (beyond dead ordinals)."""
         return self.query.filters.restricts
+
+    async def recent_events(self, n: int) -> list[RecentItem]:
+        """The request's user's newest `n` real-time events ([] without a user or a store)."""
+        if self.user_recent is not None:
+            return await self.user_recent.get(n)
+        if self.recent is None or not self.query.user_id or n <= 0:
+            return []
+        return await self.recent.recent(self.query.collection, self.query.user_id, n)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)

@@ -62,9 +62,7 @@ class BehaviorBranch:
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         q = request.query
-        recent = []
-        if request.recent is not None and self.s.recent_n:
-            recent = await request.recent.recent(q.collection, q.user_id, self.s.recent_n)
+        recent = await request.recent_events(self.s.recent_n) if self.s.recent_n else []
         history = self.index.user_history(q.user_id) if self.s.history_n else []
         seeds = self._seeds(recent, history)
         if not seeds:
