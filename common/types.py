@@ -65,6 +65,9 @@ class UserCounters:
     weight_sum: float = 0.0
     distinct_items: int = 0
     last_ts: float = 0.0
+    #: Of the user's newest real-time events (as many as the profile reads), those within the last hour,
+    #: day and week before the request; derived by the serving layer like the profile. None: not derived.
+    recent_windows: tuple[int, int, int] | None = field(default=None, compare=False)
     #: The user's preference profile (common.profile: affinity per tag id of the generation's tag
     #: table), derived by the serving layer from the same store and history; None when not derived.
     tag_affinity: np.ndarray | None = field(default=None, compare=False, repr=False)

@@ -71,6 +71,8 @@ class Phase:
     service: SearchService
     seen: dict[str, set[int]]
     positives: dict[str, set[int]]
+    #: When the phase's requests happen: the start of the judged window (item ages, user windows).
+    now: float
 
 
 def _eval_settings() -> CollectionSettings:
@@ -91,6 +93,7 @@ def _phase(
     judged: list[Event],
     out: Path,
     min_rating: float,
+    now: float,
 ) -> Phase:
     build_snapshot(
         ds.items(), out, ds.build_options(encoder=None, overwrite=True, progress=False), ds.source, before
@@ -115,7 +118,7 @@ def _phase(
         o = ord_of.get(e.item)
         if o is not None and e.weight >= min_rating and o not in seen.get(e.user, ()):
             positives.setdefault(e.user, set()).add(o)
-    return Phase(coll, svc, seen, positives)
+    return Phase(coll, svc, seen, positives, now)
 
 
 def _candidates(phase: Phase, users: Sequence[str], n: int) -> dict[str, tuple[list[int], np.ndarray]]:
@@ -128,8 +131,9 @@ def _candidates(phase: Phase, users: Sequence[str], n: int) -> dict[str, tuple[l
             fused = await phase.service.candidates(q, recommend=True)
             seen = phase.seen.get(u, set())
             fused = [f for f in fused if f.ordinal not in seen][:n]
-            counters = await phase.service.user_counters(phase.collection, u)
-            out[u] = ([f.ordinal for f in fused], feature_matrix(fused, phase.collection, None, counters))
+            counters = await phase.service.user_counters(phase.collection, u, now=phase.now)
+            X = feature_matrix(fused, phase.collection, None, counters, now=phase.now)
+            out[u] = ([f.ordinal for f in fused], X)
         return out
 
     return asyncio.run(run())
@@ -226,7 +230,7 @@ def evaluate_movielens(
                 f"{'validation' if last else 'fitting'} window {w}: snapshot of {len(before):,} events, "
                 f"{len(judged):,} judged; candidates from Recommend ..."
             )
-            phase = _phase(ds, before, judged, Path(tmp) / f"w{w}", min_rating)
+            phase = _phase(ds, before, judged, Path(tmp) / f"w{w}", min_rating, now=lo)
             users = sorted(u for u in phase.positives if u in phase.seen)
             rnd.shuffle(users)
             if max_users:
@@ -248,7 +252,8 @@ def evaluate_movielens(
         )
 
         progress("test phase: snapshot of everything before the test window, replay, candidates ...")
-        tp = _phase(ds, [e for e in events if e.ts < bounds[-1]], test, Path(tmp) / "test", min_rating)
+        before_test = [e for e in events if e.ts < bounds[-1]]
+        tp = _phase(ds, before_test, test, Path(tmp) / "test", min_rating, now=bounds[-1])
         behavior = tp.collection.behavior
         assert behavior is not None
         test_users = sorted(u for u in tp.positives if behavior.user_history(u))

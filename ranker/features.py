@@ -5,8 +5,8 @@ the collection's forward store and popularity, the request's location, and the u
 counters (from the RecentStore, i.e. what LogEvents maintained). The trainer replays its training events
 through the same store and calls this same function, so offline and online vectors cannot drift.
 `item_age_days` comes from the item's `created_ts` attribute (epoch seconds) or else its `year`
-(1 January of it), relative to `now`; `user_events_7d` has no source yet and takes its schema default in
-both places.
+(1 January of it), relative to `now`; `user_events_1h/1d/7d` count the user's newest real-time events
+(as many as the profile reads) within each window before the request (`UserCounters.recent_windows`).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ def feature_rows(
             "user_distinct_items": float(counters.distinct_items),
             "user_avg_weight": counters.avg_weight,
         }
+        if counters.recent_windows is not None:
+            h1, d1, d7 = counters.recent_windows
+            user |= {"user_events_1h": float(h1), "user_events_1d": float(d1), "user_events_7d": float(d7)}
     ords = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused))
     dist_km: list[float | None] = [None] * len(fused)
     if origin is not None and len(fused):

@@ -151,6 +151,8 @@ DEFAULT_SCHEMA = FeatureSchema(
     version="v2",
     features=(
         Feature("user_events_total", "user", 0.0, "log1p"),
+        Feature("user_events_1h", "user", 0.0, "log1p"),
+        Feature("user_events_1d", "user", 0.0, "log1p"),
         Feature("user_events_7d", "user", 0.0, "log1p"),
         Feature("user_distinct_items", "user", 0.0, "log1p"),
         Feature("user_avg_weight", "user", 0.0, "none"),

@@ -330,20 +330,30 @@ class SearchService:
         return ex.user_recent
 
     async def user_counters(
-        self, collection: Collection, user_id: str, reader: UserRecent | None = None
+        self,
+        collection: Collection,
+        user_id: str,
+        reader: UserRecent | None = None,
+        *,
+        now: float | None = None,
     ) -> UserCounters:
-        """What the ranking stage reads about a user: the real-time counters and, where the generation
-        has a tag table, the preference profile (the preference branch's own recipe: real-time events
-        then long-term history, decayed). The trainers call this too, so offline features equal online
-        ones. Raises StoreUnavailable."""
+        """What the ranking stage reads about a user: the real-time counters, how many of their newest
+        events fall in the last hour/day/week before `now` (default: the clock), and, where the
+        generation has a tag table, the preference profile (the preference branch's own recipe: real-time
+        events then long-term history, decayed). The trainers call this too (with `now` = the replayed
+        request's time), so offline features equal online ones. Raises StoreUnavailable."""
         table, behavior = collection.tag_table, collection.behavior
-        if table is None or behavior is None:
-            return await self.recent.counters(collection.name, user_id)
         ps = collection.settings.preference
+        n = max(ps.recent_n, 1)
         counters, recent = await asyncio.gather(
             self.recent.counters(collection.name, user_id),
-            _recent(self.recent, collection.name, user_id, ps.recent_n, reader),
+            _recent(self.recent, collection.name, user_id, n, reader),
         )
+        when = time.time() if now is None else now
+        windows = tuple(sum(1 for r in recent if 0 <= when - r.ts <= w) for w in (3600.0, 86400.0, 604800.0))
+        counters = replace(counters, recent_windows=windows)  # type: ignore[arg-type]
+        if table is None or behavior is None:
+            return counters
         seeds = decayed_seeds(
             recent,
             behavior.user_history(user_id),

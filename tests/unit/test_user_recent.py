@@ -75,3 +75,23 @@ def test_one_read_per_request(service_and_store: tuple[SearchService, CountingSt
         assert len(store.reads) == 1, store.reads  # ... from one read
 
     asyncio.run(go())
+
+
+def test_user_counters_count_the_users_recent_windows(
+    service_and_store: tuple[SearchService, CountingStore],
+) -> None:
+    svc, store = service_and_store
+    coll = svc.registry.get("movielens")
+    now = 1_900_000_000.0
+    ages = [100.0, 2 * 3600.0, 3 * 86400.0, 30 * 86400.0]  # 100 s, 2 h, 3 d, 30 d before `now`
+    events = [UserEvent(f"w{i}", "windowed", "50", "rating", now - a, 4.0) for i, a in enumerate(ages)]
+
+    async def go() -> None:
+        await store.append("movielens", events)
+        c = await svc.user_counters(coll, "windowed", now=now)
+        assert c.recent_windows == (1, 2, 3) and c.events_total == 4
+        assert c.tag_affinity is not None and c.tag_affinity.sum() == pytest.approx(1.0)
+        later = await svc.user_counters(coll, "windowed", now=now + 40 * 86400.0)
+        assert later.recent_windows == (0, 0, 0)
+
+    asyncio.run(go())
