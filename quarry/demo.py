@@ -126,6 +126,8 @@ async def run_demo(
             print(
                 f"still serving on {target}; try: quarry query --target {target} --collection geonames 'berlin'  (Ctrl-C stops)"
             )
+            names = " ".join(f"--collection {c}" for c in ["geonames", *(["places"] if places else [])])
+            print(f"or the web console: quarry console --target {target} {names}  → http://127.0.0.1:8090/")
             with contextlib.suppress(asyncio.CancelledError):
                 await server.wait()
     finally:
