@@ -123,6 +123,22 @@ class RecallRequest:
         """Whether the request's own filters restrict (beyond dead ordinals)."""
         return self.query.filters.restricts
 
+    async def user_seeds(
+        self, history: Callable[[str], list[int]], ord_of: Mapping[str, int], s: SeedSettings
+    ) -> dict[int, float]:
+        """The request's user's seed items → weight (`decayed_seeds`) under a branch's settings:
+        `history` gives the user's long-term items (the snapshot's), `ord_of` maps event item ids."""
+        recent = await self.recent_events(s.recent_n) if s.recent_n else []
+        long_term = history(self.query.user_id) if s.history_n else []
+        return decayed_seeds(
+            recent,
+            long_term,
+            ord_of,
+            half_life=s.decay_half_life,
+            history_n=s.history_n,
+            history_weight=s.history_weight,
+        )
+
     async def recent_events(self, n: int) -> list[RecentItem]:
         """The request's user's newest `n` real-time events ([] without a user or a store)."""
         if self.user_recent is not None:
@@ -164,6 +180,20 @@ class RecallBranch(Protocol):
 
 
 __all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest", "analyze_query"]
+
+
+class SeedSettings(Protocol):
+    """What a branch that starts from the user's own items configures (BehaviorSettings,
+    PreferenceSettings): how many real-time and long-term items, and how their weight decays."""
+
+    @property
+    def recent_n(self) -> int: ...
+    @property
+    def history_n(self) -> int: ...
+    @property
+    def decay_half_life(self) -> float: ...
+    @property
+    def history_weight(self) -> float: ...
 
 
 def decayed_seeds(

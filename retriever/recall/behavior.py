@@ -15,8 +15,7 @@ from pydantic import BaseModel
 from common.index.behavior import BehaviorIndex
 from common.settings import BehaviorSettings
 from common.types import Candidate
-from retriever.features.recent import RecentItem
-from retriever.recall.base import BranchUnavailable, Generation, RecallRequest, decayed_seeds
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
 
@@ -43,16 +42,6 @@ class BehaviorBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
-    def _seeds(self, recent: list[RecentItem], history: list[int]) -> dict[int, float]:
-        return decayed_seeds(
-            recent,
-            history,
-            self.ord_of,
-            half_life=self.s.decay_half_life,
-            history_n=self.s.history_n,
-            history_weight=self.s.history_weight,
-        )
-
     def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
         exclude = set(seeds) if self.s.exclude_seen else None
         live = request.live
@@ -61,10 +50,7 @@ class BehaviorBranch:
         return live.to_current(pairs)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        q = request.query
-        recent = await request.recent_events(self.s.recent_n) if self.s.recent_n else []
-        history = self.index.user_history(q.user_id) if self.s.history_n else []
-        seeds = self._seeds(recent, history)
+        seeds = await request.user_seeds(self.index.user_history, self.ord_of, self.s)
         if not seeds:
             return []
         return await request.blocking(self._expand, seeds, request, quota)

@@ -19,8 +19,7 @@ from common.index.behavior import BehaviorIndex
 from common.profile import TagTable
 from common.settings import PreferenceSettings
 from common.types import Candidate
-from retriever.features.recent import RecentItem
-from retriever.recall.base import BranchUnavailable, Generation, RecallRequest, decayed_seeds
+from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
 
@@ -70,21 +69,8 @@ class PreferenceBranch:
         best = np.lexsort((pool, -scores))[:quota]
         return live.to_current([(int(pool[i]), float(scores[i])) for i in best])
 
-    def _seeds(self, recent: list[RecentItem], history: list[int]) -> dict[int, float]:
-        return decayed_seeds(
-            recent,
-            history,
-            self.ord_of,
-            half_life=self.s.decay_half_life,
-            history_n=self.s.history_n,
-            history_weight=self.s.history_weight,
-        )
-
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        q = request.query
-        recent = await request.recent_events(self.s.recent_n) if self.s.recent_n else []
-        history = self.index.user_history(q.user_id) if self.s.history_n else []
-        seeds = self._seeds(recent, history)
+        seeds = await request.user_seeds(self.index.user_history, self.ord_of, self.s)
         if not seeds:
             return []
         return await request.blocking(self._recall, seeds, request, quota)
