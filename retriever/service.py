@@ -153,20 +153,10 @@ class SearchService:
         return {n: spec for n, spec in specs.items() if n in wanted}
 
     async def _prefetch_user(self, ex: Exchange) -> None:
-        if not ex.query.user_id:
-            return
-        # One read of the user's recent events for every stage that wants them (behavior and preference
-        # recall, the ranker's profile, Recommend's seen-filter): as many as the most demanding one needs
-        # (parsing costs ~2.7 µs an event, a round trip ~0.1 ms, so not blindly all the store keeps).
-        cs = ex.generation.settings
-        need = max(cs.behavior.recent_n, cs.preference.recent_n)
-        if ex.pipeline.name == "recommend" and cs.recommend_exclude_seen:
-            need = max(need, self.settings.redis.recent_max_len)
-        ex.user_recent = UserRecent(self.recent, ex.generation.name, ex.query.user_id, max(need, 1))
         # The user's real-time counters feed a model ranker; fetch them while the branches run.
-        if ex.generation.ranker is not None:
+        if ex.query.user_id and ex.generation.ranker is not None:
             ex.counters_task = asyncio.create_task(
-                self._counters(ex.generation, ex.query.user_id, ex.user_recent)
+                self._counters(ex.generation, ex.query.user_id, self._reader(ex))
             )
 
     async def _recall(self, ex: Exchange) -> None:
@@ -177,7 +167,7 @@ class SearchService:
             pool=self.pool,
             terms=analyze_query(query.text, collection.analyzers, self.settings.limits.max_query_terms),
             recent=self.recent,
-            user_recent=ex.user_recent,
+            user_recent=self._reader(ex) if query.user_id else None,
         )
         with self.tracer.start_as_current_span("recall", attributes={"quarry.collection": collection.name}):
             ex.results = await run_branches(
@@ -297,12 +287,14 @@ class SearchService:
             fusion=ex.fusion,
             ranker=explain.ranker,
             feature_names=explain.feature_names,
-            user=await self._user_detail(collection, ex.query.user_id) if ex.query.user_id else None,
+            user=await self._user_detail(collection, ex.query.user_id, self._reader(ex))
+            if ex.query.user_id
+            else None,
         )
 
-    async def _user_detail(self, collection: Collection, user_id: str) -> UserDetail:
+    async def _user_detail(self, collection: Collection, user_id: str, reader: UserRecent) -> UserDetail:
         try:
-            recent = await self.recent.recent(collection.name, user_id, DEBUG_RECENT)
+            recent = await reader.get(DEBUG_RECENT)
             counters = await self.recent.counters(collection.name, user_id)
         except StoreUnavailable:
             return UserDetail(user_id, available=False)
@@ -323,10 +315,16 @@ class SearchService:
         )
 
     def _reader(self, ex: Exchange) -> UserRecent:
+        """The request's one read of its user's recent events, shared by every stage that wants them
+        (behavior and preference recall, the ranker's profile, Recommend's seen-filter, debug), sized to
+        the most demanding of this pipeline's readers: parsing costs ~2.7 µs an event, a round trip
+        ~0.1 ms, so not blindly all the store keeps."""
         if ex.user_recent is None:
-            ex.user_recent = UserRecent(
-                self.recent, ex.generation.name, ex.query.user_id, self.settings.redis.recent_max_len
-            )
+            cs = ex.generation.settings
+            need = max(cs.behavior.recent_n, cs.preference.recent_n, DEBUG_RECENT if ex.query.debug else 1)
+            if SearchService._exclude_seen in ex.pipeline.stages and cs.recommend_exclude_seen:
+                need = max(need, self.settings.redis.recent_max_len)
+            ex.user_recent = UserRecent(self.recent, ex.generation.name, ex.query.user_id, need)
         return ex.user_recent
 
     async def user_counters(
@@ -354,14 +352,8 @@ class SearchService:
         counters = replace(counters, recent_windows=windows)  # type: ignore[arg-type]
         if table is None or behavior is None:
             return counters
-        seeds = decayed_seeds(
-            recent,
-            behavior.user_history(user_id),
-            collection.base_forward.ord_of,
-            half_life=ps.decay_half_life,
-            history_n=ps.history_n,
-            history_weight=ps.history_weight,
-        )
+        # The preference branch's own recipe (decayed_seeds slices to its recent_n/history_n).
+        seeds = decayed_seeds(recent, behavior.user_history(user_id), collection.base_forward.ord_of, ps)
         return replace(counters, tag_affinity=table.profile(list(seeds.items())))
 
     async def _counters(

@@ -130,14 +130,7 @@ class RecallRequest:
         `history` gives the user's long-term items (the snapshot's), `ord_of` maps event item ids."""
         recent = await self.recent_events(s.recent_n) if s.recent_n else []
         long_term = history(self.query.user_id) if s.history_n else []
-        return decayed_seeds(
-            recent,
-            long_term,
-            ord_of,
-            half_life=s.decay_half_life,
-            history_n=s.history_n,
-            history_weight=s.history_weight,
-        )
+        return decayed_seeds(recent, long_term, ord_of, s)
 
     async def recent_events(self, n: int) -> list[RecentItem]:
         """The request's user's newest `n` real-time events ([] without a user or a store)."""
@@ -197,26 +190,21 @@ class SeedSettings(Protocol):
 
 
 def decayed_seeds(
-    recent: Sequence[RecentItem],
-    history: Sequence[int],
-    ord_of: Mapping[str, int],
-    *,
-    half_life: float,
-    history_n: int,
-    history_weight: float,
+    recent: Sequence[RecentItem], history: Sequence[int], ord_of: Mapping[str, int], s: SeedSettings
 ) -> dict[int, float]:
     """A user's seed items → weight, shared by the branches that start from what the user did (behavior,
-    preference): real-time events first (the event's weight × decay^position), then long-term history
-    (history_weight × decay^position); the weight halves every `half_life` positions."""
-    decay = 0.5 ** (1.0 / half_life)
+    preference) and the ranker's profile: the newest `s.recent_n` real-time events first (the event's
+    weight × decay^position), then `s.history_n` long-term items (history_weight × decay^position); the
+    weight halves every `s.decay_half_life` positions."""
+    decay = 0.5 ** (1.0 / s.decay_half_life)
     seeds: dict[int, float] = {}
     pos = 0
-    for r in recent:
+    for r in recent[: s.recent_n]:
         o = ord_of.get(r.item_id)
         if o is None:
             continue
         seeds[o] = seeds.get(o, 0.0) + r.weight * decay**pos
         pos += 1
-    for i, o in enumerate(history[:history_n]):
-        seeds[o] = seeds.get(o, 0.0) + history_weight * decay**i
+    for i, o in enumerate(history[: s.history_n]):
+        seeds[o] = seeds.get(o, 0.0) + s.history_weight * decay**i
     return seeds
