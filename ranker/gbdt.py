@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from ranker.model import INPUT_NAME, IR_VERSION, OPSET, OUTPUT_NAME, set_model_props, write_model
+from ranker.model import INPUT_NAME, OUTPUT_NAME, finish_model, write_model
 from ranker.schema import FeatureSchema
 
 ML_OPSET = 3
@@ -139,15 +139,9 @@ class GBDTRanker:
             [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"])],
             initializer=[helper.make_tensor("flat_shape", TensorProto.INT64, [1], [-1])],
         )
-        model = helper.make_model(
-            graph,
-            opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid("ai.onnx.ml", ML_OPSET)],
-            producer_name="quarry.ranker",
+        return finish_model(
+            graph, schema=schema, model_version=model_version, extra_opsets=[("ai.onnx.ml", ML_OPSET)]
         )
-        model.ir_version = IR_VERSION
-        set_model_props(model, schema=schema, model_version=model_version)
-        onnx.checker.check_model(model, full_check=True)
-        return model
 
     def to_onnx(
         self,

@@ -272,13 +272,7 @@ class MLPRanker:
             [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch"])],
             initializer=inits,
         )
-        model = helper.make_model(
-            graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quarry.ranker"
-        )
-        model.ir_version = IR_VERSION
-        set_model_props(model, schema=schema, model_version=model_version)
-        onnx.checker.check_model(model, full_check=True)
-        return model
+        return finish_model(graph, schema=schema, model_version=model_version)
 
     def to_onnx(
         self,
@@ -296,8 +290,21 @@ class MLPRanker:
         )
 
 
-def set_model_props(model: onnx.ModelProto, *, schema: FeatureSchema, model_version: str) -> None:
-    """The metadata every Quarry ranker graph carries (the loader checks the schema fingerprint)."""
+def finish_model(
+    graph: onnx.GraphProto,
+    *,
+    schema: FeatureSchema,
+    model_version: str,
+    extra_opsets: Sequence[tuple[str, int]] = (),
+) -> onnx.ModelProto:
+    """Every Quarry ranker graph as a checked model: our opset and IR version pinned, and the metadata
+    the loader verifies (version, schema and its fingerprint, feature names)."""
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), *(helper.make_opsetid(d, v) for d, v in extra_opsets)],
+        producer_name="quarry.ranker",
+    )
+    model.ir_version = IR_VERSION
     helper.set_model_props(
         model,
         {
@@ -307,6 +314,8 @@ def set_model_props(model: onnx.ModelProto, *, schema: FeatureSchema, model_vers
             "feature_names": json.dumps(list(schema.names)),
         },
     )
+    onnx.checker.check_model(model, full_check=True)
+    return model
 
 
 def write_model(
