@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,24 @@ def recall_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> floa
     return len(rel.intersection(ranked[:k])) / len(rel) if rel else 0.0
 
 
+@contextlib.contextmanager
+def _scifact_snapshot(snapshot: Path | None, data: Path, branches: Sequence[str]) -> Iterator[Path]:
+    """`snapshot`, or SciFact built into a temporary directory for the call (with item vectors when
+    "ann" is asked for: encoding 5,183 abstracts with MiniLM takes minutes on 2 cores)."""
+    if snapshot is not None:
+        yield snapshot
+        return
+    from indexer.build import build_snapshot
+    from indexer.datasets import scifact
+
+    with tempfile.TemporaryDirectory(prefix="quarry-eval-") as tmp:
+        ds = scifact.load(data)
+        out = Path(tmp) / "scifact"
+        encoder = "minilm" if "ann" in branches else None
+        build_snapshot(ds.items(), out, ds.build_options(encoder=encoder), ds.source)
+        yield out
+
+
 def evaluate_scifact(
     *,
     snapshot: Path | None,
@@ -44,19 +63,13 @@ def evaluate_scifact(
     Without `snapshot`, one is built in a temporary directory (with item vectors when "ann" is asked for:
     encoding 5,183 abstracts with MiniLM takes minutes on 2 cores).
     """
-    from indexer.build import build_snapshot
     from indexer.datasets import default_data_dir, scifact
 
     data = data_dir or default_data_dir()
     queries = scifact.queries(data)
     judgments = scifact.qrels(data, split)
-    with tempfile.TemporaryDirectory(prefix="quarry-eval-") as tmp:
-        if snapshot is None:
-            ds = scifact.load(data)
-            snapshot = Path(tmp) / "scifact"
-            encoder = "minilm" if "ann" in branches else None
-            build_snapshot(ds.items(), snapshot, ds.build_options(encoder=encoder), ds.source)
-        run = asyncio.run(_run(snapshot, {q: queries[q] for q in judgments}, branches, fusion))
+    with _scifact_snapshot(snapshot, data, branches) as snap:
+        run = asyncio.run(_run(snap, {q: queries[q] for q in judgments}, branches, fusion))
     ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
     rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
     return {
@@ -245,7 +258,6 @@ def evaluate_scifact_fusion(
     """`cv_fusion` on SciFact's judgments (train: the only split that ships), recall run once per query;
     with `learned_out`, writes the model fitted on all of them as a `[collections.scifact.fusion]` TOML
     snippet."""
-    from indexer.build import build_snapshot
     from indexer.datasets import default_data_dir, scifact
     from quarry.learned_fusion import toml_snippet
 
@@ -254,13 +266,8 @@ def evaluate_scifact_fusion(
     judgments = scifact.qrels(data, split)
     if max_queries is not None:
         judgments = dict(list(judgments.items())[:max_queries])
-    with tempfile.TemporaryDirectory(prefix="quarry-eval-") as tmp:
-        if snapshot is None:
-            ds = scifact.load(data)
-            snapshot = Path(tmp) / "scifact"
-            encoder = "minilm" if "ann" in branches else None
-            build_snapshot(ds.items(), snapshot, ds.build_options(encoder=encoder), ds.source)
-        lists, ids = asyncio.run(branch_lists(snapshot, {q: queries[q] for q in judgments}, branches))
+    with _scifact_snapshot(snapshot, data, branches) as snap:
+        lists, ids = asyncio.run(branch_lists(snap, {q: queries[q] for q in judgments}, branches))
     report = cv_fusion(lists, ids, judgments, branches=branches, k=k, folds=folds, seed=seed)
     model = report.pop("_model")
     cv = report[f"ndcg@{k}"]["learned"]

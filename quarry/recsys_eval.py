@@ -35,15 +35,15 @@ from typing import Any
 import numpy as np
 
 from common.catalog import Event
-from common.settings import BranchSpec, CollectionSettings, QuarrySettings
+from common.settings import BranchSpec, CollectionSettings
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from quarry.stats import paired_bootstrap
+from quarry.training import replayed_service
 from ranker.features import feature_matrix
 from ranker.schema import DEFAULT_SCHEMA
 from retriever.core.types import SearchQuery
-from retriever.features.recent import MemoryRecentStore, UserEvent
-from retriever.generations import Collection, Registry
+from retriever.generations import Collection
 from retriever.service import SearchService
 
 log = logging.getLogger(__name__)
@@ -98,16 +98,7 @@ def _phase(
     build_snapshot(
         ds.items(), out, ds.build_options(encoder=None, overwrite=True, progress=False), ds.source, before
     )
-    settings = QuarrySettings()
-    coll = Collection(out, _eval_settings())
-    reg = Registry()
-    reg.put(coll)
-    store = MemoryRecentStore(
-        max_len=settings.redis.recent_max_len, dedup_window=len(before) + 1, max_users=10**7
-    )
-    svc = SearchService(settings, reg, recent=store)
-    replay = [UserEvent(f"r{i}", e.user, e.item, e.type, e.ts, e.weight) for i, e in enumerate(before)]
-    asyncio.run(store.append(ds.name, replay))
+    coll, svc = replayed_service(out, _eval_settings(), before)
     ord_of = coll.forward.ord_of
     seen: dict[str, set[int]] = {}
     for e in before:

@@ -17,13 +17,15 @@ import asyncio
 import logging
 import random
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from common.settings import QuarrySettings
+from common.catalog import Event
+from common.settings import CollectionSettings, QuarrySettings
 from common.types import Fused
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
@@ -37,6 +39,22 @@ from retriever.generations import Collection, Registry
 from retriever.service import SearchService
 
 log = logging.getLogger(__name__)
+
+
+def replayed_service(
+    snapshot: Path, settings: CollectionSettings, events: Sequence[Event]
+) -> tuple[Collection, SearchService]:
+    """The serving core over `snapshot` with `events` replayed into an embedded real-time store through
+    LogEvents' own path, so user counters, recent events and profiles are what serving would have had
+    (what `rank train` and `eval movielens` both train and judge on)."""
+    qs = QuarrySettings()
+    coll = Collection(snapshot, settings)
+    reg = Registry()
+    reg.put(coll)
+    store = MemoryRecentStore(max_len=qs.redis.recent_max_len, dedup_window=len(events) + 1, max_users=10**7)
+    replay = [UserEvent(f"r{i}", e.user, e.item, e.type, e.ts, e.weight) for i, e in enumerate(events)]
+    asyncio.run(store.append(coll.name, replay))
+    return coll, SearchService(qs, reg, recent=store)
 
 
 async def _collect(
@@ -83,15 +101,7 @@ def train_movielens(
         ds.items(), snap, ds.build_options(encoder=None, overwrite=True, progress=False), ds.source, train_ev
     )
 
-    settings = QuarrySettings()
-    coll = Collection(snap, settings.for_collection(ds.name))
-    reg = Registry()
-    reg.put(coll)
-    store = MemoryRecentStore(
-        max_len=settings.redis.recent_max_len, dedup_window=len(train_ev) + 1, max_users=10**7
-    )
-    svc = SearchService(settings, reg, recent=store)
-    replay = [UserEvent(f"t{i}", e.user, e.item, e.type, e.ts, e.weight) for i, e in enumerate(train_ev)]
+    coll, svc = replayed_service(snap, QuarrySettings().for_collection(ds.name), train_ev)
 
     ord_of = coll.forward.ord_of
     positives: dict[str, set[int]] = {}
@@ -109,7 +119,6 @@ def train_movielens(
     eval_users, fit_users = users[:n_eval], users[n_eval:]
 
     async def run() -> dict[str, tuple[list[Fused], np.ndarray]]:
-        await store.append(ds.name, replay)
         try:
             return await _collect(svc, coll, users, candidates)
         finally:
