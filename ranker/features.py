@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -36,12 +36,15 @@ DAY_S = 86_400.0
 _EPOCH_YEAR = 1970
 
 
-def item_created_ts(forward: ForwardStore) -> np.ndarray | None:
-    """Per ordinal, when the item came to be (epoch seconds; NaN unknown): `created_ts`, else `year`."""
+def item_created_ts(forward: ForwardStore) -> Callable[[np.ndarray], np.ndarray] | None:
+    """When given items came to be (epoch seconds; NaN unknown), from `created_ts`, else `year`; a
+    function of the candidates' ordinals, so a request converts only its own candidates."""
     if "created_ts" in forward.attr_names:
-        return forward.attr("created_ts")
+        created = forward.attr("created_ts")
+        return lambda ords: created[ords]
     if "year" in forward.attr_names:
-        return (forward.attr("year") - _EPOCH_YEAR) * 365.2425 * DAY_S
+        year = forward.attr("year")
+        return lambda ords: (year[ords] - _EPOCH_YEAR) * 365.2425 * DAY_S
     return None
 
 
@@ -53,7 +56,7 @@ def feature_rows(
     popularity: np.ndarray | None,
     origin: GeoPoint | None,
     counters: UserCounters | None,
-    created: np.ndarray | None = None,
+    created: Callable[[np.ndarray], np.ndarray] | None = None,
     now: float | None = None,
     tag_table: TagTable | None = None,
 ) -> list[dict[str, float]]:
@@ -77,7 +80,7 @@ def feature_rows(
     age: list[float | None] = [None] * len(fused)
     if created is not None and len(fused):
         when = time.time() if now is None else now
-        age = [None if math.isnan(c) else max(0.0, (when - c) / DAY_S) for c in created[ords].tolist()]
+        age = [None if math.isnan(c) else max(0.0, (when - c) / DAY_S) for c in created(ords).tolist()]
     affinity: list[float | None] = [None] * len(fused)
     profile = counters.tag_affinity if counters is not None else None
     # Only a profile over this very table (same tag ids) is matched.
