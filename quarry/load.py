@@ -270,6 +270,7 @@ def floor_cpu_ms(
     from threadpoolctl import threadpool_limits
 
     from common.index.text import analyze
+    from retriever.recall.base import decayed_seeds
 
     inv = collection.branches.get("inverted")
     ann = collection.branches.get("ann")
@@ -283,6 +284,8 @@ def floor_cpu_ms(
         import redis
 
         redis_client = redis.Redis.from_url(redis_url)
+    cs = collection.settings
+    recent_n = max(cs.behavior.recent_n, cs.preference.recent_n, 1)
     fw = collection.forward
     located = np.flatnonzero(~np.isnan(fw.lat))
     rnd = random.Random(5)
@@ -325,14 +328,22 @@ def floor_cpu_ms(
                 if redis_client is not None:
                     tag = f"{{{collection.name}:{user}}}"
                     pipe = redis_client.pipeline(transaction=False)
-                    pipe.lrange(f"quarry:{tag}:recent", 0, 19).hgetall(f"quarry:{tag}:counters")
+                    # As many events as the service's one read per request takes (its most demanding branch).
+                    pipe.lrange(f"quarry:{tag}:recent", 0, recent_n - 1).hgetall(f"quarry:{tag}:counters")
                     timed("redis reads", pipe.execute)
                 history = behavior.user_history(user)
-                seeds = [(o, 0.5 ** (r / 10)) for r, o in enumerate(history[:20])]
-                got = timed("i2i expand", lambda seeds=seeds: behavior.expand("swing", seeds, k))
+                # The serving seed recipe over the long-term history (the floor's users have no events).
+                seeds = list(decayed_seeds([], history, {}, cs.behavior).items())
+                got = timed("i2i expand", lambda seeds=seeds: behavior.expand(cs.behavior.method, seeds, k))
                 lists.append(np.fromiter((o for o, _ in got), dtype=np.int64))
                 if table is not None:
-                    lists.append(timed("preference (numpy)", lambda h=history: _preference(table, h, k)))
+                    pseeds = list(decayed_seeds([], history, {}, cs.preference).items())
+                    lists.append(
+                        timed(
+                            "preference (numpy)",
+                            lambda s=pseeds: _preference(table, s, cs.preference.top_tags, k),
+                        )
+                    )
             fused = timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
             if ranker is not None and len(fused):
                 X = np.zeros((min(len(fused), candidates), ranker.dim), dtype=np.float32)
@@ -346,12 +357,12 @@ def floor_cpu_ms(
     return out
 
 
-def _preference(table: Any, history: Sequence[int], k: int) -> np.ndarray:
+def _preference(table: Any, seeds: Sequence[tuple[int, float]], top_tags: int, k: int) -> np.ndarray:
     """The preference branch's raw work: profile → strongest tags → their popular items → match."""
-    aff = table.profile([(o, 0.5 ** (r / 20)) for r, o in enumerate(history[:50])])
+    aff = table.profile(seeds)
     if not aff.any():
         return np.zeros(0, dtype=np.int64)
-    top = np.argsort(-aff)[:6]
+    top = np.argsort(-aff)[:top_tags]
     pool = np.unique(np.concatenate([table.items_of(int(t)) for t in top]))
     return pool[np.argsort(-table.match(pool, aff))[:k]]
 
