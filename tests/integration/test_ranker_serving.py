@@ -50,6 +50,21 @@ class Recording(ModelRanker):
         return await super().rank(query, candidates, collection, counters)
 
 
+def _recording_service(out: Path) -> tuple[Collection, Recording, MemoryRecentStore, SearchService]:
+    """The trained model serving the training snapshot through the real SearchService, recording the
+    feature matrices it scores."""
+    settings = _settings(out / "model.onnx")
+    coll = Collection(out / "train-snapshot", settings.for_collection("movielens"))
+    assert isinstance(coll.ranker, ModelRanker)
+    rec = Recording(coll.ranker.model)
+    rec.seen = []
+    coll.ranker = rec
+    reg = Registry()
+    reg.put(coll)
+    store = MemoryRecentStore()
+    return coll, rec, store, SearchService(settings, reg, recent=store)
+
+
 def test_training_report(trained: tuple[Path, dict[str, Any]]) -> None:
     out, report = trained
     side = json.loads(sidecar_path(out / "model.onnx").read_text())
@@ -60,18 +75,7 @@ def test_training_report(trained: tuple[Path, dict[str, Any]]) -> None:
 
 
 def test_model_serves_and_offline_features_equal_online(trained: tuple[Path, dict[str, Any]]) -> None:
-    out, _report = trained
-    snap = out / "train-snapshot"
-    settings = _settings(out / "model.onnx")
-    coll = Collection(snap, settings.for_collection("movielens"))
-    assert isinstance(coll.ranker, ModelRanker)
-    rec = Recording(coll.ranker.model)
-    rec.seen = []
-    coll.ranker = rec
-    reg = Registry()
-    reg.put(coll)
-    store = MemoryRecentStore()
-    svc = SearchService(settings, reg, recent=store)
+    coll, rec, store, svc = _recording_service(trained[0])
 
     async def go() -> None:
         await store.append(
@@ -122,17 +126,7 @@ def test_mismatched_or_corrupt_model_is_refused(trained: tuple[Path, dict[str, A
 
 def test_debug_answer_shows_the_models_inputs(trained: tuple[Path, dict[str, Any]]) -> None:
     """A debug request names the model and gives each hit the exact feature vector the model scored."""
-    out, _report = trained
-    settings = _settings(out / "model.onnx")
-    coll = Collection(out / "train-snapshot", settings.for_collection("movielens"))
-    assert isinstance(coll.ranker, ModelRanker)
-    rec = Recording(coll.ranker.model)
-    rec.seen = []
-    coll.ranker = rec
-    reg = Registry()
-    reg.put(coll)
-    store = MemoryRecentStore()
-    svc = SearchService(settings, reg, recent=store)
+    _coll, rec, store, svc = _recording_service(trained[0])
 
     async def go() -> None:
         await store.append("movielens", [UserEvent("d1", "dbg", "50", "rating", 1.0, 5.0)])
