@@ -9,16 +9,109 @@ tags. Recall by preference and the ranker's user–item affinity both read it, s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 
 from common.index.forward import ForwardStore
 
 CATEGORY_PREFIX = "category:"
+
+
+@dataclass(frozen=True, slots=True)
+class TagArrays:
+    """Item → tags with each (item, tag)'s rank inside its tag (by popularity, ties to the lower ordinal):
+    what a TagTable is built from, and what a sharded build stores per shard (ranks stay global, so a
+    shard's per-tag lists are exactly its share of the whole collection's)."""
+
+    vocab: tuple[str, ...]
+    #: item ordinal → its tag ids and ranks: tag_ids[item_indptr[o]:item_indptr[o + 1]]
+    item_indptr: np.ndarray
+    tag_ids: np.ndarray
+    tag_rank: np.ndarray
+
+    @classmethod
+    def build(cls, tags: pa.ListArray, categories: pa.Array, popularity: np.ndarray | None) -> TagArrays:
+        """From every item's tags and category (in ordinal order) and their popularity."""
+        n = len(tags)
+        parents = pc.list_parent_indices(tags).to_numpy().astype(np.int64)
+        flat = tags.flatten()
+        cats = categories.cast(pa.string())
+        has_cat = np.asarray(cats.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+        cat_names = pc.binary_join_element_wise(pa.scalar(CATEGORY_PREFIX), cats.filter(has_cat), "")
+        names = pa.concat_arrays([flat.cast(pa.string()), cat_names])
+        owners = np.concatenate([parents, np.flatnonzero(has_cat)])
+        enc = names.dictionary_encode()
+        vocab = tuple(enc.dictionary.to_pylist())
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        width = max(len(vocab), 1)
+        # item → tags (deduplicated per item), ordered by item then tag id
+        pairs = np.unique(owners * width + codes)
+        owners, codes = pairs // width, pairs % width
+        item_indptr = np.zeros(n + 1, dtype=np.int64)
+        np.add.at(item_indptr, owners + 1, 1)
+        item_indptr = np.cumsum(item_indptr)
+        # rank inside each tag: by popularity, ties to the lower ordinal
+        pop = popularity if popularity is not None else np.zeros(n)
+        order = np.lexsort((owners, -pop[owners], codes))
+        sorted_codes = codes[order]
+        starts = np.searchsorted(sorted_codes, sorted_codes, side="left")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order)) - starts
+        return cls(vocab, item_indptr, codes.astype(np.int32), rank.astype(np.int32))
+
+    def take(self, ordinals: np.ndarray) -> TagArrays:
+        """The rows of `ordinals` (ascending), renumbered 0..len-1; vocabulary and ranks unchanged."""
+        ordinals = np.asarray(ordinals, dtype=np.int64)
+        starts, ends = self.item_indptr[ordinals], self.item_indptr[ordinals + 1]
+        lens = ends - starts
+        pos = np.repeat(starts - (np.cumsum(lens) - lens), lens) + np.arange(int(lens.sum()))
+        indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        return TagArrays(self.vocab, indptr, self.tag_ids[pos], self.tag_rank[pos])
+
+    def write(self, directory: Path) -> dict[str, Any]:
+        """Store as a snapshot part (plain arrays and one Arrow file: memory-mapped, never pickled)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        vocab = pa.table({"tag": pa.array(list(self.vocab), pa.large_string())})
+        with pa.OSFile(str(directory / TAG_VOCAB), "wb") as sink, ipc.new_file(sink, vocab.schema) as w:
+            w.write_table(vocab)
+        np.save(directory / TAG_INDPTR, self.item_indptr.astype(np.int64))
+        np.save(directory / TAG_IDS, self.tag_ids.astype(np.int32))
+        np.save(directory / TAG_RANK, self.tag_rank.astype(np.int32))
+        rel = directory.name
+        return {
+            "dir": rel,
+            "items": len(self.item_indptr) - 1,
+            "tags": len(self.vocab),
+            "files": [f"{rel}/{f}" for f in (TAG_VOCAB, TAG_INDPTR, TAG_IDS, TAG_RANK)],
+        }
+
+    @classmethod
+    def read(cls, directory: Path, meta: Mapping[str, Any]) -> TagArrays:
+        vocab = ipc.open_file(pa.memory_map(str(directory / TAG_VOCAB), "r")).read_all()
+        arrays = cls(
+            tuple(vocab.column("tag").to_pylist()),
+            np.asarray(np.load(directory / TAG_INDPTR, mmap_mode="r")),
+            np.asarray(np.load(directory / TAG_IDS, mmap_mode="r")),
+            np.asarray(np.load(directory / TAG_RANK, mmap_mode="r")),
+        )
+        if len(arrays.item_indptr) != int(meta["items"]) + 1 or len(arrays.vocab) != int(meta["tags"]):
+            raise ValueError(f"{directory}: tag arrays do not match the manifest")
+        if len(arrays.tag_ids) != len(arrays.tag_rank) or len(arrays.tag_ids) != int(arrays.item_indptr[-1]):
+            raise ValueError(f"{directory}: tag ids and ranks disagree in length")
+        return arrays
+
+
+TAG_VOCAB = "vocab.arrow"
+TAG_INDPTR = "item_indptr.npy"
+TAG_IDS = "tag_ids.npy"
+TAG_RANK = "tag_rank.npy"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,38 +126,23 @@ class TagTable:
 
     @classmethod
     def build(cls, forward: ForwardStore, popularity: np.ndarray | None, *, per_tag: int) -> TagTable:
-        n = len(forward)
-        col = forward.tags_column()
-        parents = pc.list_parent_indices(col).to_numpy().astype(np.int64)
-        flat = col.flatten()
-        cats = pa.array(forward.column("category"), pa.string())
-        has_cat = np.asarray(cats.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        cat_names = pc.binary_join_element_wise(pa.scalar(CATEGORY_PREFIX), cats.filter(has_cat), "")
-        names = pa.concat_arrays([flat.cast(pa.string()), cat_names])
-        owners = np.concatenate([parents, np.flatnonzero(has_cat)])
-        enc = names.dictionary_encode()
-        vocab = tuple(enc.dictionary.to_pylist())
-        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        # item → tags (deduplicated per item)
-        pairs = np.unique(owners * max(len(vocab), 1) + codes)
-        owners, codes = pairs // max(len(vocab), 1), pairs % max(len(vocab), 1)
-        item_indptr = np.zeros(n + 1, dtype=np.int64)
-        np.add.at(item_indptr, owners + 1, 1)
-        item_indptr = np.cumsum(item_indptr)
-        # tag → items by popularity (ties: lower ordinal first), the first `per_tag` of each
-        pop = popularity if popularity is not None else np.zeros(n)
-        order = np.lexsort((owners, -pop[owners], codes))
-        codes_sorted, owners_sorted = codes[order], owners[order]
-        starts = np.searchsorted(codes_sorted, np.arange(len(vocab)), side="left")
-        ends = np.searchsorted(codes_sorted, np.arange(len(vocab)), side="right")
-        ends = np.minimum(ends, starts + per_tag)
-        keep = np.concatenate(
-            [np.arange(a, b) for a, b in zip(starts, ends, strict=True)] or [np.zeros(0, int)]
+        arrays = TagArrays.build(
+            forward.tags_column(), pa.array(forward.column("category"), pa.string()), popularity
         )
-        tag_indptr = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
-        return cls(
-            vocab, item_indptr, codes.astype(np.int32), tag_indptr, owners_sorted[keep].astype(np.int64)
-        )
+        return cls.from_arrays(arrays, per_tag=per_tag)
+
+    @classmethod
+    def from_arrays(cls, arrays: TagArrays, *, per_tag: int) -> TagTable:
+        """Per tag, its items whose rank is below `per_tag`, in rank order."""
+        lens = np.diff(arrays.item_indptr)
+        owners = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+        codes = arrays.tag_ids.astype(np.int64)
+        keep = arrays.tag_rank < per_tag
+        owners, codes, ranks = owners[keep], codes[keep], arrays.tag_rank[keep]
+        order = np.lexsort((ranks, codes))
+        counts = np.bincount(codes, minlength=len(arrays.vocab))
+        tag_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return cls(arrays.vocab, arrays.item_indptr, arrays.tag_ids, tag_indptr, owners[order])
 
     def tags_of(self, ordinal: int) -> np.ndarray:
         return self.tag_ids[self.item_indptr[ordinal] : self.item_indptr[ordinal + 1]]

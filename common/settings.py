@@ -331,6 +331,36 @@ class RealtimeSettings(_Model):
     max_batch: Annotated[int, Field(ge=1, le=100_000)] = 1000
 
 
+class ClusterSettings(_Model):
+    """Scale-out: a root server fans each request out to one replica of every shard of a shard set
+    (common/sharding.py); `quarry serve --role root|shard` sets the role."""
+
+    #: "single" (a whole collection per process), "root" (no indexes: fans out to `shards`) or "shard".
+    role: Literal["single", "root", "shard"] = "single"
+    #: role shard: which shard of each collection's shard set this server holds.
+    shard: Annotated[int, Field(ge=0)] | None = None
+    #: role root: per shard (index order), the addresses of its replicas: "host:port", or
+    #: "dns:///name:port" for a Kubernetes headless service (every address it resolves to is a replica).
+    shards: list[list[str]] = Field(default_factory=list)
+    #: Per-shard deadline of one fan-out (capped by the request's own deadline).
+    shard_timeout_ms: Annotated[float, Field(gt=0)] = 250.0
+    #: Hedging: after this quantile of a shard's recent latencies (at least hedge_min_ms), ask a second
+    #: replica; at most hedge_budget of the calls may hedge, so a slow shard cannot double its load.
+    hedge: bool = True
+    hedge_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.95
+    hedge_min_ms: Annotated[float, Field(ge=0)] = 2.0
+    hedge_budget: Annotated[float, Field(ge=0, le=1)] = 0.1
+    #: A replica failing this many times in a row is skipped for eject_s seconds.
+    eject_failures: Annotated[int, Field(ge=1)] = 3
+    eject_s: Annotated[float, Field(gt=0)] = 1.0
+    dns_refresh_s: Annotated[float, Field(gt=0)] = 5.0
+    #: role shard: how long after its root moved to a new shard set the previous one stays loaded.
+    release_previous_s: Annotated[float, Field(ge=0)] = 30.0
+    #: role root: bearer token for the shards' AdminService (coordinated Reload, routed Upsert/Delete);
+    #: default: admin.token.
+    shard_token: SecretStr | None = None
+
+
 class TracingSettings(_Model):
     """OpenTelemetry: one span per RPC with child spans for recall (one per branch), fusion and ranking."""
 
@@ -359,6 +389,7 @@ class QuarrySettings(BaseSettings):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     realtime: RealtimeSettings = Field(default_factory=RealtimeSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     defaults: CollectionSettings = Field(default_factory=CollectionSettings)
     #: Per-collection overrides, merged over `defaults` key by key.
     collections: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -86,11 +86,11 @@ def _is_lock_file(rel: str) -> bool:
     return rel.endswith(".lock") or rel.endswith(".tantivy-meta.lock") or rel.endswith(".tantivy-writer.lock")
 
 
-def checksum_tree(root: Path) -> dict[str, FileEntry]:
+def checksum_tree(root: Path, include: Callable[[str], bool] | None = None) -> dict[str, FileEntry]:
     entries: dict[str, FileEntry] = {}
     for p in sorted(_walk_files(root)):
         rel = p.relative_to(root).as_posix()
-        if _is_lock_file(rel):
+        if _is_lock_file(rel) or (include is not None and not include(rel)):
             continue
         entries[rel] = FileEntry(bytes=p.stat().st_size, sha256=sha256_file(p))
     return entries
@@ -111,10 +111,13 @@ def write_manifest(
     source: dict[str, Any],
     counts: dict[str, int],
     parts: dict[str, dict[str, Any]],
+    include: Callable[[str], bool] | None = None,
 ) -> Manifest:
-    """Checksum every file under `root` and write manifest.json (last, so its presence means 'complete')."""
+    """Checksum every file under `root` (or those whose relative path `include` accepts: a shard set lists
+    its shards' manifests, which cover their own files) and write manifest.json (last, so its presence
+    means 'complete')."""
     now = datetime.now(UTC)
-    files = checksum_tree(root)
+    files = checksum_tree(root, include)
     manifest = Manifest(
         format=FORMAT,
         format_version=FORMAT_VERSION,

@@ -44,6 +44,8 @@ class BuildOptions:
     hnsw_params: dict[str, Any] | None = None
     ivf_params: dict[str, Any] | None = None
     encode_batch_size: int = 64
+    #: onnxruntime threads for encoding items (0: all cores; a sharded build gives each process its share).
+    encoder_threads: int = 0
     #: Item-to-item table parameters (used when events are given).
     behavior_params: BehaviorParams | None = None
     #: A trained ranker model (ONNX + its sidecar) to ship inside the snapshot (the `ranker` part).
@@ -90,33 +92,7 @@ def build_snapshot(
         raise CatalogError(f"text_weight_attr {options.text_weight_attr!r} is not an attribute of any item")
 
     with snapshot.staging_dir(out, overwrite=options.overwrite) as tmp:
-        text_dir = tmp / "text"
-        index = create_index(text_dir, build_schema(fields, attr_names))
-        writer = index.writer(heap_size=options.writer_heap_bytes, num_threads=options.writer_threads)
-        for ordinal, item in enumerate(
-            tqdm(catalog, desc="text index", unit=" docs", disable=not options.progress, mininterval=0.5)
-        ):
-            writer.add_document(item_document(ordinal, item, fields))
-        writer.commit()
-        writer.wait_merging_threads()
-        del writer, index
-        text_meta: dict[str, Any] = {
-            "engine": f"tantivy {tantivy.__version__}" if hasattr(tantivy, "__version__") else "tantivy",
-            "dir": "text",
-            "fields": [f.to_json() for f in fields],
-            "attrs": attr_names,
-            "weight_by_attr": options.text_weight_attr,
-            "bm25": {"k1": 1.2, "b": 0.75},
-        }
-        forward_meta = write_forward(catalog, tmp, attr_names, [f.name for f in fields])
-        parts: dict[str, Any] = {"text": text_meta, "forward": forward_meta}
-        if options.encoder is not None:
-            parts["vectors"] = build_vectors(catalog, tmp / "vectors", options, [f.name for f in fields])
-        located = [i for i, it in enumerate(catalog) if it.lat is not None]
-        if located:
-            lat = np.array([np.nan if it.lat is None else it.lat for it in catalog], dtype=np.float64)
-            lon = np.array([np.nan if it.lon is None else it.lon for it in catalog], dtype=np.float64)
-            parts["geo"] = build_geo(lat, lon, tmp)
+        parts = write_item_parts(tmp, catalog, fields, attr_names, options)
         if events is not None:
             ord_of = {it.id: i for i, it in enumerate(catalog)}
             parts["behavior"] = build_behavior(
@@ -148,18 +124,78 @@ def build_snapshot(
     return manifest
 
 
-def build_vectors(
-    catalog: Sequence[Item], directory: Path, options: BuildOptions, text_fields: Sequence[str]
+def write_item_parts(
+    tmp: Path,
+    catalog: Sequence[Item],
+    fields: Sequence[TextField],
+    attr_names: Sequence[str],
+    options: BuildOptions,
+    *,
+    extra_docs: Iterable[tantivy.Document] = (),
+    text_extra: dict[str, Any] | None = None,
+    vectors: tuple[np.ndarray, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Embed the catalog (or take its embeddings) and build the configured vector indexes."""
-    import numpy as np
+    """The parts every snapshot of items has — text (tantivy), forward store, vectors, geo — written into
+    `tmp`; ordinals are positions in `catalog`. `extra_docs` go into the text index after the items (a
+    shard's phantom documents, see common.index.textstats) and `text_extra` into its manifest entry."""
+    text_dir = tmp / "text"
+    index = create_index(text_dir, build_schema(fields, attr_names))
+    writer = index.writer(heap_size=options.writer_heap_bytes, num_threads=options.writer_threads)
+    for ordinal, item in enumerate(
+        tqdm(catalog, desc="text index", unit=" docs", disable=not options.progress, mininterval=0.5)
+    ):
+        writer.add_document(item_document(ordinal, item, fields))
+    for doc in extra_docs:
+        writer.add_document(doc)
+    writer.commit()
+    writer.wait_merging_threads()
+    del writer, index
+    text_meta: dict[str, Any] = {
+        "engine": f"tantivy {tantivy.__version__}" if hasattr(tantivy, "__version__") else "tantivy",
+        "dir": "text",
+        "fields": [f.to_json() for f in fields],
+        "attrs": list(attr_names),
+        "weight_by_attr": options.text_weight_attr,
+        "bm25": {"k1": 1.2, "b": 0.75},
+        **(text_extra or {}),
+    }
+    forward_meta = write_forward(catalog, tmp, attr_names, [f.name for f in fields])
+    parts: dict[str, Any] = {"text": text_meta, "forward": forward_meta}
+    if options.encoder is not None:
+        parts["vectors"] = build_vectors(catalog, tmp / "vectors", options, [f.name for f in fields], vectors)
+    located = [i for i, it in enumerate(catalog) if it.lat is not None]
+    if located:
+        lat = np.array([np.nan if it.lat is None else it.lat for it in catalog], dtype=np.float64)
+        lon = np.array([np.nan if it.lon is None else it.lon for it in catalog], dtype=np.float64)
+        parts["geo"] = build_geo(lat, lon, tmp)
+    return parts
 
+
+def build_vectors(
+    catalog: Sequence[Item],
+    directory: Path,
+    options: BuildOptions,
+    text_fields: Sequence[str],
+    given: tuple[np.ndarray, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Embed the catalog (or take its embeddings, or `given` (vectors, encoder entry) already made) and
+    build the configured vector indexes."""
+
+    t0 = time.perf_counter()
+    vectors, encoder_meta = given if given is not None else embed_catalog(catalog, options, text_fields)
+    encode_s = time.perf_counter() - t0
+    return write_vector_indexes(vectors, encoder_meta, directory, options, encode_s)
+
+
+def embed_catalog(
+    catalog: Sequence[Item], options: BuildOptions, text_fields: Sequence[str]
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unit vectors of the catalog's items (their own embeddings, or encoded text) and the encoder entry
+    of the vectors part."""
     from common.encoders import get_encoder
     from common.encoders.fingerprint import fingerprint
-    from common.index.vectors import build_vector_index
 
     assert options.encoder is not None
-    t0 = time.perf_counter()
     supplied = [it.embedding is not None for it in catalog]
     if any(supplied) and not all(supplied):
         raise CatalogError(
@@ -184,7 +220,7 @@ def build_vectors(
         encoder_meta["fingerprint"] = fingerprint(encoder)
     else:
         encoder = (
-            get_encoder(options.encoder, intra_op_threads=0)
+            get_encoder(options.encoder, intra_op_threads=options.encoder_threads)
             if options.encoder == "minilm"
             else get_encoder(options.encoder)
         )
@@ -197,7 +233,18 @@ def build_vectors(
             "fingerprint": fingerprint(encoder),
             "fields": fields,
         }
-    encode_s = time.perf_counter() - t0
+    return vectors, encoder_meta
+
+
+def write_vector_indexes(
+    vectors: np.ndarray,
+    encoder_meta: dict[str, Any],
+    directory: Path,
+    options: BuildOptions,
+    encode_s: float,
+) -> dict[str, Any]:
+    from common.index.vectors import build_vector_index
+
     directory.mkdir(parents=True, exist_ok=True)
     indexes: dict[str, Any] = {}
     for kind in options.vector_indexes:

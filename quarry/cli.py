@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -109,6 +109,17 @@ def index() -> None:
     help="A trained ranker (model.onnx with its .json sidecar, e.g. from `quarry rank train`) shipped inside "
     "the snapshot: it swaps with the indexes and wins over settings' ranker.model_path.",
 )
+@click.option(
+    "--shards",
+    type=click.IntRange(1, 4096),
+    help="Build a shard set of N shards (items partitioned by a stable hash of their id; served by "
+    "`quarry serve --role shard` and `--role root`), the shards in parallel processes.",
+)
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    help="With --shards: shards built at a time [default: the cores, at most N].",
+)
 @click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs and CI).")
 def index_build(
@@ -125,17 +136,27 @@ def index_build(
     vector_indexes: str,
     embed_fields: tuple[str, ...],
     ranker_model: Path | None,
+    shards: int | None,
+    processes: int | None,
     force: bool,
     no_progress: bool,
 ) -> None:
-    """Build a snapshot from a data set or a catalog file."""
-    from common.catalog import CatalogError, Event, read_events, read_items
+    """Build a snapshot from a data set or a catalog file (or, with --shards, a shard set)."""
+    from common.catalog import CatalogError, Event, Item, read_events, read_items
     from common.changelog import ChangeLog, ChangeLogError, fold
     from common.index.text import Analyzer, TextField
     from common.snapshot import SnapshotError
     from common.snapshot_root import CHANGES, SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
+    from indexer.sharded import build_sharded
+
+    def build(
+        items: Iterable[Item], out: Path, opts: BuildOptions, source: dict[str, Any], events: Any
+    ) -> Any:
+        if shards is None:
+            return build_snapshot(items, out, opts, source, events)
+        return build_sharded(items, out, opts, source, events, shards=shards, processes=processes)
 
     if (dataset is None) == (catalog is None):
         raise click.UsageError("give exactly one of --dataset or --catalog")
@@ -179,11 +200,22 @@ def index_build(
                 items = fold(items, entries)
                 click.echo(f"folding {len(entries)} change-log entries (up to seq {pos.seq}) into the build")
             source = {**source, "changelog_seq": pos.seq}
+            if shards is not None:
+                # Each shard's replicas keep their own log (changes/shard-NNNN): fold them all, and
+                # record each one's position for that shard's replay.
+                positions: dict[str, int] = {}
+                for sub in sorted(store.collection_dir(opts.collection).glob(f"{CHANGES}/shard-*")):
+                    more, sub_pos = ChangeLog(sub).read(0)
+                    positions[sub.name] = sub_pos.seq
+                    if more:
+                        items = fold(items, more)
+                        click.echo(f"folding {len(more)} change-log entries of {sub.name} into the build")
+                source = {**source, "shard_changelog_seq": positions}
             with store.publish(opts.collection) as out:
-                manifest = build_snapshot(items, out, opts, source, events)
+                manifest = build(items, out, opts, source, events)
         else:
             assert out is not None
-            manifest = build_snapshot(items, out, opts, source, events)
+            manifest = build(items, out, opts, source, events)
     except (
         CatalogError,
         ChangeLogError,
@@ -194,7 +226,8 @@ def index_build(
     ) as exc:
         raise click.ClickException(str(exc)) from None
     where = f"{out} (live)" if root is not None else str(out)
-    click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items → {where}")
+    layout = f" in {shards} shards" if shards is not None else ""
+    click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items{layout} → {where}")
 
 
 def _usable_encoder(name: str) -> str | None:
@@ -451,6 +484,21 @@ def console_install() -> None:
 @click.option("--host", default=None, help="Bind address [default: 127.0.0.1]")
 @click.option("--port", default=None, type=int, help="Port [default: 50051; 0 picks a free one]")
 @click.option(
+    "--role",
+    type=click.Choice(["single", "root", "shard"]),
+    default=None,
+    help="single: whole collections [default]; shard: one shard of each shard set (--shard); root: "
+    "fan out to the shard servers (--shards) and fuse, rank and answer.",
+)
+@click.option("--shard", "shard_index", type=click.IntRange(min=0), help="Role shard: which shard to serve.")
+@click.option(
+    "--shards",
+    "shard_addresses",
+    metavar="A1,A2;B1,B2",
+    help="Role root: each shard's replicas, shards separated by ';', replicas by ',' (host:port or "
+    "dns:///name:port) [settings: cluster.shards].",
+)
+@click.option(
     "--config",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="TOML settings file (also $QUARRY_CONFIG).",
@@ -461,13 +509,36 @@ def serve(
     workers: int | None,
     host: str | None,
     port: int | None,
+    role: str | None,
+    shard_index: int | None,
+    shard_addresses: str | None,
     config: Path | None,
 ) -> None:
-    """Serve snapshots over gRPC (SearchService, AdminService with a token, health, reflection)."""
+    """Serve snapshots over gRPC (SearchService, AdminService with a token, health, reflection); or, for
+    shard sets (`index build --shards N`), a shard (ShardService) or the root in front of them."""
     from common.snapshot import SnapshotError
     from retriever.api.server import serve_workers
 
     settings = load_settings(config)
+    cluster: dict[str, object] = {}
+    if role is not None:
+        cluster["role"] = role
+    if shard_index is not None:
+        cluster["shard"] = shard_index
+    if shard_addresses is not None:
+        cluster["shards"] = [
+            [a.strip() for a in group.split(",") if a.strip()] for group in shard_addresses.split(";")
+        ]
+    if cluster:
+        try:
+            over = settings.cluster.model_validate({**settings.cluster.model_dump(), **cluster})
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        settings = settings.model_copy(update={"cluster": over})
+    if settings.cluster.role == "shard" and settings.cluster.shard is None:
+        raise click.UsageError("--role shard needs --shard N")
+    if settings.cluster.role == "root" and not settings.cluster.shards:
+        raise click.UsageError("--role root needs --shards (or cluster.shards in the config)")
     if settings.log_format == "json":  # a config file's choice (the flag and env var are read earlier)
         configure_logging(logging.getLevelName(logging.getLogger().level), "json")
     try:

@@ -25,8 +25,9 @@ from common.index import ranker_part
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField, open_index
-from common.profile import TagTable
+from common.profile import TagArrays, TagTable
 from common.settings import CollectionSettings
+from common.sharding import ShardPart, is_shard_set
 from ranker.base import Ranker
 from retriever.core import metrics
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
@@ -60,6 +61,11 @@ class Collection:
         #: Unix time this generation started serving (set by Registry.put).
         self.serving_since = 0.0
         self.manifest = snapshot.open_snapshot(root, verify=verify)
+        if is_shard_set(self.manifest.parts):
+            raise snapshot.SnapshotError(
+                f"{root} is a shard set of {self.manifest.parts['shards']['count']} shards: serve each shard "
+                "with `quarry serve --shard N` and the set with `quarry serve --role root`"
+            )
         self.name = self.manifest.collection
         self.version = self.manifest.snapshot_version
         self.settings = settings
@@ -75,6 +81,12 @@ class Collection:
             raise snapshot.SnapshotError(
                 f"{root}: forward store has {len(self.base_forward)} rows, manifest says {self.manifest.counts['items']}"
             )
+        #: Where this generation sits in a shard set (None: a whole collection).
+        self.shard: ShardPart | None = None
+        if "shard" in self.manifest.parts:
+            self.shard = ShardPart.load(root, self.manifest.parts["shard"])
+            if len(self.shard.gord) != len(self.base_forward):
+                raise snapshot.SnapshotError(f"{root}: shard part lists {len(self.shard.gord)} items")
         self.branches: dict[str, RecallBranch] = {}
         #: Enabled branches this snapshot cannot feed (e.g. ann without a vectors part), with the reason.
         self.unavailable: dict[str, str] = {}
@@ -143,10 +155,21 @@ class Collection:
         preference branch and the ranker's user–item affinity; None without behavior data or tags."""
         if self.behavior is None:
             return None
-        table = TagTable.build(
-            self.base_forward, self.behavior.popularity, per_tag=self.settings.preference.per_tag
-        )
+        per_tag = self.settings.preference.per_tag
+        part = self.manifest.parts.get("tags")
+        if part is not None:  # a shard: its items with their ranks in the whole set's per-tag lists
+            return TagTable.from_arrays(TagArrays.read(self.root / part["dir"], part), per_tag=per_tag)
+        table = TagTable.build(self.base_forward, self.behavior.popularity, per_tag=per_tag)
         return table if table.vocab else None
+
+    def seed_items(self, keys: np.ndarray) -> np.ndarray:
+        """Seed keys as this generation's item ordinals: the same on one node; on a shard, seeds are
+        global ordinals (from the root) and only those of its own items are returned."""
+        keys = np.asarray(keys, dtype=np.int64)
+        if self.shard is None:
+            return keys
+        local = self.shard.local_of(keys)
+        return local[local >= 0]
 
     @cached_property
     def behavior(self) -> BehaviorIndex | None:
@@ -154,6 +177,14 @@ class Collection:
         behavior and popular branches and the ranker's features; None when the snapshot has no events."""
         part = self.manifest.parts.get("behavior")
         return None if part is None else BehaviorIndex.load(self.root / part["dir"], part)
+
+    def item_count(self) -> int:
+        """Items served now (the generation's plus upserts, minus deletes)."""
+        return self.view.item_count()
+
+    def user_history(self, user_id: str) -> list[int]:
+        """The user's long-term items (the snapshot's histories), newest first; [] without behavior."""
+        return self.behavior.user_history(user_id) if self.behavior is not None else []
 
     @property
     def log_seq(self) -> int:
@@ -241,11 +272,24 @@ class Collection:
 
 
 class Registry:
-    """Collection name → current generation. Thread-safe; swaps replace a whole generation."""
+    """Collection name → current generation. Thread-safe; swaps replace a whole generation.
 
-    def __init__(self) -> None:
+    With `keep_previous`, the generation a swap replaces stays reachable through `previous` until
+    `drop_previous`: a shard keeps answering its root's requests for the old shard set until the root
+    has switched too (retriever.cluster.shard)."""
+
+    def __init__(self, *, keep_previous: bool = False) -> None:
         self._lock = threading.Lock()
         self._collections: dict[str, Collection] = {}
+        self._keep_previous = keep_previous
+        self._previous: dict[str, Collection] = {}
+
+    def previous(self, name: str) -> Collection | None:
+        return self._previous.get(name)
+
+    def drop_previous(self, name: str) -> None:
+        with self._lock:
+            self._previous.pop(name, None)
 
     def put(self, collection: Collection) -> Collection | None:
         """Serve `collection` from now on (one reference swap); returns the generation it replaces.
@@ -254,12 +298,14 @@ class Registry:
         with self._lock:
             old = self._collections.get(collection.name)
             self._collections[collection.name] = collection
+            if self._keep_previous and old is not None and old is not collection:
+                self._previous[collection.name] = old
             if old is not None:
                 with contextlib.suppress(KeyError):
                     metrics.GENERATION.remove(old.name, old.version, old.generation)
             metrics.GENERATION.labels(collection.name, collection.version, collection.generation).set(1)
             metrics.GENERATION_SINCE.labels(collection.name).set(collection.serving_since)
-            metrics.ITEMS.labels(collection.name).set(collection.view.item_count())
+            metrics.ITEMS.labels(collection.name).set(collection.item_count())
         return old
 
     def get(self, name: str) -> Collection:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,11 +73,15 @@ class Lifecycle:
         registry: Registry,
         root: SnapshotRoot | None,
         realtime: Realtime | None = None,
+        *,
+        locate: Callable[[Path], Path] | None = None,
     ) -> None:
         self.settings = settings
         self.registry = registry
         self.root = root
         self.realtime = realtime
+        #: A generation directory → the directory this server loads (a shard: its shard's part of the set).
+        self.locate = locate or (lambda path: path)
         self._locks: dict[str, asyncio.Lock] = {}
 
     # -- status ------------------------------------------------------------------------------------------
@@ -191,7 +196,10 @@ class Lifecycle:
             raise InvalidArgument(str(exc)) from None
         except SnapshotError as exc:
             raise NotFound(str(exc)) from None
-        return path, path.name
+        try:
+            return self.locate(path), path.name
+        except SnapshotError as exc:
+            raise FailedPrecondition(f"refused {path.name}: {exc}") from None
 
     async def _switch(self, name: str, path: Path, label: str, current: Collection) -> ReloadOutcome:
         t0 = time.perf_counter()

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import tantivy
 
 from common.catalog import Item, embed_text
@@ -235,6 +236,13 @@ class LiveForward:
         n = len(self.base)
         base_rows = iter(self.base.rows([o for o in ordinals if o < n]))
         return [next(base_rows) if o < n else self._delta_row(self.delta[o - n]) for o in ordinals]
+
+    def take_table(self, ordinals: Sequence[int]) -> pa.Table:
+        n = len(self.base)
+        if all(o < n for o in ordinals):
+            return self.base.take_table(ordinals)
+        schema = self.base.take_table([]).schema
+        return pa.Table.from_pylist(self.rows(ordinals), schema=schema)
 
 
 @dataclass(frozen=True, eq=False)

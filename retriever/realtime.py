@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from common.catalog import MAX_ID_BYTES, Item
 from common.changelog import ChangeLog, ChangeLogError
 from common.settings import QuarrySettings
+from common.sharding import shard_dir
 from common.snapshot_root import CHANGES, WORK, SnapshotRoot
 from retriever.core import metrics
 from retriever.core.errors import FailedPrecondition, InvalidArgument
@@ -47,6 +48,10 @@ def log_location(
         d = settings.realtime.log_dir / name
     else:
         return None
+    if settings.cluster.role == "shard" and settings.cluster.shard is not None:
+        # Each shard has its own log (its own items), shared by that shard's replicas.
+        sub = shard_dir(settings.cluster.shard)
+        return ChangeLog(d / CHANGES / sub), d / WORK / sub
     return ChangeLog(d / CHANGES), d / WORK
 
 

@@ -211,7 +211,7 @@ class SearchService:
         coll, user = ex.generation, ex.query.user_id
         if not user or not coll.settings.recommend_exclude_seen or not ex.fused:
             return
-        seen: set[int] = set(coll.behavior.user_history(user)) if coll.behavior is not None else set()
+        seen: set[int] = set(coll.user_history(user))
         try:
             recent = await self._reader(ex).get(self.settings.redis.recent_max_len)
         except StoreUnavailable as exc:

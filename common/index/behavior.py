@@ -84,12 +84,17 @@ class BehaviorIndex:
         self._hist_indices = hist_indices
         self._users = _SortedUsers(users)
         self.num_items = len(popularity)
+        #: Seed keys the i2i tables cover: item ordinals, or a shard's global ordinals.
+        self.num_rows = len(next(iter(self._tables.values()))[0]) - 1 if self._tables else self.num_items
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any]) -> BehaviorIndex:
         if meta.get("format") != FORMAT_VERSION:
             raise ValueError(f"unsupported behavior format {meta.get('format')!r}, expected {FORMAT_VERSION}")
         n_items, n_users = int(meta["items"]), int(meta["users"])
+        # A shard's tables are keyed by the seed's global ordinal (the root hands it global seeds) while
+        # their neighbours are the shard's own items: rows then outnumber items.
+        n_rows = int(meta.get("seed_rows", n_items))
 
         def load_npy(name: str, dtype: type, length: int | None = None) -> np.ndarray:
             arr = np.load(directory / name, mmap_mode="r")
@@ -101,7 +106,7 @@ class BehaviorIndex:
         tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for method in meta["methods"]:
             f_indptr, f_indices, f_scores = table_files(method)
-            indptr = load_npy(f_indptr, np.int64, n_items + 1)
+            indptr = load_npy(f_indptr, np.int64, n_rows + 1)
             nnz = int(indptr[-1])
             tables[method] = (indptr, load_npy(f_indices, np.int32, nnz), load_npy(f_scores, np.float32, nnz))
         hist_indptr = load_npy(HIST_INDPTR, np.int64, n_users + 1)
@@ -151,9 +156,11 @@ class BehaviorIndex:
         *,
         exclude: set[int] | None = None,
         allowed: np.ndarray | None = None,
+        seed_items: np.ndarray | None = None,
     ) -> list[tuple[int, float]]:
         """Top-k items by Σ_seed weight · sim(seed, item); seeds, `exclude` and items outside `allowed`
-        (boolean mask over ordinals) never appear. Ties go to the lower ordinal."""
+        (boolean mask over ordinals) never appear. Ties go to the lower ordinal. `seed_items`: the
+        seeds as item ordinals, where seeds are keyed otherwise (a shard's global ordinals)."""
         indptr, indices, scores = self._table(method)
         if k <= 0 or not seeds:
             return []
@@ -161,8 +168,8 @@ class BehaviorIndex:
             raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
         seed_ords = np.fromiter((s[0] for s in seeds), dtype=np.int64, count=len(seeds))
         seed_w = np.fromiter((s[1] for s in seeds), dtype=np.float64, count=len(seeds))
-        if seed_ords.min() < 0 or seed_ords.max() >= self.num_items:
-            raise IndexError(f"a seed ordinal is outside 0..{self.num_items - 1}")
+        if seed_ords.min() < 0 or seed_ords.max() >= self.num_rows:
+            raise IndexError(f"a seed ordinal is outside 0..{self.num_rows - 1}")
         starts = indptr[seed_ords]
         lengths = indptr[seed_ords + 1] - starts
         total = int(lengths.sum())
@@ -173,7 +180,7 @@ class BehaviorIndex:
         pos = np.repeat(starts - offsets, lengths) + np.arange(total)
         cand, inverse = np.unique(indices[pos], return_inverse=True)
         agg = np.bincount(inverse, weights=scores[pos] * np.repeat(seed_w, lengths), minlength=len(cand))
-        keep = ~np.isin(cand, seed_ords)
+        keep = ~np.isin(cand, seed_ords if seed_items is None else seed_items)
         if exclude:
             keep &= ~np.isin(cand, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
         if allowed is not None:

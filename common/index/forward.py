@@ -49,9 +49,22 @@ class ForwardStore:
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         source = pa.memory_map(str(directory / FILE), "r")
-        self._table = ipc.open_file(source).read_all().combine_chunks()  # zero-copy when single-chunk
-        self.attr_names: list[str] = list(meta.get("attrs", []))
-        self.text_names: list[str] = list(meta.get("text_fields", []))
+        table = ipc.open_file(source).read_all().combine_chunks()  # zero-copy when single-chunk
+        self._init(table, list(meta.get("attrs", [])), list(meta.get("text_fields", [])))
+
+    @classmethod
+    def from_table(
+        cls, table: pa.Table, attr_names: Sequence[str], text_names: Sequence[str]
+    ) -> ForwardStore:
+        """A store over rows already in memory (a root's candidates, gathered from its shards)."""
+        store = cls.__new__(cls)
+        store._init(table.combine_chunks(), list(attr_names), list(text_names))
+        return store
+
+    def _init(self, table: pa.Table, attr_names: list[str], text_names: list[str]) -> None:
+        self._table = table
+        self.attr_names: list[str] = attr_names
+        self.text_names: list[str] = text_names
         self.ids: list[str] = self._table.column("id").to_pylist()
         self.ord_of: dict[str, int] = {item_id: i for i, item_id in enumerate(self.ids)}
         cat = self._table.column("category").combine_chunks().dictionary_encode()
@@ -96,3 +109,7 @@ class ForwardStore:
         if not ordinals:
             return []
         return self._table.take(pa.array(ordinals, pa.int64())).to_pylist()
+
+    def take_table(self, ordinals: Sequence[int]) -> pa.Table:
+        """The rows of `ordinals` as an Arrow table (what a shard ships to its root)."""
+        return self._table.take(pa.array(ordinals, pa.int64()))

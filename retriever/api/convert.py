@@ -26,6 +26,10 @@ _STATUS = {
 }
 
 
+def branch_status(status: BranchStatus) -> pb.BranchStatus.ValueType:
+    return _STATUS[status]
+
+
 def _filters(f: pb.Filters) -> Filters:
     return Filters(
         categories=tuple(f.categories),

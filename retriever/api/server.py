@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +17,16 @@ from opentelemetry.sdk.trace import TracerProvider
 from common.index.text import warm_up
 from common.logs import LogFormat, configure_logging, current_format
 from common.settings import QuarrySettings
-from common.snapshot import read_manifest
+from common.sharding import is_shard_set, shard_dir
+from common.snapshot import SnapshotError, read_manifest
 from common.snapshot_root import SnapshotRoot
 from common.v1 import search_pb2 as pb
 from retriever.api import convert, reflection
 from retriever.api.admin import ADMIN_SERVICE, AdminServicer
 from retriever.api.errors import access_log, rpc
 from retriever.api.interceptors import MetricsInterceptor
+from retriever.api.shard import SHARD_SERVICE, ShardServicer
+from retriever.cluster.shard import ShardCore
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
 from retriever.realtime import Realtime, log_location
@@ -99,18 +102,28 @@ def limit_native_threads() -> None:
 def load_collections(
     settings: QuarrySettings, snapshots: Sequence[Path], root: SnapshotRoot | None = None
 ) -> Registry:
-    """Every snapshot directory, plus the live generation of every collection under `root`."""
-    registry = Registry()
+    """Every snapshot directory, plus the live generation of every collection under `root`. By role
+    (cluster.role): whole collections; a root's shard sets (RootCollection); or a shard's own part of
+    each shard set (`<set>/shard-NNNN`, a whole snapshot of its items)."""
+    role = settings.cluster.role
+    registry = Registry(keep_previous=role == "shard")
+    locate = shard_locator(settings)
 
-    def put(coll: Collection) -> None:
+    def put(coll: Any) -> None:
         if registry.put(coll) is not None:
             raise ValueError(f"two snapshots for collection {coll.name!r}")
 
-    def load(path: Path, name: str, generation: str = "") -> Collection:
+    def load(path: Path, name: str, generation: str = "") -> Any:
+        if role == "root":
+            from retriever.cluster.root import RootCollection
+
+            return RootCollection(
+                path, settings.for_collection(name), verify=settings.verify, generation=generation
+            )
         where = log_location(settings, root if generation else None, name)
         changelog, work_root = where if where is not None else (None, None)
         return Collection(
-            path,
+            locate(path),
             settings.for_collection(name),
             verify=settings.verify,
             generation=generation,
@@ -125,6 +138,29 @@ def load_collections(
             live = root.live(name)
             put(load(live, name, live.name))
     return registry
+
+
+def shard_locator(settings: QuarrySettings) -> Callable[[Path], Path]:
+    """Where a server finds its part of a generation: a shard server its shard's directory inside the
+    shard set, every other role the directory itself."""
+    if settings.cluster.role != "shard":
+        return lambda path: path
+    index = settings.cluster.shard
+    if index is None:
+        raise ValueError("role shard needs cluster.shard (which shard of each set this server holds)")
+
+    def locate(path: Path) -> Path:
+        manifest = read_manifest(path)
+        if not is_shard_set(manifest.parts):
+            raise SnapshotError(
+                f"{path} is a whole collection, not a shard set: serve it without --role shard"
+            )
+        count = int(manifest.parts["shards"]["count"])
+        if index >= count:
+            raise SnapshotError(f"{path} has {count} shards; this server is shard {index}")
+        return path / shard_dir(index)
+
+    return locate
 
 
 class QuarryServer:
@@ -142,9 +178,21 @@ class QuarryServer:
         self.registry = registry
         #: Spans go to this provider (tests pass one with an in-memory exporter), else OTLP when configured.
         self.tracer_provider = tracer_provider or make_tracer_provider(settings.tracing)
-        self.core = SearchService(settings, registry, tracer_provider=self.tracer_provider)
+        self.role = settings.cluster.role
+        if self.role == "root":
+            from retriever.cluster.root import Fanout, RootSearchService
+
+            self.core: SearchService = RootSearchService(
+                settings,
+                registry,
+                Fanout.from_settings(settings.cluster),
+                tracer_provider=self.tracer_provider,
+            )
+        else:
+            self.core = SearchService(settings, registry, tracer_provider=self.tracer_provider)
+        self.shard_core = ShardCore(settings, registry, self.core.pool) if self.role == "shard" else None
         self.realtime = Realtime(settings, registry)
-        self.lifecycle = Lifecycle(settings, registry, root, self.realtime)
+        self.lifecycle = Lifecycle(settings, registry, root, self.realtime, locate=shard_locator(settings))
         self._stop_watch = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._follow: asyncio.Task[None] | None = None
@@ -176,10 +224,18 @@ class QuarryServer:
                 ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ],
         )
-        server.add_generic_rpc_handlers((SearchServicer(self.core).handler(),))
-        services = [SEARCH_SERVICE, health.SERVICE_NAME]
+        services = [health.SERVICE_NAME]
+        if self.shard_core is not None:
+            # A shard answers its root only: its collections are parts of shard sets, not whole ones.
+            server.add_generic_rpc_handlers((ShardServicer(self.shard_core).handler(),))
+            services.append(SHARD_SERVICE)
+        else:
+            server.add_generic_rpc_handlers((SearchServicer(self.core).handler(),))
+            services.append(SEARCH_SERVICE)
         token = self.settings.admin.token.get_secret_value() if self.settings.admin.token else ""
-        if token:
+        if token and self.role == "root":
+            log.warning("admin service not yet served by a root: coordinate reloads through the shards")
+        elif token:
             admin = AdminServicer(self.lifecycle, self.realtime, token)
             server.add_generic_rpc_handlers((admin.handler(),))
             services.append(ADMIN_SERVICE)
@@ -215,7 +271,7 @@ class QuarryServer:
             if len(self.registry)
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", SEARCH_SERVICE):
+        for name in ("", SHARD_SERVICE if self.shard_core is not None else SEARCH_SERVICE):
             await self.health.set(name, serving)
         if self.settings.admin.watch and self.lifecycle.root is not None:
             self._watch = asyncio.create_task(self.lifecycle.watch(self._stop_watch))

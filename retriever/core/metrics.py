@@ -51,3 +51,8 @@ GENERATION_SINCE = Gauge(
     "quarry_generation_serving_since_seconds", "Unix time the serving generation went live", ["collection"]
 )
 ITEMS = Gauge("quarry_collection_items", "Items in the serving generation", ["collection"])
+SHARD_ANSWERS = Counter(
+    "quarry_shard_answers_total",
+    "A root's fan-outs by shard and outcome: ok, or missing (no replica answered in time: partial answer)",
+    ["collection", "shard", "outcome"],
+)

@@ -80,7 +80,8 @@ class AnnBranch:
         return self.encoder.encode([text])[0]
 
     def _recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        vec = self.embed(request.query.text)
+        given = request.root.vector if request.root is not None else None
+        vec = self.embed(request.query.text) if given is None else given  # a shard: the root encoded it
         live, allowed = request.live, request.allowed
         mask, k = live.plan(allowed, request.restricts, quota)
         ords, scores = self.index.search(vec[None, :], k, allowed=mask, params=self.params)

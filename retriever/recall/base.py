@@ -84,6 +84,25 @@ class Generation(Protocol):
         """Boolean mask over `view`'s ordinals passing `filters` (dead ones never); None: all pass."""
         ...
 
+    def seed_items(self, keys: np.ndarray) -> np.ndarray:
+        """User seeds (keys of the behavior tables) as item ordinals of this generation: the same keys on
+        one node; a shard's seeds are global ordinals, of which only its own items are returned."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class RootInputs:
+    """What a shard's branches receive from the root instead of computing it: the root owns the user
+    (one store read, seeds from the long-term history it holds, the preference profile over the whole
+    set's tags) and encodes the query once for all shards."""
+
+    #: branch name → {global ordinal of a seed item: weight} (decayed_seeds under that branch's settings)
+    seeds: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    #: Preference profile: affinity per tag id of the set's vocabulary (None: no profile).
+    profile: np.ndarray | None = None
+    #: The query text's embedding (None: no text, or no vectors).
+    vector: np.ndarray | None = None
+
 
 def analyze_query(text: str, analyzers: Iterable[Analyzer], max_terms: int) -> dict[Analyzer, list[str]]:
     """The query text analysed once per analyzer (deduplicated in query order, at most `max_terms`)."""
@@ -107,6 +126,8 @@ class RecallRequest:
     recent: RecentStore | None = None
     #: The request's user's events, read once and shared by every branch (the service sets it).
     user_recent: UserRecent | None = None
+    #: On a shard: the root's seeds, profile and query vector (None on a whole collection).
+    root: RootInputs | None = None
     #: The generation's real-time state, taken once: every branch of this request sees the same one.
     live: LiveView = field(init=False)
 
@@ -124,10 +145,13 @@ class RecallRequest:
         return self.query.filters.restricts
 
     async def user_seeds(
-        self, history: Callable[[str], list[int]], ord_of: Mapping[str, int], s: SeedSettings
+        self, branch: str, history: Callable[[str], list[int]], ord_of: Mapping[str, int], s: SeedSettings
     ) -> dict[int, float]:
-        """The request's user's seed items → weight (`decayed_seeds`) under a branch's settings:
-        `history` gives the user's long-term items (the snapshot's), `ord_of` maps event item ids."""
+        """The request's user's seed items → weight (`decayed_seeds`) under `branch`'s settings:
+        `history` gives the user's long-term items (the snapshot's), `ord_of` maps event item ids. On a
+        shard, the root's seeds for that branch (global ordinals)."""
+        if self.root is not None:
+            return dict(self.root.seeds.get(branch, {}))
         recent = await self.recent_events(s.recent_n) if s.recent_n else []
         long_term = history(self.query.user_id) if s.history_n else []
         return decayed_seeds(recent, long_term, ord_of, s)
@@ -172,7 +196,7 @@ class RecallBranch(Protocol):
         ...
 
 
-__all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest", "analyze_query"]
+__all__ = ["BranchUnavailable", "Generation", "RecallBranch", "RecallRequest", "RootInputs", "analyze_query"]
 
 
 class SeedSettings(Protocol):

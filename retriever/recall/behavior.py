@@ -8,8 +8,10 @@ degraded (fail-open), with long-term recall lost for that request only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Self
 
+import numpy as np
 from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
@@ -24,10 +26,18 @@ class BehaviorBranch:
     name = "behavior"
     options: ClassVar[type[BaseModel] | None] = BehaviorSettings
 
-    def __init__(self, index: BehaviorIndex, ord_of: dict[str, int], settings: BehaviorSettings) -> None:
+    def __init__(
+        self,
+        index: BehaviorIndex,
+        ord_of: dict[str, int],
+        settings: BehaviorSettings,
+        seed_items: Callable[[np.ndarray], np.ndarray] | None = None,
+    ) -> None:
         self.index = index
         self.ord_of = ord_of
         self.s = settings
+        # Seeds are keys of the i2i tables; on a shard those are global ordinals (see Generation.seed_items).
+        self.seed_items = seed_items or (lambda keys: keys)
 
     @classmethod
     def create(cls, generation: Generation, options: BehaviorSettings) -> Self:
@@ -37,20 +47,24 @@ class BehaviorBranch:
         methods = generation.manifest.parts["behavior"].get("methods", [])
         if options.method not in methods:
             raise BranchUnavailable(f"the snapshot has no {options.method!r} i2i table (has: {methods})")
-        return cls(index, generation.base_forward.ord_of, options)  # the i2i table's ordinals
+        # ord_of: the i2i table's ordinals (on a shard the root sends global seeds and this goes unused)
+        return cls(index, generation.base_forward.ord_of, options, generation.seed_items)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
     def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
-        exclude = set(seeds) if self.s.exclude_seen else None
+        items = self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds)))
+        exclude = set(items.tolist()) if self.s.exclude_seen else None
         live = request.live
         allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
-        pairs = self.index.expand(self.s.method, list(seeds.items()), quota, exclude=exclude, allowed=allowed)
+        pairs = self.index.expand(
+            self.s.method, list(seeds.items()), quota, exclude=exclude, allowed=allowed, seed_items=items
+        )
         return live.to_current(pairs)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        seeds = await request.user_seeds(self.index.user_history, self.ord_of, self.s)
+        seeds = await request.user_seeds(self.name, self.index.user_history, self.ord_of, self.s)
         if not seeds:
             return []
         return await request.blocking(self._expand, seeds, request, quota)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Mapping
 
 from opentelemetry import trace
 
+from common.ordering import canonical
 from common.settings import BranchSpec
 from retriever.core.errors import BranchFailed
 from retriever.core.types import BranchResult, BranchStatus
@@ -51,7 +52,9 @@ async def _run_one(
         log.exception("branch %s failed", name)
         return BranchResult(name, BranchStatus.ERROR, latency_ms=ms, detail=f"{type(exc).__name__}: {exc}")
     ms = (time.perf_counter() - t0) * 1000
-    return BranchResult(name, BranchStatus.OK, candidates=cands[: spec.quota], latency_ms=ms)
+    # One canonical order (near ties by ordinal), whichever engine answered: a root merging shard lists
+    # orders them the same way (common.ordering).
+    return BranchResult(name, BranchStatus.OK, candidates=canonical(cands[: spec.quota]), latency_ms=ms)
 
 
 async def _traced(tracer: trace.Tracer, name: str, run: Awaitable[BranchResult]) -> BranchResult:

@@ -11,10 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar, Self
 
+import numpy as np
 import tantivy
 from pydantic import BaseModel
 
 from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
+from common.index.textstats import PHANTOM_TERM, GlobalIdf
+from common.ordering import TIE_MARGIN, best_first
 from common.types import Candidate
 from retriever.core.types import Filters
 from retriever.recall.base import Generation, RecallRequest
@@ -27,7 +30,12 @@ class InvertedBranch:
     options: ClassVar[type[BaseModel] | None] = None
 
     def __init__(
-        self, index: tantivy.Index, fields: list[TextField], boosts: dict[str, float], weight_by: str | None
+        self,
+        index: tantivy.Index,
+        fields: list[TextField],
+        boosts: dict[str, float],
+        weight_by: str | None,
+        global_idf: GlobalIdf | None = None,
     ) -> None:
         self._index = index
         self._schema = index.schema
@@ -38,13 +46,21 @@ class InvertedBranch:
             if boosts.get(f.name, f.boost) > 0
         ]
         self._weight_by = ATTR_PREFIX + weight_by if weight_by else None
+        #: A shard's whole-set statistics: each term's clause is rescaled to the global idf.
+        self._global = global_idf
 
     @classmethod
     def create(cls, generation: Generation, options: None) -> Self:
         text = generation.manifest.parts["text"]
         fields = [TextField.from_json(f) for f in text["fields"]]
+        stats = text.get("global")
+        global_idf = None if stats is None else GlobalIdf.load(generation.root / text["dir"], stats)
         return cls(
-            generation.text_index, fields, generation.settings.field_boosts, text.get("weight_by_attr")
+            generation.text_index,
+            fields,
+            generation.settings.field_boosts,
+            text.get("weight_by_attr"),
+            global_idf,
         )
 
     def skip_reason(self, request: RecallRequest) -> str | None:
@@ -54,10 +70,23 @@ class InvertedBranch:
             return "query text has no searchable terms (only stop words or punctuation)"
         return None
 
-    def build_query(self, terms: Mapping[Analyzer, list[str]], filters: Filters) -> tantivy.Query:
+    def build_query(
+        self,
+        terms: Mapping[Analyzer, list[str]],
+        filters: Filters,
+        searcher: tantivy.Searcher | None = None,
+    ) -> tantivy.Query:
         should: list[tuple[tantivy.Occur, tantivy.Query]] = []
-        for name, analyzer, boost in self._fields:
+        searcher = searcher or self._searcher
+        for name, analyzer, field_boost in self._fields:
             for term in terms.get(analyzer, ()):
+                boost = field_boost
+                if self._global is not None:
+                    if term == PHANTOM_TERM:
+                        continue
+                    boost *= self._global.correction(name, term, searcher)
+                    if boost == 0.0:
+                        continue  # no document of this shard has the term
                 q = tantivy.Query.term_query(self._schema, name, term, index_option="freq")
                 should.append(
                     (tantivy.Occur.Should, q if boost == 1.0 else tantivy.Query.boost_query(q, boost))
@@ -108,15 +137,20 @@ class InvertedBranch:
         self, query: tantivy.Query, limit: int, searcher: tantivy.Searcher | None = None
     ) -> list[Candidate]:
         searcher = searcher or self._searcher
-        result = searcher.search(query, limit=limit, count=False, weight_by_field=self._weight_by)
+        # A few more than asked, so ties at the cut are ordered by ordinal, not by tantivy's segment order.
+        result = searcher.search(
+            query, limit=limit + TIE_MARGIN, count=False, weight_by_field=self._weight_by
+        )
         if not result.hits:
             return []
         addrs = [addr for _score, addr in result.hits]
         ords = searcher.fast_field_values(ORD_FIELD, addrs)
-        return [Candidate(o, s) for (s, _a), o in zip(result.hits, ords, strict=True)]
+        scores = [s for s, _a in result.hits]
+        return [Candidate(o, s) for o, s in best_first(np.asarray(ords), np.asarray(scores), limit)]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        query = self.build_query(request.terms, request.query.filters)
         # After real-time changes the view's working index serves: it holds the generation's documents
         # minus the dead ones plus the upserted ones, with index-wide BM25 statistics.
-        return await request.blocking(self._search, query, quota, request.live.searcher)
+        searcher = request.live.searcher
+        query = self.build_query(request.terms, request.query.filters, searcher)
+        return await request.blocking(self._search, query, quota, searcher)

@@ -10,6 +10,7 @@ generation (`Generation.tag_table`, shared with the ranker's user–item affinit
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar, Self
 
 import numpy as np
@@ -29,12 +30,19 @@ class PreferenceBranch:
     options: ClassVar[type[BaseModel] | None] = PreferenceSettings
 
     def __init__(
-        self, index: BehaviorIndex, table: TagTable, ord_of: dict[str, int], settings: PreferenceSettings
+        self,
+        index: BehaviorIndex,
+        table: TagTable,
+        ord_of: dict[str, int],
+        settings: PreferenceSettings,
+        seed_items: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.index = index
         self.table = table
         self.ord_of = ord_of
         self.s = settings
+        # On a shard seeds are global ordinals and the profile comes from the root (Generation.seed_items).
+        self.seed_items = seed_items or (lambda keys: keys)
         self.log_pop = np.log1p(np.maximum(index.popularity, 0.0))
 
     @classmethod
@@ -45,13 +53,16 @@ class PreferenceBranch:
         table = generation.tag_table  # shared with the ranker's user–item affinity
         if table is None:
             raise BranchUnavailable("no item has a tag or a category")
-        return cls(index, table, generation.base_forward.ord_of, options)
+        return cls(index, table, generation.base_forward.ord_of, options, generation.seed_items)
 
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
     def _recall(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
-        affinity = self.table.profile(list(seeds.items()))
+        given = request.root.profile if request.root is not None else None
+        affinity = self.table.profile(list(seeds.items())) if given is None else given
+        if len(affinity) != len(self.table.vocab):
+            raise ValueError(f"a profile over {len(affinity)} tags, this table has {len(self.table.vocab)}")
         if not affinity.any():
             return []
         top = np.argsort(-affinity, kind="stable")[: self.s.top_tags]
@@ -61,7 +72,7 @@ class PreferenceBranch:
         allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
         keep = np.ones(len(pool), dtype=bool) if allowed is None else allowed[pool]
         if self.s.exclude_seen and seeds:
-            keep &= ~np.isin(pool, np.fromiter(seeds, dtype=np.int64, count=len(seeds)))
+            keep &= ~np.isin(pool, self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds))))
         pool = pool[keep]
         if not len(pool):
             return []
@@ -70,7 +81,7 @@ class PreferenceBranch:
         return live.to_current([(int(pool[i]), float(scores[i])) for i in best])
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        seeds = await request.user_seeds(self.index.user_history, self.ord_of, self.s)
+        seeds = await request.user_seeds(self.name, self.index.user_history, self.ord_of, self.s)
         if not seeds:
             return []
         return await request.blocking(self._recall, seeds, request, quota)

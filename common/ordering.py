@@ -1,0 +1,50 @@
+"""One canonical "best first" order for scored candidates: by score, and scores within RELATIVE_TIE of
+each other count as ties, ordered by ordinal.
+
+Why a tolerance: a shard rescales BM25 to the whole set's statistics in float32 (common.index.textstats),
+so two documents one node scores exactly alike can differ in their last bits on two shards. Why by
+ordinal: tantivy returns exact ties in segment order, which depends on how many threads wrote the index;
+ordinals (catalog order; on a shard, increasing with the global ordinals) make the order a property of
+the data. Every branch's list is put in this order (retriever.recall.executor) and a root merges shard lists in
+it, so one node and a shard set agree.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from common.types import Candidate
+
+#: Scores closer than this (relative) are ties: ~8 float32 ulps, far below any meaningful difference.
+RELATIVE_TIE = 1e-6
+#: How many more hits to ask an engine for, so that ties at the cut are all seen before ordering them.
+TIE_MARGIN = 16
+
+
+def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """The best `k` of (ordinal, score) pairs, best first (see the module docstring). Near ties chain: a
+    run of scores each within RELATIVE_TIE of the next is one tie group."""
+    ords = np.asarray(ordinals, dtype=np.int64)
+    vals = np.asarray(scores, dtype=np.float64)
+    if not len(ords) or k <= 0:
+        return []
+    order = np.lexsort((ords, -vals))
+    ords, vals = ords[order], vals[order]
+    gap = (vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
+    if not gap.all():  # some near ties: order each group by ordinal
+        group = np.concatenate([[0], np.cumsum(gap)])
+        regroup = np.lexsort((ords, group))
+        ords, vals = ords[regroup], vals[regroup]
+    return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
+
+
+def canonical(candidates: list[Candidate]) -> list[Candidate]:
+    """`candidates` (best first) in the canonical order; the same list when nothing changes."""
+    if len(candidates) < 2:
+        return candidates
+    ords = np.fromiter((c.ordinal for c in candidates), dtype=np.int64, count=len(candidates))
+    vals = np.fromiter((c.score for c in candidates), dtype=np.float64, count=len(candidates))
+    order = best_first(ords, vals, len(candidates))
+    if all(o == c.ordinal for (o, _), c in zip(order, candidates, strict=True)):
+        return candidates
+    return [Candidate(o, s) for o, s in order]

@@ -1,0 +1,92 @@
+"""quarry.v1.ShardService over gRPC: converts the root's recall request, asks the shard core, converts back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from common.v1 import shard_pb2 as spb
+from retriever.api import convert
+from retriever.api.errors import rpc
+from retriever.cluster.shard import BranchCall, ShardCore, ShardRequest, ShardResult
+from retriever.core.errors import InvalidArgument
+from retriever.recall.base import RootInputs
+
+SHARD_SERVICE = spb.DESCRIPTOR.services_by_name["ShardService"].full_name
+
+
+def shard_request(req: spb.ShardRecallRequest) -> ShardRequest:
+    seeds: dict[str, dict[int, float]] = {}
+    for s in req.seeds:
+        if len(s.ordinals) != len(s.weights):
+            raise InvalidArgument(
+                f"seeds for {s.branch!r}: {len(s.ordinals)} ordinals, {len(s.weights)} weights"
+            )
+        seeds[s.branch] = dict(zip(s.ordinals, s.weights, strict=True))
+    vector = None
+    if req.query_vector:
+        if len(req.query_vector) % 4:
+            raise InvalidArgument("query_vector must be float32 values (a multiple of 4 bytes)")
+        vector = np.frombuffer(req.query_vector, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(vector)):
+            raise InvalidArgument("query_vector has a non-finite value")
+    profile = np.asarray(req.profile, dtype=np.float64) if len(req.profile) else None
+    query = convert.search_query(req.query)
+    return ShardRequest(
+        collection=req.collection,
+        set_id=req.set_id,
+        generation=req.generation,
+        query=replace(query, collection=req.collection),
+        branches=tuple(BranchCall(b.name, b.quota, b.timeout_ms) for b in req.branches),
+        root=RootInputs(seeds=seeds, profile=profile, vector=vector),
+    )
+
+
+def shard_response(res: ShardResult) -> spb.ShardRecallResponse:
+    out = spb.ShardRecallResponse(shard=res.shard, snapshot_version=res.snapshot_version)
+    for r in res.results:
+        out.branches.add(
+            branch=r.branch,
+            status=convert.branch_status(r.status),
+            latency_ms=r.latency_ms,
+            detail=r.detail,
+            ordinals=[c.ordinal for c in r.candidates],
+            scores=[c.score for c in r.candidates],
+        )
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, res.rows.schema) as writer:
+        writer.write_table(res.rows)
+    out.rows = sink.getvalue().to_pybytes()
+    return out
+
+
+class ShardServicer:
+    """quarry.v1.ShardService. Only converts; the shard core decides."""
+
+    def __init__(self, core: ShardCore) -> None:
+        self.core = core
+
+    @rpc("ShardRecall", spb.ShardRecallRequest)
+    async def recall(
+        self, request: spb.ShardRecallRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ShardRecallResponse:
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        return shard_response(await self.core.recall(shard_request(request), deadline))
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(
+            SHARD_SERVICE,
+            {
+                "Recall": grpc.unary_unary_rpc_method_handler(
+                    self.recall,
+                    request_deserializer=None,
+                    response_serializer=spb.ShardRecallResponse.SerializeToString,
+                )
+            },
+        )

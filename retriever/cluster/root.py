@@ -1,0 +1,524 @@
+"""The root of a shard set: one Search/Recommend fanned out to one replica of every shard, merged into the
+answer one node holding the whole collection would give.
+
+Division of work (and why):
+
+- **The root owns the user and the query.** It reads the user's recent events once (Redis), computes the
+  behavior and preference seeds from them and the long-term histories it holds (`global/`), the
+  preference profile over the set's tags, and the query embedding; every shard gets the same inputs. N
+  shards therefore cost one store read and one encoding, not N.
+- **Shards own items.** Each runs the requested branches over its items with the root's quotas and
+  deadlines and answers each branch's top-quota list as (global ordinal, score) plus the rows of its
+  candidates (retriever.cluster.shard). Scores are comparable across shards by construction: BM25 with
+  whole-set statistics (common.index.textstats), cosine and haversine distances, i2i sums over the same
+  seeds, global popularity.
+- **Fusion and ranking happen at the root**, over each branch's *merged* list: the top `quota` of the
+  union of shard lists by (score, global ordinal) is exactly one node's list, so RRF ranks, min-max
+  normalisation and the ranker's rank features equal one node's. Fusing per shard would need only a
+  global merge of final scores, but per-shard ranks and normalisations differ from the collection's, so
+  the answer would too; the cost of the root's way is shipping up to quota candidates per branch from
+  every shard (rows included, one round trip) and fusing/ranking them in one process.
+
+Near ties: a shard rescales BM25 to global statistics in float32, so scores one node computes as equal
+can differ in their last bits across shards; the merge orders near ties by global ordinal, as one node's
+inverted branch does (common.ordering).
+
+A shard that does not answer in time (after hedging and failover, retriever.cluster.replicas) leaves its
+items out: the answer is partial and flagged `degraded`, never an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from common import snapshot
+from common.encoders import QueryEmbeddingCache, TextEncoder
+from common.encoders.shared import shared_encoder
+from common.index import ranker_part
+from common.index.behavior import BehaviorIndex
+from common.index.forward import ForwardStore
+from common.ordering import best_first
+from common.profile import TagArrays, TagTable
+from common.settings import BranchSpec, ClusterSettings, CollectionSettings, QuarrySettings
+from common.sharding import is_shard_set
+from common.types import Candidate
+from common.v1 import search_pb2 as pb
+from common.v1 import shard_pb2 as spb
+from ranker.base import Ranker
+from retriever.cluster.replicas import ReplicaPolicy, ReplicaSet, ShardUnavailable
+from retriever.cluster.shard import GORD_COLUMN, POPULARITY_COLUMN
+from retriever.core import metrics
+from retriever.core.errors import DeadlineExceeded, InvalidArgument
+from retriever.core.types import BranchResult, BranchStatus, Filters, SearchQuery
+from retriever.features.recent import StoreUnavailable
+from retriever.recall.base import decayed_seeds
+from retriever.service import (
+    RECOMMEND,
+    SEARCH,
+    Exchange,
+    Pipeline,
+    SearchService,
+)
+
+log = logging.getLogger(__name__)
+
+#: Branches whose seeds the root computes and sends (each with its own SeedSettings section).
+SEEDED = ("behavior", "preference")
+SHARD_RECALL = "/quarry.v1.ShardService/Recall"
+#: Time kept back from the request's deadline for the root's own work after the fan-out.
+ROOT_MARGIN_S = 0.002
+
+
+@dataclass(frozen=True)
+class _Ids:
+    """The `base_forward` a root exposes: only the id → global ordinal map (seeds from recent events)."""
+
+    ord_of: Mapping[str, int]
+
+
+class RootCollection:
+    """A shard set as its root serves it: the user side of the set (ids, long-term histories, popularity,
+    tags), the ranker and the query encoder — no item indexes, those are the shards'."""
+
+    def __init__(
+        self,
+        root: Path,
+        settings: CollectionSettings,
+        *,
+        verify: Literal["full", "size"] = "full",
+        generation: str = "",
+        strict: bool = False,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.root = root
+        self.generation = generation
+        self.serving_since = 0.0
+        self.manifest = snapshot.open_snapshot(root, verify=verify)
+        parts = self.manifest.parts
+        if not is_shard_set(parts):
+            raise snapshot.SnapshotError(
+                f"{root} is a whole collection, not a shard set: serve it without --role root "
+                "(or build it with `quarry index build --shards N`)"
+            )
+        self.name = self.manifest.collection
+        self.version = self.manifest.snapshot_version
+        self.settings = settings
+        self.set_id: str = parts["shards"]["set_id"]
+        self.shard_count: int = int(parts["shards"]["count"])
+        g = parts["global"]
+        ids = ipc.open_file(pa.memory_map(str(root / g["ids"]), "r")).read_all()
+        self.ids: list[str] = ids.column("id").to_pylist()
+        if len(self.ids) != int(g["items"]):
+            raise snapshot.SnapshotError(f"{root}: {len(self.ids)} ids, the manifest says {g['items']}")
+        self.base_forward = _Ids({item_id: i for i, item_id in enumerate(self.ids)})
+        self.attr_names: list[str] = list(g.get("attrs", []))
+        self.text_names: list[str] = [f["name"] for f in g.get("text_fields", [])]
+        self.behavior: BehaviorIndex | None = None
+        if "behavior" in parts:
+            self.behavior = BehaviorIndex.load(root / parts["behavior"]["dir"], parts["behavior"])
+        self.tag_arrays: TagArrays | None = None
+        if "tags" in parts:
+            self.tag_arrays = TagArrays.read(root / parts["tags"]["dir"], parts["tags"])
+        self.encoder: TextEncoder | None = None
+        self._embed_cache: QueryEmbeddingCache | None = None
+        encoder = g.get("encoder")
+        if encoder is not None and any(
+            name == "ann" and spec.enabled for name, spec in settings.branches.items()
+        ):
+            enc, fp = shared_encoder(encoder["name"], settings.ann.encoder_threads)
+            if encoder.get("fingerprint") != fp:
+                raise snapshot.SnapshotError(
+                    f"{root}: query encoder {fp} differs from the one that built the shards' vectors "
+                    f"({encoder.get('fingerprint')})"
+                )
+            self.encoder = enc
+            size = settings.ann.query_cache_size
+            self._embed_cache = QueryEmbeddingCache(size) if size else None
+        self.ranker: Ranker | None = None
+        part = parts.get("ranker")
+        model = settings.ranker.model_path if part is None else ranker_part.model_path(root, part)
+        if model is not None:
+            from ranker.serving import load_model_ranker
+
+            self.ranker = load_model_ranker(
+                model,
+                self.name,
+                window_ms=settings.ranker.window_ms,
+                providers=settings.ranker.providers,
+                strict=strict,
+            )
+        #: What a Collection reports for branches it cannot feed: a root knows only from its shards.
+        self.unavailable: dict[str, str] = {}
+        self.changelog = None
+        log.info(
+            "loaded shard set %s (%s): %d items in %d shards, in %.2fs",
+            self.name,
+            self.version,
+            len(self.ids),
+            self.shard_count,
+            time.perf_counter() - t0,
+        )
+
+    @cached_property
+    def tag_table(self) -> TagTable | None:
+        """Item → tags over the whole set (profiles and the ranker's affinity; no per-tag lists here)."""
+        return None if self.tag_arrays is None else TagTable.from_arrays(self.tag_arrays, per_tag=0)
+
+    def item_count(self) -> int:
+        return len(self.ids)
+
+    def user_history(self, user_id: str) -> list[int]:
+        return self.behavior.user_history(user_id) if self.behavior is not None else []
+
+    def check_filters(self, filters: Filters) -> None:
+        for r in filters.ranges:
+            if r.field not in self.attr_names:
+                known = ", ".join(self.attr_names) or "none"
+                raise InvalidArgument(
+                    f"filters.ranges: unknown numeric attribute {r.field!r} in collection {self.name!r} (known: {known})"
+                )
+
+    def embed(self, text: str) -> np.ndarray:
+        assert self.encoder is not None
+        if self._embed_cache is not None:
+            return self._embed_cache.get_or_encode(self.encoder, text)
+        return np.asarray(self.encoder.encode([text])[0], dtype=np.float32)
+
+    def close(self) -> None:
+        pass
+
+
+class CandidateView:
+    """One request's candidates at the root, in the shape the post-recall stages and the ranker read (a
+    generation's): compact ordinals 0..n-1 in global-ordinal order, so ordinal tie-breaks agree with one
+    node's, over a forward store made of the rows the shards sent."""
+
+    def __init__(self, root: RootCollection, rows: pa.Table) -> None:
+        self._root = root
+        self.name = root.name
+        self.version = root.version
+        self.generation = root.generation
+        self.settings = root.settings
+        self.ranker = root.ranker
+        self.gord = rows.column(GORD_COLUMN).to_numpy()
+        self.forward = self.base_forward = ForwardStore.from_table(rows, root.attr_names, root.text_names)
+        self._compact = {int(g): i for i, g in enumerate(self.gord.tolist())}
+        pop = rows.column(POPULARITY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
+        self.item_popularity = None if root.behavior is None else np.nan_to_num(pop, nan=0.0)
+
+    def compact(self, gords: Sequence[int]) -> list[int]:
+        return [self._compact[g] for g in gords]
+
+    def user_history(self, user_id: str) -> list[int]:
+        """The user's long-term items that are among the candidates (Recommend's seen-filter)."""
+        return [self._compact[g] for g in self._root.user_history(user_id) if g in self._compact]
+
+    @cached_property
+    def tag_table(self) -> TagTable | None:
+        arrays = self._root.tag_arrays
+        if arrays is None:
+            return None
+        inside = self.gord < len(arrays.item_indptr) - 1  # upserted items are not in the set's table
+        taken = arrays.take(self.gord[inside])
+        lens = np.zeros(len(self.gord), dtype=np.int64)
+        lens[inside] = np.diff(taken.item_indptr)
+        indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        padded = TagArrays(arrays.vocab, indptr, taken.tag_ids, taken.tag_rank)
+        return TagTable.from_arrays(padded, per_tag=0)
+
+
+@dataclass
+class _ShardAnswer:
+    shard: int
+    answer: spb.ShardRecallResponse | None = None
+    error: str = ""
+    rows: pa.Table | None = None
+    replica: str = ""
+    hedged: bool = False
+
+
+@dataclass
+class Fanout:
+    """The shard servers of a root: one ReplicaSet per shard (shared by every collection)."""
+
+    sets: list[ReplicaSet]
+    timeout_s: float
+    stats: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, s: ClusterSettings, credentials: grpc.ChannelCredentials | None = None) -> Fanout:
+        if not s.shards:
+            raise ValueError("role root needs cluster.shards (per shard, its replicas' addresses)")
+        policy = ReplicaPolicy(
+            hedge=s.hedge,
+            hedge_quantile=s.hedge_quantile,
+            hedge_min_ms=s.hedge_min_ms,
+            hedge_budget=s.hedge_budget,
+            eject_failures=s.eject_failures,
+            eject_s=s.eject_s,
+            dns_refresh_s=s.dns_refresh_s,
+        )
+        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        sets = [
+            ReplicaSet(f"shard-{i}", targets, policy, channel_options=options, credentials=credentials)
+            for i, targets in enumerate(s.shards)
+        ]
+        return cls(sets, s.shard_timeout_ms / 1000)
+
+    async def close(self) -> None:
+        for rs in self.sets:
+            await rs.close()
+
+    async def call(self, payload: bytes, deadline: float | None) -> list[_ShardAnswer]:
+        timeout = self.timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic() - ROOT_MARGIN_S)
+        if timeout <= 0:
+            raise DeadlineExceeded("no time left for the shards before the request deadline")
+
+        async def one(i: int, rs: ReplicaSet) -> _ShardAnswer:
+            async def rpc(channel: grpc.aio.Channel, t: float) -> spb.ShardRecallResponse:
+                method = channel.unary_unary(
+                    SHARD_RECALL,
+                    request_serializer=None,  # the request is serialised once for every shard
+                    response_deserializer=spb.ShardRecallResponse.FromString,
+                )
+                return await method(payload, timeout=t)
+
+            try:
+                outcome = await rs.call(rpc, timeout)
+            except ShardUnavailable as exc:
+                return _ShardAnswer(i, error=str(exc))
+            except grpc.aio.AioRpcError as exc:
+                return _ShardAnswer(i, error=f"{exc.code().name}: {exc.details()}")
+            ans = outcome.value
+            rows = ipc.open_stream(ans.rows).read_all() if ans.rows else None
+            return _ShardAnswer(i, ans, rows=rows, replica=outcome.replica, hedged=outcome.hedged)
+
+        return list(await asyncio.gather(*(one(i, rs) for i, rs in enumerate(self.sets))))
+
+
+def merge_lists(
+    lists: Sequence[tuple[Sequence[int], Sequence[float]]], quota: int
+) -> list[tuple[int, float]]:
+    """Shard lists (global ordinals, scores) of one branch → its top `quota` in one node's order
+    (common.ordering: by score, near ties by global ordinal)."""
+    if not lists:
+        return []
+    ords = np.concatenate([np.asarray(o, dtype=np.int64) for o, _ in lists])
+    scores = np.concatenate([np.asarray(s, dtype=np.float64) for _, s in lists])
+    return best_first(ords, scores, quota)
+
+
+def _branch_result(
+    name: str, spec: BranchSpec, answers: Sequence[_ShardAnswer], count: int
+) -> tuple[BranchResult, bool, list[tuple[int, float]]]:
+    """One branch's combined result over the shards: (result, degraded, merged (gord, score) list)."""
+    entries: list[tuple[int, spb.ShardBranch]] = []
+    missing: list[str] = []
+    for a in answers:
+        if a.answer is None:
+            missing.append(f"shard {a.shard} unavailable ({a.error})")
+            continue
+        b = next((b for b in a.answer.branches if b.branch == name), None)
+        if b is None:
+            missing.append(f"shard {a.shard} did not run it")
+        else:
+            entries.append((a.shard, b))
+    ok = [b for _, b in entries if b.status == pb.BRANCH_STATUS_OK]
+    failed = [(s, b) for s, b in entries if b.status in (pb.BRANCH_STATUS_TIMEOUT, pb.BRANCH_STATUS_ERROR)]
+    latency = max((b.latency_ms for _, b in entries), default=0.0)
+    problems = missing + [f"shard {s}: {b.detail}" for s, b in failed]
+    if ok:
+        merged = merge_lists([(b.ordinals, b.scores) for b in ok], spec.quota)
+        detail = "" if not problems else f"{len(ok)} of {count} shards answered ({'; '.join(problems[:3])})"
+        return BranchResult(name, BranchStatus.OK, [], latency, detail), bool(problems), merged
+    if failed or missing:
+        timeouts = failed and all(b.status == pb.BRANCH_STATUS_TIMEOUT for _, b in failed)
+        status = BranchStatus.TIMEOUT if timeouts else BranchStatus.ERROR
+        return BranchResult(name, status, [], latency, "; ".join(problems[:3])), True, []
+    first = entries[0][1] if entries else None
+    status = (
+        BranchStatus.DISABLED
+        if first is not None and first.status == pb.BRANCH_STATUS_DISABLED
+        else BranchStatus.SKIPPED
+    )
+    return BranchResult(name, status, [], 0.0, first.detail if first is not None else ""), False, []
+
+
+class RootSearchService(SearchService):
+    """SearchService over shard sets: the same pipelines with the fan-out in place of local recall."""
+
+    def __init__(self, settings: QuarrySettings, registry: Any, fanout: Fanout, **kw: Any) -> None:
+        super().__init__(settings, registry, **kw)
+        self.fanout = fanout
+
+    async def search(self, query: SearchQuery, deadline: float | None = None) -> Any:
+        return (await self._run(ROOT_SEARCH, query, deadline)).result()
+
+    async def recommend(self, query: SearchQuery, deadline: float | None = None) -> Any:
+        return (await self._run(ROOT_RECOMMEND, query, deadline)).result()
+
+    async def aclose(self) -> None:
+        await self.fanout.close()
+        await super().aclose()
+
+    async def _fan_out(self, ex: Exchange) -> None:
+        root: RootCollection = ex.generation  # type: ignore[assignment]
+        q = ex.query
+        specs = {n: s for n, s in ex.specs.items() if s.enabled}
+        failed: dict[str, str] = {}
+        seeds: dict[str, dict[int, float]] = {}
+        if q.user_id:
+            reader = self._reader(ex)
+            for name in SEEDED:
+                if name not in specs:
+                    continue
+                s = getattr(root.settings, name)
+                try:
+                    recent = await reader.get(s.recent_n) if s.recent_n else []
+                except StoreUnavailable as exc:
+                    failed[name] = f"StoreUnavailable: {exc}"
+                    continue
+                seeds[name] = decayed_seeds(recent, root.user_history(q.user_id), root.base_forward.ord_of, s)
+        profile = None
+        table = root.tag_table
+        if "preference" in seeds and table is not None:
+            profile = table.profile(list(seeds["preference"].items()))
+        vector = None
+        if "ann" in specs and q.text.strip() and root.encoder is not None:
+            vector = await asyncio.get_running_loop().run_in_executor(self.pool, root.embed, q.text)
+        request = spb.ShardRecallRequest(
+            collection=root.name,
+            set_id=root.set_id,
+            generation=root.generation,
+            query=_query_message(q),
+            branches=[
+                spb.BranchCall(name=n, quota=s.quota, timeout_ms=s.timeout_ms)
+                for n, s in specs.items()
+                if n not in failed
+            ],
+            seeds=[
+                spb.SeedList(branch=n, ordinals=list(d.keys()), weights=list(d.values()))
+                for n, d in seeds.items()
+            ],
+            profile=profile.tolist() if profile is not None else [],
+            query_vector=np.asarray(vector, dtype="<f4").tobytes() if vector is not None else b"",
+        )
+        with self.tracer.start_as_current_span(
+            "fanout", attributes={"quarry.collection": root.name, "quarry.shards": len(self.fanout.sets)}
+        ):
+            answers = await self.fanout.call(request.SerializeToString(), ex.deadline)
+        if ex.deadline is not None and time.monotonic() >= ex.deadline:
+            raise DeadlineExceeded("the request deadline expired during recall")
+        for a in answers:
+            metrics.SHARD_ANSWERS.labels(root.name, str(a.shard), "ok" if a.answer else "missing").inc()
+        results: list[BranchResult] = []
+        merged: dict[str, list[tuple[int, float]]] = {}
+        degraded = any(a.answer is None for a in answers)
+        for name, spec in ex.specs.items():
+            if not spec.enabled:
+                results.append(
+                    BranchResult(name, BranchStatus.DISABLED, detail="disabled in the collection's settings")
+                )
+            elif name in failed:
+                results.append(BranchResult(name, BranchStatus.ERROR, detail=failed[name]))
+                degraded = True
+            else:
+                res, bad, lst = _branch_result(name, spec, answers, len(answers))
+                degraded = degraded or bad
+                results.append(res)
+                merged[name] = lst
+        keep = sorted({g for lst in merged.values() for g, _ in lst})
+        view = CandidateView(root, _rows(answers, keep, root))
+        for res in results:
+            lst = merged.get(res.branch)
+            if lst:
+                compact = view.compact([g for g, _ in lst])
+                res.candidates = [Candidate(o, s) for o, (_g, s) in zip(compact, lst, strict=True)]
+        for r in results:
+            metrics.BRANCH_RESULTS.labels(root.name, r.branch, r.status.value).inc()
+            if r.status is BranchStatus.OK:
+                metrics.BRANCH_LATENCY.labels(root.name, r.branch).observe(r.latency_ms / 1000)
+                metrics.BRANCH_CANDIDATES.labels(root.name, r.branch).observe(len(r.candidates))
+        ex.results = results
+        ex.degraded = degraded
+        ex.collection = view  # type: ignore[assignment]  # later stages read the request's candidates
+
+
+def _rows(answers: Sequence[_ShardAnswer], keep: Sequence[int], root: RootCollection) -> pa.Table:
+    """The rows of the kept candidates, in global-ordinal order (one row each)."""
+    tables = [a.rows for a in answers if a.rows is not None and a.rows.num_rows]
+    if not tables:
+        schema = next((a.rows.schema for a in answers if a.rows is not None), None)
+        return pa.Table.from_pylist([], schema=schema) if schema is not None else _empty_rows(root)
+    rows = pa.concat_tables(tables, promote_options="permissive")
+    gord = rows.column(GORD_COLUMN).to_numpy()
+    order = np.argsort(gord, kind="stable")
+    gord = gord[order]
+    first = np.concatenate([[True], gord[1:] != gord[:-1]]) if len(gord) else np.zeros(0, bool)
+    wanted = np.isin(gord, np.asarray(keep, dtype=np.int64)) & first
+    return rows.take(pa.array(order[wanted]))
+
+
+def _empty_rows(root: RootCollection) -> pa.Table:
+    cols: dict[str, pa.Array] = {
+        "id": pa.array([], pa.string()),
+        "title": pa.array([], pa.string()),
+        "category": pa.array([], pa.string()),
+        "tags": pa.array([], pa.list_(pa.string())),
+        "lat": pa.array([], pa.float64()),
+        "lon": pa.array([], pa.float64()),
+    }
+    for name in root.attr_names:
+        cols[f"attr_{name}"] = pa.array([], pa.float64())
+    for name in root.text_names:
+        cols[f"text_{name}"] = pa.array([], pa.string())
+    cols[GORD_COLUMN] = pa.array([], pa.int64())
+    cols[POPULARITY_COLUMN] = pa.array([], pa.float64())
+    return pa.table(cols)
+
+
+def _query_message(q: SearchQuery) -> pb.SearchRequest:
+    msg = pb.SearchRequest(collection=q.collection, query=q.text, user_id=q.user_id, radius_m=q.radius_m)
+    if q.location is not None:
+        msg.location.lat, msg.location.lon = q.location.lat, q.location.lon
+    f = q.filters
+    msg.filters.categories.extend(f.categories)
+    msg.filters.tags.extend(f.tags)
+    msg.filters.exclude_ids.extend(f.exclude_ids)
+    for r in f.ranges:
+        nr = msg.filters.ranges.add(
+            field=r.field, min_exclusive=r.min_exclusive, max_exclusive=r.max_exclusive
+        )
+        if r.min is not None:
+            nr.min = r.min
+        if r.max is not None:
+            nr.max = r.max
+    return msg
+
+
+_S = SearchService
+_R = RootSearchService
+
+
+def _replace_recall(p: Pipeline) -> Pipeline:
+    stages = tuple(_R._fan_out if s is _S._recall else s for s in p.stages)  # type: ignore[comparison-overlap]
+    return Pipeline(p.name, p.specs, stages)  # type: ignore[arg-type]
+
+
+#: The single-node pipelines with the fan-out in place of local recall; every other stage is shared.
+ROOT_SEARCH = _replace_recall(SEARCH)
+ROOT_RECOMMEND = _replace_recall(RECOMMEND)

@@ -1,0 +1,165 @@
+"""A shard's side of a shard set: answer the root's recall requests (transport-agnostic).
+
+A shard server loads its shard of each collection as an ordinary generation (`Collection`: its items'
+text, vectors, geo, forward store, its share of the behavior tables) and runs the requested branches under
+the root's quotas and deadlines, with the root's seeds, preference profile and query vector
+(`RecallRequest.root`). It answers global ordinals — its local ordinals translated through the shard part —
+so the root can merge shard lists and break ties exactly as one node would, and it ships the forward row
+of every candidate so the root can filter, rank and hydrate without a second round trip.
+
+Generations: during a coordinated switch the root keeps sending requests for the shard set it serves
+until every shard has loaded the new one; the registry keeps the replaced generation (`keep_previous`)
+and this core answers from whichever generation the request names. The previous one is released once
+the root has moved on (a request for the new set arrived) and `release_after_s` has passed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from common.settings import BranchSpec, QuarrySettings
+from common.types import Candidate
+from retriever.core.errors import FailedPrecondition, InvalidArgument
+from retriever.core.types import BranchResult, SearchQuery
+from retriever.core.validate import validate_search
+from retriever.generations import Collection, Registry
+from retriever.recall.base import RecallRequest, RootInputs, analyze_query
+from retriever.recall.executor import run_branches
+
+log = logging.getLogger(__name__)
+
+#: Columns a shard adds to each candidate's forward row.
+GORD_COLUMN = "_gord"
+POPULARITY_COLUMN = "_popularity"
+MAX_BRANCHES = 32
+
+
+@dataclass(frozen=True, slots=True)
+class BranchCall:
+    name: str
+    quota: int
+    timeout_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class ShardRequest:
+    collection: str
+    set_id: str
+    generation: str
+    query: SearchQuery
+    branches: tuple[BranchCall, ...]
+    root: RootInputs
+
+
+@dataclass(slots=True)
+class ShardResult:
+    shard: int
+    snapshot_version: str
+    #: Each branch's result; candidate ordinals are global ordinals.
+    results: list[BranchResult]
+    #: The forward row of every candidate, plus GORD_COLUMN and POPULARITY_COLUMN.
+    rows: pa.Table
+
+
+class ShardCore:
+    def __init__(self, settings: QuarrySettings, registry: Registry, pool: Executor) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.pool = pool
+        self.release_after_s = settings.cluster.release_previous_s
+        self._release_at: dict[str, float] = {}
+
+    def _generation(self, name: str, set_id: str) -> Collection:
+        current = self.registry.get(name)  # NOT_FOUND for an unknown collection
+        if current.shard is None:
+            raise FailedPrecondition(
+                f"collection {name!r} is not a shard here (a whole collection is served)"
+            )
+        previous = self.registry.previous(name)
+        now = time.monotonic()
+        if current.shard.set_id == set_id:
+            # The root asks for the new set: it has switched; the old set may go after a grace period.
+            if previous is not None:
+                due = self._release_at.setdefault(name, now + self.release_after_s)
+                if now >= due:
+                    self.registry.drop_previous(name)
+                    self._release_at.pop(name, None)
+                    log.info("collection %s: released the previous shard generation", name)
+            return current
+        if previous is not None and previous.shard is not None and previous.shard.set_id == set_id:
+            return previous
+        raise FailedPrecondition(
+            f"collection {name!r}: this shard serves set {current.shard.set_id}, the request is for set "
+            f"{set_id}; reload it (AdminService.Reload) or wait for it to follow the snapshot root"
+        )
+
+    async def recall(self, req: ShardRequest, deadline: float | None = None) -> ShardResult:
+        coll = self._generation(req.collection, req.set_id)
+        assert coll.shard is not None
+        query = validate_search(req.query, self.settings.limits)
+        coll.check_filters(query.filters)
+        if len(req.branches) > MAX_BRANCHES:
+            raise InvalidArgument(f"at most {MAX_BRANCHES} branches per shard request")
+        specs: dict[str, BranchSpec] = {}
+        for b in req.branches:
+            if b.quota < 1 or b.timeout_ms <= 0:
+                raise InvalidArgument(f"branch {b.name!r}: quota must be >= 1 and timeout_ms > 0")
+            specs[b.name] = BranchSpec(quota=b.quota, timeout_ms=b.timeout_ms)
+        unknown = [n for n in specs if n not in coll.branches and n not in coll.unavailable]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown branch {unknown[0]!r} (this shard has {', '.join(coll.branches)})"
+            )
+        vec = req.root.vector
+        if vec is not None and vec.shape != (self._dim(coll),):
+            raise InvalidArgument(
+                f"query_vector has {vec.size} dimensions, this shard's vectors {self._dim(coll)}"
+            )
+        request = RecallRequest(
+            query=query,
+            collection=coll,
+            pool=self.pool,
+            terms=analyze_query(query.text, coll.analyzers, self.settings.limits.max_query_terms),
+            root=req.root,
+        )
+        results = await run_branches(coll.branches, specs, request, deadline, coll.unavailable)
+        live = request.live
+        local = sorted({c.ordinal for r in results for c in r.candidates})
+        gord_of = _global_ordinals(coll, np.asarray(local, dtype=np.int64), live.base_n)
+        to_global = dict(zip(local, gord_of.tolist(), strict=True))
+        for r in results:
+            r.candidates = [Candidate(to_global[c.ordinal], c.score) for c in r.candidates]
+        rows = live.forward.take_table(local)
+        popularity = live.popularity
+        pop = (
+            popularity[np.asarray(local, dtype=np.int64)].astype(np.float64)
+            if popularity is not None and local
+            else np.full(len(local), np.nan)
+        )
+        rows = rows.append_column(GORD_COLUMN, pa.array(gord_of, pa.int64()))
+        rows = rows.append_column(POPULARITY_COLUMN, pa.array(pop, pa.float64()))
+        return ShardResult(coll.shard.index, coll.version, results, rows)
+
+    @staticmethod
+    def _dim(coll: Collection) -> int:
+        part: dict[str, Any] | None = coll.manifest.parts.get("vectors")
+        return int(part["encoder"]["dim"]) if part is not None else 0
+
+
+def _global_ordinals(coll: Collection, local: np.ndarray, base_n: int) -> np.ndarray:
+    """Global ordinals of local ordinals: the shard part's for the generation's own items; items upserted
+    since get ordinals past the set's, unique per shard (they order after every built item)."""
+    shard = coll.shard
+    assert shard is not None
+    out = np.empty(len(local), dtype=np.int64)
+    base = local < base_n
+    out[base] = shard.gord[local[base]]
+    out[~base] = shard.global_items + (local[~base] - base_n) * shard.count + shard.index
+    return out

@@ -1,0 +1,354 @@
+"""Shard sets served by 4 shards × 2 replicas and a root, each a real `quarry serve` process on 127.0.0.1
+(quarry.localcluster), against the same collections served whole by one node.
+
+The root's answers must equal one node's — same ids, same order, scores within 1e-5, same per-branch
+provenance — for Search with every branch and for Recommend, with RRF, weighted fusion and an ONNX ranker
+(a model trained on SYNTHETIC features: these tests check equality, not quality). Then replicas die under
+load: one per shard costs no failed request, both of one shard give degraded answers and no error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.sharding import shard_of
+from common.snapshot_root import SnapshotRoot
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc as pbg
+from indexer.build import build_snapshot
+from indexer.datasets import geonames, load_dataset
+from indexer.sharded import build_sharded
+from quarry.localcluster import LocalCluster
+from ranker.model import train_synthetic
+from ranker.schema import DEFAULT_SCHEMA
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.integration
+
+SHARDS, REPLICAS = 4, 2
+PLACES_USERS = 300
+
+
+def _places() -> tuple[object, object, object]:
+    ds = geonames.load(Path("."), variant="cities15000")
+    opts = ds.build_options(collection="places", progress=False, encoder=None)
+    return ds, opts, lambda: geonames.synthetic_events("cities15000", users=PLACES_USERS)
+
+
+@pytest.fixture(scope="module")
+def places_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """GeoNames cities15000 with SYNTHETIC visits (GeoNames has no behaviour data): text, geo, behavior."""
+    ds, opts, events = _places()
+    out = tmp_path_factory.mktemp("single") / "places"
+    build_snapshot(ds.items(), out, opts, ds.source, events())  # type: ignore[attr-defined]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """A snapshot root holding the three collections as 4-shard sets, built as the single snapshots are."""
+    root = tmp_path_factory.mktemp("cluster") / "root"
+    store = SnapshotRoot(root)
+    sci = load_dataset("scifact", data_dir)
+    with store.publish("scifact") as out:
+        build_sharded(
+            sci.items(), out, sci.build_options(progress=False, encoder=None), sci.source, shards=SHARDS
+        )
+    ds, opts, events = _places()
+    with store.publish("places") as out:
+        build_sharded(ds.items(), out, opts, ds.source, events(), shards=SHARDS)  # type: ignore[attr-defined,arg-type]
+    ml = load_dataset("movielens", tmp_path_factory.getbasetemp())
+    assert ml.events is not None
+    with store.publish("movielens") as out:
+        build_sharded(
+            ml.items(),
+            out,
+            ml.build_options(progress=False, encoder="minilm"),
+            ml.source,
+            ml.events(),
+            shards=SHARDS,
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLP over the serving feature schema, trained on SYNTHETIC features (equality, not quality)."""
+    mlp, metrics, _, _ = train_synthetic(DEFAULT_SCHEMA, n=3000, max_epochs=5)
+    return mlp.to_onnx(
+        tmp_path_factory.mktemp("model") / "model.onnx",
+        schema=DEFAULT_SCHEMA,
+        model_version="cluster-test",
+        metrics=metrics,
+    )
+
+
+def _collections(model: Path) -> dict[str, object]:
+    # ef above the item count makes HNSW exhaustive: per-shard graphs and one node's graph then find the
+    # same neighbours (at the default ef both are approximate, each in its own way; `quarry bench
+    # cluster` measures how their top lists overlap).
+    return {"movielens": {"ranker": {"model_path": str(model)}, "ann": {"ef": 2000}}}
+
+
+@pytest.fixture(scope="module")
+def cluster(cluster_root: Path, redis_url: str, model: Path) -> Iterator[LocalCluster]:
+    env = {"QUARRY_REDIS__URL": redis_url, "QUARRY_COLLECTIONS": json.dumps(_collections(model))}
+    with LocalCluster(cluster_root, SHARDS, REPLICAS, env=env) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def single(
+    scifact_snapshot: Path, places_snapshot: Path, movielens_snapshot: Path, redis_url: str, model: Path
+) -> Iterator[str]:
+    srv = ServerThread(
+        [scifact_snapshot, places_snapshot, movielens_snapshot], redis_url, collections=_collections(model)
+    )
+    try:
+        yield srv.target
+    finally:
+        srv.close()
+
+
+@pytest.fixture(scope="module")
+def stubs(
+    cluster: LocalCluster, single: str
+) -> Iterator[tuple[pbg.SearchServiceStub, pbg.SearchServiceStub]]:
+    with grpc.insecure_channel(cluster.target) as r, grpc.insecure_channel(single) as s:
+        yield pbg.SearchServiceStub(r), pbg.SearchServiceStub(s)
+
+
+def assert_same(got: pb.SearchResponse, want: pb.SearchResponse, what: str) -> None:
+    assert not got.degraded and not want.degraded, what
+    assert [h.id for h in got.hits] == [h.id for h in want.hits], what
+    for g, w in zip(got.hits, want.hits, strict=True):
+        assert math.isclose(g.score, w.score, rel_tol=1e-5, abs_tol=1e-6), (what, g.id, g.score, w.score)
+        assert [(s.branch, s.rank) for s in g.sources] == [(s.branch, s.rank) for s in w.sources], (
+            what,
+            g.id,
+        )
+        for gs, ws in zip(g.sources, w.sources, strict=True):
+            assert math.isclose(gs.score, ws.score, rel_tol=1e-5, abs_tol=1e-6), (what, g.id, gs.branch)
+        assert (g.title, g.category, list(g.tags)) == (w.title, w.category, list(w.tags)), (what, g.id)
+        assert dict(g.attributes) == dict(w.attributes) and dict(g.fields) == dict(w.fields), (what, g.id)
+
+
+def _both(
+    stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub], method: str, req: object, what: str
+) -> pb.SearchResponse:
+    root, one = stubs
+    got = getattr(root, method)(req, timeout=30)
+    assert_same(got, getattr(one, method)(req, timeout=30), what)
+    return got
+
+
+def test_scifact_search_equals_one_node(
+    stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub], data_dir: Path
+) -> None:
+    claims = [json.loads(line)["text"] for line in (data_dir / "scifact" / "queries.jsonl").open()][:40]
+    hits = 0
+    for fusion in ("", "weighted"):
+        for text in claims:
+            req = pb.SearchRequest(collection="scifact", query=text, top_k=20, fusion=fusion)
+            hits += len(_both(stubs, "Search", req, f"{fusion or 'rrf'}: {text}").hits)
+    assert hits >= 1500  # real answers, not empty lists that agree
+
+
+def test_places_every_branch_equals_one_node(
+    stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub],
+) -> None:
+    paris = pb.GeoPoint(lat=48.8566, lon=2.3522)
+    branches: set[str] = set()
+    reqs: list[tuple[str, object]] = []
+    for text in ("paris", "springfield", "上海", "san jose", "moscow", "saint petersburg", "新加坡"):
+        reqs.append(("Search", pb.SearchRequest(collection="places", query=text, top_k=25)))
+        reqs.append(("Search", pb.SearchRequest(collection="places", query=text, top_k=25, location=paris)))
+        reqs.append(
+            (
+                "Search",
+                pb.SearchRequest(collection="places", query=text, user_id="u7", top_k=25, fusion="weighted"),
+            )
+        )
+    reqs.append(
+        (
+            "Search",
+            pb.SearchRequest(collection="places", query="city", location=paris, radius_m=300_000, top_k=30),
+        )
+    )
+    flt = pb.Filters(categories=["US"], ranges=[pb.NumericRange(field="population", min=100_000)])
+    reqs.append(("Search", pb.SearchRequest(collection="places", query="springfield", filters=flt, top_k=10)))
+    for user in ("u1", "u2", "u17", "u123", "no-such-user"):
+        reqs.append(("Recommend", pb.RecommendRequest(collection="places", user_id=user, top_k=30)))
+        reqs.append(
+            (
+                "Recommend",
+                pb.RecommendRequest(
+                    collection="places", user_id=user, location=paris, top_k=30, fusion="weighted"
+                ),
+            )
+        )
+    for method, req in reqs:
+        res = _both(stubs, method, req, f"{method} {req}")
+        branches.update(s.branch for h in res.hits for s in h.sources)
+    assert branches == {"inverted", "geo", "behavior", "preference", "popular"}
+
+
+def test_movielens_ranked_answers_equal_one_node(
+    stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub],
+) -> None:
+    """ANN (the root encodes the query once), behavior and preference from real-time events in Redis plus
+    the snapshot's histories, and an ONNX model ranking at the root from the shards' item rows."""
+    root, _ = stubs
+    events = [
+        pb.Event(event_id=f"c{i}", user_id="42", item_id=item, type="click")
+        for i, item in enumerate(("50", "181", "1", "98"))
+    ]
+    assert root.LogEvents(pb.LogEventsRequest(collection="movielens", events=events)).accepted == len(events)
+    branches: set[str] = set()
+    for user in ("42", "1", "7", "500"):
+        for text in ("star wars", "toy story", "a film about the mafia", "romantic comedy in paris"):
+            res = _both(
+                stubs,
+                "Search",
+                pb.SearchRequest(collection="movielens", query=text, user_id=user, top_k=20),
+                f"{user} {text}",
+            )
+            branches.update(s.branch for h in res.hits for s in h.sources)
+        res = _both(
+            stubs,
+            "Recommend",
+            pb.RecommendRequest(collection="movielens", user_id=user, top_k=20),
+            f"recommend {user}",
+        )
+        branches.update(s.branch for h in res.hits for s in h.sources)
+    assert {"inverted", "ann", "behavior", "preference"} <= branches
+    debug = root.Search(pb.SearchRequest(collection="movielens", query="star wars", user_id="42", debug=True))
+    assert debug.debug.ranker.startswith("onnx:") and debug.hits[0].debug.features
+
+
+def test_bad_requests_are_refused_at_the_root(
+    stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub],
+) -> None:
+    root, _ = stubs
+    cases = [
+        (
+            pb.SearchRequest(collection="places", query="x", radius_m=10),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "location",
+        ),
+        (pb.SearchRequest(collection="nope", query="x"), grpc.StatusCode.NOT_FOUND, "nope"),
+        (
+            pb.SearchRequest(
+                collection="places", query="x", filters=pb.Filters(ranges=[pb.NumericRange(field="height")])
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "height",
+        ),
+        (
+            pb.SearchRequest(collection="places", query="x", branches=["vectors"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "vectors",
+        ),
+    ]
+    for req, code, word in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            root.Search(req, timeout=10)
+        assert err.value.code() is code and word in err.value.details()
+
+
+class Load:
+    """Closed-loop Search traffic from a few client threads, counting failures by status code."""
+
+    def __init__(self, target: str, threads: int = 4) -> None:
+        self.stop = threading.Event()
+        self.ok = 0
+        self.degraded = 0
+        self.errors: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(target, i), daemon=True) for i in range(threads)
+        ]
+
+    def _run(self, target: str, i: int) -> None:
+        texts = ["paris", "london", "springfield", "上海", "berlin", "madrid", "tokyo"]
+        with grpc.insecure_channel(target) as ch:
+            stub = pbg.SearchServiceStub(ch)
+            n = 0
+            while not self.stop.is_set():
+                req = pb.SearchRequest(
+                    collection="places", query=texts[(n + i) % len(texts)], user_id=f"u{n % 50}"
+                )
+                n += 1
+                try:
+                    res = stub.Search(req, timeout=5)
+                except grpc.RpcError as exc:
+                    with self._lock:
+                        self.errors[exc.code().name] = self.errors.get(exc.code().name, 0) + 1
+                    continue
+                with self._lock:
+                    self.ok += 1
+                    self.degraded += res.degraded
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(10)
+
+
+def test_one_replica_of_every_shard_killed_under_load(cluster: LocalCluster) -> None:
+    with Load(cluster.target) as load:
+        time.sleep(1.0)
+        before = load.ok
+        for s in range(SHARDS):
+            cluster.kill(s, 0)
+            time.sleep(0.3)
+        time.sleep(1.5)
+    assert load.errors == {}, load.errors
+    assert load.ok > before + 20, "traffic kept flowing after the kills"
+    assert load.degraded == 0, "every shard still had a replica: answers stay whole"
+    for s in range(SHARDS):
+        cluster.restart(s, 0)
+
+
+def test_both_replicas_of_one_shard_down_gives_degraded_answers(
+    cluster: LocalCluster, stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub]
+) -> None:
+    root, one = stubs
+    lost = 2
+    cluster.kill(lost, 0)
+    cluster.kill(lost, 1)
+    try:
+        with Load(cluster.target, threads=2) as load:
+            time.sleep(2.0)
+        assert load.errors == {}, load.errors
+        assert load.ok > 0 and load.degraded == load.ok
+        req = pb.SearchRequest(collection="places", query="san", top_k=50)
+        res, whole = root.Search(req, timeout=10), one.Search(req, timeout=10)
+        assert res.degraded and res.hits
+        assert all(shard_of(h.id, SHARDS) != lost for h in res.hits)
+        kept = [h.id for h in whole.hits if shard_of(h.id, SHARDS) != lost]
+        assert [h.id for h in res.hits][: len(kept) // 2] == kept[: len(kept) // 2]
+        stats = {
+            b.branch: b
+            for b in root.Search(
+                pb.SearchRequest(collection="places", query="paris", debug=True)
+            ).branch_stats
+        }
+        assert "3 of 4 shards answered" in stats["inverted"].detail
+    finally:
+        cluster.restart(lost, 0)
+        cluster.restart(lost, 1)
+    assert not root.Search(pb.SearchRequest(collection="places", query="paris"), timeout=10).degraded
