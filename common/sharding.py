@@ -104,3 +104,26 @@ def shard_meta(index: int, count: int, set_id: str, global_items: int) -> dict[s
         "global_items": global_items,
         "files": [GORD_FILE],
     }
+
+
+def verify_shard_set(root: Path, *, full: bool = True) -> list[str]:
+    """Check a shard set whole: its manifest and files, then every shard's (its own checksums) and that
+    each shard belongs to this set at its place. Returns the shards' snapshot versions."""
+    from common.snapshot import SnapshotError, open_snapshot
+
+    manifest = open_snapshot(root, verify="full" if full else "size")
+    info = manifest.parts.get("shards")
+    if info is None:
+        raise SnapshotError(f"{root} is not a shard set")
+    versions = []
+    for index, (name, version) in enumerate(zip(info["dirs"], info["versions"], strict=True)):
+        shard = open_snapshot(root / name, verify="full" if full else "size")
+        part = shard.parts.get("shard", {})
+        if (
+            shard.snapshot_version != version
+            or part.get("set_id") != info["set_id"]
+            or part.get("index") != index
+        ):
+            raise SnapshotError(f"{root / name}: not shard {index} of set {info['set_id']} ({version})")
+        versions.append(shard.snapshot_version)
+    return versions

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -40,6 +40,7 @@ import pyarrow.ipc as ipc
 
 from common import snapshot
 from common.catalog import CatalogError, Event, Item
+from common.changelog import ChangeLog, fold
 from common.index import textstats
 from common.index.behavior import (
     FORMAT_VERSION as BEHAVIOR_FORMAT,
@@ -57,6 +58,7 @@ from common.index.ranker_part import write_ranker_part
 from common.index.text import TextField
 from common.profile import TagArrays
 from common.sharding import GLOBAL_DIR, GORD_FILE, SCHEME, shard_dir, shard_meta, shard_of
+from common.snapshot_root import CHANGES
 from indexer.behavior import BehaviorParams, build_behavior
 from indexer.build import BuildOptions, _collect, _text_fields, _version, write_item_parts
 
@@ -403,3 +405,79 @@ def assemble(tmp: Path, *, seconds: float = 0.0) -> snapshot.Manifest:
         parts=parts,
         include=lambda rel: rel in shard_manifests or not rel.startswith("shard-"),
     )
+
+
+def fold_changes(
+    collection_dir: Path,
+    items: Iterable[Item],
+    source: dict[str, Any],
+    *,
+    upto: dict[str, int] | None = None,
+    echo: Callable[[str], None] = log.info,
+) -> tuple[Iterable[Item], dict[str, Any]]:
+    """The catalog with a collection's real-time changes folded in, and `source` with the log positions
+    the build includes: the collection's own log (`changes/`, a whole collection's) and every shard's
+    (`changes/shard-NNNN`, a shard set's: each shard's replicas share one). `upto`: fold only entries up
+    to these positions (a shard phase must fold exactly what its global phase saw)."""
+    logs = [
+        collection_dir / CHANGES,
+        *sorted(p for p in (collection_dir / CHANGES).glob("shard-*") if p.is_dir()),
+    ]
+    positions: dict[str, int] = {}
+    for d in logs:
+        key = d.name if d.name != CHANGES else ""
+        entries, pos = ChangeLog(d).read(0)
+        limit = None if upto is None else upto.get(key, 0)
+        if limit is not None:
+            entries = [e for e in entries if e["seq"] <= limit]
+        positions[key] = pos.seq if limit is None else limit
+        if entries:
+            items = fold(items, entries)
+            echo(f"folding {len(entries)} change-log entries of {key or CHANGES} into the build")
+    shard_positions = {k: v for k, v in positions.items() if k}
+    return items, {**source, "changelog_seq": positions.get("", 0), "shard_changelog_seq": shard_positions}
+
+
+def log_positions(source: dict[str, Any]) -> dict[str, int]:
+    """The positions `fold_changes` recorded in a build's source (for `upto`)."""
+    return {"": int(source.get("changelog_seq", 0)), **source.get("shard_changelog_seq", {})}
+
+
+def run_phase(
+    phase: str,
+    items: Iterable[Item],
+    staging: Path,
+    options: BuildOptions,
+    source: dict[str, Any],
+    events: Iterable[Event] | None,
+    *,
+    shards: int,
+) -> str:
+    """One phase of a sharded build in the shared `staging` directory (`--only`): "global", "shard:I" or
+    "assemble" (which only writes the set's manifest; publishing it is the caller's). Returns a summary."""
+    if phase == "global":
+        catalog = _collect(items, options.progress)
+        staging.mkdir(parents=True, exist_ok=True)
+        plan = build_global(catalog, staging, options, source, events, shards=shards)
+        return f"global phase of set {plan.set_id}: {len(catalog)} items, {shards} shards → {staging}"
+    if phase.startswith("shard:"):
+        try:
+            index = int(phase.removeprefix("shard:"))
+        except ValueError:
+            raise ValueError(f"--only shard:I needs a shard number, got {phase!r}") from None
+        plan = SetPlan.load(staging / PLAN_DIR)
+        if plan.count != shards:
+            raise ValueError(f"the global phase planned {plan.count} shards, not {shards}")
+        catalog = _collect(items, options.progress)
+        if len(catalog) != plan.global_items:
+            raise ValueError(
+                f"the catalog has {len(catalog)} items, the global phase saw {plan.global_items}: "
+                "every phase must read the same catalog"
+            )
+        gords = partition(catalog, shards)[index] if 0 <= index < shards else np.zeros(0, np.int64)
+        version = build_shard(staging, index, gords, [catalog[g] for g in gords], options)
+        return f"shard {index}: {len(gords)} items ({version})"
+    if phase == "assemble":
+        manifest = assemble(staging)
+        return f"assembled {manifest.snapshot_version}: {manifest.counts['items']} items in {shards} shards"
+    raise ValueError(f"unknown phase {phase!r}: global, shard:I or assemble")

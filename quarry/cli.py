@@ -120,6 +120,18 @@ def index() -> None:
     type=click.IntRange(min=1),
     help="With --shards: shards built at a time [default: the cores, at most N].",
 )
+@click.option(
+    "--only",
+    metavar="global|shard:I|assemble",
+    help="With --shards and --staging: one phase of the build, for separate jobs on a shared volume "
+    "(Kubernetes: a Job, an Indexed Job with shard:$JOB_COMPLETION_INDEX, a Job): the global statistics, "
+    "one shard, or the set's manifest (published to --out or --root).",
+)
+@click.option(
+    "--staging",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="With --only: the directory every phase of one sharded build shares.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing snapshot at --out (atomically).")
 @click.option("--no-progress", is_flag=True, help="No progress bars (logs and CI).")
 def index_build(
@@ -138,18 +150,20 @@ def index_build(
     ranker_model: Path | None,
     shards: int | None,
     processes: int | None,
+    only: str | None,
+    staging: Path | None,
     force: bool,
     no_progress: bool,
 ) -> None:
     """Build a snapshot from a data set or a catalog file (or, with --shards, a shard set)."""
     from common.catalog import CatalogError, Event, Item, read_events, read_items
-    from common.changelog import ChangeLog, ChangeLogError, fold
+    from common.changelog import ChangeLogError
     from common.index.text import Analyzer, TextField
     from common.snapshot import SnapshotError
-    from common.snapshot_root import CHANGES, SnapshotRoot
+    from common.snapshot_root import SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
-    from indexer.sharded import build_sharded
+    from indexer.sharded import build_sharded, fold_changes
 
     def build(
         items: Iterable[Item], out: Path, opts: BuildOptions, source: dict[str, Any], events: Any
@@ -160,7 +174,12 @@ def index_build(
 
     if (dataset is None) == (catalog is None):
         raise click.UsageError("give exactly one of --dataset or --catalog")
-    if (out is None) == (root is None):
+    if only is not None:
+        if shards is None or staging is None:
+            raise click.UsageError("--only needs --shards and --staging (the directory the phases share)")
+        if only == "assemble" and (out is None) == (root is None):
+            raise click.UsageError("--only assemble publishes the set: give exactly one of --out or --root")
+    elif (out is None) == (root is None):
         raise click.UsageError("give exactly one of --out or --root")
     common: dict[str, object] = {
         "encoder": _usable_encoder(encoder),
@@ -191,26 +210,16 @@ def index_build(
             events = read_events(events_path) if events_path is not None else None
             name = collection or catalog.name.split(".")[0]
             opts = BuildOptions(collection=name, text_fields=fields, **common)  # type: ignore[arg-type]
+        if only is not None:
+            click.echo(_build_phase(only, items, opts, source, events, shards, staging, out, root, force))
+            return
         if root is not None:
             store = SnapshotRoot(root)
             # Real-time changes so far are folded into the new generation; the server replays only later
-            # entries over it (the manifest records the log position included).
-            entries, pos = ChangeLog(store.collection_dir(opts.collection) / CHANGES).read(0)
-            if entries:
-                items = fold(items, entries)
-                click.echo(f"folding {len(entries)} change-log entries (up to seq {pos.seq}) into the build")
-            source = {**source, "changelog_seq": pos.seq}
-            if shards is not None:
-                # Each shard's replicas keep their own log (changes/shard-NNNN): fold them all, and
-                # record each one's position for that shard's replay.
-                positions: dict[str, int] = {}
-                for sub in sorted(store.collection_dir(opts.collection).glob(f"{CHANGES}/shard-*")):
-                    more, sub_pos = ChangeLog(sub).read(0)
-                    positions[sub.name] = sub_pos.seq
-                    if more:
-                        items = fold(items, more)
-                        click.echo(f"folding {len(more)} change-log entries of {sub.name} into the build")
-                source = {**source, "shard_changelog_seq": positions}
+            # entries over it (the manifest records the log positions included).
+            items, source = fold_changes(
+                store.collection_dir(opts.collection), items, source, echo=click.echo
+            )
             with store.publish(opts.collection) as out:
                 manifest = build(items, out, opts, source, events)
         else:
@@ -228,6 +237,48 @@ def index_build(
     where = f"{out} (live)" if root is not None else str(out)
     layout = f" in {shards} shards" if shards is not None else ""
     click.echo(f"built {manifest.snapshot_version}: {manifest.counts['items']} items{layout} → {where}")
+
+
+def _build_phase(
+    only: str,
+    items: Iterable[Any],
+    opts: Any,
+    source: dict[str, Any],
+    events: Any,
+    shards: int | None,
+    staging: Path | None,
+    out: Path | None,
+    root: Path | None,
+    force: bool,
+) -> str:
+    """One phase of a sharded build (`--only`); assemble also publishes the set to --out or --root."""
+    import os
+    import shutil
+
+    from common.snapshot_root import SnapshotRoot
+    from indexer.sharded import PLAN_DIR, SetPlan, fold_changes, log_positions, run_phase
+
+    assert shards is not None and staging is not None
+    store = SnapshotRoot(root) if root is not None else None
+    if store is not None:
+        # Every phase folds the same real-time changes: the global phase takes the logs as they are and
+        # records their positions in the plan; the shard phases fold exactly up to them.
+        upto = None if only == "global" else log_positions(SetPlan.load(staging / PLAN_DIR).source)
+        items, source = fold_changes(store.collection_dir(opts.collection), items, source, upto=upto)
+    summary = run_phase(only, items, staging, opts, source, events, shards=shards)
+    if only != "assemble":
+        return summary
+    if store is not None:
+        with store.publish(opts.collection) as target:
+            os.replace(staging, target)
+        return f"{summary} → {target} (live)"
+    assert out is not None
+    if out.exists():
+        if not force:
+            raise FileExistsError(f"{out} exists; pass --force to replace it")
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return f"{summary} → {out}"
 
 
 def _usable_encoder(name: str) -> str | None:
@@ -267,16 +318,20 @@ def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-un
 @index.command("verify")
 @click.argument("snapshot_dir", type=click.Path(path_type=Path))
 def index_verify(snapshot_dir: Path) -> None:
-    """Validate a snapshot's manifest and every file's checksum."""
+    """Validate a snapshot's manifest and every file's checksum (a shard set: every shard's too)."""
+    from common.sharding import is_shard_set, verify_shard_set
     from common.snapshot import SnapshotError, open_snapshot
 
     try:
         m = open_snapshot(snapshot_dir)
+        shards = verify_shard_set(snapshot_dir) if is_shard_set(m.parts) else []
     except SnapshotError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(
         f"ok: {m.snapshot_version} (format v{m.format_version}, {m.counts['items']} items, {len(m.files)} files)"
     )
+    for name, version in zip(m.parts.get("shards", {}).get("dirs", []), shards, strict=True):
+        click.echo(f"  {name}: {version} ok")
 
 
 _ROOT_OPTION = click.option(
