@@ -94,12 +94,16 @@ class LocalCluster:
         shards = ";".join(",".join(p.target for p in group) for group in self.procs)
         root_args = [*self._cmd(), "--root", str(self.root), "--role", "root", "--shards", shards]
         self.root_proc = Process([*root_args, *self.root_args], free_port(), env)
-        every = [p for group in self.procs for p in group] + [self.root_proc]
-        for p in every:
+        replicas = [p for group in self.procs for p in group]
+        for p in replicas:
             p.start()
         try:
-            for p in every:
-                wait_healthy(p, SEARCH_SERVICE if p is self.root_proc else SHARD_SERVICE, timeout_s)
+            for p in replicas:
+                wait_healthy(p, SHARD_SERVICE, timeout_s)
+            # The root after its shards: its first calls would otherwise meet refused connections (and
+            # gRPC's reconnect backoff), as a root rolled out before its shards would.
+            self.root_proc.start()
+            wait_healthy(self.root_proc, SEARCH_SERVICE, timeout_s)
         except BaseException:
             self.stop()
             raise

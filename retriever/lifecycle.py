@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from common.changelog import ChangeLogError
 from common.settings import QuarrySettings
@@ -54,6 +55,9 @@ class GenerationStatus:
     upserts: int = 0
     deletes: int = 0
     changelog: str = ""
+    #: A shard set's root: the set's id and, per shard, its replicas' state (ReplicaSet.status()).
+    set_id: str = ""
+    shards: list[list[dict[str, Any]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,13 +124,14 @@ class Lifecycle:
 
     # -- reload / rollback -------------------------------------------------------------------------------
 
-    async def reload(self, name: str, generation: str = "") -> ReloadOutcome:
-        """Serve the root's live generation (or the named one, which then becomes the root's live one)."""
+    async def reload(self, name: str, generation: str = "", *, keep_pointer: bool = False) -> ReloadOutcome:
+        """Serve the root's live generation (or the named one, which then becomes the root's live one,
+        unless `keep_pointer`: a shard set's root moves the pointer itself once every shard has it)."""
         current = self.registry.get(name)  # NOT_FOUND for an unknown collection
         path, label = self._target(name, generation, current)
         async with self._lock(name):
             outcome = await self._switch(name, path, label, current)
-            if generation and self.root is not None and not outcome.unchanged:
+            if generation and self.root is not None and not outcome.unchanged and not keep_pointer:
                 self.root.activate(name, label)
             return outcome
 

@@ -87,7 +87,7 @@ class StatusRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class CollectionStatus(_message.Message):
-    __slots__ = ("collection", "snapshot_version", "generation", "path", "items", "branches", "unavailable", "ranker", "serving_since", "generations", "root_live", "log_seq", "generation_log_seq", "upserts", "deletes", "changelog")
+    __slots__ = ("collection", "snapshot_version", "generation", "path", "items", "branches", "unavailable", "ranker", "serving_since", "generations", "root_live", "log_seq", "generation_log_seq", "upserts", "deletes", "changelog", "set_id", "shards")
     class UnavailableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,8 @@ class CollectionStatus(_message.Message):
     UPSERTS_FIELD_NUMBER: _ClassVar[int]
     DELETES_FIELD_NUMBER: _ClassVar[int]
     CHANGELOG_FIELD_NUMBER: _ClassVar[int]
+    SET_ID_FIELD_NUMBER: _ClassVar[int]
+    SHARDS_FIELD_NUMBER: _ClassVar[int]
     collection: str
     snapshot_version: str
     generation: str
@@ -127,7 +129,9 @@ class CollectionStatus(_message.Message):
     upserts: int
     deletes: int
     changelog: str
-    def __init__(self, collection: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., generation: _Optional[str] = ..., path: _Optional[str] = ..., items: _Optional[int] = ..., branches: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Mapping[str, str]] = ..., ranker: _Optional[str] = ..., serving_since: _Optional[float] = ..., generations: _Optional[_Iterable[str]] = ..., root_live: _Optional[str] = ..., log_seq: _Optional[int] = ..., generation_log_seq: _Optional[int] = ..., upserts: _Optional[int] = ..., deletes: _Optional[int] = ..., changelog: _Optional[str] = ...) -> None: ...
+    set_id: str
+    shards: _containers.RepeatedCompositeFieldContainer[ShardStatus]
+    def __init__(self, collection: _Optional[str] = ..., snapshot_version: _Optional[str] = ..., generation: _Optional[str] = ..., path: _Optional[str] = ..., items: _Optional[int] = ..., branches: _Optional[_Iterable[str]] = ..., unavailable: _Optional[_Mapping[str, str]] = ..., ranker: _Optional[str] = ..., serving_since: _Optional[float] = ..., generations: _Optional[_Iterable[str]] = ..., root_live: _Optional[str] = ..., log_seq: _Optional[int] = ..., generation_log_seq: _Optional[int] = ..., upserts: _Optional[int] = ..., deletes: _Optional[int] = ..., changelog: _Optional[str] = ..., set_id: _Optional[str] = ..., shards: _Optional[_Iterable[_Union[ShardStatus, _Mapping]]] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("collections",)
@@ -136,12 +140,38 @@ class StatusResponse(_message.Message):
     def __init__(self, collections: _Optional[_Iterable[_Union[CollectionStatus, _Mapping]]] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
-    __slots__ = ("collection", "generation")
+    __slots__ = ("collection", "generation", "keep_pointer")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    KEEP_POINTER_FIELD_NUMBER: _ClassVar[int]
     collection: str
     generation: str
-    def __init__(self, collection: _Optional[str] = ..., generation: _Optional[str] = ...) -> None: ...
+    keep_pointer: bool
+    def __init__(self, collection: _Optional[str] = ..., generation: _Optional[str] = ..., keep_pointer: _Optional[bool] = ...) -> None: ...
+
+class ShardStatus(_message.Message):
+    __slots__ = ("shard", "replicas")
+    SHARD_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    shard: int
+    replicas: _containers.RepeatedCompositeFieldContainer[ReplicaStatus]
+    def __init__(self, shard: _Optional[int] = ..., replicas: _Optional[_Iterable[_Union[ReplicaStatus, _Mapping]]] = ...) -> None: ...
+
+class ReplicaStatus(_message.Message):
+    __slots__ = ("address", "in_flight", "ejected", "failures", "p50_ms", "p95_ms")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    EJECTED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    P50_MS_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    in_flight: int
+    ejected: bool
+    failures: int
+    p50_ms: float
+    p95_ms: float
+    def __init__(self, address: _Optional[str] = ..., in_flight: _Optional[int] = ..., ejected: _Optional[bool] = ..., failures: _Optional[int] = ..., p50_ms: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
     __slots__ = ("collection", "generation")

@@ -34,6 +34,24 @@ def _status(s: GenerationStatus) -> pb.CollectionStatus:
         upserts=s.upserts,
         deletes=s.deletes,
         changelog=s.changelog,
+        set_id=s.set_id,
+        shards=[
+            pb.ShardStatus(
+                shard=i,
+                replicas=[
+                    pb.ReplicaStatus(
+                        address=r["address"],
+                        in_flight=r["in_flight"],
+                        ejected=r["ejected"],
+                        failures=r["failures"],
+                        p50_ms=r["p50_ms"] or 0.0,
+                        p95_ms=r["p95_ms"] or 0.0,
+                    )
+                    for r in replicas
+                ],
+            )
+            for i, replicas in enumerate(s.shards)
+        ],
     )
 
 
@@ -95,7 +113,11 @@ class AdminServicer:
 
     @rpc("Reload", pb.ReloadRequest, auth=True)
     async def reload(self, request: pb.ReloadRequest, context: grpc.aio.ServicerContext) -> pb.ReloadResponse:
-        return _reload(await self.lifecycle.reload(_required(request.collection), request.generation))
+        return _reload(
+            await self.lifecycle.reload(
+                _required(request.collection), request.generation, keep_pointer=request.keep_pointer
+            )
+        )
 
     @rpc("Rollback", pb.RollbackRequest, auth=True)
     async def rollback(

@@ -117,9 +117,15 @@ def load_collections(
         if role == "root":
             from retriever.cluster.root import RootCollection
 
-            return RootCollection(
+            coll = RootCollection(
                 path, settings.for_collection(name), verify=settings.verify, generation=generation
             )
+            if coll.shard_count != len(settings.cluster.shards):
+                raise SnapshotError(
+                    f"{path}: a set of {coll.shard_count} shards, but this root is given "
+                    f"{len(settings.cluster.shards)} (cluster.shards: one list of replicas per shard)"
+                )
+            return coll
         where = log_location(settings, root if generation else None, name)
         changelog, work_root = where if where is not None else (None, None)
         return Collection(
@@ -179,20 +185,27 @@ class QuarryServer:
         #: Spans go to this provider (tests pass one with an in-memory exporter), else OTLP when configured.
         self.tracer_provider = tracer_provider or make_tracer_provider(settings.tracing)
         self.role = settings.cluster.role
+        self.shard_core: ShardCore | None = None
+        self.lifecycle: Any
+        self.realtime: Any
         if self.role == "root":
+            from retriever.cluster.admin import RootLifecycle, RootRealtime
             from retriever.cluster.root import Fanout, RootSearchService
 
+            fanout = Fanout.from_settings(settings.cluster)
             self.core: SearchService = RootSearchService(
-                settings,
-                registry,
-                Fanout.from_settings(settings.cluster),
-                tracer_provider=self.tracer_provider,
+                settings, registry, fanout, tracer_provider=self.tracer_provider
             )
+            self.lifecycle = RootLifecycle(settings, registry, root, fanout)
+            self.realtime = RootRealtime(settings, registry, self.lifecycle.shards)
         else:
             self.core = SearchService(settings, registry, tracer_provider=self.tracer_provider)
-        self.shard_core = ShardCore(settings, registry, self.core.pool) if self.role == "shard" else None
-        self.realtime = Realtime(settings, registry)
-        self.lifecycle = Lifecycle(settings, registry, root, self.realtime, locate=shard_locator(settings))
+            self.realtime = Realtime(settings, registry)
+            self.lifecycle = Lifecycle(
+                settings, registry, root, self.realtime, locate=shard_locator(settings)
+            )
+            if self.role == "shard":
+                self.shard_core = ShardCore(settings, registry, self.core.pool)
         self._stop_watch = asyncio.Event()
         self._watch: asyncio.Task[None] | None = None
         self._follow: asyncio.Task[None] | None = None
@@ -233,9 +246,7 @@ class QuarryServer:
             server.add_generic_rpc_handlers((SearchServicer(self.core).handler(),))
             services.append(SEARCH_SERVICE)
         token = self.settings.admin.token.get_secret_value() if self.settings.admin.token else ""
-        if token and self.role == "root":
-            log.warning("admin service not yet served by a root: coordinate reloads through the shards")
-        elif token:
+        if token:
             admin = AdminServicer(self.lifecycle, self.realtime, token)
             server.add_generic_rpc_handlers((admin.handler(),))
             services.append(ADMIN_SERVICE)
@@ -266,6 +277,8 @@ class QuarryServer:
             raise OSError(f"could not bind {address}: the port is in use or the address is not local")
         await server.start()
         self.server = server
+        if self.role == "root":
+            await self.core.fanout.start()  # type: ignore[attr-defined]
         serving = (
             health_pb2.HealthCheckResponse.SERVING
             if len(self.registry)

@@ -277,6 +277,10 @@ class Fanout:
         ]
         return cls(sets, s.shard_timeout_ms / 1000)
 
+    async def start(self) -> None:
+        """Open every replica's channel (and resolve DNS targets) before the first request."""
+        await asyncio.gather(*(rs.start() for rs in self.sets))
+
     async def close(self) -> None:
         for rs in self.sets:
             await rs.close()

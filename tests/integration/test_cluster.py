@@ -15,12 +15,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from common.sharding import shard_of
 from common.snapshot_root import SnapshotRoot
+from common.v1 import admin_pb2 as apb
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc as pbg
 from indexer.build import build_snapshot
@@ -98,10 +100,17 @@ def _collections(model: Path) -> dict[str, object]:
     return {"movielens": {"ranker": {"model_path": str(model)}, "ann": {"ef": 2000}}}
 
 
+TOKEN = "cluster-test-token"
+
+
 @pytest.fixture(scope="module")
 def cluster(cluster_root: Path, redis_url: str, model: Path) -> Iterator[LocalCluster]:
-    env = {"QUARRY_REDIS__URL": redis_url, "QUARRY_COLLECTIONS": json.dumps(_collections(model))}
-    with LocalCluster(cluster_root, SHARDS, REPLICAS, env=env) as c:
+    env = {
+        "QUARRY_REDIS__URL": redis_url,
+        "QUARRY_COLLECTIONS": json.dumps(_collections(model)),
+        "QUARRY_ADMIN__TOKEN": TOKEN,
+    }
+    with LocalCluster(cluster_root, SHARDS, REPLICAS, env=env, log_level="ERROR") as c:
         yield c
 
 
@@ -262,6 +271,131 @@ def test_bad_requests_are_refused_at_the_root(
         with pytest.raises(grpc.RpcError) as err:
             root.Search(req, timeout=10)
         assert err.value.code() is code and word in err.value.details()
+
+
+def _admin(target: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    from common.v1 import admin_pb2_grpc
+
+    return admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(target)), (
+        ("authorization", f"Bearer {TOKEN}"),
+    )
+
+
+def test_root_status_shows_the_set_and_every_replica(cluster: LocalCluster) -> None:
+    admin, auth = _admin(cluster.target)
+    status = {c.collection: c for c in admin.Status(apb.StatusRequest(), metadata=auth).collections}
+    assert set(status) == {"scifact", "places", "movielens"}
+    places = status["places"]
+    assert places.set_id and places.generation == "gen-000001" and places.items > 30000
+    assert [len(s.replicas) for s in places.shards] == [REPLICAS] * SHARDS
+    assert {r.address for s in places.shards for r in s.replicas} == {
+        p.target for group in cluster.procs for p in group
+    }
+
+
+def test_upserts_and_deletes_route_to_the_owning_shard(
+    cluster: LocalCluster, stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub]
+) -> None:
+    root, _ = stubs
+    admin, auth = _admin(cluster.target)
+    ids = [f"cluster-new-{i}" for i in range(8)]
+    items = [
+        apb.Item(id=i, text={"name": f"Quarryville {n}"}, category="ZZ", lat=10.0 + n, lon=20.0)
+        for n, i in enumerate(ids)
+    ]
+    bad = apb.Item(id="cluster-bad", text={"name": "x"}, lat=10.0)  # half a location
+    res = admin.Upsert(
+        apb.UpsertRequest(collection="places", items=[*items[:3], bad, *items[3:]]), metadata=auth
+    )
+    assert res.accepted == len(ids)
+    assert [(r.index, r.id) for r in res.rejected] == [(3, "cluster-bad")]
+    assert len({shard_of(i, SHARDS) for i in ids}) > 1  # the batch really spans shards
+
+    def found() -> set[str]:
+        req = pb.SearchRequest(collection="places", query="quarryville", top_k=50)
+        return {h.id for h in root.Search(req, timeout=10).hits}
+
+    def settles_on(want: set[str]) -> bool:
+        """Every answer shows `want` for 20 answers in a row (the root picks either replica of a shard;
+        the one that did not take the change follows its shard's log within realtime.poll_interval_s)."""
+        deadline, streak = time.monotonic() + 5, 0
+        while time.monotonic() < deadline and streak < 20:
+            streak = streak + 1 if found() == want else 0
+        return streak >= 20
+
+    assert settles_on(set(ids))
+    gone = admin.Delete(apb.DeleteRequest(collection="places", ids=[*ids[:4], "no-such-id"]), metadata=auth)
+    assert gone.accepted == 4 and list(gone.not_found) == ["no-such-id"]
+    assert settles_on(set(ids[4:]))
+
+
+def test_coordinated_reload_and_rollback_under_load(cluster: LocalCluster, data_dir: Path) -> None:
+    """A new generation of the scifact set (with one extra document) goes live across all shards at one
+    instant for the root: before the switch no answer has it, after it every answer does; 0 failed RPCs."""
+    from common.catalog import Item
+
+    store = SnapshotRoot(cluster.root)
+    sci = load_dataset("scifact", data_dir)
+    marker = Item(id="cluster-marker", text={"title": "Zyzzyva marker", "body": "zyzzyva"})
+    with store.publish("scifact") as out:
+        build_sharded(
+            [*sci.items(), marker],
+            out,
+            sci.build_options(progress=False, encoder=None),
+            sci.source,
+            shards=SHARDS,
+        )
+    admin, auth = _admin(cluster.target)
+    seen: list[tuple[str, bool]] = []
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def query() -> None:
+        with grpc.insecure_channel(cluster.target) as ch:
+            stub = pbg.SearchServiceStub(ch)
+            while not stop.is_set():
+                try:
+                    res = stub.Search(pb.SearchRequest(collection="scifact", query="zyzzyva"), timeout=10)
+                except grpc.RpcError as exc:
+                    errors.append(exc.code().name)
+                    continue
+                seen.append((res.snapshot_version, any(h.id == "cluster-marker" for h in res.hits)))
+
+    threads = [threading.Thread(target=query, daemon=True) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        out = admin.Reload(apb.ReloadRequest(collection="scifact"), metadata=auth, timeout=300)
+        assert out.status.generation == "gen-000002" and not out.unchanged
+        time.sleep(0.5)
+        back = admin.Rollback(apb.RollbackRequest(collection="scifact"), metadata=auth, timeout=300)
+        assert back.status.generation == "gen-000001"
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert errors == []
+    by_version: dict[str, set[bool]] = {}
+    for version, has in seen:
+        by_version.setdefault(version, set()).add(has)
+    new = out.status.snapshot_version
+    assert by_version[new] == {True} and by_version[out.previous_version] == {False}, by_version
+    assert store.live_number("scifact") == 1  # the rollback moved the pointer back
+    # A set of another shard count is refused; the serving one stays.
+    with store.publish("scifact") as out3:
+        build_sharded(
+            sci.items(), out3, sci.build_options(progress=False, encoder=None), sci.source, shards=2
+        )
+    with pytest.raises(grpc.RpcError) as err:
+        admin.Reload(apb.ReloadRequest(collection="scifact"), metadata=auth, timeout=300)
+    assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION and "2 shards" in err.value.details()
+    assert (
+        admin.Status(apb.StatusRequest(collection="scifact"), metadata=auth).collections[0].generation
+        == "gen-000001"
+    )
+    store.activate("scifact", "gen-000001")  # publishing moved the pointer to the refused set; undo that
 
 
 class Load:
