@@ -12,6 +12,7 @@ import os
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -289,6 +290,9 @@ class CollectionSettings(_Model):
 class RedisSettings(_Model):
     #: redis://host:port/db; empty = embedded in-process store (no external server needed).
     url: str = ""
+    #: The URL names one node of a Redis Cluster: the client discovers the other nodes from it and sends
+    #: each user's keys to the master that owns their slot (db must be 0). False = one plain server.
+    cluster: bool = False
     #: Per-command timeout: a slow Redis costs at most this, then the answer is degraded.
     socket_timeout_ms: Annotated[float, Field(gt=0)] = 20.0
     connect_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
@@ -305,6 +309,17 @@ class RedisSettings(_Model):
     #: In-process cache of per-user real-time counters (ranking features): entries and seconds.
     counter_cache_size: Annotated[int, Field(ge=1)] = 100_000
     counter_cache_ttl_s: Annotated[float, Field(gt=0)] = 5.0
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        # Caught at start-up rather than by the first request that reaches the client.
+        if self.cluster:
+            if not self.url:
+                raise ValueError("redis.cluster needs redis.url (any one node of the cluster)")
+            db = urlsplit(self.url).path.strip("/")
+            if db not in ("", "0"):
+                raise ValueError(f"a Redis Cluster has only db 0, but redis.url names db {db}")
+        return self
 
 
 class AdminSettings(_Model):

@@ -152,6 +152,7 @@ def bench_search(
     users: int = 50,
     data_dir: Path | None = None,
     redis_url: str = "",
+    redis_cluster: bool = False,
 ) -> str:
     """End-to-end Search (every branch the snapshot feeds, run concurrently by the executor) vs the sum of
     the raw library calls each branch makes, measured interleaved in the same run.
@@ -167,7 +168,7 @@ def bench_search(
     from retriever.generations import Registry
     from retriever.service import SearchService
 
-    settings = QuarrySettings(redis=RedisSettings(url=redis_url))
+    settings = QuarrySettings(redis=RedisSettings(url=redis_url, cluster=redis_cluster))
     coll = open_collection(snapshot, settings)
     reg = Registry()
     reg.put(coll)

@@ -959,6 +959,9 @@ def rank_train(
     click.echo(json.dumps(report, indent=2))
 
 
+_REDIS_CLUSTER_HELP = "The Redis URL names one node of a Redis Cluster (settings: redis.cluster)."
+
+
 @rank.command("load-profiles")
 @click.option("--dataset", type=click.Choice(["movielens"]), help="A data set's own events.")
 @click.option(
@@ -974,9 +977,20 @@ def rank_train(
     envvar="QUARRY_REDIS__URL",
     help="The Redis the retriever reads (redis://host:port/db).",
 )
+@click.option(
+    "--redis-cluster/--no-redis-cluster",
+    default=False,
+    envvar="QUARRY_REDIS__CLUSTER",
+    help=_REDIS_CLUSTER_HELP,
+)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
 def rank_load_profiles(
-    dataset: str | None, events_path: Path | None, collection: str, redis_url: str, data_dir: Path | None
+    dataset: str | None,
+    events_path: Path | None,
+    collection: str,
+    redis_url: str,
+    redis_cluster: bool,
+    data_dir: Path | None,
 ) -> None:
     """Offline job: write user profiles (recent items, counters) from historical events into Redis."""
     from common.catalog import read_events
@@ -994,8 +1008,13 @@ def rank_load_profiles(
         assert ds.events is not None
         events = list(ds.events())
 
+    try:
+        settings = RedisSettings(url=redis_url, cluster=redis_cluster, socket_timeout_ms=5000)
+    except ValueError as exc:  # pydantic's ValidationError: e.g. a cluster URL naming db 3
+        raise click.BadParameter(str(exc), param_hint="--redis-url / --redis-cluster") from None
+
     async def go() -> tuple[int, int]:
-        store = RedisRecentStore(RedisSettings(url=redis_url, socket_timeout_ms=5000))
+        store = RedisRecentStore(settings)
         try:
             return await load_profiles(store, collection, events)
         finally:
@@ -1269,11 +1288,18 @@ def bench_ann_cmd(snapshot: Path, n: int, k: int, backend: str, data_dir: Path |
 @click.option(
     "--redis-url", default="", help="Use this Redis for real-time behaviour (default: embedded store)."
 )
-def bench_search_cmd(snapshot: Path, n: int, top_k: int, radius_m: float, redis_url: str) -> None:
+@click.option("--redis-cluster", is_flag=True, help=_REDIS_CLUSTER_HELP)
+def bench_search_cmd(
+    snapshot: Path, n: int, top_k: int, radius_m: float, redis_url: str, redis_cluster: bool
+) -> None:
     """End-to-end Search with every branch vs the sum of the raw library calls."""
     from quarry.bench import bench_search
 
-    click.echo(bench_search(snapshot, n=n, top_k=top_k, radius_m=radius_m, redis_url=redis_url))
+    click.echo(
+        bench_search(
+            snapshot, n=n, top_k=top_k, radius_m=radius_m, redis_url=redis_url, redis_cluster=redis_cluster
+        )
+    )
 
 
 @bench.command("upsert")
@@ -1327,6 +1353,7 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
 @click.option("--max-in-flight", default=512, show_default=True)
 @click.option("--floor-n", default=300, show_default=True, help="Requests timed through the raw libraries.")
 @click.option("--redis-url", default="", help="Real Redis for the server it starts (default: embedded).")
+@click.option("--redis-cluster", is_flag=True, help=_REDIS_CLUSTER_HELP)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--plot-out", type=click.Path(dir_okay=False, path_type=Path), help="PNG: latency vs offered load."
@@ -1344,6 +1371,7 @@ def bench_load_cmd(
     max_in_flight: int,
     floor_n: int,
     redis_url: str,
+    redis_cluster: bool,
     json_out: Path | None,
     plot_out: Path | None,
 ) -> None:
@@ -1369,6 +1397,7 @@ def bench_load_cmd(
         max_in_flight=max_in_flight,
         floor_n=floor_n,
         redis_url=redis_url,
+        redis_cluster=redis_cluster,
     )
     click.echo(report.table())
     if json_out is not None:

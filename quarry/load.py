@@ -257,19 +257,28 @@ async def run_step(
 
 
 def floor_cpu_ms(
-    collection: Any, texts: Sequence[str], *, k: int = 100, redis_url: str = "", candidates: int = 200
+    collection: Any,
+    texts: Sequence[str],
+    *,
+    k: int = 100,
+    redis_url: str = "",
+    redis_cluster: bool = False,
+    candidates: int = 200,
 ) -> dict[str, float]:
     """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
     and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
 
     With behavior data, each request names a user as the load mix does, so the floor also pays what a
     known user costs: the Redis reads (recent events + counters, one pipelined round trip, redis-py; with
-    `redis_url`), the i2i expansion of the user's history, the preference profile and its per-tag lists
-    (NumPy over the generation's tag table), and — when the collection serves a ranker model — one
-    onnxruntime call over `candidates` feature rows. CPU time is this process's: Redis's own is not in it."""
+    `redis_url`, which names a Redis Cluster node when `redis_cluster`), the i2i expansion of the user's
+    history, the preference profile and its per-tag lists (NumPy over the generation's tag table), and —
+    when the collection serves a ranker model — one onnxruntime call over `candidates` feature rows. CPU
+    time is this process's: Redis's own is not in it."""
     from threadpoolctl import threadpool_limits
 
     from common.index.text import analyze
+    from common.settings import RedisSettings
+    from retriever.features.recent import redis_client, redis_keys
     from retriever.recall.base import decayed_seeds
 
     inv = collection.branches.get("inverted")
@@ -279,11 +288,13 @@ def floor_cpu_ms(
     table = collection.tag_table if "preference" in collection.branches else None
     users = behavior.sample_users(200) if behavior is not None else []
     ranker = getattr(collection.ranker, "model", None)  # the OnnxRanker of a ModelRanker
-    redis_client = None
+    store = None
     if redis_url and users:
-        import redis
-
-        redis_client = redis.Redis.from_url(redis_url)
+        # Generous timeouts: a benchmark measures slow reads rather than failing on them.
+        rs = RedisSettings(
+            url=redis_url, cluster=redis_cluster, socket_timeout_ms=5000, connect_timeout_ms=5000
+        )
+        store = redis_client(rs, sync=True)
     cs = collection.settings
     recent_n = max(cs.behavior.recent_n, cs.preference.recent_n, 1)
     fw = collection.forward
@@ -325,11 +336,12 @@ def floor_cpu_ms(
                 lists.append(np.asarray(ids))
             if users:
                 user = users[i % len(users)]
-                if redis_client is not None:
-                    tag = f"{{{collection.name}:{user}}}"
-                    pipe = redis_client.pipeline(transaction=False)
+                if store is not None:
+                    recent_key, _seen, counters_key, _items = redis_keys(collection.name, user)
+                    pipe = store.pipeline(transaction=False)
                     # As many events as the service's one read per request takes (its most demanding branch).
-                    pipe.lrange(f"quarry:{tag}:recent", 0, recent_n - 1).hgetall(f"quarry:{tag}:counters")
+                    pipe.lrange(recent_key, 0, recent_n - 1)
+                    pipe.hgetall(counters_key)
                     timed("redis reads", pipe.execute)
                 history = behavior.user_history(user)
                 # The serving seed recipe over the long-term history (the floor's users have no events).
@@ -502,16 +514,19 @@ def run_load(
     max_in_flight: int,
     floor_n: int,
     redis_url: str = "",
+    redis_cluster: bool = False,
 ) -> LoadReport:
     coll = open_collection(snapshot)
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
     texts = query_pool(coll)[:floor_n]
-    floor = floor_cpu_ms(coll, texts, redis_url=redis_url)
+    floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster)
     ceiling = 2 * 1000 / floor["total"]
     proc = None
     if target is None:
-        env = {"QUARRY_REDIS__URL": redis_url} if redis_url else None
+        env = None
+        if redis_url:
+            env = {"QUARRY_REDIS__URL": redis_url, "QUARRY_REDIS__CLUSTER": str(redis_cluster).lower()}
         proc, target = start_server([snapshot], env)
         server_pid = proc.pid
     try:

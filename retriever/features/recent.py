@@ -5,25 +5,32 @@ One Protocol, two backends that pass the same contract tests (tests/integration/
   a bounded sorted set of seen event ids for idempotency, both updated atomically by one Lua script per
   user and batch, with a TTL. Keys share a hash tag `{collection:user}` so a Redis Cluster keeps them in
   one slot. A circuit breaker makes a slow or dead Redis cost at most one short timeout per open period.
+  The same class serves one server or a Redis Cluster (`RedisSettings.cluster`): only the client differs
+  (`redis_client`), every command it sends names one user's keys, so each lands on one node.
 - `MemoryRecentStore` — the embedded default (no external server), same semantics, bounded user count.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload, runtime_checkable
 
 from cachetools import TTLCache
 from prometheus_client import Counter, Gauge, Histogram
 
 from common.settings import RedisSettings
 from common.types import UserCounters
+
+if TYPE_CHECKING:
+    import redis
+    import redis.asyncio
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -205,6 +212,50 @@ redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(window + 1))
 for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
 return out
 """
+_APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
+_ScriptCall = tuple[list[str], list[str | int | float]]  # one user's KEYS and ARGV
+
+
+def redis_keys(collection: str, user_id: str) -> list[str]:
+    """One user's keys, in `_APPEND_LUA`'s KEYS order: recent list, seen ids, counters, distinct items.
+    The hash tag puts all four in one Redis Cluster slot, which a multi-key script requires."""
+    tag = f"{{{collection}:{user_id}}}"
+    return [f"quarry:{tag}:recent", f"quarry:{tag}:seen", f"quarry:{tag}:counters", f"quarry:{tag}:items"]
+
+
+@overload
+def redis_client(
+    settings: RedisSettings, *, sync: Literal[False] = False
+) -> redis.asyncio.Redis | redis.asyncio.RedisCluster: ...
+@overload
+def redis_client(settings: RedisSettings, *, sync: Literal[True]) -> redis.Redis | redis.RedisCluster: ...
+def redis_client(
+    settings: RedisSettings, *, sync: bool = False
+) -> redis.asyncio.Redis | redis.asyncio.RedisCluster | redis.Redis | redis.RedisCluster:
+    """The Redis client `settings` describe — a cluster client when `settings.cluster` (it discovers every
+    node from the one in the URL), a plain one otherwise — with the settings' timeouts; asyncio unless
+    `sync` (offline jobs, benchmarks). Every Redis client in Quarry comes from here."""
+    import redis
+    import redis.asyncio
+    import redis.asyncio.retry
+    import redis.backoff
+    import redis.retry
+
+    # No client-side retries: redis-py's cluster client would otherwise retry a dead or hung node up to
+    # 10 times (pipelines sleep 0.25 s between tries), turning one timeout into seconds. Repeated failures
+    # are the circuit breaker's business.
+    retry = (redis.retry.Retry if sync else redis.asyncio.retry.Retry)(redis.backoff.NoBackoff(), 0)
+    kwargs: dict[str, Any] = {
+        "socket_timeout": settings.socket_timeout_ms / 1000,
+        "socket_connect_timeout": settings.connect_timeout_ms / 1000,
+        "health_check_interval": 30,
+        "retry": retry,
+    }
+    if settings.cluster:
+        cls: Any = redis.RedisCluster if sync else redis.asyncio.RedisCluster
+    else:
+        cls = redis.Redis if sync else redis.asyncio.Redis
+    return cls.from_url(settings.url, **kwargs)  # type: ignore[no-any-return]
 
 
 class CircuitBreaker:
@@ -237,26 +288,14 @@ class RedisRecentStore:
     name = "redis"
 
     def __init__(self, settings: RedisSettings) -> None:
-        import redis.asyncio as aioredis
-
         self.s = settings
-        self._redis = aioredis.Redis.from_url(
-            settings.url,
-            socket_timeout=settings.socket_timeout_ms / 1000,
-            socket_connect_timeout=settings.connect_timeout_ms / 1000,
-            health_check_interval=30,
-        )
-        self._append = self._redis.register_script(_APPEND_LUA)
+        self._redis = redis_client(settings)
+        self._deadline_s = (settings.connect_timeout_ms + settings.socket_timeout_ms) / 1000
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_open_s)
         # Counters feed ranking features: a short TTL bounds staleness, the size bound bounds memory.
         self._counter_cache: TTLCache[tuple[str, str], UserCounters] = TTLCache(
             maxsize=settings.counter_cache_size, ttl=settings.counter_cache_ttl_s
         )
-
-    @staticmethod
-    def _keys(collection: str, user_id: str) -> list[str]:
-        tag = f"{{{collection}:{user_id}}}"
-        return [f"quarry:{tag}:recent", f"quarry:{tag}:seen", f"quarry:{tag}:counters", f"quarry:{tag}:items"]
 
     async def _guard(self, call: Callable[[], Awaitable[T]], op: str = "read") -> T:
         import redis
@@ -268,12 +307,19 @@ class RedisRecentStore:
             raise
         t0 = time.perf_counter()
         try:
-            result = await call()
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            # The socket timeouts bound each connect and read; this bounds the whole call, whatever the
+            # client does inside it (a cluster client re-reads the slot map after a failure, and waits
+            # 0.25 s before raising on CLUSTERDOWN).
+            async with asyncio.timeout(self._deadline_s):
+                result = await call()
+        # RedisClusterException is no RedisError: the cluster client raises it when no node answers
+        # (every node down, or the URL names a server without cluster mode) or a slot has no master.
+        except (redis.RedisError, redis.RedisClusterException, OSError, TimeoutError) as exc:
             self.breaker.failure()
             REDIS_ERRORS.labels(op, type(exc).__name__).inc()
             REDIS_BREAKER_OPEN.set(1 if self.breaker.is_open else 0)
-            raise StoreUnavailable(f"redis: {type(exc).__name__}: {exc}") from exc
+            why = str(exc) or f"no answer within {self._deadline_s * 1000:.0f} ms"
+            raise StoreUnavailable(f"redis: {type(exc).__name__}: {why}") from exc
         REDIS_LATENCY.labels(op).observe(time.perf_counter() - t0)
         self.breaker.success()
         REDIS_BREAKER_OPEN.set(0)
@@ -284,14 +330,18 @@ class RedisRecentStore:
         for i, e in enumerate(events):
             by_user.setdefault(e.user_id, []).append(i)
         out = [False] * len(events)
-        pipe = self._redis.pipeline(transaction=False)
         order = list(by_user.items())
+        calls: list[_ScriptCall] = []
         for user, idxs in order:
-            args: list[object] = [self.s.recent_max_len, int(self.s.recent_ttl_s), self.s.dedup_window]
+            args: list[str | int | float] = [
+                self.s.recent_max_len,
+                int(self.s.recent_ttl_s),
+                self.s.dedup_window,
+            ]
             for i in idxs:
                 args += [events[i].event_id, _payload(events[i])]
-            await self._append(keys=self._keys(collection, user), args=args, client=pipe)
-        results = await self._guard(pipe.execute, "append")
+            calls.append((redis_keys(collection, user), args))
+        results = await self._guard(lambda: self._run_append(calls), "append")
         for user in by_user:
             self._counter_cache.pop((collection, user), None)
         for (_user, idxs), flags in zip(order, results, strict=True):
@@ -299,8 +349,33 @@ class RedisRecentStore:
                 out[i] = bool(flag)
         return out
 
+    async def _run_append(self, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """`_APPEND_LUA` once per (keys, args), pipelined. By SHA first; the calls that meet a node without
+        the script (new, restarted or failed-over node, SCRIPT FLUSH) did nothing there and are sent again
+        with the script's text, which also caches it on that node. (redis-py's Script objects cannot do
+        this in a cluster pipeline: it refuses `evalsha` there, and preloads only on a plain pipeline.)"""
+        from redis.exceptions import NoScriptError
+
+        results = await self._pipelined("EVALSHA", _APPEND_SHA, calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:
+            again = await self._pipelined("EVAL", _APPEND_LUA, [calls[i] for i in missing])
+            for i, r in zip(missing, again, strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return results
+
+    async def _pipelined(self, command: str, script: str, calls: Sequence[_ScriptCall]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.execute_command(command, script, len(keys), *keys, *args)
+        # Errors come back in place, so a NOSCRIPT on one node does not hide the other calls' results.
+        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
     async def recent(self, collection: str, user_id: str, n: int) -> list[RecentItem]:
-        key = self._keys(collection, user_id)[0]
+        key = redis_keys(collection, user_id)[0]
         raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1), "recent")
         return [_parse(r) for r in raw]
 
@@ -308,12 +383,14 @@ class RedisRecentStore:
         cached = self._counter_cache.get((collection, user_id))
         if cached is not None:
             return cached
-        keys = self._keys(collection, user_id)
+        keys = redis_keys(collection, user_id)
 
         async def read() -> list[Any]:
             pipe = self._redis.pipeline(transaction=False)
             pipe.hgetall(keys[2])
-            pipe.pfcount(keys[3])
+            # Raw: redis-py refuses pfcount() in a cluster pipeline (PFCOUNT may name keys of several
+            # slots); with one key it is an ordinary single-slot command.
+            pipe.execute_command("PFCOUNT", keys[3])
             return await pipe.execute()  # type: ignore[no-any-return]
 
         raw, distinct = await self._guard(read, "counters")

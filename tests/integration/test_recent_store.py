@@ -1,20 +1,34 @@
-"""One contract suite, run against the embedded store and a real Redis server."""
+"""One contract suite, run against the embedded store, a real Redis server and a real 3-master Redis
+Cluster; then what only Redis (TTL, a dead server) and only a cluster (spread, a dead master) can show."""
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
+import redis
 
 from common.settings import RedisSettings
 from retriever.features.recent import (
+    _APPEND_SHA,
     MemoryRecentStore,
     RecentStore,
     RedisRecentStore,
     StoreUnavailable,
     UserEvent,
+    redis_client,
+    redis_keys,
+)
+from tests.integration.redis_cluster import (  # noqa: F401 (fixtures are found by name in the module)
+    RedisClusterProcs,
+    private_redis_cluster_fixture,
+    redis_cluster_fixture,
+    start_redis_cluster,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -24,18 +38,44 @@ def ev(eid: str, user: str = "u1", item: str = "i1", ts: float = 1.0) -> UserEve
     return UserEvent(event_id=eid, user_id=user, item_id=item, type="click", ts=ts, weight=1.0)
 
 
-@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis"])
+def fresh_redis(request: pytest.FixtureRequest, kind: str, **overrides: Any) -> RedisSettings:
+    """Settings for an emptied real Redis: one server ("redis") or a 3-master cluster ("redis-cluster",
+    its URL naming one node)."""
+    if kind == "redis":
+        url, cluster = request.getfixturevalue("redis_url"), False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster").url, True
+    settings = RedisSettings(url=url, cluster=cluster, socket_timeout_ms=500, **overrides)
+    client = redis_client(settings, sync=True)
+    client.flushdb()  # a cluster client sends it to every master
+    client.close()
+    return settings
+
+
+@pytest_asyncio.fixture(loop_scope="session", params=["memory", "redis", "redis-cluster"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RecentStore]:
     if request.param == "memory":
         s: RecentStore = MemoryRecentStore(max_len=5, dedup_window=20)
     else:
-        url = request.getfixturevalue("redis_url")
-        import redis
-
-        redis.Redis.from_url(url).flushdb()
-        s = RedisRecentStore(RedisSettings(url=url, recent_max_len=5, dedup_window=20, socket_timeout_ms=500))
+        s = RedisRecentStore(fresh_redis(request, request.param, recent_max_len=5, dedup_window=20))
     yield s
     await s.close()
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+def redis_settings(request: pytest.FixtureRequest) -> RedisSettings:
+    return fresh_redis(request, request.param)
+
+
+def masters(settings: RedisSettings) -> list[redis.Redis]:
+    """A plain client per master, to see what each node itself holds."""
+    if not settings.cluster:
+        return [redis.Redis.from_url(settings.url)]
+    cluster = redis_client(settings, sync=True)
+    try:
+        return [redis.Redis(host=n.host, port=n.port) for n in cluster.get_primaries()]
+    finally:
+        cluster.close()
 
 
 async def test_append_and_recent_newest_first(store: RecentStore) -> None:
@@ -73,23 +113,48 @@ async def test_fields_round_trip(store: RecentStore) -> None:
     assert (r.item_id, r.type, r.ts, r.weight) == ("電影", "rating", 1700000000.5, 4.0)
 
 
-async def test_redis_ttl_is_set(redis_url: str) -> None:
-    import redis
-
-    s = RedisRecentStore(RedisSettings(url=redis_url, recent_ttl_s=60))
+async def test_redis_ttl_is_set(redis_settings: RedisSettings) -> None:
+    s = RedisRecentStore(redis_settings.model_copy(update={"recent_ttl_s": 60}))
     await s.append("ttl", [ev("e1")])
     await s.close()
-    r = redis.Redis.from_url(redis_url)
-    keys = r.keys("quarry:{ttl:u1}:*")
-    assert len(keys) == 4 and all(0 < r.ttl(k) <= 60 for k in keys)  # recent, seen, counters, items
+    r = redis_client(redis_settings, sync=True)
+    # recent, seen, counters, items (a missing key's TTL is -2)
+    assert all(0 < r.ttl(k) <= 60 for k in redis_keys("ttl", "u1"))
+    r.close()
 
 
-async def test_dead_redis_fails_fast_and_breaker_opens() -> None:
+async def test_lost_script_cache_is_reloaded_without_losing_or_repeating_events(
+    redis_settings: RedisSettings,
+) -> None:
+    # A restarted or failed-over node, or SCRIPT FLUSH, forgets the append script: the calls that hit
+    # NOSCRIPT must run again (with the script's text), and only those.
+    if shutil.which("redis-server") is None:
+        pytest.skip("SCRIPT FLUSH is server-wide: not on the shared Redis that redis_url falls back to")
+    s = RedisRecentStore(redis_settings)
+    users = [f"u{i}" for i in range(30)]  # over every master of a cluster
+    assert await s.append("c", [ev("e1", user=u) for u in users]) == [True] * len(users)
+    nodes = masters(redis_settings)
+    for node in nodes:
+        node.script_flush()
+        assert node.script_exists(_APPEND_SHA) == [False]
+    retry = [ev("e1", user=u) for u in users] + [ev("e2", user="u0", item="new")]
+    assert await s.append("c", retry) == [False] * len(users) + [True]
+    assert [node.script_exists(_APPEND_SHA) for node in nodes] == [[True]] * len(nodes)
+    assert [r.item_id for r in await s.recent("c", "u0", 5)] == ["new", "i1"]
+    assert [(await s.counters("c", u)).events_total for u in users[1:]] == [1] * (len(users) - 1)
+    await s.close()
+    for node in nodes:
+        node.close()
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["redis", "redis-cluster"])
+async def test_dead_redis_fails_fast_and_breaker_opens(cluster: bool) -> None:
     from tests.conftest import free_port
 
     s = RedisRecentStore(
         RedisSettings(
             url=f"redis://127.0.0.1:{free_port()}/0",
+            cluster=cluster,
             socket_timeout_ms=50,
             connect_timeout_ms=50,
             breaker_failures=2,
@@ -133,3 +198,199 @@ async def test_offline_profile_job_matches_online_path_and_is_idempotent(store: 
     c = await store.counters("prof", "p")
     assert (c.events_total, c.distinct_items, c.last_ts, c.avg_weight) == (7, 3, 6.0, 2.0)
     assert [r.item_id for r in await store.recent("prof", "p", 3)] == ["i0", "i2", "i1"]
+
+
+# ------------------------------------------------------------------------------ Redis Cluster only
+
+
+async def breaker_closed(s: RedisRecentStore) -> None:
+    while s.breaker.is_open:  # noqa: ASYNC110 (the breaker is a clock, not an event)
+        await asyncio.sleep(0.05)
+
+
+def users_by_master(procs: RedisClusterProcs, collection: str, n: int) -> dict[int, list[str]]:
+    """`n` user ids grouped by the port of the master that owns their keys' slot."""
+    out: dict[int, list[str]] = {port: [] for port in procs.ports}
+    for i in range(n):
+        user = f"user-{i}"
+        out[procs.port_of(redis_keys(collection, user)[0])].append(user)
+    return out
+
+
+async def test_cluster_spreads_users_over_every_master_and_reads_them_back(
+    request: pytest.FixtureRequest, redis_cluster: RedisClusterProcs
+) -> None:
+    s = RedisRecentStore(fresh_redis(request, "redis-cluster"))
+    users = [f"user-{i}" for i in range(60)]
+    events = [ev(f"e{j}", user=u, item=f"{u}/{j}", ts=float(j)) for u in users for j in range(2)]
+    assert await s.append("spread", events) == [True] * len(events)
+    per_node = [redis_cluster.node(port).dbsize() for port in redis_cluster.ports]
+    assert min(per_node) > 0 and sum(per_node) == 4 * len(users)
+    for u in users:
+        keys = redis_keys("spread", u)
+        # All four keys live on the master that owns their slot (CLUSTER KEYSLOT + CLUSTER SLOTS).
+        assert redis_cluster.node(redis_cluster.port_of(keys[0])).exists(*keys) == 4
+        assert [r.item_id for r in await s.recent("spread", u, 5)] == [f"{u}/1", f"{u}/0"]
+        c = await s.counters("spread", u)
+        assert (c.events_total, c.distinct_items, c.last_ts) == (2, 2, 1.0)
+    await s.close()
+    # The load floor's synchronous read (quarry/load.py) goes through the same helper.
+    sync = redis_client(s.s, sync=True)
+    pipe = sync.pipeline(transaction=False)
+    for u in users:
+        pipe.lrange(redis_keys("spread", u)[0], 0, -1)
+    assert [len(items) for items in pipe.execute()] == [2] * len(users)
+    sync.close()
+
+
+async def test_offline_profile_job_writes_into_a_cluster(
+    tmp_path: Path, request: pytest.FixtureRequest, redis_cluster: RedisClusterProcs
+) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    settings = fresh_redis(request, "redis-cluster")
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f'{{"user": "u{i}", "item": "a", "ts": {i}}}\n' for i in range(20)))
+    args = ["rank", "load-profiles", "--events", str(events), "--collection", "prof"]
+    env = {"QUARRY_REDIS__CLUSTER": "true"}  # the setting's own environment variable
+    # CliRunner runs the command's own event loop: in a thread, beside this test's.
+    r = await asyncio.to_thread(CliRunner().invoke, main, [*args, "--redis-url", settings.url], env=env)
+    assert r.exit_code == 0 and "20 events stored, 0 already present" in r.output, r.output
+    assert min(redis_cluster.node(port).dbsize() for port in redis_cluster.ports) > 0
+    s = RedisRecentStore(settings)
+    assert [(await s.counters("prof", f"u{i}")).events_total for i in range(20)] == [1] * 20
+    await s.close()
+    r = await asyncio.to_thread(
+        CliRunner().invoke, main, [*args, "--redis-url", f"{settings.url}/3"], env=env
+    )
+    assert r.exit_code == 2 and "only db 0" in r.output, r.output
+
+
+async def test_cluster_retries_are_idempotent_across_masters(
+    request: pytest.FixtureRequest, redis_cluster: RedisClusterProcs
+) -> None:
+    s = RedisRecentStore(fresh_redis(request, "redis-cluster"))
+    groups = users_by_master(redis_cluster, "retry", 30)
+    assert all(groups.values())  # every master owns some of these users
+    users = [u for group in groups.values() for u in group]
+    first = [ev("e1", user=u, item="a") for u in users]
+    assert await s.append("retry", first) == [True] * len(users)
+    assert await s.append("retry", first) == [False] * len(users)  # the whole batch again
+    # One batch over every master mixing retried and new events: only the new ones count.
+    mixed = [e for u in users for e in (ev("e1", user=u, item="a"), ev("e2", user=u, item="b"))]
+    assert await s.append("retry", mixed) == [False, True] * len(users)
+    for u in users:
+        assert [r.item_id for r in await s.recent("retry", u, 5)] == ["b", "a"]
+        assert (await s.counters("retry", u)).events_total == 2
+    await s.close()
+
+
+async def test_cluster_hung_master_times_out_its_users_and_retries_store_once(
+    private_redis_cluster: RedisClusterProcs,
+) -> None:
+    procs = private_redis_cluster
+    # After a failed command the client re-reads the slot map from a random node, maybe the hung one:
+    # the deadline (connect + socket timeout) leaves room for that one timeout in a live user's call.
+    settings = RedisSettings(
+        url=procs.url, cluster=True, socket_timeout_ms=200, connect_timeout_ms=500, breaker_failures=100
+    )
+    s = RedisRecentStore(settings)
+    groups = users_by_master(procs, "c", 30)
+    victim = procs.ports[1]  # not the URL's node, which the client also asks for its command table
+    hung, live = groups[victim][0], groups[procs.ports[2]][0]
+    assert await s.append("c", [ev("e1", user=hung), ev("e1", user=live)]) == [True, True]
+    late = [ev(f"x{i}", user=hung, item=f"x{i}") for i in range(3)]
+    procs.pause(victim)
+    try:
+        for e in late:
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await s.recent("c", hung, 5)
+            with pytest.raises(StoreUnavailable, match="Timeout"):
+                await s.append("c", [e])
+            assert [r.item_id for r in await s.recent("c", live, 5)] == ["i1"]
+    finally:
+        procs.resume(victim)
+    # A timed-out append may still run when the node resumes (it was sent); LogEvents' retry of the same
+    # events then stores each exactly once.
+    await s.append("c", late)
+    assert sorted(r.item_id for r in await s.recent("c", hung, 10)) == ["i1", "x0", "x1", "x2"]
+    assert (await s.counters("c", hung)).events_total == 4
+    await s.close()
+
+
+async def test_cluster_killed_master_fails_its_users_and_the_breaker_covers_all(
+    private_redis_cluster: RedisClusterProcs,
+) -> None:
+    procs = private_redis_cluster
+    s = RedisRecentStore(
+        RedisSettings(
+            url=procs.url, cluster=True, socket_timeout_ms=200, breaker_failures=2, breaker_open_s=0.2
+        )
+    )
+    groups = users_by_master(procs, "c", 30)
+    victim = procs.ports[1]
+    dead, live = groups[victim][0], groups[procs.ports[2]][0]
+    assert await s.append("c", [ev("e1", user=dead), ev("e1", user=live)]) == [True, True]
+    procs.kill(victim)
+
+    # Users on the dead master fail at once with the node's own error (no client-side retries: a
+    # pipeline's retry would first sleep 0.25 s and be cut at the deadline as a TimeoutError), users on
+    # the others are answered.
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        await s.counters("c", dead)
+    assert [r.item_id for r in await s.recent("c", live, 5)] == ["i1"]
+    # One breaker guards the whole store: two failures in a row shut out every user, the live master's
+    # too, for breaker_open_s.
+    for _ in range(2):
+        with pytest.raises(StoreUnavailable, match="ConnectionError"):
+            await s.recent("c", dead, 5)
+    assert s.breaker.is_open
+    with pytest.raises(StoreUnavailable, match="circuit breaker is open"):
+        await s.recent("c", live, 5)
+
+    # Once it closes, the live master's users are answered again and the dead master's still fail.
+    await breaker_closed(s)
+    assert [r.item_id for r in await s.recent("c", live, 5)] == ["i1"]
+    assert (await s.counters("c", live)).events_total == 1
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        await s.recent("c", dead, 5)
+    # A success resets the count: with live users' calls in between, failures never run to 2 in a row.
+    assert [r.item_id for r in await s.recent("c", live, 5)] == ["i1"]
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        await s.recent("c", dead, 5)
+    assert not s.breaker.is_open
+
+    # A batch over both masters fails as a whole, but the live user's part is stored: the client's
+    # retry of the same batch (idempotent event ids) then counts it once.
+    with pytest.raises(StoreUnavailable, match="ConnectionError"):
+        await s.append("c", [ev("e2", user=dead, item="d"), ev("e2", user=live, item="l")])
+    await breaker_closed(s)  # that was the second failure in a row
+    assert [r.item_id for r in await s.recent("c", live, 5)] == ["l", "i1"]
+    assert await s.append("c", [ev("e2", user=live, item="l")]) == [False]
+    assert (await s.counters("c", live)).events_total == 2
+    await s.close()
+
+
+async def test_cluster_requiring_full_coverage_refuses_every_user_once_a_master_fails(tmp_path: Path) -> None:
+    # Redis's default (cluster-require-full-coverage yes): a failed master takes every slot down with it.
+    procs = start_redis_cluster(tmp_path, extra=["--cluster-node-timeout", "500"])
+    try:
+        s = RedisRecentStore(RedisSettings(url=procs.url, cluster=True, socket_timeout_ms=500))
+        live = users_by_master(procs, "c", 30)[procs.ports[2]][0]
+        assert await s.append("c", [ev("e1", user=live)]) == [True]
+        procs.kill(procs.ports[1])
+        for _ in range(400):  # the survivors mark it failed after cluster-node-timeout, then say "fail"
+            if not procs.state_ok(procs.ports[2]):
+                break
+            await asyncio.sleep(0.05)
+        assert not procs.state_ok(procs.ports[2])
+        for _ in range(3):  # breaker_failures
+            with pytest.raises(StoreUnavailable):
+                await s.recent("c", live, 5)
+        with pytest.raises(StoreUnavailable, match="circuit breaker is open"):
+            await s.counters("c", live)
+        await s.close()
+    finally:
+        procs.stop()

@@ -65,3 +65,20 @@ def test_example_learned_fusion_block_is_valid_when_uncommented() -> None:
     fs = QuarrySettings(collections=parsed["collections"]).for_collection("scifact").fusion
     assert fs.strategy == "learned" and fs.learned is not None
     assert fs.learned.branches == ["inverted", "ann"] and fs.learned.weights
+
+
+def test_redis_cluster_from_file_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings(EXAMPLE).redis.cluster is False  # the example names the key with its default
+    monkeypatch.setenv("QUARRY_REDIS__URL", "redis://127.0.0.1:7000")
+    monkeypatch.setenv("QUARRY_REDIS__CLUSTER", "true")
+    s = load_settings(EXAMPLE)
+    assert s.redis.cluster is True and s.redis.url == "redis://127.0.0.1:7000"
+
+
+def test_redis_cluster_needs_a_node_url_on_db_0() -> None:
+    with pytest.raises(ValidationError, match=r"needs redis\.url"):
+        QuarrySettings(redis={"cluster": True})
+    with pytest.raises(ValidationError, match="only db 0"):
+        QuarrySettings(redis={"url": "redis://127.0.0.1:7000/3", "cluster": True})
+    assert QuarrySettings(redis={"url": "redis://127.0.0.1:7000/0", "cluster": True}).redis.cluster
+    assert QuarrySettings(redis={"url": "redis://127.0.0.1:6379/3"}).redis.url.endswith("/3")  # plain: any db

@@ -1,0 +1,52 @@
+"""The Redis user store's pieces that need no server: a user's keys share one Redis Cluster slot (the
+append script touches all four in one call) while users spread over the slots; `redis_client` picks the
+client the settings name; a call that outlives its deadline fails like any other Redis failure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis.asyncio
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from common.settings import RedisSettings
+from retriever.features.recent import RedisRecentStore, StoreUnavailable, redis_client, redis_keys
+
+# The snapshot manifest's rule for collection names (common/snapshot.py); user ids are any text.
+COLLECTIONS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", fullmatch=True)
+
+
+@given(COLLECTIONS, st.text())
+def test_one_users_keys_share_one_slot(collection: str, user: str) -> None:
+    keys = redis_keys(collection, user)
+    assert len(set(keys)) == 4
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+
+
+def test_users_spread_over_slots() -> None:
+    slots = {key_slot(redis_keys("movies", f"user-{i}")[0].encode()) for i in range(1000)}
+    # 1000 users over 16384 slots: a tag that left the user out would put them all in one slot.
+    assert len(slots) > 900
+
+
+@pytest.mark.parametrize("cluster", [False, True])
+async def test_client_follows_the_cluster_setting_and_never_retries(cluster: bool) -> None:
+    # Constructing an asyncio client connects to nothing yet.
+    client = redis_client(RedisSettings(url="redis://127.0.0.1:7000/0", cluster=cluster))
+    assert isinstance(client, redis.asyncio.RedisCluster) is cluster
+    retry = client.retry if isinstance(client, redis.asyncio.RedisCluster) else client.get_retry()
+    assert retry is not None and retry.get_retries() == 0  # repeated failures are the breaker's business
+    await client.aclose()
+
+
+async def test_a_call_past_its_deadline_fails_and_counts_for_the_breaker() -> None:
+    settings = RedisSettings(url="redis://127.0.0.1:7000/0", socket_timeout_ms=20, connect_timeout_ms=30)
+    s = RedisRecentStore(settings.model_copy(update={"breaker_failures": 1}))
+    never = asyncio.Event()
+    with pytest.raises(StoreUnavailable, match="no answer within 50 ms"):
+        await s._guard(never.wait, "recent")
+    assert s.breaker.is_open
+    await s.close()
