@@ -289,6 +289,8 @@ class CollectionSettings(_Model):
 class RedisSettings(_Model):
     #: redis://host:port/db; empty = embedded in-process store (no external server needed).
     url: str = ""
+    #: The URL names any node of a Redis Cluster; the client discovers the rest.
+    cluster: bool = False
     #: Per-command timeout: a slow Redis costs at most this, then the answer is degraded.
     socket_timeout_ms: Annotated[float, Field(gt=0)] = 20.0
     connect_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
