@@ -1406,6 +1406,64 @@ def bench_load_cmd(
         report.plot(plot_out)
 
 
+@bench.command("cluster")
+@click.option(
+    "--dataset",
+    type=click.Choice(["geonames", "scifact", "movielens"]),
+    default="geonames",
+    show_default=True,
+    help="geonames: with SYNTHETIC visits (--users) for the behavior branches.",
+)
+@click.option("--variant", default="cities500", show_default=True, help="GeoNames variant.")
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("var/bench-cluster"),
+    show_default=True,
+    help="Where the single snapshot and the shard set are built (reused when present).",
+)
+@click.option("--shards", default=4, show_default=True, type=click.IntRange(1, 64))
+@click.option("--replicas", default=2, show_default=True, type=click.IntRange(1, 8))
+@click.option("--encoder", default="none", show_default=True, help="minilm for ANN (encodes every item).")
+@click.option("--users", default=20_000, show_default=True, help="SYNTHETIC users (geonames); 0: none.")
+@click.option("--rate", default=40.0, show_default=True, help="Open-loop requests/s of the load steps.")
+@click.option("--step-s", default=12.0, show_default=True, help="Seconds per load step.")
+@click.option(
+    "--equal", "n_equal", default=500, show_default=True, help="Requests compared root vs one node."
+)
+@click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+def bench_cluster_cmd(
+    dataset: str,
+    variant: str,
+    work: Path,
+    shards: int,
+    replicas: int,
+    encoder: str,
+    users: int,
+    rate: float,
+    step_s: float,
+    n_equal: int,
+    json_out: Path | None,
+) -> None:
+    """A shard set (N shards × R replicas + a root, separate processes on 127.0.0.1) beside one node:
+    equal answers, fan-out cost, replicas killed under load, hedging around a stalled replica."""
+    from quarry.cluster_bench import bench_cluster
+
+    bench_cluster(
+        dataset=dataset,
+        variant=variant,
+        work=work,
+        shards=shards,
+        replicas=replicas,
+        encoder=_usable_encoder(encoder),
+        users=users,
+        rate=rate,
+        step_s=step_s,
+        n_equal=n_equal,
+        out_json=json_out,
+    )
+
+
 @bench.command("ghz-data")
 @click.option("--snapshot", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(

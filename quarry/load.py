@@ -161,6 +161,8 @@ class StepResult:
     p999_ms: float
     errors: dict[str, int] = field(default_factory=dict)
     dropped: int = 0
+    #: Answers flagged degraded (a branch or, behind a root, a shard missing).
+    degraded: int = 0
     server_cpu_cores: float | None = None
     server_rss_mib: float | None = None
 
@@ -196,20 +198,25 @@ async def run_step(
             for m in ("Search", "Recommend", "LogEvents")
         }
         await channel.channel_ready()
+        from common.v1 import search_pb2 as pb
+
         lat: list[float] = []
         errors: Counter[str] = Counter()
         in_flight = 0
         dropped = 0
+        degraded = 0
         tasks: set[asyncio.Task[None]] = set()
 
         last_done = 0.0
 
         async def one(method: str, body: bytes, scheduled: float) -> None:
-            nonlocal in_flight, last_done
+            nonlocal in_flight, last_done, degraded
             try:
-                await calls[method](body, timeout=timeout_s)
+                answer = await calls[method](body, timeout=timeout_s)
                 last_done = loop.time()
                 lat.append((last_done - scheduled) * 1000)
+                if method != "LogEvents":
+                    degraded += pb.SearchResponse.FromString(answer).degraded
             except grpc.aio.AioRpcError as exc:
                 errors[exc.code().name] += 1
             finally:
@@ -248,6 +255,7 @@ async def run_step(
         p999_ms=percentile(lat, 99.9),
         errors=dict(errors),
         dropped=dropped,
+        degraded=degraded,
         server_cpu_cores=None if cpu is None else round(cpu, 3),
         server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
     )

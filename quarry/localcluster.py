@@ -128,6 +128,14 @@ class LocalCluster:
         p.start()
         wait_healthy(p, SHARD_SERVICE, timeout_s)
 
+    def restart_root(self, env: Mapping[str, str] | None = None, timeout_s: float = 120.0) -> None:
+        """Restart the root, with `env` over its environment (e.g. another setting)."""
+        assert self.root_proc is not None
+        self.root_proc.stop()
+        self.root_proc.env = {**self.root_proc.env, **(env or {})}
+        self.root_proc.start()
+        wait_healthy(self.root_proc, SEARCH_SERVICE, timeout_s)
+
     def pause(self, shard: int, replica: int, stopped_ms: float, every_ms: float) -> None:
         """Stall a replica `stopped_ms` out of every `every_ms` (SIGSTOP/SIGCONT) until `resume`."""
         stop = threading.Event()
