@@ -67,7 +67,7 @@ def _ensure(
 
         name = f"geonames-{variant}"
     else:
-        ds = load_dataset(dataset, work)
+        ds = load_dataset(dataset, None if dataset == "scifact" else work)
         name = ds.name
 
         def events() -> Any:

@@ -59,9 +59,9 @@ class ShardBranch(_message.Message):
     status: _search_pb2.BranchStatus
     latency_ms: float
     detail: str
-    ordinals: _containers.RepeatedScalarFieldContainer[int]
-    scores: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, branch: _Optional[str] = ..., status: _Optional[_Union[_search_pb2.BranchStatus, str]] = ..., latency_ms: _Optional[float] = ..., detail: _Optional[str] = ..., ordinals: _Optional[_Iterable[int]] = ..., scores: _Optional[_Iterable[float]] = ...) -> None: ...
+    ordinals: bytes
+    scores: bytes
+    def __init__(self, branch: _Optional[str] = ..., status: _Optional[_Union[_search_pb2.BranchStatus, str]] = ..., latency_ms: _Optional[float] = ..., detail: _Optional[str] = ..., ordinals: _Optional[bytes] = ..., scores: _Optional[bytes] = ...) -> None: ...
 
 class ShardRecallResponse(_message.Message):
     __slots__ = ("shard", "snapshot_version", "branches", "rows")
@@ -74,3 +74,19 @@ class ShardRecallResponse(_message.Message):
     branches: _containers.RepeatedCompositeFieldContainer[ShardBranch]
     rows: bytes
     def __init__(self, shard: _Optional[int] = ..., snapshot_version: _Optional[str] = ..., branches: _Optional[_Iterable[_Union[ShardBranch, _Mapping]]] = ..., rows: _Optional[bytes] = ...) -> None: ...
+
+class ShardFetchRequest(_message.Message):
+    __slots__ = ("collection", "set_id", "ordinals")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    SET_ID_FIELD_NUMBER: _ClassVar[int]
+    ORDINALS_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    set_id: str
+    ordinals: bytes
+    def __init__(self, collection: _Optional[str] = ..., set_id: _Optional[str] = ..., ordinals: _Optional[bytes] = ...) -> None: ...
+
+class ShardFetchResponse(_message.Message):
+    __slots__ = ("rows",)
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    rows: bytes
+    def __init__(self, rows: _Optional[bytes] = ...) -> None: ...

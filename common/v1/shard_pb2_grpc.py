@@ -39,6 +39,11 @@ class ShardServiceStub:
                 request_serializer=quarry_dot_v1_dot_shard__pb2.ShardRecallRequest.SerializeToString,
                 response_deserializer=quarry_dot_v1_dot_shard__pb2.ShardRecallResponse.FromString,
                 _registered_method=True)
+        self.Fetch = channel.unary_unary(
+                '/quarry.v1.ShardService/Fetch',
+                request_serializer=quarry_dot_v1_dot_shard__pb2.ShardFetchRequest.SerializeToString,
+                response_deserializer=quarry_dot_v1_dot_shard__pb2.ShardFetchResponse.FromString,
+                _registered_method=True)
 
 
 class ShardServiceServicer:
@@ -54,6 +59,14 @@ class ShardServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Fetch(self, request, context):
+        """The display fields (title and text fields) of given items: the root asks only for the hits it
+        answers with (query then fetch), so recall answers stay small.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ShardServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +74,11 @@ def add_ShardServiceServicer_to_server(servicer, server):
                     servicer.Recall,
                     request_deserializer=quarry_dot_v1_dot_shard__pb2.ShardRecallRequest.FromString,
                     response_serializer=quarry_dot_v1_dot_shard__pb2.ShardRecallResponse.SerializeToString,
+            ),
+            'Fetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.Fetch,
+                    request_deserializer=quarry_dot_v1_dot_shard__pb2.ShardFetchRequest.FromString,
+                    response_serializer=quarry_dot_v1_dot_shard__pb2.ShardFetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +108,33 @@ class ShardService:
             '/quarry.v1.ShardService/Recall',
             quarry_dot_v1_dot_shard__pb2.ShardRecallRequest.SerializeToString,
             quarry_dot_v1_dot_shard__pb2.ShardRecallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Fetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quarry.v1.ShardService/Fetch',
+            quarry_dot_v1_dot_shard__pb2.ShardFetchRequest.SerializeToString,
+            quarry_dot_v1_dot_shard__pb2.ShardFetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 import grpc
 import numpy as np
@@ -55,14 +56,24 @@ def shard_response(res: ShardResult) -> spb.ShardRecallResponse:
             status=convert.branch_status(r.status),
             latency_ms=r.latency_ms,
             detail=r.detail,
-            ordinals=[c.ordinal for c in r.candidates],
-            scores=[c.score for c in r.candidates],
+            ordinals=np.fromiter((c.ordinal for c in r.candidates), "<i8", len(r.candidates)).tobytes(),
+            scores=np.fromiter((c.score for c in r.candidates), "<f8", len(r.candidates)).tobytes(),
         )
-    sink = pa.BufferOutputStream()
-    with ipc.new_stream(sink, res.rows.schema) as writer:
-        writer.write_table(res.rows)
-    out.rows = sink.getvalue().to_pybytes()
+    out.rows = arrow_bytes(res.rows)
     return out
+
+
+def arrow_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def int64s(raw: bytes, what: str) -> np.ndarray:
+    if len(raw) % 8:
+        raise InvalidArgument(f"{what} must be int64 values (a multiple of 8 bytes)")
+    return np.frombuffer(raw, dtype="<i8")
 
 
 class ShardServicer:
@@ -79,14 +90,24 @@ class ShardServicer:
         deadline = None if remaining is None else time.monotonic() + remaining
         return shard_response(await self.core.recall(shard_request(request), deadline))
 
+    @rpc("ShardFetch", spb.ShardFetchRequest)
+    async def fetch(
+        self, request: spb.ShardFetchRequest, context: grpc.aio.ServicerContext
+    ) -> spb.ShardFetchResponse:
+        gords = int64s(request.ordinals, "ordinals")
+        rows = await self.core.fetch(request.collection, request.set_id, gords)
+        return spb.ShardFetchResponse(rows=arrow_bytes(rows))
+
     def handler(self) -> grpc.GenericRpcHandler:
+        def unary(fn: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                fn, request_deserializer=None, response_serializer=response.SerializeToString
+            )
+
         return grpc.method_handlers_generic_handler(
             SHARD_SERVICE,
             {
-                "Recall": grpc.unary_unary_rpc_method_handler(
-                    self.recall,
-                    request_deserializer=None,
-                    response_serializer=spb.ShardRecallResponse.SerializeToString,
-                )
+                "Recall": unary(self.recall, spb.ShardRecallResponse),
+                "Fetch": unary(self.fetch, spb.ShardFetchResponse),
             },
         )

@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 #: Branches whose seeds the root computes and sends (each with its own SeedSettings section).
 SEEDED = ("behavior", "preference")
 SHARD_RECALL = "/quarry.v1.ShardService/Recall"
+SHARD_FETCH = "/quarry.v1.ShardService/Fetch"
+#: The column a root adds to shard rows: the shard that sent each candidate.
+SHARD_COLUMN = "_shard"
 #: Time kept back from the request's deadline for the root's own work after the fan-out.
 ROOT_MARGIN_S = 0.002
 
@@ -208,15 +211,38 @@ class CandidateView:
     def __init__(self, root: RootCollection, rows: pa.Table) -> None:
         self._root = root
         self.name = root.name
+        self.set_id = root.set_id
         self.version = root.version
         self.generation = root.generation
         self.settings = root.settings
         self.ranker = root.ranker
         self.gord = rows.column(GORD_COLUMN).to_numpy()
+        self.owner = rows.column(SHARD_COLUMN).to_numpy() if rows.num_rows else np.zeros(0, np.int32)
+        self._rows = rows
         self.forward = self.base_forward = ForwardStore.from_table(rows, root.attr_names, root.text_names)
         self._compact = {int(g): i for i, g in enumerate(self.gord.tolist())}
         pop = rows.column(POPULARITY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
         self.item_popularity = None if root.behavior is None else np.nan_to_num(pop, nan=0.0)
+
+    def add_display(self, tables: Sequence[pa.Table]) -> None:
+        """Join the fetched display fields (title, text_*) onto the candidates' rows; a candidate not
+        fetched gets an empty title and no text."""
+        cols = ["title", *(f"text_{n}" for n in self._root.text_names)]
+        fetched = pa.concat_tables(tables, promote_options="permissive") if tables else None
+        index = (
+            {} if fetched is None else {g: i for i, g in enumerate(fetched.column(GORD_COLUMN).to_pylist())}
+        )
+        take = pa.array([index.get(int(g)) for g in self.gord], pa.int64())
+        rows = self._rows
+        for c in cols:
+            if fetched is not None and c in fetched.column_names:
+                col = fetched.column(c).take(take)
+            else:
+                col = pa.nulls(len(self.gord), pa.string())
+            rows = rows.append_column(c, col.fill_null("") if c == "title" else col)
+        self.forward = self.base_forward = ForwardStore.from_table(
+            rows, self._root.attr_names, self._root.text_names
+        )
 
     def compact(self, gords: Sequence[int]) -> list[int]:
         return [self._compact[g] for g in gords]
@@ -285,6 +311,17 @@ class Fanout:
         for rs in self.sets:
             await rs.close()
 
+    async def fetch(self, payloads: Mapping[int, bytes], deadline: float | None) -> dict[int, pa.Table | str]:
+        """Each shard's Fetch of its payload (shard → the display rows, or why it did not answer)."""
+        timeout = self.timeout_s
+        if deadline is not None:
+            timeout = min(timeout, deadline - time.monotonic() - ROOT_MARGIN_S)
+        if timeout <= 0:
+            return dict.fromkeys(payloads, "no time left before the request deadline")
+        shards = list(payloads)
+        got = await asyncio.gather(*(_fetch_from(self.sets[s], payloads[s], timeout) for s in shards))
+        return dict(zip(shards, got, strict=True))
+
     async def call(self, payload: bytes, deadline: float | None) -> list[_ShardAnswer]:
         timeout = self.timeout_s
         if deadline is not None:
@@ -309,9 +346,27 @@ class Fanout:
                 return _ShardAnswer(i, error=f"{exc.code().name}: {exc.details()}")
             ans = outcome.value
             rows = ipc.open_stream(ans.rows).read_all() if ans.rows else None
+            if rows is not None:  # which shard holds each candidate: where the root fetches it from
+                rows = rows.append_column(SHARD_COLUMN, pa.array(np.full(rows.num_rows, i, np.int32)))
             return _ShardAnswer(i, ans, rows=rows, replica=outcome.replica, hedged=outcome.hedged)
 
         return list(await asyncio.gather(*(one(i, rs) for i, rs in enumerate(self.sets))))
+
+
+async def _fetch_from(rs: ReplicaSet, payload: bytes, budget_s: float) -> pa.Table | str:
+    async def rpc(channel: grpc.aio.Channel, t: float) -> spb.ShardFetchResponse:
+        method = channel.unary_unary(
+            SHARD_FETCH, request_serializer=None, response_deserializer=spb.ShardFetchResponse.FromString
+        )
+        return await method(payload, timeout=t)
+
+    try:
+        outcome = await rs.call(rpc, budget_s)
+    except ShardUnavailable as exc:
+        return str(exc)
+    except grpc.aio.AioRpcError as exc:
+        return f"{exc.code().name}: {exc.details()}"
+    return ipc.open_stream(outcome.value.rows).read_all()
 
 
 def merge_lists(
@@ -346,7 +401,9 @@ def _branch_result(
     latency = max((b.latency_ms for _, b in entries), default=0.0)
     problems = missing + [f"shard {s}: {b.detail}" for s, b in failed]
     if ok:
-        merged = merge_lists([(b.ordinals, b.scores) for b in ok], spec.quota)
+        merged = merge_lists(
+            [(np.frombuffer(b.ordinals, "<i8"), np.frombuffer(b.scores, "<f8")) for b in ok], spec.quota
+        )
         detail = "" if not problems else f"{len(ok)} of {count} shards answered ({'; '.join(problems[:3])})"
         return BranchResult(name, BranchStatus.OK, [], latency, detail), bool(problems), merged
     if failed or missing:
@@ -462,6 +519,33 @@ class RootSearchService(SearchService):
         ex.collection = view  # type: ignore[assignment]  # later stages read the request's candidates
 
 
+async def _root_fetch(service: RootSearchService, ex: Exchange) -> None:
+    """Query then fetch: the display fields of the hits this answer returns (of every candidate for a
+    debug answer, which shows each branch's list) from the shards holding them, in parallel."""
+    view: CandidateView = ex.generation  # type: ignore[assignment]
+    if ex.query.debug:
+        wanted = np.arange(len(view.gord))
+    else:
+        wanted = np.fromiter((f.ordinal for f in ex.fused[: ex.query.top_k]), np.int64)
+    if not len(wanted):
+        view.add_display([])
+        return
+    payloads: dict[int, bytes] = {}
+    for shard in np.unique(view.owner[wanted]).tolist():
+        gords = view.gord[wanted[view.owner[wanted] == shard]]
+        payloads[int(shard)] = spb.ShardFetchRequest(
+            collection=view.name, set_id=view.set_id, ordinals=gords.astype("<i8").tobytes()
+        ).SerializeToString()
+    got = await service.fanout.fetch(payloads, ex.deadline)
+    tables = [t for t in got.values() if isinstance(t, pa.Table)]
+    if len(tables) < len(got):
+        ex.degraded = True
+        for shard, why in got.items():
+            if isinstance(why, str):
+                log.warning("fetch from shard %d failed (%s): hits without display fields", shard, why)
+    view.add_display(tables)
+
+
 def _rows(answers: Sequence[_ShardAnswer], keep: Sequence[int], root: RootCollection) -> pa.Table:
     """The rows of the kept candidates, in global-ordinal order (one row each)."""
     tables = [a.rows for a in answers if a.rows is not None and a.rows.num_rows]
@@ -480,7 +564,6 @@ def _rows(answers: Sequence[_ShardAnswer], keep: Sequence[int], root: RootCollec
 def _empty_rows(root: RootCollection) -> pa.Table:
     cols: dict[str, pa.Array] = {
         "id": pa.array([], pa.string()),
-        "title": pa.array([], pa.string()),
         "category": pa.array([], pa.string()),
         "tags": pa.array([], pa.list_(pa.string())),
         "lat": pa.array([], pa.float64()),
@@ -488,10 +571,9 @@ def _empty_rows(root: RootCollection) -> pa.Table:
     }
     for name in root.attr_names:
         cols[f"attr_{name}"] = pa.array([], pa.float64())
-    for name in root.text_names:
-        cols[f"text_{name}"] = pa.array([], pa.string())
     cols[GORD_COLUMN] = pa.array([], pa.int64())
     cols[POPULARITY_COLUMN] = pa.array([], pa.float64())
+    cols[SHARD_COLUMN] = pa.array([], pa.int32())
     return pa.table(cols)
 
 
@@ -519,10 +601,17 @@ _R = RootSearchService
 
 
 def _replace_recall(p: Pipeline) -> Pipeline:
-    stages = tuple(_R._fan_out if s is _S._recall else s for s in p.stages)  # type: ignore[comparison-overlap]
-    return Pipeline(p.name, p.specs, stages)  # type: ignore[arg-type]
+    stages: list[Any] = []
+    for s in p.stages:
+        if s is _S._recall:
+            s = _R._fan_out  # type: ignore[assignment]
+        elif s is _S._hydrate:
+            stages.append(_root_fetch)
+        stages.append(s)
+    return Pipeline(p.name, p.specs, tuple(stages))
 
 
-#: The single-node pipelines with the fan-out in place of local recall; every other stage is shared.
+#: The single-node pipelines with the fan-out in place of local recall and the fetch of display fields
+#: before hydration; every other stage is shared.
 ROOT_SEARCH = _replace_recall(SEARCH)
 ROOT_RECOMMEND = _replace_recall(RECOMMEND)

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 GORD_COLUMN = "_gord"
 POPULARITY_COLUMN = "_popularity"
 MAX_BRANCHES = 32
+MAX_FETCH = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class ShardCore:
         for r in results:
             r.candidates = [Candidate(to_global[c.ordinal], c.score) for c in r.candidates]
         rows = live.forward.take_table(local)
+        # What the root filters and ranks with; the display fields travel only for its final hits (fetch).
+        rows = rows.select([c for c in rows.column_names if not _display(c)])
         popularity = live.popularity
         pop = (
             popularity[np.asarray(local, dtype=np.int64)].astype(np.float64)
@@ -147,10 +150,43 @@ class ShardCore:
         rows = rows.append_column(POPULARITY_COLUMN, pa.array(pop, pa.float64()))
         return ShardResult(coll.shard.index, coll.version, results, rows)
 
+    async def fetch(self, collection: str, set_id: str, gords: np.ndarray) -> pa.Table:
+        """The display fields (title, text_*) of the items with these global ordinals that this shard
+        holds, with their GORD_COLUMN; the rest are left out."""
+        if len(gords) > MAX_FETCH:
+            raise InvalidArgument(f"at most {MAX_FETCH} items per fetch, got {len(gords)}")
+        coll = self._generation(collection, set_id)
+        live = coll.view
+        local, found = _local_ordinals(
+            coll, np.asarray(gords, dtype=np.int64), live.base_n, len(live.forward)
+        )
+        rows = live.forward.take_table(local[found].tolist())
+        rows = rows.select(["title", *[c for c in rows.column_names if c.startswith("text_")]])
+        return rows.append_column(GORD_COLUMN, pa.array(np.asarray(gords)[found], pa.int64()))
+
     @staticmethod
     def _dim(coll: Collection) -> int:
         part: dict[str, Any] | None = coll.manifest.parts.get("vectors")
         return int(part["encoder"]["dim"]) if part is not None else 0
+
+
+def _display(column: str) -> bool:
+    return column == "title" or column.startswith("text_")
+
+
+def _local_ordinals(
+    coll: Collection, gords: np.ndarray, base_n: int, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(local ordinals, found mask) of global ordinals: the inverse of _global_ordinals."""
+    shard = coll.shard
+    assert shard is not None
+    local = shard.local_of(gords)
+    delta = gords >= shard.global_items
+    rel = gords[delta] - shard.global_items
+    mine = rel % shard.count == shard.index
+    local[delta] = np.where(mine, base_n + rel // shard.count, -1)
+    found = (local >= 0) & (local < n)
+    return local, found
 
 
 def _global_ordinals(coll: Collection, local: np.ndarray, base_n: int) -> np.ndarray:
