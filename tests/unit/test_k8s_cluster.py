@@ -3,8 +3,9 @@ the committed manifests are generate.py's output; every manifest validates again
 schemas; every `quarry` command line goes through the real CLI, and each serving one (with its container's
 environment and the ConfigMap's file) yields the settings its role needs; every QUARRY_ variable is a
 settings field; every shard index appears once, with its headless Service; the root names every shard's
-Service; the build Jobs' command lines, run in build.sh's order on a small catalog, publish a shard set;
-build.sh sequences the Jobs, against a stand-in kubectl."""
+Service and, like the shards, follows CURRENT with the admin token; the build Jobs' command lines, run in
+build.sh's order on a small catalog, publish a shard set; build.sh sequences the Jobs, then waits for every
+shard and every root to serve the new set (and follows a shard-count change), against a stand-in kubectl."""
 
 from __future__ import annotations
 
@@ -259,7 +260,18 @@ def _check_topology(docs: list[dict[str, Any]], shards: int) -> None:
     assert targets == [[f"dns:///{gen.shard_service(i)}:{port}"] for i in range(shards)], (
         "the root names every shard's headless Service, in index order"
     )
-    assert {m["mountPath"]: m.get("readOnly") for m in c["volumeMounts"]}["/data"] is True
+    assert not {m["mountPath"]: m.get("readOnly") for m in c["volumeMounts"]}["/data"], (
+        "a root's Rollback / Reload --generation moves CURRENT"
+    )
+    # The root follows CURRENT (a coordinated reload) and serves the AdminService with the token the shards
+    # check: cluster.shard_token defaults to admin.token, so both come from the one Secret key.
+    assert env["QUARRY_ADMIN__WATCH"]["value"] == "true"
+    assert "QUARRY_CLUSTER__SHARD_TOKEN" not in env
+    token = env["QUARRY_ADMIN__TOKEN"]["valueFrom"]["secretKeyRef"]
+    for d in shard_deps.values():
+        shard_env = {e["name"]: e for e in _container(d)["env"]}
+        assert shard_env["QUARRY_ADMIN__WATCH"]["value"] == "true"
+        assert shard_env["QUARRY_ADMIN__TOKEN"]["valueFrom"]["secretKeyRef"] == token
     client = services["quarry-search"]
     assert (
         client["spec"].get("clusterIP") is None
@@ -317,6 +329,12 @@ def test_a_missing_shard_or_a_wrong_probe_fails_the_checks() -> None:
     renamed["root.yaml"] = files["root.yaml"].replace("dns:///quarry-shard-1:", "dns:///quarry-shard-01:")
     with pytest.raises(AssertionError):
         _check_topology(_docs(renamed), SHARDS)
+    watch = 'name: QUARRY_ADMIN__WATCH, value: "true"'
+    assert files["root.yaml"].count(watch) == 1
+    unwatched = dict(files)
+    unwatched["root.yaml"] = files["root.yaml"].replace(watch, 'name: QUARRY_ADMIN__WATCH, value: "false"')
+    with pytest.raises(AssertionError):
+        _check_topology(_docs(unwatched), SHARDS)
 
 
 # ------------------------------------------------------------------------------------------ command lines
@@ -407,12 +425,15 @@ def test_each_serving_command_line_yields_its_roles_settings(
         assert s.redis.cluster is True
         redis = _by(_docs(_committed()), "Service")["quarry-redis-cluster"]
         assert s.redis.url == f"redis://{redis['metadata']['name']}:{redis['spec']['ports'][0]['port']}"
-        assert s.admin.watch is False, "a root cannot reload a shard set: build.sh restarts it"
+        assert s.admin.watch is True, "a root follows CURRENT with a coordinated reload"
+        assert s.admin.token is not None, "build.sh asks each root for its status; the AdminService"
+        shard_token = s.cluster.shard_token or s.admin.token
+        assert shard_token.get_secret_value() == "from-a-secret", "the root authenticates to the shards"
     else:
         assert s.cluster.role == "shard" and s.cluster.shard == int(doc["metadata"]["name"].rsplit("-", 1)[1])
         assert s.admin.watch is True, "shards follow CURRENT"
-        assert s.admin.token is not None, "build.sh asks each shard for its status"
-        assert s.cluster.release_previous_s >= 300, "long enough for the roots' rolling restart"
+        assert s.admin.token is not None, "build.sh and the roots call each shard's AdminService"
+        assert s.cluster.release_previous_s >= 300, "long enough for every root to switch"
 
 
 def _env_entries() -> list[dict[str, Any]]:
@@ -466,6 +487,7 @@ def test_every_quarry_variable_is_a_settings_field(monkeypatch: pytest.MonkeyPat
         "QUARRY_REDIS__CLUSTER",
         "QUARRY_REDIS__URL",
         "QUARRY_ADMIN__WATCH",
+        "QUARRY_ADMIN__TOKEN",
     } <= names
     bad = sorted(n for n in names - NOT_SETTINGS if not _is_setting(n))
     assert not bad, f"not settings fields: {bad}"
@@ -557,8 +579,9 @@ def test_the_build_jobs_publish_a_shard_set_when_run_in_order(tmp_path: Path) ->
 
 FAKE_KUBECTL = r"""#!{python}
 # A stand-in for kubectl that build.sh drives: it keeps Jobs in a JSON state file, logs every call and
-# answers from a scenario (which phase fails, what each shard pod's `quarry admin status` prints).
-import json, os, sys
+# answers from a scenario (which phase fails, the roots' shard list, which Deployments exist, which pods
+# are running in which listing, what each pod's `quarry admin status` prints).
+import json, os, re, sys
 from pathlib import Path
 import yaml
 
@@ -595,12 +618,30 @@ elif args[0] == "get" and args[1].startswith("job/"):
             print("FailureTarget Failed")
         else:
             print("SuccessCriteriaMet Complete")
+elif args[:2] == ["get", "deployment/quarry-root"]:
+    if state["roots"] is None:
+        print('Error from server (NotFound): deployments.apps "quarry-root" not found', file=sys.stderr)
+        code = 1
+    else:
+        print(state["roots"], end="")
+elif args[:2] == ["get", "deployments"]:
+    (notin,) = re.findall(r"quarry/shard notin \(([\d,]*)\)", args[args.index("-l") + 1])
+    keep = notin.split(",")
+    print(" ".join(d for d in state["deployments"] if d.rsplit("-", 1)[1] not in keep), end="")
+elif args[:2] == ["get", "pods"]:
+    role = "root" if "component=root" in args[args.index("-l") + 1] else "shard"
+    n = state["listings"][role] = state["listings"].get(role, -1) + 1
+    for pod in state["status"]:
+        first, last = state["listed"].get(pod, [0, None])
+        if f"quarry-{{role}}-" in pod and first <= n and (last is None or n <= last):
+            print(pod)
+elif args[:2] == ["rollout", "status"] and args[2] in state["unready"]:
+    print(f"error: timed out waiting for the condition on {{args[2]}}", file=sys.stderr)
+    code = 1
 elif args[0] == "patch":
     state["jobs"][args[1][4:]]["suspended"] = False
 elif args[0] == "logs":
     print("assembled geonames-v: 60 items in 4 shards → /data/root/geonames/gen-000002 (live)")
-elif args[:2] == ["get", "pods"]:
-    print("\n".join(state["status"]))
 elif args[0] == "exec" and "status" in args:
     answers = state["status"][args[1]]
     print(answers.pop(0) if len(answers) > 1 else answers[0], end="")
@@ -609,41 +650,76 @@ sys.exit(code)
 """
 
 
-def _status_text(generation: str) -> str:
-    """What `quarry admin status` prints for a shard serving `generation` while CURRENT names gen-000002."""
+def _status_text(*generations: str, role: str = "shard") -> str:
+    """What `quarry admin status` prints for a pod serving `generations` (one collection each: geonames,
+    then scifact) while CURRENT names gen-000002: the CLI's own formatting of the AdminService's answer, as
+    a shard or as a root (the set id and every shard's replicas, no change log)."""
     from quarry.cli import _echo_status
+    from retriever.api.admin import _status
+    from retriever.lifecycle import GenerationStatus
 
-    status = SimpleNamespace(
-        collection="geonames",
-        generation=generation,
-        snapshot_version="geonames-v",
-        items=15,
-        ranker="fused",
-        branches=["geo", "inverted"],
-        unavailable={"ann": "the snapshot has no vectors part (built without an encoder)"},
-        generations=["gen-000001", "gen-000002"],
-        root_live="gen-000002",
-        changelog="/data/root/geonames/changes/shard-0000",
-        upserts=0,
-        deletes=0,
-        generation_log_seq=0,
-        log_seq=0,
-    )
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        _echo_status(status)
+    for name, generation in zip(("geonames", "scifact"), generations or ("gen-000002",), strict=False):
+        replica = {"address": "10.0.0.7:50051", "in_flight": 0, "ejected": False, "failures": 0}
+        status = GenerationStatus(
+            collection=name,
+            snapshot_version=f"{name}-v",
+            generation=generation,
+            path=Path(f"/data/root/{name}/{generation}"),
+            items=15,
+            branches=["geo", "inverted"],
+            unavailable={} if role == "root" else {"ann": "the snapshot has no vectors part"},
+            ranker="fused",
+            serving_since=0.0,
+            generations=["gen-000001", "gen-000002"],
+            root_live="gen-000002",
+            changelog="" if role == "root" else f"/data/root/{name}/changes/shard-0000",
+            set_id="set-2" if role == "root" else "",
+            shards=[[{**replica, "p50_ms": 1.0, "p95_ms": 3.0}]] * 4 if role == "root" else [],
+        )
+        with contextlib.redirect_stdout(out):
+            _echo_status(_status(status))
     return out.getvalue()
 
 
-def _drive(tmp_path: Path, *, fail: str = "", status: dict[str, list[str]], follow_s: int = 60) -> Any:
+def _drive(
+    tmp_path: Path,
+    *,
+    fail: str = "",
+    status: dict[str, list[str]],
+    follow_s: int = 60,
+    roots: int | None = SHARDS,
+    deployments: int | None = SHARDS,
+    listed: dict[str, tuple[int, int | None]] | None = None,
+    unready: tuple[str, ...] = (),
+) -> Any:
+    """Run build.sh against the stand-in kubectl. `roots`: the shard count of the roots' list (None: no
+    root Deployment); `deployments`: the shard Deployments there are; `listed`: in which listings of its
+    role (0, 1, ...; None: every later one) a pod of `status` is running (default: all of them);
+    `unready`: Deployments whose rollout does not complete."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "kubectl"
     fake.write_text(FAKE_KUBECTL.format(python=sys.executable))
     fake.chmod(0o755)
     state = tmp_path / "state.json"
+    root_list = None if roots is None else json.dumps([[gen.shard_target(i)] for i in range(roots)])
     state.write_text(
-        json.dumps({"raw": [], "log": [], "created": [], "jobs": {}, "fail": fail, "status": status})
+        json.dumps(
+            {
+                "raw": [],
+                "log": [],
+                "created": [],
+                "jobs": {},
+                "fail": fail,
+                "status": status,
+                "roots": root_list,
+                "deployments": [gen.shard_service(i) for i in range(deployments or 0)],
+                "listed": listed or {},
+                "listings": {},
+                "unready": list(unready),
+            }
+        )
     )
     env = {
         **os.environ,
@@ -664,8 +740,16 @@ def _steps(log: list[list[str]]) -> list[str]:
     """The calls that matter for the order, as short strings."""
     out = []
     for a in log:
-        if a[0] in ("create", "patch", "logs") or a[:2] == ["rollout", "restart"]:
-            out.append(f"{a[0]} {a[1]}" if a[0] != "rollout" else f"restart {a[2]}")
+        if a[0] in ("create", "patch", "logs"):
+            out.append(f"{a[0]} {a[1]}")
+        elif a[:2] == ["rollout", "restart"]:
+            out.append(f"restart {a[2]}")
+        elif a[:2] == ["rollout", "status"]:
+            out.append(f"ready {a[2]}")
+        elif a[0] == "apply":
+            out.append(" ".join(["apply", *(a[a.index("-l") + 1 :][:1] if "-l" in a else [])]))
+        elif a[0] == "delete":
+            out.append(" ".join(x for x in a if not x.startswith("-")))
         elif a[0] == "get" and a[1].startswith("job/") and (not out or out[-1] != f"wait {a[1]}"):
             out.append(f"wait {a[1]}")
         elif a[0] == "exec" and "status" in a and (not out or out[-1] != f"status {a[1]}"):
@@ -675,27 +759,65 @@ def _steps(log: list[list[str]]) -> list[str]:
     return out
 
 
-def test_build_sh_runs_the_phases_in_order_then_restarts_the_roots(tmp_path: Path) -> None:
-    pods = [f"pod/quarry-shard-{i}-x" for i in range(2)]
+def _job(phase: str) -> str:
+    return f"job/quarry-build-{phase}-{BUILD_ID}"
+
+
+PHASES = [
+    "create -f",
+    f"wait {_job('global')}",
+    f"patch {_job('shards')}",
+    f"wait {_job('shards')}",
+    f"patch {_job('assemble')}",
+    f"wait {_job('assemble')}",
+    f"logs {_job('assemble')}",
+]
+SHARD_PODS = [f"pod/quarry-shard-{i}-x" for i in range(2)]
+ROOT_PODS = [f"pod/quarry-root-{c}" for c in "ab"]
+
+
+def _check_exec_calls(log: list[list[str]]) -> None:
+    """Every `kubectl exec` names the pod's container and runs a real quarry command line."""
+    for a in log:
+        if a[0] == "exec":
+            container = _flag(a, "-c")
+            assert container in ("shard", "root") and f"quarry-{container}-" in a[1], a
+            argv = a[a.index("--") + 1 :]
+            assert argv[0] == "quarry"
+            r = CliRunner().invoke(main, [*argv[1:], "--help"])
+            assert r.exit_code == 0, (argv, r.output)
+
+
+def test_build_sh_runs_the_phases_in_order_then_waits_for_every_root(tmp_path: Path) -> None:
     behind, live = _status_text("gen-000001"), _status_text("gen-000002")
-    run = _drive(tmp_path, status={pods[0]: [behind, behind, live], pods[1]: [live]})
+    root_behind = _status_text("gen-000001", role="root")
+    root_live = _status_text("gen-000002", role="root")
+    assert "  root: gen-000001, gen-000002 (live gen-000002)" in root_behind.splitlines()
+    run = _drive(
+        tmp_path,
+        status={
+            SHARD_PODS[0]: [behind, behind, live],
+            SHARD_PODS[1]: [live],
+            # a (still on the previous set) switches while it is watched; b had switched already
+            ROOT_PODS[0]: [root_behind, root_behind, root_live],
+            ROOT_PODS[1]: [root_live],
+        },
+    )
     assert run.rc == 0, run.output
-    job = lambda p: f"job/quarry-build-{p}-{BUILD_ID}"  # noqa: E731
     assert _steps(run.log) == [
-        "create -f",
-        f"wait {job('global')}",
-        f"patch {job('shards')}",
-        f"wait {job('shards')}",
-        f"patch {job('assemble')}",
-        f"wait {job('assemble')}",
-        f"logs {job('assemble')}",
-        f"status {pods[0]}",
-        f"status {pods[1]}",
-        "restart deployment/quarry-root",
+        *PHASES,
+        f"status {SHARD_PODS[0]}",
+        f"status {SHARD_PODS[1]}",
+        f"status {ROOT_PODS[0]}",
+        f"status {ROOT_PODS[1]}",
         "gc",
-    ]
-    statuses = [a for a in run.log if a[0] == "exec" and "status" in a]
-    assert len(statuses) == 4, "pod 0 was asked until it served the live generation"
+    ], "no restart, no apply: the roots switch by themselves"
+    statuses = [a[1] for a in run.log if a[0] == "exec" and "status" in a]
+    assert statuses.count(SHARD_PODS[0]) == 3, "shard pod 0 was asked until it served the live generation"
+    assert statuses.count(ROOT_PODS[0]) == 3, "root a was asked until it served the live generation"
+    assert statuses.count(ROOT_PODS[1]) == 1
+    for pod in ROOT_PODS:
+        assert f"{pod} serves the new generation" in run.output
     assert all(a[:2] == ["--namespace", "search"] for a in run.raw if a[0] != "kustomize"), (
         "NAMESPACE is used"
     )
@@ -708,17 +830,20 @@ def test_build_sh_runs_the_phases_in_order_then_restarts_the_roots(tmp_path: Pat
     )
     for d in docs:
         kubernetes_validate.validate(d, VERSION, strict=True)
-    # The pod selector names the new set's shards; the quarry commands it runs inside pods are real.
-    (pods_call,) = [a for a in run.log if a[:2] == ["get", "pods"]]
-    assert (
-        f"quarry/shard in ({','.join(str(i) for i in range(SHARDS))})" in pods_call[pods_call.index("-l") + 1]
+    # The pod selectors name the new set's shards, and the roots; the quarry commands run in pods are real.
+    selectors = [a[a.index("-l") + 1] for a in run.log if a[:2] == ["get", "pods"]]
+    (shard_selector,) = [x for x in selectors if "component=shard" in x]
+    assert f"quarry/shard in ({','.join(str(i) for i in range(SHARDS))})" in shard_selector
+    root_selector = "app.kubernetes.io/name=quarry,app.kubernetes.io/component=root"
+    # Listed before each status call (a three times, b once) and once more: every pod listed serves it.
+    assert [x for x in selectors if x != shard_selector] == [root_selector] * 5, (
+        "the roots are listed again each round, so pods that come and go count"
     )
-    for a in run.log:
-        if a[0] == "exec":
-            argv = a[a.index("--") + 1 :]
-            assert argv[0] == "quarry"
-            r = CliRunner().invoke(main, [*argv[1:], "--help"])
-            assert r.exit_code == 0, (argv, r.output)
+    root_labels = _by(_docs(_committed()), "Deployment")["quarry-root"]["spec"]["template"]["metadata"][
+        "labels"
+    ]
+    assert _matches(dict(kv.split("=") for kv in root_selector.split(",")), root_labels)
+    _check_exec_calls(run.log)
 
 
 def test_build_sh_stops_when_a_phase_fails(tmp_path: Path) -> None:
@@ -732,9 +857,128 @@ def test_build_sh_stops_when_a_phase_fails(tmp_path: Path) -> None:
 
 def test_build_sh_keeps_the_roots_when_a_shard_does_not_follow(tmp_path: Path) -> None:
     pod = "pod/quarry-shard-0-x"
-    run = _drive(tmp_path, status={pod: [_status_text("gen-000001")]}, follow_s=0)
-    assert run.rc != 0 and "does not serve the new generation" in run.output
-    assert not any(a[:2] == ["rollout", "restart"] for a in run.log)
+    run = _drive(
+        tmp_path,
+        status={pod: [_status_text("gen-000001")], ROOT_PODS[0]: [_status_text(role="root")]},
+        follow_s=0,
+    )
+    assert run.rc != 0 and f"{pod} does not serve the new generation" in run.output
+    steps = _steps(run.log)
+    assert not any(s.startswith(("restart", "apply", f"status {ROOT_PODS[0]}")) for s in steps)
+    assert "gc" not in steps
+
+
+def test_build_sh_fails_naming_a_root_that_does_not_switch(tmp_path: Path) -> None:
+    """A root still serving the previous generation of one collection (its coordinated reload refused)
+    when the time is up: build.sh names it, exits non-zero and keeps every generation (no gc)."""
+    stuck = _status_text("gen-000002", "gen-000001", role="root")  # geonames switched, scifact did not
+    run = _drive(
+        tmp_path,
+        status={
+            SHARD_PODS[0]: [_status_text("gen-000002")],
+            ROOT_PODS[0]: [_status_text("gen-000002", "gen-000002", role="root")],
+            ROOT_PODS[1]: [stuck],
+        },
+        follow_s=0,
+    )
+    assert run.rc != 0
+    assert f"{ROOT_PODS[1]} does not serve the new generation" in run.output
+    assert f"{ROOT_PODS[0]} serves the new generation" in run.output
+    steps = _steps(run.log)
+    assert steps == [*PHASES, f"status {SHARD_PODS[0]}", f"status {ROOT_PODS[0]}", f"status {ROOT_PODS[1]}"]
+
+
+def test_build_sh_fails_when_no_root_runs(tmp_path: Path) -> None:
+    run = _drive(tmp_path, status={SHARD_PODS[0]: [_status_text("gen-000002")]}, follow_s=0)
+    assert run.rc != 0 and "no root pod is running" in run.output
+    assert "gc" not in _steps(run.log)
+
+
+def test_build_sh_needs_the_root_deployment(tmp_path: Path) -> None:
+    run = _drive(tmp_path, status={}, roots=None)
+    assert run.rc != 0 and "kubectl apply -k" in run.output
+    assert not run.created, "nothing is built for a deployment that is not there"
+
+
+@pytest.mark.parametrize(("before", "surplus"), [(2, []), (6, [4, 5])], ids=["growing", "shrinking"])
+def test_build_sh_changes_the_shard_count_with_the_set(
+    tmp_path: Path, before: int, surplus: list[int]
+) -> None:
+    """The committed files have SHARDS shards, the roots list `before`: once the set is published the
+    shards are applied (and ready) before the roots, the old roots (which refuse the set) are waited out
+    while the rollout replaces them, and only then are the shards beyond the count deleted."""
+    old, new = "pod/quarry-root-old", "pod/quarry-root-new"
+    run = _drive(
+        tmp_path,
+        status={
+            SHARD_PODS[0]: [_status_text("gen-000002")],
+            old: [_status_text("gen-000001", role="root")],
+            new: [_status_text("gen-000002", role="root")],
+        },
+        roots=before,
+        deployments=max(before, SHARDS or 0),
+        listed={old: (0, 1), new: (1, None)},  # the rollout: new comes up, then old goes
+    )
+    assert run.rc == 0, run.output
+    assert SHARDS is not None
+    not_root = "app.kubernetes.io/component!=root"
+    assert _steps(run.log) == [
+        *PHASES,
+        f"apply {not_root}",
+        *(f"ready deployment/quarry-shard-{i}" for i in range(SHARDS)),
+        f"status {SHARD_PODS[0]}",
+        "apply",
+        f"status {old}",
+        f"status {new}",
+        *(
+            [
+                f"delete deployment,service,poddisruptionbudget {' '.join(gen.shard_service(i) for i in surplus)}"
+            ]
+            if surplus
+            else []
+        ),
+        "gc",
+    ]
+    assert f"the roots list {before} shards, this build makes {SHARDS}" in run.output
+    applies = [a for a in run.log if a[0] == "apply"]
+    assert all(_flag(a, "-k") == str(CLUSTER) for a in applies), "the regenerated manifests"
+    # The first apply leaves out exactly the root's Deployment and its client Service.
+    key, value = not_root.split("!=")
+    left_out = {
+        f"{d['kind']}/{d['metadata']['name']}"
+        for d in _docs(_committed())
+        if d["metadata"].get("labels", {}).get(key) == value
+    }
+    assert left_out == {"Deployment/quarry-root", "Service/quarry-search"}
+
+
+def test_build_sh_keeps_the_old_roots_when_a_new_shard_does_not_come_up(tmp_path: Path) -> None:
+    assert SHARDS is not None
+    last = f"deployment/{gen.shard_service(SHARDS - 1)}"
+    run = _drive(
+        tmp_path,
+        status={SHARD_PODS[0]: [_status_text("gen-000002")], ROOT_PODS[0]: [_status_text(role="root")]},
+        roots=SHARDS - 1,
+        unready=(last,),
+    )
+    assert run.rc != 0 and f"{last} is not rolled out" in run.output
+    steps = _steps(run.log)
+    assert steps[-1] == f"ready {last}"
+    assert "apply" not in steps, "the roots' list is not changed: they keep serving the previous set"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (for its jsonpath) not installed")
+def test_build_sh_reads_the_roots_shard_count_from_their_deployment(tmp_path: Path) -> None:
+    """The query build.sh sends for the roots' shard list, evaluated by the real kubectl (offline, on the
+    committed Deployment), and build.sh's way of counting it."""
+    run = _drive(tmp_path, status={}, fail="global")
+    (query,) = [a for a in run.log if a[:2] == ["get", "deployment/quarry-root"]]
+    root = _by(_docs(_committed()), "Deployment")["quarry-root"]
+    (tmp_path / "root.yaml").write_text(yaml.safe_dump(root))
+    cmd = ["kubectl", "label", "--local", "-f", str(tmp_path / "root.yaml"), "x=y", *query[2:]]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60).stdout
+    assert json.loads(out) == [[gen.shard_target(i)] for i in range(SHARDS or 0)]
+    assert out.count("[") - 1 == SHARDS, "build.sh counts the lists' opening brackets"
 
 
 def test_build_sh_rejects_a_bad_build_id() -> None:

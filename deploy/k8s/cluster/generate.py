@@ -3,8 +3,8 @@
 
 - shard-<I>.yaml for every shard I: its Deployment (2 replicas of `quarry serve --role shard --shard I`),
   its headless Service quarry-shard-<I> (the root's replica list for shard I) and its PodDisruptionBudget;
-- root.yaml: the root Deployment, whose QUARRY_CLUSTER__SHARDS names every shard's Service, with its
-  client Service, PodDisruptionBudget and HorizontalPodAutoscaler;
+- root.yaml: the root Deployment, whose QUARRY_CLUSTER__SHARDS names every shard's Service (a root refuses
+  a set of another shard count), with its client Service, PodDisruptionBudget and HorizontalPodAutoscaler;
 - build/jobs.yaml: one sharded build as three Jobs (global, an Indexed Job of one completion per shard,
   assemble) that build.sh runs in order;
 - kustomization.yaml: the resources, including every shard file.
@@ -148,7 +148,8 @@ spec:
             # Follow CURRENT: load a new set when a build publishes it, keeping the previous one for the
             # roots still asking for it (cluster.release_previous_s after the first request for the new one).
             - {name: QUARRY_ADMIN__WATCH, value: "true"}
-            # AdminService: Status (build.sh), Upsert/Delete into this shard's change log, Reload, Rollback.
+            # AdminService: Status (build.sh); the roots' coordinated Reload/Rollback and the Upserts/Deletes
+            # they route here (into this shard's change log). The roots present the same token.
             - name: QUARRY_ADMIN__TOKEN
               valueFrom: {secretKeyRef: {name: quarry-admin, key: token}}
 $probes\
@@ -194,7 +195,9 @@ ROOT_FILE = Template(
     + """\
 # The root: clients' Search/Recommend/LogEvents (Service quarry-search). It holds no item indexes, only the
 # set's global part, and fans every request out to one replica of each of the $shards shards, then fuses,
-# ranks and answers; the user's real-time events come from the Redis Cluster.
+# ranks and answers; the user's real-time events come from the Redis Cluster. Its AdminService (same
+# Service, the admin token) reports every shard replica's state, switches sets with a coordinated reload
+# and routes Upserts/Deletes to the shard that owns each id.
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -231,20 +234,25 @@ spec:
               value: '$shard_list'
             - {name: QUARRY_REDIS__URL, value: "redis://quarry-redis-cluster:6379"}
             - {name: QUARRY_REDIS__CLUSTER, value: "true"}
-            # A root loads the live set when it starts but cannot reload a shard set yet: build.sh restarts
-            # the roots once every shard serves a new set (watching would only log a refusal each interval).
-            - {name: QUARRY_ADMIN__WATCH, value: "false"}
+            # Follow CURRENT: when a build publishes a set, a coordinated reload (every replica of every shard
+            # loads it, then the root swaps to it at once). If a replica refuses it, the root keeps serving the
+            # previous set, logs which replica and why, and tries again every admin.watch_interval_s.
+            - {name: QUARRY_ADMIN__WATCH, value: "true"}
+            # AdminService: Status (build.sh), Reload, Rollback, Upsert/Delete routed to the owning shard. The
+            # root presents the same token to the shards' AdminService (cluster.shard_token's default).
+            - name: QUARRY_ADMIN__TOKEN
+              valueFrom: {secretKeyRef: {name: quarry-admin, key: token}}
 $probes\
           resources:
             requests: {cpu: "2", memory: 1Gi}
             limits: {memory: 2Gi}
           volumeMounts:
-            - {name: data, mountPath: /data, readOnly: true}
+            - {name: data, mountPath: /data}     # read-write: a Rollback or a Reload --generation moves CURRENT
             - {name: config, mountPath: /etc/quarry, readOnly: true}
       terminationGracePeriodSeconds: 30
       volumes:
         - name: data
-          persistentVolumeClaim: {claimName: quarry-cluster-data, readOnly: true}
+          persistentVolumeClaim: {claimName: quarry-cluster-data}
         - name: config
           configMap: {name: quarry-cluster-config}
 ---
