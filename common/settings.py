@@ -359,6 +359,10 @@ class ClusterSettings(_Model):
     shards: list[list[str]] = Field(default_factory=list)
     #: Per-shard deadline of one fan-out (capped by the request's own deadline).
     shard_timeout_ms: Annotated[float, Field(gt=0)] = 250.0
+    #: Where the root gets hits' display fields (title, text): "in_recall" — every candidate's row carries
+    #: them (one round trip; more bytes); "fetch" — only the final hits', from their shards after ranking
+    #: (query then fetch: a second round trip, far fewer bytes when documents are long).
+    display: Literal["in_recall", "fetch"] = "in_recall"
     #: Hedging: after this quantile of a shard's recent latencies (at least hedge_min_ms), ask a second
     #: replica; at most hedge_budget of the calls may hedge, so a slow shard cannot double its load.
     hedge: bool = True

@@ -28,7 +28,7 @@ class SeedList(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., ordinals: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardRecallRequest(_message.Message):
-    __slots__ = ("collection", "set_id", "generation", "query", "branches", "seeds", "profile", "query_vector")
+    __slots__ = ("collection", "set_id", "generation", "query", "branches", "seeds", "profile", "query_vector", "with_display")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SET_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +37,7 @@ class ShardRecallRequest(_message.Message):
     SEEDS_FIELD_NUMBER: _ClassVar[int]
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
+    WITH_DISPLAY_FIELD_NUMBER: _ClassVar[int]
     collection: str
     set_id: str
     generation: str
@@ -45,7 +46,8 @@ class ShardRecallRequest(_message.Message):
     seeds: _containers.RepeatedCompositeFieldContainer[SeedList]
     profile: _containers.RepeatedScalarFieldContainer[float]
     query_vector: bytes
-    def __init__(self, collection: _Optional[str] = ..., set_id: _Optional[str] = ..., generation: _Optional[str] = ..., query: _Optional[_Union[_search_pb2.SearchRequest, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchCall, _Mapping]]] = ..., seeds: _Optional[_Iterable[_Union[SeedList, _Mapping]]] = ..., profile: _Optional[_Iterable[float]] = ..., query_vector: _Optional[bytes] = ...) -> None: ...
+    with_display: bool
+    def __init__(self, collection: _Optional[str] = ..., set_id: _Optional[str] = ..., generation: _Optional[str] = ..., query: _Optional[_Union[_search_pb2.SearchRequest, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchCall, _Mapping]]] = ..., seeds: _Optional[_Iterable[_Union[SeedList, _Mapping]]] = ..., profile: _Optional[_Iterable[float]] = ..., query_vector: _Optional[bytes] = ..., with_display: _Optional[bool] = ...) -> None: ...
 
 class ShardBranch(_message.Message):
     __slots__ = ("branch", "status", "latency_ms", "detail", "ordinals", "scores")

@@ -45,6 +45,7 @@ def shard_request(req: spb.ShardRecallRequest) -> ShardRequest:
         query=replace(query, collection=req.collection),
         branches=tuple(BranchCall(b.name, b.quota, b.timeout_ms) for b in req.branches),
         root=RootInputs(seeds=seeds, profile=profile, vector=vector),
+        with_display=req.with_display,
     )
 
 

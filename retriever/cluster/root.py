@@ -219,6 +219,8 @@ class CandidateView:
         self.gord = rows.column(GORD_COLUMN).to_numpy()
         self.owner = rows.column(SHARD_COLUMN).to_numpy() if rows.num_rows else np.zeros(0, np.int32)
         self._rows = rows
+        #: Whether the rows came with their display fields (cluster.display = in_recall).
+        self.has_display = "title" in rows.column_names
         self.forward = self.base_forward = ForwardStore.from_table(rows, root.attr_names, root.text_names)
         self._compact = {int(g): i for i, g in enumerate(self.gord.tolist())}
         pop = rows.column(POPULARITY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
@@ -243,6 +245,7 @@ class CandidateView:
         self.forward = self.base_forward = ForwardStore.from_table(
             rows, self._root.attr_names, self._root.text_names
         )
+        self.has_display = True
 
     def compact(self, gords: Sequence[int]) -> list[int]:
         return [self._compact[g] for g in gords]
@@ -477,6 +480,7 @@ class RootSearchService(SearchService):
             ],
             profile=profile.tolist() if profile is not None else [],
             query_vector=np.asarray(vector, dtype="<f4").tobytes() if vector is not None else b"",
+            with_display=self.settings.cluster.display == "in_recall",
         )
         with self.tracer.start_as_current_span(
             "fanout", attributes={"quarry.collection": root.name, "quarry.shards": len(self.fanout.sets)}
@@ -523,6 +527,8 @@ async def _root_fetch(service: RootSearchService, ex: Exchange) -> None:
     """Query then fetch: the display fields of the hits this answer returns (of every candidate for a
     debug answer, which shows each branch's list) from the shards holding them, in parallel."""
     view: CandidateView = ex.generation  # type: ignore[assignment]
+    if view.has_display:
+        return
     if ex.query.debug:
         wanted = np.arange(len(view.gord))
     else:

@@ -57,6 +57,8 @@ class ShardRequest:
     query: SearchQuery
     branches: tuple[BranchCall, ...]
     root: RootInputs
+    #: Whether the rows carry the display fields (else the root fetches them for its hits).
+    with_display: bool = True
 
 
 @dataclass(slots=True)
@@ -138,8 +140,8 @@ class ShardCore:
         for r in results:
             r.candidates = [Candidate(to_global[c.ordinal], c.score) for c in r.candidates]
         rows = live.forward.take_table(local)
-        # What the root filters and ranks with; the display fields travel only for its final hits (fetch).
-        rows = rows.select([c for c in rows.column_names if not _display(c)])
+        if not req.with_display:  # the root fetches display fields for its final hits only
+            rows = rows.select([c for c in rows.column_names if not _display(c)])
         popularity = live.popularity
         pop = (
             popularity[np.asarray(local, dtype=np.int64)].astype(np.float64)

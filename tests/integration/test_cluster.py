@@ -273,6 +273,36 @@ def test_bad_requests_are_refused_at_the_root(
         assert err.value.code() is code and word in err.value.details()
 
 
+def test_query_then_fetch_answers_the_same(
+    cluster: LocalCluster, stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub]
+) -> None:
+    """With cluster.display = fetch, shards send no display fields and the root fetches its hits' (all
+    candidates' for debug answers) after ranking: the same answers, titles and fields included."""
+    cluster.restart_root({"QUARRY_CLUSTER__DISPLAY": "fetch"})
+    try:
+        paris = pb.GeoPoint(lat=48.8566, lon=2.3522)
+        for req in (
+            pb.SearchRequest(collection="places", query="springfield", top_k=20),
+            pb.SearchRequest(collection="places", query="paris", user_id="u3", location=paris, top_k=20),
+            pb.SearchRequest(collection="scifact", query="vitamin D deficiency and bone loss", top_k=10),
+        ):
+            _both(stubs, "Search", req, f"fetch: {req}")
+        _both(
+            stubs,
+            "Recommend",
+            pb.RecommendRequest(collection="movielens", user_id="7", top_k=20),
+            "fetch rec",
+        )
+        root, one = stubs
+        req = pb.SearchRequest(collection="places", query="san jose", debug=True, top_k=5)
+        got, want = root.Search(req), one.Search(req)
+        assert [(b.branch, [(c.id, c.title) for c in b.candidates]) for b in got.debug.branches] == [
+            (b.branch, [(c.id, c.title) for c in b.candidates]) for b in want.debug.branches
+        ]
+    finally:
+        cluster.restart_root()
+
+
 def _admin(target: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
     from common.v1 import admin_pb2_grpc
 
@@ -293,6 +323,8 @@ def test_root_status_shows_the_set_and_every_replica(cluster: LocalCluster) -> N
     }
 
 
+# The tests below change the cluster's collections (real-time changes, generations, dead replicas): the
+# equality tests above must run first.
 def test_upserts_and_deletes_route_to_the_owning_shard(
     cluster: LocalCluster, stubs: tuple[pbg.SearchServiceStub, pbg.SearchServiceStub]
 ) -> None:
