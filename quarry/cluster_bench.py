@@ -208,6 +208,19 @@ def _shard_latency(target: str) -> list[dict[str, Any]]:
     ]
 
 
+def _hedges(port: int) -> tuple[int, int]:
+    """The root's hedges sent and won so far, summed over shards (its Prometheus endpoint)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    total = {"quarry_cluster_hedges_total": 0.0, "quarry_cluster_hedges_won_total": 0.0}
+    for line in text.splitlines():
+        name = line.split("{", 1)[0]
+        if name in total:
+            total[name] += float(line.rsplit(" ", 1)[1])
+    return int(total["quarry_cluster_hedges_total"]), int(total["quarry_cluster_hedges_won_total"])
+
+
 def _step(target: str, mix: Mix, rate: float, seconds: float, offset: int) -> StepResult:
     return asyncio.run(run_step(target, mix, rate, seconds, offset=offset, timeout_s=5.0))
 
@@ -243,12 +256,14 @@ def bench_cluster(
     n_latency: int = 400,
     rate: float = 40.0,
     step_s: float = 12.0,
-    stall_ms: float = 60.0,
-    stall_every_ms: float = 300.0,
+    stall_ms: float = 250.0,
+    stall_every_ms: float = 4000.0,
     out_json: Path | None = None,
 ) -> ClusterReport:
     from quarry.bench import open_collection
+    from quarry.localcluster import free_port
 
+    metrics_port = free_port()
     work.mkdir(parents=True, exist_ok=True)
     single_dir, root_dir, name, built = _ensure(dataset, variant, work, shards, encoder, users)
     coll = open_collection(single_dir)
@@ -314,18 +329,24 @@ def bench_cluster(
         )
         for r in range(replicas):
             cluster.restart(1, r)
-        time.sleep(2)
-        cluster.pause(0, 0, stall_ms, stall_every_ms)
-        try:
-            record("root, a replica stalled, hedging on", _step(cluster.target, mix, rate, step_s, offset))
-        finally:
-            cluster.resume(0, 0)
-        cluster.restart_root({"QUARRY_CLUSTER__HEDGE": "false"})
-        cluster.pause(0, 0, stall_ms, stall_every_ms)
-        try:
-            record("root, a replica stalled, hedging off", _step(cluster.target, mix, rate, step_s, offset))
-        finally:
-            cluster.resume(0, 0)
+        # Hedging: a replica that now and then stalls (like a long GC pause), the case hedging is for —
+        # a rare slow call; measured twice with a fresh root each, after an unmeasured warm-up step.
+        for hedge in ("true", "false"):
+            cluster.restart_root(
+                {"QUARRY_CLUSTER__HEDGE": hedge, "QUARRY_SERVER__METRICS_PORT": str(metrics_port)}
+            )
+            _step(cluster.target, mix, rate, 4.0, offset)
+            before = _hedges(metrics_port)
+            cluster.pause(0, 0, stall_ms, stall_every_ms)
+            try:
+                res = _step(cluster.target, mix, rate, 2 * step_s, offset)
+            finally:
+                cluster.resume(0, 0)
+            label = f"root, a replica stalling, hedging {'on' if hedge == 'true' else 'off'}"
+            record(label, res)
+            sent, won = (a - b for a, b in zip(_hedges(metrics_port), before, strict=True))
+            report.steps[label]["hedges"] = {"sent": sent, "won": won}
+            print(f"{'':34} hedges sent {sent}, answered first {won}", flush=True)
     finally:
         cluster.stop()
         proc.terminate()
