@@ -174,7 +174,7 @@ def build_global(
     global_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stats, _lengths = textstats.collect(catalog, fields)
-    textstats.write_df(stats, plan_dir)
+    textstats.write_df(stats, global_dir)  # the root's: it sends each query's document frequencies
     log.info("global text statistics: %d documents, %d terms in %.1fs", stats.docs,
              sum(len(c) for c in stats.df.values()), time.perf_counter() - t0)  # fmt: skip
     ids = pa.table({"id": pa.array([it.id for it in catalog], pa.large_string())})
@@ -258,11 +258,8 @@ def build_shard(
         plan.attr_names,
         options,
         extra_docs=textstats.phantom_documents(n_phantoms, phantom_tokens, fields),
-        text_extra={
-            "global": textstats.global_meta(global_stats, textstats.DF_FILE, n_phantoms, phantom_tokens)
-        },
+        text_extra={"global": textstats.global_meta(global_stats, n_phantoms, phantom_tokens)},
     )
-    shutil.copyfile(tmp / PLAN_DIR / textstats.DF_FILE, out / "text" / textstats.DF_FILE)
     if plan.behavior is not None:
         parts["behavior"] = _shard_behavior(tmp / PLAN_DIR / "behavior", plan, gords, out / "behavior")
     if plan.tags is not None:
@@ -385,7 +382,8 @@ def assemble(tmp: Path, *, seconds: float = 0.0) -> snapshot.Manifest:
             "dir": GLOBAL_DIR,
             "items": plan.global_items,
             "ids": f"{GLOBAL_DIR}/{IDS_FILE}",
-            "files": [f"{GLOBAL_DIR}/{IDS_FILE}"],
+            "df": f"{GLOBAL_DIR}/{textstats.DF_FILE}",
+            "files": [f"{GLOBAL_DIR}/{IDS_FILE}", f"{GLOBAL_DIR}/{textstats.DF_FILE}"],
             "text_fields": plan.fields,
             "attrs": plan.attr_names,
             "encoder": encoder,

@@ -677,6 +677,15 @@ def _echo_status(s: Any) -> None:
             f"  real-time: {s.upserts} upserts, {s.deletes} deletes applied over the generation "
             f"(change log seq {s.generation_log_seq} → {s.log_seq}, {s.changelog})"
         )
+    if s.set_id:
+        click.echo(f"  shard set {s.set_id}: {len(s.shards)} shards")
+    for shard in s.shards:
+        replicas = "; ".join(
+            f"{r.address}{' EJECTED' if r.ejected else ''} p50 {r.p50_ms:.1f}/p95 {r.p95_ms:.1f} ms"
+            + (f", {r.failures} failures" if r.failures else "")
+            for r in shard.replicas
+        )
+        click.echo(f"    shard {shard.shard}: {replicas or 'no replica known'}")
 
 
 def _echo_switch(collection: str, reply: Any) -> None:
@@ -1432,6 +1441,7 @@ def bench_load_cmd(
     "--equal", "n_equal", default=500, show_default=True, help="Requests compared root vs one node."
 )
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+@click.option("--cost-only", is_flag=True, help="Stop after equality, latency, memory and CPU per request.")
 def bench_cluster_cmd(
     dataset: str,
     variant: str,
@@ -1444,6 +1454,7 @@ def bench_cluster_cmd(
     step_s: float,
     n_equal: int,
     json_out: Path | None,
+    cost_only: bool,
 ) -> None:
     """A shard set (N shards × R replicas + a root, separate processes on 127.0.0.1) beside one node:
     equal answers, fan-out cost, replicas killed under load, hedging around a stalled replica."""
@@ -1461,6 +1472,7 @@ def bench_cluster_cmd(
         step_s=step_s,
         n_equal=n_equal,
         out_json=json_out,
+        cost_only=cost_only,
     )
 
 

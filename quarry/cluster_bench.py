@@ -46,6 +46,8 @@ class ClusterReport:
     equality: dict[str, Any] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     memory_mib: dict[str, float] = field(default_factory=dict)
+    cpu_ms_per_request: dict[str, float] = field(default_factory=dict)
+    disk_mib: dict[str, float] = field(default_factory=dict)
     steps: dict[str, dict[str, Any]] = field(default_factory=dict)
     build_s: dict[str, float] = field(default_factory=dict)
 
@@ -208,6 +210,28 @@ def _shard_latency(target: str) -> list[dict[str, Any]]:
     ]
 
 
+def _mib(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+
+
+def _cpu(pids: dict[str, int]) -> dict[str, tuple[int, float]]:
+    from quarry.load import _proc_cpu_s
+
+    return {k: (pid, _proc_cpu_s(pid)) for k, pid in pids.items()}
+
+
+def _per_request(before: dict[str, tuple[int, float]], requests: int) -> dict[str, float]:
+    """CPU milliseconds per answered request of each process since `before` (summed over shards too)."""
+    from quarry.load import _proc_cpu_s
+
+    out = {k: round((_proc_cpu_s(pid) - t0) * 1000 / max(requests, 1), 2) for k, (pid, t0) in before.items()}
+    shards = [v for k, v in out.items() if k.startswith("shard")]
+    if shards:
+        out["all_shards"] = round(sum(shards), 2)
+        out["per_shard_replica_mean"] = round(sum(shards) / len(shards), 2)
+    return out
+
+
 def _hedges(port: int) -> tuple[int, int]:
     """The root's hedges sent and won so far, summed over shards (its Prometheus endpoint)."""
     import urllib.request
@@ -259,6 +283,7 @@ def bench_cluster(
     stall_ms: float = 250.0,
     stall_every_ms: float = 4000.0,
     out_json: Path | None = None,
+    cost_only: bool = False,
 ) -> ClusterReport:
     from quarry.bench import open_collection
     from quarry.localcluster import free_port
@@ -270,6 +295,9 @@ def bench_cluster(
     reqs = _requests(coll, max(n_equal, n_latency))
     mix = Mix("cluster", [r for r in reqs if r[0] in ("Search", "Recommend")], 0.0)
     report = ClusterReport(machine(), name, len(coll.base_forward), shards, replicas, build_s=built)
+    gen = sorted((root_dir / name).glob("gen-*"))[-1]
+    report.disk_mib = {"one_node": _mib(single_dir), "global": _mib(gen / "global")}
+    report.disk_mib.update({d.name: _mib(d) for d in sorted(gen.glob("shard-*"))})
     del coll
     env = {"QUARRY_ADMIN__TOKEN": TOKEN}
     proc, single = start_server([single_dir], env=env)
@@ -305,8 +333,15 @@ def bench_cluster(
             print(f"{label:<34} {res.achieved_rps:7.1f}/s  p50 {res.p50_ms:7.2f}  p99 {res.p99_ms:8.2f} ms  "
                   f"errors {res.errors or 0}  degraded {res.degraded}/{res.ok}", flush=True)  # fmt: skip
 
+        cpu0 = _cpu({"one_node": proc.pid})
         record("one node, steady", _step(single, mix, rate, step_s, offset))
+        report.cpu_ms_per_request.update(_per_request(cpu0, report.steps["one node, steady"]["ok"]))
+        cpu0 = _cpu(cluster.pids())
         record("root, steady", _step(cluster.target, mix, rate, step_s, offset))
+        report.cpu_ms_per_request.update(_per_request(cpu0, report.steps["root, steady"]["ok"]))
+        print(f"CPU ms per request: {report.cpu_ms_per_request}", flush=True)
+        if cost_only:
+            return report
 
         def kill_one_each() -> None:
             for s in range(shards):
@@ -351,8 +386,8 @@ def bench_cluster(
         cluster.stop()
         proc.terminate()
         proc.wait(10)
-    if out_json is not None:
-        out_json.write_text(json.dumps(asdict(report), indent=1))
+        if out_json is not None:
+            out_json.write_text(json.dumps(asdict(report), indent=1))
     return report
 
 

@@ -12,8 +12,9 @@ lists) would too. Two corrections make them agree:
   so that (shard tokens + phantom tokens) / (shard docs + phantom docs) is the global average exactly,
   for every field at once (`phantom_plan`).
 - **idf** per query term: the query multiplies each term's clause by idf(df_global, N_global) /
-  idf(df_shard, N_shard) (`GlobalIdf.correction`), the shard's own values read from its searcher, the
-  global ones from a document-frequency table written once by the build and shared by every shard.
+  idf(df_shard, N_shard) (`idf_correction`), the shard's own values read from its searcher, the global
+  df sent by the root with the request: the root holds the set's one document-frequency table
+  (`DfTable`, written once by the build), so shards need no copy of the vocabulary.
 
 What is left is float32 rounding of the rescaled idf (relative differences ~1e-7; common.ordering treats
 such near ties as ties). After real-time Upserts/Deletes a shard's
@@ -155,35 +156,32 @@ def write_df(stats: TextStats, directory: Path) -> str:
     return DF_FILE
 
 
-def global_meta(
-    stats: TextStats, df_file: str, phantoms: int, phantom_tokens: Mapping[str, int]
-) -> dict[str, Any]:
+def global_meta(stats: TextStats, phantoms: int, phantom_tokens: Mapping[str, int]) -> dict[str, Any]:
     """The text part's `global` entry of a shard."""
     return {
         "docs": stats.docs,
         "tokens": dict(stats.tokens),
-        "df_file": df_file,
         "phantom_docs": phantoms,
         "phantom_tokens": dict(phantom_tokens),
         "phantom_term": PHANTOM_TERM,
     }
 
 
-class GlobalIdf:
-    """Per-term idf corrections for a shard's queries (see the module docstring)."""
+class DfTable:
+    """The whole set's document frequencies (write_df's file), held by the root: it looks up the query's
+    terms once per request and sends them to the shards, so no shard holds a copy of the vocabulary."""
 
-    def __init__(self, docs: int, keys: np.ndarray, df: np.ndarray) -> None:
-        self.docs = docs
+    def __init__(self, keys: np.ndarray, df: np.ndarray) -> None:
         self._keys = keys
         self._df = df
 
     @classmethod
-    def load(cls, text_dir: Path, meta: Mapping[str, Any]) -> GlobalIdf:
-        reader = ipc.open_file(pa.memory_map(str(text_dir / meta["df_file"]), "r"))
-        table = reader.read_all().combine_chunks()
-        keys = table.column("key").to_numpy()
-        df = table.column("df").to_numpy()
-        return cls(int(meta["docs"]), keys, df)
+    def load(cls, path: Path) -> DfTable:
+        table = ipc.open_file(pa.memory_map(str(path), "r")).read_all().combine_chunks()
+        return cls(table.column("key").to_numpy(), table.column("df").to_numpy())
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
     def df(self, field: str, term: str) -> int:
         if not len(self._keys):
@@ -192,12 +190,15 @@ class GlobalIdf:
         i = int(np.searchsorted(self._keys, key))
         return int(self._df[i]) if i < len(self._keys) and self._keys[i] == key else 0
 
-    def correction(self, field: str, term: str, searcher: tantivy.Searcher) -> float:
-        """The factor turning the shard's idf of (field, term) into the global one; 0 when the shard
-        has no document with the term (the clause then matches nothing anyway)."""
-        local_df = searcher.doc_freq(field, term)
-        if local_df == 0:
-            return 0.0
-        # A term some shard document has is in the global table, unless it came with a real-time Upsert.
-        global_df = max(self.df(field, term), local_df)
-        return bm25_idf(global_df, self.docs) / bm25_idf(local_df, searcher.num_docs)
+
+def idf_correction(
+    global_df: int, global_docs: int, field: str, term: str, searcher: tantivy.Searcher
+) -> float:
+    """The factor turning a shard's idf of (field, term) into the whole set's; 0 when the shard has no
+    document with the term (the clause then matches nothing anyway)."""
+    local_df = searcher.doc_freq(field, term)
+    if local_df == 0:
+        return 0.0
+    # Every term a shard's built documents hold is in the set's table; one only a real-time Upsert
+    # brought counts its local documents.
+    return bm25_idf(max(global_df, local_df), global_docs) / bm25_idf(local_df, searcher.num_docs)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from common.v1 import search_pb2 as quarry_dot_v1_dot_search__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15quarry/v1/shard.proto\x12\tquarry.v1\x1a\x16quarry/v1/search.proto\"=\n\nBranchCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05quota\x18\x02 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x01\"=\n\x08SeedList\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\x10\n\x08ordinals\x18\x02 \x03(\x03\x12\x0f\n\x07weights\x18\x03 \x03(\x01\"\xff\x01\n\x12ShardRecallRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06set_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\'\n\x05query\x18\x04 \x01(\x0b\x32\x18.quarry.v1.SearchRequest\x12\'\n\x08\x62ranches\x18\x05 \x03(\x0b\x32\x15.quarry.v1.BranchCall\x12\"\n\x05seeds\x18\x06 \x03(\x0b\x32\x13.quarry.v1.SeedList\x12\x0f\n\x07profile\x18\x07 \x03(\x01\x12\x14\n\x0cquery_vector\x18\x08 \x01(\x0c\x12\x14\n\x0cwith_display\x18\t \x01(\x08\"\x8c\x01\n\x0bShardBranch\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.quarry.v1.BranchStatus\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08ordinals\x18\x05 \x01(\x0c\x12\x0e\n\x06scores\x18\x06 \x01(\x0c\"v\n\x13ShardRecallResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12(\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x16.quarry.v1.ShardBranch\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\"I\n\x11ShardFetchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06set_id\x18\x02 \x01(\t\x12\x10\n\x08ordinals\x18\x03 \x01(\x0c\"\"\n\x12ShardFetchResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x32\x9d\x01\n\x0cShardService\x12G\n\x06Recall\x12\x1d.quarry.v1.ShardRecallRequest\x1a\x1e.quarry.v1.ShardRecallResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.quarry.v1.ShardFetchRequest\x1a\x1d.quarry.v1.ShardFetchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15quarry/v1/shard.proto\x12\tquarry.v1\x1a\x16quarry/v1/search.proto\"=\n\nBranchCall\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05quota\x18\x02 \x01(\x05\x12\x12\n\ntimeout_ms\x18\x03 \x01(\x01\"=\n\x08SeedList\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\x10\n\x08ordinals\x18\x02 \x03(\x03\x12\x0f\n\x07weights\x18\x03 \x03(\x01\"\xa3\x02\n\x12ShardRecallRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06set_id\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\t\x12\'\n\x05query\x18\x04 \x01(\x0b\x32\x18.quarry.v1.SearchRequest\x12\'\n\x08\x62ranches\x18\x05 \x03(\x0b\x32\x15.quarry.v1.BranchCall\x12\"\n\x05seeds\x18\x06 \x03(\x0b\x32\x13.quarry.v1.SeedList\x12\x0f\n\x07profile\x18\x07 \x03(\x01\x12\x14\n\x0cquery_vector\x18\x08 \x01(\x0c\x12\x14\n\x0cwith_display\x18\t \x01(\x08\x12\"\n\x07term_df\x18\n \x03(\x0b\x32\x11.quarry.v1.TermDf\"1\n\x06TermDf\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0c\n\x04term\x18\x02 \x01(\t\x12\n\n\x02\x64\x66\x18\x03 \x01(\x03\"\x8c\x01\n\x0bShardBranch\x12\x0e\n\x06\x62ranch\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0e\x32\x17.quarry.v1.BranchStatus\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08ordinals\x18\x05 \x01(\x0c\x12\x0e\n\x06scores\x18\x06 \x01(\x0c\"v\n\x13ShardRecallResponse\x12\r\n\x05shard\x18\x01 \x01(\x05\x12\x18\n\x10snapshot_version\x18\x02 \x01(\t\x12(\n\x08\x62ranches\x18\x03 \x03(\x0b\x32\x16.quarry.v1.ShardBranch\x12\x0c\n\x04rows\x18\x04 \x01(\x0c\"I\n\x11ShardFetchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x0e\n\x06set_id\x18\x02 \x01(\t\x12\x10\n\x08ordinals\x18\x03 \x01(\x0c\"\"\n\x12ShardFetchResponse\x12\x0c\n\x04rows\x18\x01 \x01(\x0c\x32\x9d\x01\n\x0cShardService\x12G\n\x06Recall\x12\x1d.quarry.v1.ShardRecallRequest\x1a\x1e.quarry.v1.ShardRecallResponse\x12\x44\n\x05\x46\x65tch\x12\x1c.quarry.v1.ShardFetchRequest\x1a\x1d.quarry.v1.ShardFetchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,15 +37,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEEDLIST']._serialized_start=123
   _globals['_SEEDLIST']._serialized_end=184
   _globals['_SHARDRECALLREQUEST']._serialized_start=187
-  _globals['_SHARDRECALLREQUEST']._serialized_end=442
-  _globals['_SHARDBRANCH']._serialized_start=445
-  _globals['_SHARDBRANCH']._serialized_end=585
-  _globals['_SHARDRECALLRESPONSE']._serialized_start=587
-  _globals['_SHARDRECALLRESPONSE']._serialized_end=705
-  _globals['_SHARDFETCHREQUEST']._serialized_start=707
-  _globals['_SHARDFETCHREQUEST']._serialized_end=780
-  _globals['_SHARDFETCHRESPONSE']._serialized_start=782
-  _globals['_SHARDFETCHRESPONSE']._serialized_end=816
-  _globals['_SHARDSERVICE']._serialized_start=819
-  _globals['_SHARDSERVICE']._serialized_end=976
+  _globals['_SHARDRECALLREQUEST']._serialized_end=478
+  _globals['_TERMDF']._serialized_start=480
+  _globals['_TERMDF']._serialized_end=529
+  _globals['_SHARDBRANCH']._serialized_start=532
+  _globals['_SHARDBRANCH']._serialized_end=672
+  _globals['_SHARDRECALLRESPONSE']._serialized_start=674
+  _globals['_SHARDRECALLRESPONSE']._serialized_end=792
+  _globals['_SHARDFETCHREQUEST']._serialized_start=794
+  _globals['_SHARDFETCHREQUEST']._serialized_end=867
+  _globals['_SHARDFETCHRESPONSE']._serialized_start=869
+  _globals['_SHARDFETCHRESPONSE']._serialized_end=903
+  _globals['_SHARDSERVICE']._serialized_start=906
+  _globals['_SHARDSERVICE']._serialized_end=1063
 # @@protoc_insertion_point(module_scope)

@@ -28,7 +28,7 @@ class SeedList(_message.Message):
     def __init__(self, branch: _Optional[str] = ..., ordinals: _Optional[_Iterable[int]] = ..., weights: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class ShardRecallRequest(_message.Message):
-    __slots__ = ("collection", "set_id", "generation", "query", "branches", "seeds", "profile", "query_vector", "with_display")
+    __slots__ = ("collection", "set_id", "generation", "query", "branches", "seeds", "profile", "query_vector", "with_display", "term_df")
     COLLECTION_FIELD_NUMBER: _ClassVar[int]
     SET_ID_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,7 @@ class ShardRecallRequest(_message.Message):
     PROFILE_FIELD_NUMBER: _ClassVar[int]
     QUERY_VECTOR_FIELD_NUMBER: _ClassVar[int]
     WITH_DISPLAY_FIELD_NUMBER: _ClassVar[int]
+    TERM_DF_FIELD_NUMBER: _ClassVar[int]
     collection: str
     set_id: str
     generation: str
@@ -47,7 +48,18 @@ class ShardRecallRequest(_message.Message):
     profile: _containers.RepeatedScalarFieldContainer[float]
     query_vector: bytes
     with_display: bool
-    def __init__(self, collection: _Optional[str] = ..., set_id: _Optional[str] = ..., generation: _Optional[str] = ..., query: _Optional[_Union[_search_pb2.SearchRequest, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchCall, _Mapping]]] = ..., seeds: _Optional[_Iterable[_Union[SeedList, _Mapping]]] = ..., profile: _Optional[_Iterable[float]] = ..., query_vector: _Optional[bytes] = ..., with_display: _Optional[bool] = ...) -> None: ...
+    term_df: _containers.RepeatedCompositeFieldContainer[TermDf]
+    def __init__(self, collection: _Optional[str] = ..., set_id: _Optional[str] = ..., generation: _Optional[str] = ..., query: _Optional[_Union[_search_pb2.SearchRequest, _Mapping]] = ..., branches: _Optional[_Iterable[_Union[BranchCall, _Mapping]]] = ..., seeds: _Optional[_Iterable[_Union[SeedList, _Mapping]]] = ..., profile: _Optional[_Iterable[float]] = ..., query_vector: _Optional[bytes] = ..., with_display: _Optional[bool] = ..., term_df: _Optional[_Iterable[_Union[TermDf, _Mapping]]] = ...) -> None: ...
+
+class TermDf(_message.Message):
+    __slots__ = ("field", "term", "df")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    DF_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    term: str
+    df: int
+    def __init__(self, field: _Optional[str] = ..., term: _Optional[str] = ..., df: _Optional[int] = ...) -> None: ...
 
 class ShardBranch(_message.Message):
     __slots__ = ("branch", "status", "latency_ms", "detail", "ordinals", "scores")

@@ -44,7 +44,12 @@ def shard_request(req: spb.ShardRecallRequest) -> ShardRequest:
         generation=req.generation,
         query=replace(query, collection=req.collection),
         branches=tuple(BranchCall(b.name, b.quota, b.timeout_ms) for b in req.branches),
-        root=RootInputs(seeds=seeds, profile=profile, vector=vector),
+        root=RootInputs(
+            seeds=seeds,
+            profile=profile,
+            vector=vector,
+            term_df={(t.field, t.term): t.df for t in req.term_df},
+        ),
         with_display=req.with_display,
     )
 

@@ -49,6 +49,8 @@ from common.encoders.shared import shared_encoder
 from common.index import ranker_part
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
+from common.index.text import Analyzer, TextField
+from common.index.textstats import DfTable
 from common.ordering import best_first
 from common.profile import TagArrays, TagTable
 from common.settings import BranchSpec, ClusterSettings, CollectionSettings, QuarrySettings
@@ -63,7 +65,7 @@ from retriever.core import metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.types import BranchResult, BranchStatus, Filters, SearchQuery
 from retriever.features.recent import StoreUnavailable
-from retriever.recall.base import decayed_seeds
+from retriever.recall.base import analyze_query, decayed_seeds
 from retriever.service import (
     RECOMMEND,
     SEARCH,
@@ -127,7 +129,11 @@ class RootCollection:
             raise snapshot.SnapshotError(f"{root}: {len(self.ids)} ids, the manifest says {g['items']}")
         self.base_forward = _Ids({item_id: i for i, item_id in enumerate(self.ids)})
         self.attr_names: list[str] = list(g.get("attrs", []))
-        self.text_names: list[str] = [f["name"] for f in g.get("text_fields", [])]
+        self.text_fields = [TextField.from_json(f) for f in g.get("text_fields", [])]
+        self.text_names: list[str] = [f.name for f in self.text_fields]
+        self.analyzers: tuple[Analyzer, ...] = tuple(sorted({f.analyzer for f in self.text_fields}))
+        #: The set's document frequencies: the root sends each query term's to the shards.
+        self.df_table = DfTable.load(root / g["df"]) if "df" in g else None
         self.behavior: BehaviorIndex | None = None
         if "behavior" in parts:
             self.behavior = BehaviorIndex.load(root / parts["behavior"]["dir"], parts["behavior"])
@@ -461,6 +467,14 @@ class RootSearchService(SearchService):
         table = root.tag_table
         if "preference" in seeds and table is not None:
             profile = table.profile(list(seeds["preference"].items()))
+        term_df: list[spb.TermDf] = []
+        if "inverted" in specs and root.df_table is not None and q.text.strip():
+            terms = analyze_query(q.text, root.analyzers, self.settings.limits.max_query_terms)
+            term_df = [
+                spb.TermDf(field=f.name, term=t, df=root.df_table.df(f.name, t))
+                for f in root.text_fields
+                for t in terms.get(f.analyzer, ())
+            ]
         vector = None
         if "ann" in specs and q.text.strip() and root.encoder is not None:
             vector = await asyncio.get_running_loop().run_in_executor(self.pool, root.embed, q.text)
@@ -481,6 +495,7 @@ class RootSearchService(SearchService):
             profile=profile.tolist() if profile is not None else [],
             query_vector=np.asarray(vector, dtype="<f4").tobytes() if vector is not None else b"",
             with_display=self.settings.cluster.display == "in_recall",
+            term_df=term_df,
         )
         with self.tracer.start_as_current_span(
             "fanout", attributes={"quarry.collection": root.name, "quarry.shards": len(self.fanout.sets)}

@@ -102,6 +102,8 @@ class RootInputs:
     profile: np.ndarray | None = None
     #: The query text's embedding (None: no text, or no vectors).
     vector: np.ndarray | None = None
+    #: The whole set's document frequency of each (field, analysed query term).
+    term_df: Mapping[tuple[str, str], int] = field(default_factory=dict)
 
 
 def analyze_query(text: str, analyzers: Iterable[Analyzer], max_terms: int) -> dict[Analyzer, list[str]]:

@@ -16,7 +16,7 @@ import tantivy
 from pydantic import BaseModel
 
 from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
-from common.index.textstats import PHANTOM_TERM, GlobalIdf
+from common.index.textstats import PHANTOM_TERM, idf_correction
 from common.ordering import TIE_MARGIN, best_first
 from common.types import Candidate
 from retriever.core.types import Filters
@@ -35,7 +35,7 @@ class InvertedBranch:
         fields: list[TextField],
         boosts: dict[str, float],
         weight_by: str | None,
-        global_idf: GlobalIdf | None = None,
+        global_docs: int | None = None,
     ) -> None:
         self._index = index
         self._schema = index.schema
@@ -46,21 +46,21 @@ class InvertedBranch:
             if boosts.get(f.name, f.boost) > 0
         ]
         self._weight_by = ATTR_PREFIX + weight_by if weight_by else None
-        #: A shard's whole-set statistics: each term's clause is rescaled to the global idf.
-        self._global = global_idf
+        #: On a shard, the whole set's document count: each term's clause is rescaled to the global idf
+        #: with the document frequency the root sends (common.index.textstats).
+        self._global_docs = global_docs
 
     @classmethod
     def create(cls, generation: Generation, options: None) -> Self:
         text = generation.manifest.parts["text"]
         fields = [TextField.from_json(f) for f in text["fields"]]
         stats = text.get("global")
-        global_idf = None if stats is None else GlobalIdf.load(generation.root / text["dir"], stats)
         return cls(
             generation.text_index,
             fields,
             generation.settings.field_boosts,
             text.get("weight_by_attr"),
-            global_idf,
+            None if stats is None else int(stats["docs"]),
         )
 
     def skip_reason(self, request: RecallRequest) -> str | None:
@@ -75,16 +75,19 @@ class InvertedBranch:
         terms: Mapping[Analyzer, list[str]],
         filters: Filters,
         searcher: tantivy.Searcher | None = None,
+        term_df: Mapping[tuple[str, str], int] | None = None,
     ) -> tantivy.Query:
         should: list[tuple[tantivy.Occur, tantivy.Query]] = []
         searcher = searcher or self._searcher
         for name, analyzer, field_boost in self._fields:
             for term in terms.get(analyzer, ()):
                 boost = field_boost
-                if self._global is not None:
+                if self._global_docs is not None:
                     if term == PHANTOM_TERM:
                         continue
-                    boost *= self._global.correction(name, term, searcher)
+                    if term_df is not None:  # no root inputs: a warm-up, local statistics
+                        df = term_df.get((name, term), 0)
+                        boost *= idf_correction(df, self._global_docs, name, term, searcher)
                     if boost == 0.0:
                         continue  # no document of this shard has the term
                 q = tantivy.Query.term_query(self._schema, name, term, index_option="freq")
@@ -152,5 +155,6 @@ class InvertedBranch:
         # After real-time changes the view's working index serves: it holds the generation's documents
         # minus the dead ones plus the upserted ones, with index-wide BM25 statistics.
         searcher = request.live.searcher
-        query = self.build_query(request.terms, request.query.filters, searcher)
+        term_df = request.root.term_df if request.root is not None else None
+        query = self.build_query(request.terms, request.query.filters, searcher, term_df)
         return await request.blocking(self._search, query, quota, searcher)

@@ -16,7 +16,7 @@ import tantivy
 from common.catalog import Event, Item
 from common.index.behavior import BehaviorIndex
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
-from common.index.textstats import GlobalIdf, collect, phantom_documents, phantom_plan, write_df
+from common.index.textstats import DfTable, collect, idf_correction, phantom_documents, phantom_plan, write_df
 from common.ordering import RELATIVE_TIE, best_first, canonical
 from common.profile import TagArrays, TagTable
 from common.sharding import ShardPart, shard_of, verify_shard_set
@@ -124,9 +124,8 @@ def test_phantom_documents_and_idf_rescaling_give_one_nodes_bm25(tmp_path: Path)
     items = _catalog(300)
     stats, _ = collect(items, FIELDS)
     whole = _index(items, list(range(len(items))), tmp_path / "whole")
-    write_df(stats, tmp_path)
-    g_idf = GlobalIdf.load(tmp_path, {"docs": stats.docs, "df_file": "global_df.arrow"})
-    assert g_idf.df("name", "castle") == stats.df["name"]["castle"] > 0
+    table = DfTable.load(tmp_path / write_df(stats, tmp_path))
+    assert table.df("name", "castle") == stats.df["name"]["castle"] > 0 and table.df("name", "nope") == 0
     queries = [["castle", "harbour"], ["museum"], ["tower", "garden", "river"]]
     for s, gords in enumerate(partition(items, 3)):
         own = [items[g] for g in gords]
@@ -139,7 +138,15 @@ def test_phantom_documents_and_idf_rescaling_give_one_nodes_bm25(tmp_path: Path)
             want = _scores(whole, [(f.name, t, f.boost) for f in FIELDS for t in terms])
             got = _scores(
                 shard,
-                [(f.name, t, f.boost * g_idf.correction(f.name, t, searcher)) for f in FIELDS for t in terms],
+                [
+                    (
+                        f.name,
+                        t,
+                        f.boost * idf_correction(table.df(f.name, t), stats.docs, f.name, t, searcher),
+                    )
+                    for f in FIELDS
+                    for t in terms
+                ],
             )
             assert got, terms
             for o, score in got.items():
