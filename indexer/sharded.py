@@ -431,7 +431,8 @@ def fold_changes(
         positions[key] = pos.seq if limit is None else limit
         if entries:
             items = fold(items, entries)
-            echo(f"folding {len(entries)} change-log entries of {key or CHANGES} into the build")
+            of = f" of {key}" if key else ""
+            echo(f"folding {len(entries)} change-log entries{of} (up to seq {positions[key]}) into the build")
     shard_positions = {k: v for k, v in positions.items() if k}
     return items, {**source, "changelog_seq": positions.get("", 0), "shard_changelog_seq": shard_positions}
 
