@@ -110,19 +110,7 @@ class Collection:
                 log.warning("collection %s: branch %s unavailable: %s", self.name, name, reason)
         #: The collection's trained ranking model, or None (the service's default ranker, fused order):
         #: the generation's own (its `ranker` part), else the one settings name.
-        self.ranker: Ranker | None = None
-        part = self.manifest.parts.get("ranker")
-        model = settings.ranker.model_path if part is None else ranker_part.model_path(root, part)
-        if model is not None:
-            from ranker.serving import load_model_ranker  # onnxruntime is imported only when a model is set
-
-            self.ranker = load_model_ranker(
-                model,
-                self.name,
-                window_ms=settings.ranker.window_ms,
-                providers=settings.ranker.providers,
-                strict=strict,
-            )
+        self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)
         self.changelog = changelog
         self._log_pos: Position | int = self.log_seq
         self._catch_up_lock = threading.Lock()
@@ -269,6 +257,26 @@ class Collection:
                 if r.max is not None:
                     mask &= values < r.max if r.max_exclusive else values <= r.max
         return view.restrict(mask)
+
+
+def generation_ranker(
+    root: Path, manifest: snapshot.Manifest, settings: CollectionSettings, *, strict: bool
+) -> Ranker | None:
+    """A generation's ranking model: its own `ranker` part, else the one settings name; None without
+    either (the service's default ranker, fused order). `strict`: a model that cannot serve raises."""
+    part = manifest.parts.get("ranker")
+    model = settings.ranker.model_path if part is None else ranker_part.model_path(root, part)
+    if model is None:
+        return None
+    from ranker.serving import load_model_ranker  # onnxruntime is imported only when a model is set
+
+    return load_model_ranker(
+        model,
+        manifest.collection,
+        window_ms=settings.ranker.window_ms,
+        providers=settings.ranker.providers,
+        strict=strict,
+    )
 
 
 class Registry:

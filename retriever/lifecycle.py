@@ -94,13 +94,17 @@ class Lifecycle:
         names = [name] if name else self.registry.names()
         return [self._status(self.registry.get(n)) for n in names]
 
+    def _root_generations(self, name: str) -> tuple[list[str], str]:
+        """The snapshot root's generations of `name` and its live one ([] and "" without a root)."""
+        if self.root is None or name not in self.root.collections():
+            return [], ""
+        number = self.root.live_number(name)
+        return [generation_name(n) for n in self.root.numbers(name)], (
+            generation_name(number) if number is not None else ""
+        )
+
     def _status(self, coll: Collection) -> GenerationStatus:
-        gens: list[str] = []
-        live = ""
-        if self.root is not None and coll.name in self.root.collections():
-            gens = [generation_name(n) for n in self.root.numbers(coll.name)]
-            number = self.root.live_number(coll.name)
-            live = generation_name(number) if number is not None else ""
+        gens, live = self._root_generations(coll.name)
         ranker = coll.ranker
         view = coll.view
         return GenerationStatus(

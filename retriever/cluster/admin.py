@@ -28,12 +28,12 @@ import grpc
 from common.settings import QuarrySettings
 from common.sharding import shard_of
 from common.snapshot import SnapshotError, read_manifest
-from common.snapshot_root import SnapshotRoot, generation_name, parse_generation
+from common.snapshot_root import SnapshotRoot
 from common.v1 import admin_pb2 as apb
 from retriever.cluster.root import Fanout, RootCollection
-from retriever.core.errors import FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from retriever.core.errors import FailedPrecondition, InvalidArgument, Unavailable
 from retriever.generations import Registry
-from retriever.lifecycle import GenerationStatus, ReloadOutcome
+from retriever.lifecycle import GenerationStatus, Lifecycle, ReloadOutcome
 from retriever.realtime import ChangeOutcome, Rejected
 
 log = logging.getLogger(__name__)
@@ -92,31 +92,20 @@ class ShardAdmin:
         raise Unavailable(f"no replica of shard {shard} took the change ({'; '.join(why) or 'none known'})")
 
 
-class RootLifecycle:
-    """Lifecycle's interface (status, reload, rollback, refresh, watch) for a root's shard sets."""
+class RootLifecycle(Lifecycle):
+    """Lifecycle (status, reload, rollback, refresh, watch) for a root's shard sets: what is loaded is
+    the set's global part, and a switch is coordinated with every shard replica first."""
 
     def __init__(
         self, settings: QuarrySettings, registry: Registry, root: SnapshotRoot | None, fanout: Fanout
     ) -> None:
-        self.settings = settings
-        self.registry = registry
-        self.root = root
+        super().__init__(settings, registry, root)
         self.fanout = fanout
         token = settings.cluster.shard_token or settings.admin.token
         self.shards = ShardAdmin(fanout, token.get_secret_value() if token else "")
-        self._locks: dict[str, asyncio.Lock] = {}
 
-    def status(self, name: str = "") -> list[GenerationStatus]:
-        names = [name] if name else self.registry.names()
-        return [self._status(self.registry.get(n)) for n in names]
-
-    def _status(self, coll: RootCollection) -> GenerationStatus:
-        gens: list[str] = []
-        live = ""
-        if self.root is not None and coll.name in self.root.collections():
-            gens = [generation_name(n) for n in self.root.numbers(coll.name)]
-            number = self.root.live_number(coll.name)
-            live = generation_name(number) if number is not None else ""
+    def _status(self, coll: Any) -> GenerationStatus:
+        gens, live = self._root_generations(coll.name)
         enabled = {**coll.settings.recommend_branches, **coll.settings.branches}
         return GenerationStatus(
             collection=coll.name,
@@ -134,65 +123,7 @@ class RootLifecycle:
             shards=[rs.status() for rs in self.fanout.sets],
         )
 
-    async def reload(self, name: str, generation: str = "", *, keep_pointer: bool = False) -> ReloadOutcome:
-        current: RootCollection = self.registry.get(name)  # type: ignore[assignment]  # NOT_FOUND if unknown
-        path, label = self._target(name, generation, current)
-        async with self._locks.setdefault(name, asyncio.Lock()):
-            outcome = await self._switch(name, path, label, current)
-            if generation and self.root is not None and not outcome.unchanged and not keep_pointer:
-                self.root.activate(name, label)
-            return outcome
-
-    async def rollback(self, name: str, generation: str = "") -> ReloadOutcome:
-        current: RootCollection = self.registry.get(name)  # type: ignore[assignment]
-        if self.root is None:
-            raise FailedPrecondition(f"collection {name!r} is not served from a snapshot root")
-        if not generation:
-            base = parse_generation(current.generation) if current.generation else self.root.live_number(name)
-            older = [n for n in self.root.numbers(name) if base is not None and n < base]
-            if not older:
-                raise FailedPrecondition(
-                    f"collection {name!r}: no generation older than {current.generation}"
-                )
-            generation = generation_name(older[-1])
-        return await self.reload(name, generation)
-
-    async def refresh(self) -> list[ReloadOutcome]:
-        """Follow the snapshot root's live pointer (admin.watch): a coordinated reload when it moved."""
-        if self.root is None:
-            return []
-        done = []
-        for name in self.registry.names():
-            number = self.root.live_number(name)
-            if number is None or generation_name(number) == self.registry.get(name).generation:
-                continue
-            try:
-                done.append(await self.reload(name))
-            except (FailedPrecondition, Unavailable) as exc:
-                log.error("collection %s: %s; keeps serving", name, exc)
-        return done
-
-    async def watch(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), self.settings.admin.watch_interval_s)
-            except TimeoutError:
-                await self.refresh()
-
-    def _target(self, name: str, generation: str, current: RootCollection) -> tuple[Path, str]:
-        if self.root is None:
-            if generation:
-                raise FailedPrecondition(f"collection {name!r} is not served from a snapshot root")
-            return current.root, ""
-        try:
-            path = self.root.resolve(name, generation or None)
-        except ValueError as exc:
-            raise InvalidArgument(str(exc)) from None
-        except SnapshotError as exc:
-            raise NotFound(str(exc)) from None
-        return path, path.name
-
-    async def _switch(self, name: str, path: Path, label: str, current: RootCollection) -> ReloadOutcome:
+    async def _switch(self, name: str, path: Path, label: str, current: Any) -> ReloadOutcome:
         t0 = time.perf_counter()
         try:
             version = read_manifest(path).snapshot_version

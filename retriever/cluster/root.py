@@ -46,7 +46,6 @@ import pyarrow.ipc as ipc
 from common import snapshot
 from common.encoders import QueryEmbeddingCache, TextEncoder
 from common.encoders.shared import shared_encoder
-from common.index import ranker_part
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField
@@ -65,6 +64,7 @@ from retriever.core import metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.types import BranchResult, BranchStatus, Filters, SearchQuery
 from retriever.features.recent import StoreUnavailable
+from retriever.generations import generation_ranker
 from retriever.recall.base import analyze_query, decayed_seeds
 from retriever.service import (
     RECOMMEND,
@@ -155,19 +155,7 @@ class RootCollection:
             self.encoder = enc
             size = settings.ann.query_cache_size
             self._embed_cache = QueryEmbeddingCache(size) if size else None
-        self.ranker: Ranker | None = None
-        part = parts.get("ranker")
-        model = settings.ranker.model_path if part is None else ranker_part.model_path(root, part)
-        if model is not None:
-            from ranker.serving import load_model_ranker
-
-            self.ranker = load_model_ranker(
-                model,
-                self.name,
-                window_ms=settings.ranker.window_ms,
-                providers=settings.ranker.providers,
-                strict=strict,
-            )
+        self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)
         #: What a Collection reports for branches it cannot feed: a root knows only from its shards.
         self.unavailable: dict[str, str] = {}
         self.changelog = None

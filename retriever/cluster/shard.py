@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from pydantic import ValidationError
 
 from common.settings import BranchSpec, QuarrySettings
 from common.types import Candidate
@@ -112,9 +113,11 @@ class ShardCore:
             raise InvalidArgument(f"at most {MAX_BRANCHES} branches per shard request")
         specs: dict[str, BranchSpec] = {}
         for b in req.branches:
-            if b.quota < 1 or b.timeout_ms <= 0:
-                raise InvalidArgument(f"branch {b.name!r}: quota must be >= 1 and timeout_ms > 0")
-            specs[b.name] = BranchSpec(quota=b.quota, timeout_ms=b.timeout_ms)
+            try:
+                specs[b.name] = BranchSpec(quota=b.quota, timeout_ms=b.timeout_ms)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                raise InvalidArgument(f"branch {b.name[:64]!r}: {first['loc'][0]} {first['msg']}") from None
         unknown = [n for n in specs if n not in coll.branches and n not in coll.unavailable]
         if unknown:
             raise InvalidArgument(

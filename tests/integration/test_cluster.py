@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,12 +20,15 @@ from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.sharding import shard_of
 from common.snapshot_root import SnapshotRoot
 from common.v1 import admin_pb2 as apb
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc as pbg
+from common.v1 import shard_pb2 as spb
 from indexer.build import build_snapshot
 from indexer.datasets import geonames, load_dataset
 from indexer.sharded import build_sharded
@@ -301,6 +305,81 @@ def test_query_then_fetch_answers_the_same(
         ]
     finally:
         cluster.restart_root()
+
+
+SHARD_ALLOWED = {
+    grpc.StatusCode.OK,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+@st.composite
+def shard_requests(draw: st.DrawFn, set_ids: list[str]) -> bytes:
+    """Hostile ShardService.Recall requests: real and made-up sets, branches, quotas, seeds, profiles,
+    vectors and document frequencies (a root is trusted, but a shard must not crash on garbage)."""
+    text = st.one_of(st.text(max_size=40), st.sampled_from(["paris", "上海", "", "\x00"]))
+    num = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -1.0, 1e9]))
+    req = spb.ShardRecallRequest(
+        collection=draw(st.sampled_from(["places", "scifact", "movielens", "", "nope"])),
+        set_id=draw(st.one_of(st.sampled_from(set_ids), text)),
+        query=pb.SearchRequest(query=draw(text), user_id=draw(text), radius_m=draw(num)),
+        profile=draw(st.lists(num, max_size=30)),
+        query_vector=draw(st.binary(max_size=1600)),
+        with_display=draw(st.booleans()),
+    )
+    if draw(st.booleans()):
+        req.query.location.lat, req.query.location.lon = draw(num), draw(num)
+    names = st.sampled_from(["inverted", "ann", "geo", "behavior", "preference", "popular", "", "x"])
+    for _ in range(draw(st.integers(0, 6))):
+        req.branches.add(name=draw(names), quota=draw(st.integers(-5, 200_000)), timeout_ms=draw(num))
+    for _ in range(draw(st.integers(0, 3))):
+        req.seeds.add(
+            branch=draw(names),
+            ordinals=draw(st.lists(st.integers(-(2**40), 2**40), max_size=20)),
+            weights=draw(st.lists(num, max_size=20)),
+        )
+    for _ in range(draw(st.integers(0, 5))):
+        req.term_df.add(
+            field=draw(st.sampled_from(["name", "alt_names", "body", ""])),
+            term=draw(text),
+            df=draw(st.integers(-10, 10**9)),
+        )
+    body = req.SerializeToString()
+    return (
+        body[: draw(st.integers(0, len(body)))] + draw(st.binary(max_size=8)) if draw(st.booleans()) else body
+    )
+
+
+def test_fuzz_a_shard(cluster: LocalCluster) -> None:
+    admin, auth = _admin(cluster.target)
+    set_ids = [c.set_id for c in admin.Status(apb.StatusRequest(), metadata=auth).collections]
+    target = cluster.replica(0, 1).target
+
+    @settings(max_examples=int(os.environ.get("QUARRY_FUZZ_EXAMPLES", "100")), deadline=None)
+    @given(body=shard_requests(set_ids), fetch=st.binary(max_size=200))
+    def one(body: bytes, fetch: bytes) -> None:
+        with grpc.insecure_channel(target) as ch:
+            for method, payload in (
+                ("Recall", body),
+                (
+                    "Fetch",
+                    spb.ShardFetchRequest(
+                        collection="places", set_id=set_ids[0], ordinals=fetch
+                    ).SerializeToString(),
+                ),
+            ):
+                try:
+                    ch.unary_unary(f"/quarry.v1.ShardService/{method}")(payload, timeout=30)
+                except grpc.RpcError as exc:
+                    assert exc.code() in SHARD_ALLOWED, (
+                        f"{method} answered {exc.code().name}: {exc.details()}"
+                    )
+                    assert exc.details()
+
+    one()
+    assert cluster.replica(0, 1).alive()
 
 
 def _admin(target: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
