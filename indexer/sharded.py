@@ -173,7 +173,7 @@ def build_global(
     plan_dir, global_dir = tmp / PLAN_DIR, tmp / GLOBAL_DIR
     global_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    stats, _lengths = textstats.collect(catalog, fields)
+    stats = textstats.collect(catalog, fields)
     textstats.write_df(stats, global_dir)  # the root's: it sends each query's document frequencies
     log.info("global text statistics: %d documents, %d terms in %.1fs", stats.docs,
              sum(len(c) for c in stats.df.values()), time.perf_counter() - t0)  # fmt: skip
@@ -248,7 +248,7 @@ def build_shard(
         shutil.rmtree(out)  # a retried job starts clean
     out.mkdir(parents=True)
     fields = plan.text_fields()
-    shard_stats, _ = textstats.collect(items, fields)
+    shard_stats = textstats.collect(items, fields)
     global_stats = textstats.TextStats(docs=plan.text_docs, tokens=dict(plan.text_tokens))
     n_phantoms, phantom_tokens = textstats.phantom_plan(global_stats, shard_stats.docs, shard_stats.tokens)
     parts = write_item_parts(

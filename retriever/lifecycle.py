@@ -210,14 +210,21 @@ class Lifecycle:
         except SnapshotError as exc:
             raise FailedPrecondition(f"refused {path.name}: {exc}") from None
 
-    async def _switch(self, name: str, path: Path, label: str, current: Collection) -> ReloadOutcome:
-        t0 = time.perf_counter()
+    def _unchanged(self, path: Path, label: str, current: Any) -> ReloadOutcome | None:
+        """The outcome of a reload to what is serving already (nothing loaded), else None; a generation
+        whose manifest cannot be read is refused here."""
         try:
             version = read_manifest(path).snapshot_version
         except SnapshotError as exc:
             raise FailedPrecondition(f"refused {label or path}: {exc}") from None
         if version == current.version and label == current.generation:
             return ReloadOutcome(self._status(current), current.version, 0.0, unchanged=True)
+        return None
+
+    async def _switch(self, name: str, path: Path, label: str, current: Collection) -> ReloadOutcome:
+        t0 = time.perf_counter()
+        if (same := self._unchanged(path, label, current)) is not None:
+            return same
         where = log_location(self.settings, self.root if label else None, name)
         changelog, work_root = where if where is not None else (None, None)
         try:

@@ -74,20 +74,15 @@ def item_tokens(item: Item, fields: Sequence[TextField]) -> dict[str, list[str]]
     return out
 
 
-def collect(items: Iterable[Item], fields: Sequence[TextField]) -> tuple[TextStats, list[dict[str, int]]]:
-    """Global statistics of `items`, and each item's token count per field (for per-shard totals)."""
+def collect(items: Iterable[Item], fields: Sequence[TextField]) -> TextStats:
+    """The BM25 statistics of `items`: documents, tokens per field, document frequency per term."""
     stats = TextStats(tokens={f.name: 0 for f in fields}, df={f.name: Counter() for f in fields})
-    lengths: list[dict[str, int]] = []
     for item in items:
-        toks = item_tokens(item, fields)
         stats.docs += 1
-        row = {}
-        for name, terms in toks.items():
+        for name, terms in item_tokens(item, fields).items():
             stats.tokens[name] += len(terms)
             stats.df[name].update(set(terms))
-            row[name] = len(terms)
-        lengths.append(row)
-    return stats, lengths
+    return stats
 
 
 def phantom_plan(

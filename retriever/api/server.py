@@ -117,15 +117,13 @@ def load_collections(
         if role == "root":
             from retriever.cluster.root import RootCollection
 
-            coll = RootCollection(
-                path, settings.for_collection(name), verify=settings.verify, generation=generation
+            return RootCollection(
+                path,
+                settings.for_collection(name),
+                verify=settings.verify,
+                generation=generation,
+                shards=len(settings.cluster.shards),
             )
-            if coll.shard_count != len(settings.cluster.shards):
-                raise SnapshotError(
-                    f"{path}: a set of {coll.shard_count} shards, but this root is given "
-                    f"{len(settings.cluster.shards)} (cluster.shards: one list of replicas per shard)"
-                )
-            return coll
         where = log_location(settings, root if generation else None, name)
         changelog, work_root = where if where is not None else (None, None)
         return Collection(

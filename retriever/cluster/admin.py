@@ -27,7 +27,7 @@ import grpc
 
 from common.settings import QuarrySettings
 from common.sharding import shard_of
-from common.snapshot import SnapshotError, read_manifest
+from common.snapshot import SnapshotError
 from common.snapshot_root import SnapshotRoot
 from common.v1 import admin_pb2 as apb
 from retriever.cluster.root import Fanout, RootCollection
@@ -125,12 +125,8 @@ class RootLifecycle(Lifecycle):
 
     async def _switch(self, name: str, path: Path, label: str, current: Any) -> ReloadOutcome:
         t0 = time.perf_counter()
-        try:
-            version = read_manifest(path).snapshot_version
-        except SnapshotError as exc:
-            raise FailedPrecondition(f"refused {label or path}: {exc}") from None
-        if version == current.version and label == current.generation:
-            return ReloadOutcome(self._status(current), current.version, 0.0, unchanged=True)
+        if (same := self._unchanged(path, label, current)) is not None:
+            return same
         try:
             fresh = await asyncio.to_thread(
                 RootCollection,
@@ -139,14 +135,12 @@ class RootLifecycle(Lifecycle):
                 verify=self.settings.verify,
                 generation=label,
                 strict=True,
+                shards=len(self.fanout.sets),
             )
         except (SnapshotError, OSError, ValueError) as exc:
             raise FailedPrecondition(f"refused {label or path}: {exc}") from None
-        if fresh.name != name or fresh.shard_count != len(self.fanout.sets):
-            raise FailedPrecondition(
-                f"refused {label or path}: a set of {fresh.shard_count} shards of {fresh.name!r}; this root "
-                f"serves {name!r} over {len(self.fanout.sets)} shards"
-            )
+        if fresh.name != name:
+            raise FailedPrecondition(f"refused {label or path}: it holds {fresh.name!r}, not {name!r}")
         # 1. every replica of every shard loads it (and keeps the old set for this root's requests)
         answers = await self.shards.on_every_replica(
             "Reload",

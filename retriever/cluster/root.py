@@ -105,7 +105,9 @@ class RootCollection:
         verify: Literal["full", "size"] = "full",
         generation: str = "",
         strict: bool = False,
+        shards: int | None = None,
     ) -> None:
+        """`shards`: how many shards this root calls; a set of another count is refused."""
         t0 = time.perf_counter()
         self.root = root
         self.generation = generation
@@ -122,6 +124,11 @@ class RootCollection:
         self.settings = settings
         self.set_id: str = parts["shards"]["set_id"]
         self.shard_count: int = int(parts["shards"]["count"])
+        if shards is not None and self.shard_count != shards:
+            raise snapshot.SnapshotError(
+                f"{root}: a set of {self.shard_count} shards, but this root calls {shards} "
+                "(cluster.shards: one list of replicas per shard)"
+            )
         g = parts["global"]
         ids = ipc.open_file(pa.memory_map(str(root / g["ids"]), "r")).read_all()
         self.ids: list[str] = ids.column("id").to_pylist()

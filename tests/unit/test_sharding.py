@@ -122,14 +122,14 @@ def _scores(idx: tantivy.Index, term_boosts: list[tuple[str, str, float]]) -> di
 def test_phantom_documents_and_idf_rescaling_give_one_nodes_bm25(tmp_path: Path) -> None:
     """The oracle is tantivy on the whole catalog: every shard's score for every document equals it."""
     items = _catalog(300)
-    stats, _ = collect(items, FIELDS)
+    stats = collect(items, FIELDS)
     whole = _index(items, list(range(len(items))), tmp_path / "whole")
     table = DfTable.load(tmp_path / write_df(stats, tmp_path))
     assert table.df("name", "castle") == stats.df["name"]["castle"] > 0 and table.df("name", "nope") == 0
     queries = [["castle", "harbour"], ["museum"], ["tower", "garden", "river"]]
     for s, gords in enumerate(partition(items, 3)):
         own = [items[g] for g in gords]
-        local, _ = collect(own, FIELDS)
+        local = collect(own, FIELDS)
         n_ph, tokens = phantom_plan(stats, local.docs, local.tokens)
         shard = _index(own, gords.tolist(), tmp_path / f"s{s}", list(phantom_documents(n_ph, tokens, FIELDS)))
         searcher = shard.searcher()
