@@ -17,7 +17,8 @@ from common.types import Candidate
 
 #: Scores closer than this (relative) are ties: ~8 float32 ulps, far below any meaningful difference.
 RELATIVE_TIE = 1e-6
-#: How many more hits to ask an engine for, so that ties at the cut are all seen before ordering them.
+#: How many more hits to ask an engine for at first, so that ties at the cut are usually all seen at once
+#: (`cut_is_settled` says when they are not, and the caller asks for more).
 TIE_MARGIN = 16
 
 
@@ -36,6 +37,18 @@ def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[i
         regroup = np.lexsort((ords, group))
         ords, vals = ords[regroup], vals[regroup]
     return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
+
+
+def cut_is_settled(scores: np.ndarray, k: int) -> bool:
+    """Whether a best-first score list (an engine's top hits, possibly cut short) shows where the tie
+    group at position k ends: a gap beyond RELATIVE_TIE after it, or no more hits than k. Otherwise a
+    tie straddles the cut and the engine picked its members its own way: ask it for more."""
+    vals = np.asarray(scores, dtype=np.float64)
+    if len(vals) <= k:
+        return True
+    tail = vals[k - 1 :] if k > 0 else vals
+    gaps = (tail[:-1] - tail[1:]) > RELATIVE_TIE * np.maximum(np.abs(tail[:-1]), 1e-300)
+    return bool(gaps.any())
 
 
 def canonical(candidates: list[Candidate]) -> list[Candidate]:

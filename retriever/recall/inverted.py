@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
 from common.index.textstats import PHANTOM_TERM, idf_correction
-from common.ordering import TIE_MARGIN, best_first
+from common.ordering import TIE_MARGIN, best_first, cut_is_settled
 from common.types import Candidate
 from retriever.core.types import Filters
 from retriever.recall.base import Generation, RecallRequest
@@ -140,10 +140,14 @@ class InvertedBranch:
         self, query: tantivy.Query, limit: int, searcher: tantivy.Searcher | None = None
     ) -> list[Candidate]:
         searcher = searcher or self._searcher
-        # A few more than asked, so ties at the cut are ordered by ordinal, not by tantivy's segment order.
-        result = searcher.search(
-            query, limit=limit + TIE_MARGIN, count=False, weight_by_field=self._weight_by
-        )
+        # More than asked until the tie group at the cut is seen whole: tantivy picks among exact ties by
+        # segment order (which depends on how the index was written); the canonical order picks by ordinal.
+        want = limit + TIE_MARGIN
+        while True:
+            result = searcher.search(query, limit=want, count=False, weight_by_field=self._weight_by)
+            if len(result.hits) < want or cut_is_settled(np.asarray([s for s, _ in result.hits]), limit):
+                break
+            want *= 2
         if not result.hits:
             return []
         addrs = [addr for _score, addr in result.hits]

@@ -17,7 +17,7 @@ from common.catalog import Event, Item
 from common.index.behavior import BehaviorIndex
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
 from common.index.textstats import DfTable, collect, idf_correction, phantom_documents, phantom_plan, write_df
-from common.ordering import RELATIVE_TIE, best_first, canonical
+from common.ordering import RELATIVE_TIE, best_first, canonical, cut_is_settled
 from common.profile import TagArrays, TagTable
 from common.sharding import ShardPart, shard_of, verify_shard_set
 from common.snapshot import SnapshotError, read_manifest
@@ -175,6 +175,38 @@ def test_best_first_orders_near_ties_by_ordinal() -> None:
     same = [Candidate(4, 3.0), Candidate(2, 1.0)]
     assert canonical(same) is same
     assert [c.ordinal for c in canonical([Candidate(4, 1.0), Candidate(2, 1.0)])] == [2, 4]
+
+
+def test_cut_is_settled_only_when_the_tie_at_the_cut_ends() -> None:
+    assert cut_is_settled(np.array([5.0, 4.0, 3.0]), 3)  # no more hits than asked
+    assert cut_is_settled(np.array([5.0, 4.0, 4.0, 3.0]), 2)  # the tie at the cut ends inside
+    assert not cut_is_settled(np.array([5.0, 4.0, 4.0, 4.0]), 2)  # it may go on past what was fetched
+    near = 4.0 * (1 - RELATIVE_TIE / 2)
+    assert not cut_is_settled(np.array([5.0, 4.0, near, near]), 2)
+
+
+def test_inverted_recall_cuts_large_ties_by_ordinal(tmp_path: Path) -> None:
+    """Hundreds of documents with one identical score: the branch's top-k are the lowest ordinals,
+    whatever order tantivy's segments hold them in (four writer threads)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from common.settings import QuarrySettings
+    from retriever.core.types import SearchQuery
+    from retriever.generations import Collection
+    from retriever.recall.base import RecallRequest, analyze_query
+
+    items = [Item(id=f"t{i}", text={"name": "harbour"}) for i in range(600)]
+    opts = BuildOptions(collection="ties", text_fields=FIELDS, encoder=None, progress=False, writer_threads=4)
+    build_snapshot(items, tmp_path / "ties", opts, {"dataset": "synthetic"})
+    coll = Collection(tmp_path / "ties", QuarrySettings().for_collection("ties"))
+    q = SearchQuery(collection="ties", text="harbour")
+    with ThreadPoolExecutor(1) as pool:
+        req = RecallRequest(
+            query=q, collection=coll, pool=pool, terms=analyze_query(q.text, coll.analyzers, 64)
+        )
+        got = asyncio.run(coll.branches["inverted"].recall(req, 100))
+    assert [c.ordinal for c in got] == list(range(100))
 
 
 def test_tag_ranks_make_a_shards_lists_its_share_of_the_whole() -> None:
