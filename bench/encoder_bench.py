@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--cold-export", action="store_true", help="minilm: export into an empty cache and time it"
     )
+    ap.add_argument(
+        "--static",
+        type=Path,
+        help="a snapshot built with --query-encoder static: also time its static query encoder",
+    )
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     args = ap.parse_args(argv)
 
@@ -174,6 +179,15 @@ def main(argv: list[str] | None = None) -> int:
         results["query_latency_1_thread"] = {
             k: round(v, 2) for k, v in bench_queries(single, queries).items()
         }
+        if args.static is not None:
+            from common.encoders.static import StaticQueryEncoder
+
+            static = StaticQueryEncoder.load(args.static / "vectors", single.tokenizer)
+            results["query_latency_static"] = {
+                k: round(v, 4) for k, v in bench_queries(static, queries).items()
+            }
+            mine, theirs = static.encode(queries), single.encode(queries)
+            results["static_cosine_to_model"] = round(float((mine * theirs).sum(axis=1).mean()), 4)
     results["loadavg_end"] = loadavg()
 
     print(json.dumps(results, indent=2))

@@ -174,6 +174,10 @@ class AnnSettings(_Model):
     query_cache_size: Annotated[int, Field(ge=0)] = 10_000
     #: onnxruntime threads per query encoding (1 is the most CPU-efficient for single queries).
     encoder_threads: Annotated[int, Field(ge=0)] = 1
+    #: "model": queries are encoded by the model that encoded the items (MiniLM: ~4–9 ms CPU a query).
+    #: "static": by the static query encoder distilled for this catalog at build time (`quarry index
+    #: build --query-encoder static`; ~0.05 ms a query; its quality: README "Quality and speed").
+    query_encoder: Literal["model", "static"] = "model"
 
 
 class BehaviorSettings(_Model):

@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tantivy
@@ -50,6 +50,12 @@ class BuildOptions:
     behavior_params: BehaviorParams | None = None
     #: A trained ranker model (ONNX + its sidecar) to ship inside the snapshot (the `ranker` part).
     ranker_model: Path | None = None
+    #: "static": also distil a static query encoder for this catalog from MiniLM (common.encoders.static)
+    #: into the vectors part; a collection serves it with `ann.query_encoder = "static"`.
+    query_encoder: Literal["static"] | None = None
+    #: Query-sized pieces of the longer item texts encoded to distil it (at most; items whose own text
+    #: is query-sized are used as they are, at no cost).
+    distill_texts: int = 100_000
 
 
 def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
@@ -184,7 +190,76 @@ def build_vectors(
     t0 = time.perf_counter()
     vectors, encoder_meta = given if given is not None else embed_catalog(catalog, options, text_fields)
     encode_s = time.perf_counter() - t0
-    return write_vector_indexes(vectors, encoder_meta, directory, options, encode_s)
+    part = write_vector_indexes(vectors, encoder_meta, directory, options, encode_s)
+    if options.query_encoder == "static":
+        if given is not None or encoder_meta.get("source") != "encoded":
+            raise ValueError(
+                "a static query encoder is distilled from item vectors this build encodes itself "
+                "(not catalog embeddings, not a shard set's)"
+            )
+        static = distill_query_encoder(catalog, vectors, encoder_meta, directory, options)
+        part["query_encoders"] = {"static": static}
+        part["files"] = sorted([*part["files"], *(f"vectors/{f}" for f in static["files"])])
+    return part
+
+
+def distill_query_encoder(
+    catalog: Sequence[Item],
+    vectors: np.ndarray,
+    encoder_meta: dict[str, Any],
+    directory: Path,
+    options: BuildOptions,
+) -> dict[str, Any]:
+    """Distil the static query encoder (common.encoders.static) on the catalog's own texts, with the item
+    vectors as the teacher's answers for query-sized items and MiniLM encoding pieces of the longer ones."""
+    from common.encoders import get_encoder, static
+    from common.encoders.fingerprint import fingerprint
+    from common.encoders.minilm import MiniLMEncoder
+
+    encoder = get_encoder(encoder_meta["name"], intra_op_threads=options.encoder_threads)
+    if not isinstance(encoder, MiniLMEncoder):
+        raise ValueError(f"a static query encoder is distilled from MiniLM, not {encoder_meta['name']!r}")
+    if fingerprint(encoder) != encoder_meta["fingerprint"]:
+        raise ValueError("the encoder changed while the build ran")
+    t0 = time.perf_counter()
+    texts = [embed_text(it, encoder_meta["fields"]) for it in catalog]
+    short, extra = static.training_texts(texts, encoder.token_lengths(texts), max_extra=options.distill_texts)
+    extra_vectors = encoder.encode(extra, batch_size=options.encode_batch_size, progress=options.progress)
+    encode_s = time.perf_counter() - t0
+    table, report = static.distill(
+        encoder.token_table(),
+        encoder.tokenizer,
+        [*(texts[i] for i in short), *extra],
+        np.concatenate([vectors[short], extra_vectors]),
+        items=vectors,
+    )
+    files = static.save(
+        directory,
+        table,
+        {
+            "teacher": encoder_meta["fingerprint"],
+            "from_items": len(short),
+            "encoded": len(extra),
+            **report.as_dict(),
+        },
+    )
+    log.info(
+        "static query encoder: %d item texts + %d encoded pieces (%.1fs), held-out cosine to MiniLM %.3f",
+        len(short),
+        len(extra),
+        encode_s,
+        report.cosine_final,
+    )
+    return {
+        "name": static.StaticQueryEncoder.name,
+        "teacher": encoder_meta["fingerprint"],
+        "table": static.TABLE_FILE,
+        "meta": static.META_FILE,
+        "files": files,
+        "held_out_cosine": round(report.cosine_final, 4),
+        "encode_seconds": round(encode_s, 1),
+        "fit_seconds": round(report.seconds, 1),
+    }
 
 
 def embed_catalog(

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from common.settings import BranchSpec, CollectionSettings, FusionSettings
+from common.settings import AnnSettings, BranchSpec, CollectionSettings, FusionSettings
 from retriever.settings import load_settings
 
 if TYPE_CHECKING:
@@ -32,9 +32,12 @@ def recall_at_k(ranked: Sequence[str], qrels: Mapping[str, int], k: int) -> floa
 
 
 @contextlib.contextmanager
-def _scifact_snapshot(snapshot: Path | None, data: Path, branches: Sequence[str]) -> Iterator[Path]:
+def _scifact_snapshot(
+    snapshot: Path | None, data: Path, branches: Sequence[str], query_encoder: str = "model"
+) -> Iterator[Path]:
     """`snapshot`, or SciFact built into a temporary directory for the call (with item vectors when
-    "ann" is asked for: encoding 5,183 abstracts with MiniLM takes minutes on 2 cores)."""
+    "ann" is asked for: encoding 5,183 abstracts with MiniLM takes minutes on 2 cores; a static query
+    encoder several more)."""
     if snapshot is not None:
         yield snapshot
         return
@@ -45,7 +48,8 @@ def _scifact_snapshot(snapshot: Path | None, data: Path, branches: Sequence[str]
         ds = scifact.load(data)
         out = Path(tmp) / "scifact"
         encoder = "minilm" if "ann" in branches else None
-        build_snapshot(ds.items(), out, ds.build_options(encoder=encoder), ds.source)
+        static = "static" if encoder and query_encoder != "model" else None
+        build_snapshot(ds.items(), out, ds.build_options(encoder=encoder, query_encoder=static), ds.source)
         yield out
 
 
@@ -57,35 +61,51 @@ def evaluate_scifact(
     k: int = 10,
     branches: Sequence[str] = ("inverted",),
     fusion: str = "rrf",
+    query_encoder: str = "model",
 ) -> dict[str, Any]:
     """nDCG@k / Recall@100 of the given recall branches (fused when several) through the search core.
 
     Without `snapshot`, one is built in a temporary directory (with item vectors when "ann" is asked for:
-    encoding 5,183 abstracts with MiniLM takes minutes on 2 cores).
+    encoding 5,183 abstracts with MiniLM takes minutes on 2 cores). `query_encoder` "model", "static"
+    (ann.query_encoder) or "both": each, and static − model paired per query with a bootstrap 95% CI.
     """
     from indexer.datasets import default_data_dir, scifact
 
     data = data_dir or default_data_dir()
     queries = scifact.queries(data)
     judgments = scifact.qrels(data, split)
-    with _scifact_snapshot(snapshot, data, branches) as snap:
-        run = asyncio.run(_run(snap, {q: queries[q] for q in judgments}, branches, fusion))
-    ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
-    rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
-    return {
+    kinds = ("model", "static") if query_encoder == "both" else (query_encoder,)
+    scores: dict[str, tuple[list[float], list[float]]] = {}
+    with _scifact_snapshot(snapshot, data, branches, query_encoder) as snap:
+        for kind in kinds:
+            run = asyncio.run(_run(snap, {q: queries[q] for q in judgments}, branches, fusion, kind))
+            ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
+            rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
+            scores[kind] = (ndcg, rec)
+    report: dict[str, Any] = {
         "dataset": "scifact",
         "split": split,
         "branches": list(branches),
         "fusion": fusion if len(branches) > 1 else None,
         "queries": len(judgments),
-        f"ndcg@{k}": round(sum(ndcg) / len(ndcg), 4),
-        "recall@100": round(sum(rec) / len(rec), 4),
-        "reference": "BEIR BM25 nDCG@10 = 0.665 (test split)",
     }
+    for kind, (ndcg, rec) in scores.items():
+        prefix = f"{kind}." if len(scores) > 1 or kind != "model" else ""
+        report[f"{prefix}ndcg@{k}"] = round(sum(ndcg) / len(ndcg), 4)
+        report[f"{prefix}recall@100"] = round(sum(rec) / len(rec), 4)
+    if len(scores) == 2:  # paired per query: the interval of the mean difference
+        diff = [s - m for s, m in zip(scores["static"][0], scores["model"][0], strict=True)]
+        report[f"static-model.ndcg@{k}"] = _score(diff)
+    report["reference"] = "BEIR BM25 nDCG@10 = 0.665 (test split)"
+    return report
 
 
 async def _run(
-    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str], fusion: str
+    snapshot: Path,
+    queries: Mapping[str, str],
+    branches: Sequence[str],
+    fusion: str,
+    query_encoder: str = "model",
 ) -> dict[str, list[str]]:
     from retriever.core.types import SearchQuery
     from retriever.generations import Collection, Registry
@@ -93,7 +113,7 @@ async def _run(
 
     settings = load_settings()
     registry = Registry()
-    registry.put(Collection(snapshot, _eval_collection(branches, fusion)))
+    registry.put(Collection(snapshot, _eval_collection(branches, fusion, query_encoder)))
     service = SearchService(settings, registry)
     out: dict[str, list[str]] = {}
     try:
@@ -105,9 +125,12 @@ async def _run(
     return out
 
 
-def _eval_collection(branches: Sequence[str], fusion: str) -> CollectionSettings:
+def _eval_collection(
+    branches: Sequence[str], fusion: str, query_encoder: str = "model"
+) -> CollectionSettings:
     settings = load_settings()
     return CollectionSettings(
+        ann=AnnSettings(query_encoder=query_encoder),  # type: ignore[arg-type]
         # fail_open=False: an evaluation must not silently score a degraded answer.
         branches={b: BranchSpec(quota=100, timeout_ms=60_000, fail_open=False) for b in branches},
         fusion=FusionSettings(strategy=fusion),  # type: ignore[arg-type]
@@ -116,7 +139,7 @@ def _eval_collection(branches: Sequence[str], fusion: str) -> CollectionSettings
 
 
 async def branch_lists(
-    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str]
+    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str], query_encoder: str = "model"
 ) -> tuple[dict[str, dict[str, list[Candidate]]], dict[int, str]]:
     """Each branch's own candidate list per query (one Search each, debug answers), and ordinal → item id.
 
@@ -127,7 +150,7 @@ async def branch_lists(
     from retriever.service import SearchService
 
     registry = Registry()
-    collection = Collection(snapshot, _eval_collection(branches, "rrf"))
+    collection = Collection(snapshot, _eval_collection(branches, "rrf", query_encoder))
     registry.put(collection)
     service = SearchService(load_settings(), registry)
     lists: dict[str, dict[str, list[Candidate]]] = {}
@@ -254,6 +277,7 @@ def evaluate_scifact_fusion(
     seed: int = 0,
     learned_out: Path | None = None,
     max_queries: int | None = None,
+    query_encoder: str = "model",
 ) -> dict[str, Any]:
     """`cv_fusion` on SciFact's judgments (train: the only split that ships), recall run once per query;
     with `learned_out`, writes the model fitted on all of them as a `[collections.scifact.fusion]` TOML
@@ -266,8 +290,10 @@ def evaluate_scifact_fusion(
     judgments = scifact.qrels(data, split)
     if max_queries is not None:
         judgments = dict(list(judgments.items())[:max_queries])
-    with _scifact_snapshot(snapshot, data, branches) as snap:
-        lists, ids = asyncio.run(branch_lists(snap, {q: queries[q] for q in judgments}, branches))
+    with _scifact_snapshot(snapshot, data, branches, query_encoder) as snap:
+        lists, ids = asyncio.run(
+            branch_lists(snap, {q: queries[q] for q in judgments}, branches, query_encoder)
+        )
     report = cv_fusion(lists, ids, judgments, branches=branches, k=k, folds=folds, seed=seed)
     model = report.pop("_model")
     cv = report[f"ndcg@{k}"]["learned"]
@@ -286,7 +312,9 @@ def evaluate_scifact_fusion(
             "Trained with quota = 100 per branch: min-max/z-score features depend on the list length.",
         ),
     )
-    report.update(dataset="scifact", split=split, branches=list(branches), toml=snippet)
+    report.update(
+        dataset="scifact", split=split, branches=list(branches), query_encoder=query_encoder, toml=snippet
+    )
     if learned_out is not None:
         learned_out.write_text(snippet)
         report["learned_out"] = str(learned_out)

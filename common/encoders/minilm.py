@@ -162,6 +162,24 @@ class MiniLMEncoder:
         """Execution providers actually in use (not merely requested)."""
         return list(self._session.get_providers())
 
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The configured tokenizer (no padding, truncation at ``max_length``); shared, read-only use."""
+        return self._tokenizer
+
+    def token_table(self, batch_size: int = 512) -> np.ndarray:
+        """The embedding of every vocabulary token on its own (``[CLS] t [SEP]``), vocabulary × dim:
+        the starting point of a static query encoder distilled from this model (common.encoders.static)."""
+        vocab = self._tokenizer.get_vocab_size()
+        cls_id, sep_id = self._tokenizer.token_to_id("[CLS]"), self._tokenizer.token_to_id("[SEP]")
+        if cls_id is None or sep_id is None:
+            raise ValueError("the tokenizer has no [CLS]/[SEP] tokens")
+        out = np.empty((vocab, self.dim), dtype=np.float32)
+        for start in range(0, vocab, batch_size):
+            stop = min(vocab, start + batch_size)
+            out[start:stop] = self._run([[cls_id, t, sep_id] for t in range(start, stop)])
+        return out
+
     def token_lengths(self, texts: Sequence[str]) -> np.ndarray:
         """Token count of each text after truncation (special tokens included)."""
         return np.fromiter(map(len, self._tokenize(texts)), dtype=np.int64, count=len(texts))

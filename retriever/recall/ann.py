@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from common.encoders import QueryEmbeddingCache, TextEncoder
 from common.encoders.shared import shared_encoder
+from common.encoders.static import StaticQueryEncoder
 from common.index.vectors import SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
 from common.types import Candidate
@@ -37,7 +38,9 @@ class AnnBranch:
         self.params = SearchParams(
             ef=settings.ef, nprobe=settings.nprobe, exact_threshold=settings.exact_threshold
         )
-        self.cache = QueryEmbeddingCache(settings.query_cache_size) if settings.query_cache_size else None
+        # A static encoder costs less than the cache's own key normalisation and lookup.
+        cached = settings.query_cache_size and not isinstance(encoder, StaticQueryEncoder)
+        self.cache = QueryEmbeddingCache(settings.query_cache_size) if cached else None
 
     @classmethod
     def create(cls, generation: Generation, options: AnnSettings) -> Self:
@@ -56,6 +59,8 @@ class AnnBranch:
                 f"query encoder {fp} differs from the one that built the item vectors ({enc_meta.get('fingerprint')}); "
                 "rebuild the snapshot with this encoder"
             )
+        if options.query_encoder == "static":
+            encoder = _static_encoder(generation, part, encoder, fp)
         index = load_vector_index(
             Path(generation.root) / part["dir"], meta, mmap=options.mmap, use_gpu=options.use_gpu
         )
@@ -91,3 +96,22 @@ class AnnBranch:
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         # One hop into the pool for encode + search: both are native and release the GIL.
         return await request.blocking(self._recall, request, quota)
+
+
+def _static_encoder(generation: Generation, part: dict, model: TextEncoder, fp: str) -> StaticQueryEncoder:
+    """The generation's distilled query encoder (ann.query_encoder = "static"), checked against the model
+    that encoded its items; it tokenizes with that model's tokenizer."""
+    entry = part.get("query_encoders", {}).get("static")
+    if entry is None:
+        raise BranchUnavailable(
+            "ann.query_encoder is 'static' but this snapshot has no static query encoder "
+            "(build it with `quarry index build --query-encoder static`)"
+        )
+    if entry.get("teacher") != fp:
+        raise BranchUnavailable(
+            f"the static query encoder was distilled from {entry.get('teacher')}, not {fp}"
+        )
+    tokenizer = getattr(model, "tokenizer", None)
+    if tokenizer is None:
+        raise BranchUnavailable(f"encoder {model.name!r} has no tokenizer to drive a static query encoder")
+    return StaticQueryEncoder.load(Path(generation.root) / part["dir"], tokenizer)

@@ -1,0 +1,138 @@
+"""A static query encoder distilled at build time (real MovieLens-100K titles, real MiniLM teacher), served
+over real gRPC beside the same catalog with MiniLM query encoding."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from common.encoders.static import StaticQueryEncoder
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
+from indexer.build import build_snapshot
+from indexer.datasets import load_dataset
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.integration
+
+QUERIES = (
+    "star wars",
+    "animated movie about toys",
+    "space adventure",
+    "a romantic comedy in new york",
+    "horror film with zombies",
+    "war movie",
+    "godfather",
+    "batman returns",
+    "children's film about a pig",
+    "detective thriller",
+)
+
+
+@pytest.fixture(scope="module")
+def static_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ds = load_dataset("movielens", tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("snap") / "mlstatic"
+    opts = ds.build_options(progress=False, encoder="minilm", collection="mlstatic", query_encoder="static")
+    build_snapshot(ds.items(), out, opts, ds.source)
+    return out
+
+
+@pytest.fixture(scope="module")
+def stub(
+    static_snapshot: Path, movielens_snapshot: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    # the same snapshot without its static part, served with the static setting: ann must say why it is off
+    bare = tmp_path_factory.mktemp("snap") / "mlbare"
+    shutil.copytree(static_snapshot, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    manifest["collection"] = "mlbare"
+    del manifest["parts"]["vectors"]["query_encoders"]
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    static = {"ann": {"query_encoder": "static"}}
+    srv = ServerThread(
+        [static_snapshot, movielens_snapshot, bare], collections={"mlstatic": static, "mlbare": static}
+    )
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            yield search_pb2_grpc.SearchServiceStub(channel)
+    finally:
+        srv.close()
+
+
+def _ann(stub: search_pb2_grpc.SearchServiceStub, collection: str, query: str) -> list[str]:
+    req = pb.SearchRequest(collection=collection, query=query, top_k=10, debug=True, branches=["ann"])
+    resp = stub.Search(req, timeout=10)
+    stats = {b.branch: b for b in resp.branch_stats}
+    assert stats["ann"].status == pb.BRANCH_STATUS_OK, stats["ann"].detail
+    return [h.id for h in resp.hits]
+
+
+def test_the_build_records_the_distilled_encoder(static_snapshot: Path) -> None:
+    manifest = json.loads((static_snapshot / "manifest.json").read_text())
+    part = manifest["parts"]["vectors"]
+    entry = part["query_encoders"]["static"]
+    assert entry["teacher"] == part["encoder"]["fingerprint"]
+    assert {f"vectors/{f}" for f in entry["files"]} <= set(part["files"])
+    assert entry["held_out_cosine"] > 0.8  # cosine to MiniLM on titles it never fitted
+
+
+def test_static_queries_land_near_minilm_ones(static_snapshot: Path) -> None:
+    from common.encoders import get_encoder
+    from common.encoders.minilm import MiniLMEncoder
+
+    model = get_encoder("minilm")
+    assert isinstance(model, MiniLMEncoder)
+    enc = StaticQueryEncoder.load(static_snapshot / "vectors", model.tokenizer)
+    cos = (enc.encode(list(QUERIES)) * model.encode(list(QUERIES))).sum(axis=1)
+    assert float(np.mean(cos)) > 0.7, cos  # free-text queries, unlike the titles it was fitted on
+
+
+def test_static_ann_over_grpc_agrees_with_minilm(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    overlap = []
+    for q in QUERIES:
+        static, model = _ann(stub, "mlstatic", q), _ann(stub, "movielens", q)
+        assert len(static) == 10
+        overlap.append(len(set(static) & set(model)) / 10)
+    assert np.mean(overlap) >= 0.3, overlap
+    assert _ann(stub, "mlstatic", "star wars")[0] == _ann(stub, "movielens", "star wars")[0]
+
+
+def test_static_setting_without_the_part_disables_ann_with_reason(
+    stub: search_pb2_grpc.SearchServiceStub,
+) -> None:
+    resp = stub.Search(
+        pb.SearchRequest(collection="mlbare", query="star wars", top_k=5, debug=True), timeout=10
+    )
+    ann = next(b for b in resp.branch_stats if b.branch == "ann")
+    assert ann.status == pb.BRANCH_STATUS_DISABLED and "--query-encoder static" in ann.detail
+    assert resp.hits and resp.hits[0].title == "Star Wars"  # text recall still answers
+
+
+def test_cli_refuses_a_static_encoder_it_cannot_build(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text('{"id": "a", "text": {"name": "harbour"}}\n')
+    base = [
+        "index",
+        "build",
+        "--catalog",
+        str(catalog),
+        "--out",
+        str(tmp_path / "o"),
+        "--query-encoder",
+        "static",
+    ]
+    r = CliRunner().invoke(main, [*base, "--shards", "2"])
+    assert r.exit_code == 2 and "single-node snapshots" in r.output
+    r = CliRunner().invoke(main, [*base, "--encoder", "none"])
+    assert r.exit_code == 2 and "needs --encoder minilm" in r.output
