@@ -160,6 +160,14 @@ class RootCollection:
                     f"({encoder.get('fingerprint')})"
                 )
             self.encoder = enc
+            if settings.ann.query_encoder != "model":
+                # A shard set has no distilled encoder (the build refuses one with --shards).
+                log.warning(
+                    "%s: ann.query_encoder %r is for single-node snapshots; the root encodes queries with %s",
+                    root,
+                    settings.ann.query_encoder,
+                    encoder["name"],
+                )
             size = settings.ann.query_cache_size
             self._embed_cache = QueryEmbeddingCache(size) if size else None
         self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)

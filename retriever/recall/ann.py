@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from pydantic import BaseModel
@@ -98,7 +98,9 @@ class AnnBranch:
         return await request.blocking(self._recall, request, quota)
 
 
-def _static_encoder(generation: Generation, part: dict, model: TextEncoder, fp: str) -> StaticQueryEncoder:
+def _static_encoder(
+    generation: Generation, part: dict[str, Any], model: TextEncoder, fp: str
+) -> StaticQueryEncoder:
     """The generation's distilled query encoder (ann.query_encoder = "static"), checked against the model
     that encoded its items; it tokenizes with that model's tokenizer."""
     entry = part.get("query_encoders", {}).get("static")
