@@ -75,3 +75,11 @@ class UserCounters:
     @property
     def avg_weight(self) -> float:
         return self.weight_sum / self.events_total if self.events_total else 0.0
+
+
+class DependencyUnavailable(Exception):
+    """A dependency (the user store) could not answer: down, slow or behind its circuit breaker. Expected
+    in operation and counted where it happens, so a branch it fails is logged in one line, without a
+    traceback (under overload that would be one formatted traceback per branch per request). Here, on
+    the ground floor, because the layer that raises it (retriever.features) sits below the one that
+    reports it (retriever.recall) and above retriever.core."""

@@ -26,7 +26,7 @@ from cachetools import TTLCache
 from prometheus_client import Counter, Gauge, Histogram
 
 from common.settings import RedisSettings
-from common.types import UserCounters
+from common.types import DependencyUnavailable, UserCounters
 
 if TYPE_CHECKING:
     import redis
@@ -66,7 +66,7 @@ REDIS_ERRORS = Counter(
 REDIS_BREAKER_OPEN = Gauge("quarry_redis_breaker_open", "1 while the Redis circuit breaker is open")
 
 
-class StoreUnavailable(Exception):
+class StoreUnavailable(DependencyUnavailable):
     """The store could not answer (down, slow, or the circuit breaker is open)."""
 
 

@@ -16,6 +16,7 @@ from opentelemetry import trace
 
 from common.ordering import canonical
 from common.settings import BranchSpec
+from common.types import DependencyUnavailable
 from retriever.core.errors import BranchFailed
 from retriever.core.types import BranchResult, BranchStatus
 from retriever.recall.base import RecallBranch, RecallRequest
@@ -47,6 +48,10 @@ async def _run_one(
         )
     except asyncio.CancelledError:
         raise
+    except DependencyUnavailable as exc:
+        ms = (time.perf_counter() - t0) * 1000
+        log.warning("branch %s failed: %s", name, exc)
+        return BranchResult(name, BranchStatus.ERROR, latency_ms=ms, detail=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         ms = (time.perf_counter() - t0) * 1000
         log.exception("branch %s failed", name)

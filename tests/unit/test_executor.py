@@ -96,3 +96,21 @@ def test_branches_run_concurrently(request_: RecallRequest) -> None:
     res = asyncio.run(run_branches(branches, {n: BranchSpec(timeout_ms=2000) for n in "abc"}, request_))  # type: ignore[arg-type]
     assert all(r.status is BranchStatus.OK for r in res)
     assert time.perf_counter() - t0 < 0.5  # 3 × 0.2 s sequentially would be 0.6 s
+
+
+def test_an_unavailable_store_is_one_log_line_not_a_traceback(
+    request_: RecallRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    from retriever.features.recent import StoreUnavailable
+
+    branches = {
+        "user": Fixed("user", [], error=StoreUnavailable("redis: TimeoutError: no answer within 70 ms")),
+        "boom": Fixed("boom", [], error=RuntimeError("index exploded")),
+    }
+    with caplog.at_level("WARNING", logger="retriever.recall.executor"):
+        res = asyncio.run(run_branches(branches, {"user": BranchSpec(), "boom": BranchSpec()}, request_))  # type: ignore[arg-type]
+    by = {r.branch: r for r in res}
+    assert by["user"].status is BranchStatus.ERROR and "no answer within 70 ms" in by["user"].detail
+    logged = {r.getMessage().split(":")[0]: r for r in caplog.records}
+    assert logged["branch user failed"].exc_info is None  # expected in operation: no traceback
+    assert logged["branch boom failed"].exc_info is not None  # a bug keeps its traceback
