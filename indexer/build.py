@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from common import snapshot
 from common.catalog import CatalogError, Event, Item, embed_text
+from common.encoders import TextEncoder, get_encoder
 from common.index.forward import write_forward
 from common.index.geo import build_geo
 from common.index.ranker_part import write_ranker_part
@@ -188,16 +189,20 @@ def build_vectors(
     build the configured vector indexes."""
 
     t0 = time.perf_counter()
-    vectors, encoder_meta = given if given is not None else embed_catalog(catalog, options, text_fields)
+    encoder: TextEncoder | None = None
+    if given is not None:
+        vectors, encoder_meta = given
+    else:
+        vectors, encoder_meta, encoder = embed_catalog(catalog, options, text_fields)
     encode_s = time.perf_counter() - t0
     part = write_vector_indexes(vectors, encoder_meta, directory, options, encode_s)
     if options.query_encoder == "static":
-        if given is not None or encoder_meta.get("source") != "encoded":
+        if encoder is None or encoder_meta.get("source") != "encoded":
             raise ValueError(
                 "a static query encoder is distilled from item vectors this build encodes itself "
                 "(not catalog embeddings, not a shard set's)"
             )
-        static = distill_query_encoder(catalog, vectors, encoder_meta, directory, options)
+        static = distill_query_encoder(catalog, vectors, encoder, encoder_meta, directory, options)
         part["query_encoders"] = {"static": static}
         part["files"] = sorted([*part["files"], *(f"vectors/{f}" for f in static["files"])])
     return part
@@ -206,21 +211,19 @@ def build_vectors(
 def distill_query_encoder(
     catalog: Sequence[Item],
     vectors: np.ndarray,
+    encoder: TextEncoder,
     encoder_meta: dict[str, Any],
     directory: Path,
     options: BuildOptions,
 ) -> dict[str, Any]:
     """Distil the static query encoder (common.encoders.static) on the catalog's own texts, with the item
-    vectors as the teacher's answers for query-sized items and MiniLM encoding pieces of the longer ones."""
-    from common.encoders import get_encoder, static
-    from common.encoders.fingerprint import fingerprint
+    vectors as the teacher's answers for query-sized items and `encoder` — the one that just encoded the
+    items — encoding pieces of the longer ones."""
+    from common.encoders import static
     from common.encoders.minilm import MiniLMEncoder
 
-    encoder = get_encoder(encoder_meta["name"], intra_op_threads=options.encoder_threads)
     if not isinstance(encoder, MiniLMEncoder):
         raise ValueError(f"a static query encoder is distilled from MiniLM, not {encoder_meta['name']!r}")
-    if fingerprint(encoder) != encoder_meta["fingerprint"]:
-        raise ValueError("the encoder changed while the build ran")
     t0 = time.perf_counter()
     texts = [embed_text(it, encoder_meta["fields"]) for it in catalog]
     short, extra = static.training_texts(texts, encoder.token_lengths(texts), max_extra=options.distill_texts)
@@ -264,10 +267,9 @@ def distill_query_encoder(
 
 def embed_catalog(
     catalog: Sequence[Item], options: BuildOptions, text_fields: Sequence[str]
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Unit vectors of the catalog's items (their own embeddings, or encoded text) and the encoder entry
-    of the vectors part."""
-    from common.encoders import get_encoder
+) -> tuple[np.ndarray, dict[str, Any], TextEncoder]:
+    """Unit vectors of the catalog's items (their own embeddings, or encoded text), the encoder entry of
+    the vectors part, and the encoder (queries' model; it encoded the items unless the catalog did)."""
     from common.encoders.fingerprint import fingerprint
 
     assert options.encoder is not None
@@ -308,7 +310,7 @@ def embed_catalog(
             "fingerprint": fingerprint(encoder),
             "fields": fields,
         }
-    return vectors, encoder_meta
+    return vectors, encoder_meta, encoder
 
 
 def write_vector_indexes(

@@ -48,13 +48,12 @@ async def _run_one(
         )
     except asyncio.CancelledError:
         raise
-    except DependencyUnavailable as exc:
-        ms = (time.perf_counter() - t0) * 1000
-        log.warning("branch %s failed: %s", name, exc)
-        return BranchResult(name, BranchStatus.ERROR, latency_ms=ms, detail=f"{type(exc).__name__}: {exc}")
     except Exception as exc:
         ms = (time.perf_counter() - t0) * 1000
-        log.exception("branch %s failed", name)
+        if isinstance(exc, DependencyUnavailable):  # expected in operation: one line, no traceback
+            log.warning("branch %s failed: %s", name, exc)
+        else:
+            log.exception("branch %s failed", name)
         return BranchResult(name, BranchStatus.ERROR, latency_ms=ms, detail=f"{type(exc).__name__}: {exc}")
     ms = (time.perf_counter() - t0) * 1000
     # One canonical order (near ties by ordinal), whichever engine answered: a root merging shard lists
