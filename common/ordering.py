@@ -53,11 +53,17 @@ def cut_is_settled(scores: np.ndarray, k: int) -> bool:
 
 def canonical(candidates: list[Candidate]) -> list[Candidate]:
     """`candidates` (best first) in the canonical order; the same list when nothing changes."""
-    if len(candidates) < 2:
+    n = len(candidates)
+    if n < 2:
         return candidates
-    ords = np.fromiter((c.ordinal for c in candidates), dtype=np.int64, count=len(candidates))
-    vals = np.fromiter((c.score for c in candidates), dtype=np.float64, count=len(candidates))
-    order = best_first(ords, vals, len(candidates))
-    if all(o == c.ordinal for (o, _), c in zip(order, candidates, strict=True)):
+    vals = np.fromiter((c.score for c in candidates), dtype=np.float64, count=n)
+    drop = vals[:-1] - vals[1:]
+    gap = drop > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
+    if gap.all():  # the usual case: strictly best first, no near ties
         return candidates
-    return [Candidate(o, s) for o, s in order]
+    ords = np.fromiter((c.ordinal for c in candidates), dtype=np.int64, count=n)
+    tied = ~gap
+    if (drop >= 0).all() and (ords[1:][tied] >= ords[:-1][tied]).all():
+        # Never rising, and every near tie already by ordinal: best_first would return it unchanged.
+        return candidates
+    return [Candidate(o, s) for o, s in best_first(ords, vals, n)]

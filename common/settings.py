@@ -49,6 +49,13 @@ class ServerSettings(_Model):
     workers: Annotated[int, Field(ge=1, le=64)] = 1
     #: Threads for blocking native calls (tantivy, hnswlib, faiss, onnxruntime); all release the GIL.
     blocking_threads: Annotated[int, Field(ge=1, le=256)] = 4
+    #: Recall branches' native calls (tantivy, hnswlib, cKDTree, NumPy over behavior tables) run inline on
+    #: the event loop (True) or each hop to the blocking-thread pool (False). They take 0.05–0.5 ms, less
+    #: than a hop costs once the GIL is contended: inline a five-branch Search took 3.4 CPU ms instead of
+    #: 4.9 (docs/benchmarks.md). Long GIL-free calls, a model's query encoding, still go to the pool.
+    #: Inline, a branch's deadline is checked when it returns (late: TIMEOUT, its work dropped) instead of
+    #: interrupting it; the request deadline still holds.
+    inline_recall: bool = True
     #: RPCs in flight above this are refused with RESOURCE_EXHAUSTED (None: unbounded).
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] | None = 1024
     max_receive_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024

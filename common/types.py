@@ -30,8 +30,10 @@ class Candidate(NamedTuple):
     score: float
 
 
-@dataclass(frozen=True, slots=True)
-class SourceScore:
+class SourceScore(NamedTuple):
+    """One branch's view of a fused item (provenance). A NamedTuple like `Candidate`: fusion builds one
+    per (branch, item) of every request, ~250 on a five-branch Search."""
+
     branch: str
     score: float
     rank: int  # 1-based rank inside the branch's list

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import heap
 from common.changelog import ChangeLogError
 from common.settings import QuarrySettings
 from common.snapshot import SnapshotError, read_manifest
@@ -259,6 +260,7 @@ class Lifecycle:
             raise FailedPrecondition(f"refused {label or path}: {reason}") from None
         previous = await asyncio.to_thread(self._put, fresh)
         load_ms = (time.perf_counter() - t0) * 1000
+        await asyncio.to_thread(heap.settle)  # the new generation frozen, the old one's cycles collected
         log.info(
             "collection %s: now serving %s (%s), was %s; loaded and validated in %.0f ms",
             name,

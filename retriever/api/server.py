@@ -14,6 +14,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
+from common import heap
 from common.index.text import warm_up
 from common.logs import LogFormat, configure_logging, current_format
 from common.settings import QuarrySettings
@@ -216,6 +217,7 @@ class QuarryServer:
         access_log.configure(enabled=s.access_log, sample=s.access_log_sample)
         warm_up()
         limit_native_threads()
+        heap.settle()  # the loaded generations out of the collector's way (common.heap)
         if s.metrics_port is not None:
             from prometheus_client import start_http_server
 

@@ -132,6 +132,7 @@ class ShardCore:
             query=query,
             collection=coll,
             pool=self.pool,
+            inline=self.settings.server.inline_recall,
             terms=analyze_query(query.text, coll.analyzers, self.settings.limits.max_query_terms),
             root=req.root,
         )

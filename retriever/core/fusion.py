@@ -43,15 +43,96 @@ def _ordered(merged: dict[int, Fused]) -> list[Fused]:
     return sorted(merged.values(), key=lambda f: (-f.score, min(s.rank for s in f.sources), f.ordinal))
 
 
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    """Every (branch, item) of the ranked lists as arrays: each branch's first listing of an item, in
+    branch order then rank order (the order `_collect` appends sources in)."""
+
+    ordinal: np.ndarray  # int64
+    branch: np.ndarray  # int64: index into `names`
+    rank: np.ndarray  # int64, 1-based position in the branch's list (duplicates counted)
+    score: np.ndarray  # float64, the branch's raw score
+    names: tuple[str, ...]
+
+    @classmethod
+    def of(cls, ranked: Mapping[str, Sequence[Candidate]]) -> _Entries:
+        ords, scores, ranks, branches = [], [], [], []
+        for b, cands in enumerate(ranked.values()):
+            n = len(cands)
+            o = np.fromiter((c.ordinal for c in cands), dtype=np.int64, count=n)
+            s = np.fromiter((c.score for c in cands), dtype=np.float64, count=n)
+            r = np.arange(1, n + 1, dtype=np.int64)
+            if n > 1:
+                _, first = np.unique(o, return_index=True)
+                if len(first) < n:  # a branch listing an item twice counts once, at its best rank
+                    first.sort()
+                    o, s, r = o[first], s[first], r[first]
+            ords.append(o)
+            scores.append(s)
+            ranks.append(r)
+            branches.append(np.full(len(o), b, dtype=np.int64))
+        if not ords:
+            empty = np.zeros(0, dtype=np.int64)
+            return cls(empty, empty, empty, np.zeros(0), ())
+        return cls(
+            np.concatenate(ords),
+            np.concatenate(branches),
+            np.concatenate(ranks),
+            np.concatenate(scores),
+            tuple(ranked),
+        )
+
+
+def _fused(entries: _Entries, contribution: np.ndarray) -> list[Fused]:
+    """One Fused per distinct item: score = Σ of its entries' contributions (added in branch order, as a
+    Python sum over its sources would), sources in branch order, best first — ties by the best rank in
+    any branch, then the ordinal (deterministic)."""
+    if not len(entries.ordinal):
+        return []
+    items, inverse = np.unique(entries.ordinal, return_inverse=True)
+    scores = np.bincount(inverse, weights=contribution, minlength=len(items))
+    best_rank = np.full(len(items), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(best_rank, inverse, entries.rank)
+    order = np.lexsort((items, best_rank, -scores))
+    # Sources grouped by item, each group in entry (= branch) order.
+    by_item = np.argsort(inverse, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(items)))]).tolist()
+    names = entries.names
+    sources = [
+        SourceScore(names[b], s, r)
+        for b, s, r in zip(
+            entries.branch[by_item].tolist(),
+            entries.score[by_item].tolist(),
+            entries.rank[by_item].tolist(),
+            strict=True,
+        )
+    ]
+    ords, vals = items.tolist(), scores.tolist()
+    return [Fused(ords[i], vals[i], sources[bounds[i] : bounds[i + 1]]) for i in order.tolist()]
+
+
 def rrf(
     ranked: Mapping[str, Sequence[Candidate]], *, k: float = 60.0, weights: Mapping[str, float] | None = None
 ) -> list[Fused]:
     if k <= 0:
         raise ValueError("rrf k must be > 0")
-    merged = _collect(ranked)
-    for f in merged.values():
-        f.score = sum((weights or {}).get(s.branch, 1.0) / (k + s.rank) for s in f.sources)
-    return _ordered(merged)
+    e = _Entries.of(ranked)
+    w = np.array([(weights or {}).get(b, 1.0) for b in e.names], dtype=np.float64)
+    return _fused(e, w[e.branch] / (k + e.rank))
+
+
+def _normalized(scores: np.ndarray, how: Normalization) -> np.ndarray:
+    """One branch's scores (its whole list, best first) normalised as `_normalizer` does."""
+    n = len(scores)
+    if how == "rank":
+        return 1.0 - np.arange(n, dtype=np.float64) / n
+    if how == "minmax":
+        lo, hi = scores.min(), scores.max()
+        span = hi - lo
+        return np.ones(n) if span == 0 else (scores - lo) / span
+    mean = scores.mean()
+    std = scores.std()
+    return np.zeros(n) if std == 0 else (scores - mean) / std
 
 
 def _normalizer(cands: Sequence[Candidate], how: Normalization) -> dict[int, float]:
@@ -76,11 +157,18 @@ def weighted(
     weights: Mapping[str, float] | None = None,
     normalization: Normalization = "minmax",
 ) -> list[Fused]:
-    merged = _collect(ranked)
-    norms = {b: _normalizer(c, normalization) for b, c in ranked.items()}
-    for f in merged.values():
-        f.score = sum((weights or {}).get(s.branch, 1.0) * norms[s.branch][f.ordinal] for s in f.sources)
-    return _ordered(merged)
+    e = _Entries.of(ranked)
+    contribution = np.empty(len(e.ordinal), dtype=np.float64)
+    for b, cands in enumerate(ranked.values()):
+        at = np.flatnonzero(e.branch == b)
+        if not len(at):
+            continue
+        whole = np.fromiter((c.score for c in cands), dtype=np.float64, count=len(cands))
+        # normalised over the branch's whole list; an item takes the value of its first listing
+        contribution[at] = (weights or {}).get(e.names[b], 1.0) * _normalized(whole, normalization)[
+            e.rank[at] - 1
+        ]
+    return _fused(e, contribution)
 
 
 def _branch_features(cands: Sequence[Candidate], rrf_k: float) -> dict[str, dict[int, float]]:

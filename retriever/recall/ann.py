@@ -84,9 +84,17 @@ class AnnBranch:
             return self.cache.get_or_encode(self.encoder, text)
         return self.encoder.encode([text])[0]
 
-    def _recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        given = request.root.vector if request.root is not None else None
-        vec = self.embed(request.query.text) if given is None else given  # a shard: the root encoded it
+    def _encode(self, text: str) -> np.ndarray:
+        """After a cache miss: encode and remember (without counting a second miss)."""
+        vec = self.encoder.encode([text])[0]
+        if self.cache is not None:
+            self.cache.put(self.encoder.name, text, vec)
+        return vec
+
+    def _recall(self, request: RecallRequest, quota: int, vec: np.ndarray | None = None) -> list[Candidate]:
+        if vec is None:
+            given = request.root.vector if request.root is not None else None
+            vec = self.embed(request.query.text) if given is None else given  # a shard: the root encoded it
         live, allowed = request.live, request.allowed
         mask, k = live.plan(allowed, request.restricts, quota)
         ords, scores = self.index.search(vec[None, :], k, allowed=mask, params=self.params)
@@ -94,8 +102,16 @@ class AnnBranch:
         return merge(live.alive(base, quota), live.delta_vectors(vec, allowed, quota), quota)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        # One hop into the pool for encode + search: both are native and release the GIL.
-        return await request.blocking(self._recall, request, quota)
+        vec = None
+        if request.inline and request.root is None and not isinstance(self.encoder, StaticQueryEncoder):
+            # A model's encoding (milliseconds, GIL released) goes to the pool even when recall runs
+            # inline; a cached vector is taken here without the hop.
+            text = request.query.text
+            vec = self.cache.get(self.encoder.name, text) if self.cache is not None else None
+            if vec is None:
+                vec = await request.offload(self._encode, text)
+        # Otherwise one call for encode + search: inline, or one hop into the pool for both.
+        return await request.blocking(self._recall, request, quota, vec)
 
 
 def _static_encoder(

@@ -120,8 +120,10 @@ class RecallRequest:
 
     query: SearchQuery
     collection: Generation
-    #: Runs a blocking native call (tantivy, hnswlib, faiss, ...) in the bounded thread pool.
+    #: The bounded thread pool for blocking native calls (tantivy, hnswlib, faiss, onnxruntime, ...).
     pool: Executor
+    #: True: `blocking` calls run inline on the event loop (server.inline_recall); `offload` always hops.
+    inline: bool = False
     #: The query text analysed once per analyzer the collection uses (shared by text-based branches).
     terms: dict[Analyzer, list[str]] = field(default_factory=dict)
     #: Real-time user behaviour (Redis or embedded); None where the caller has no store.
@@ -167,6 +169,15 @@ class RecallRequest:
         return await self.recent.recent(self.query.collection, self.query.user_id, n)
 
     async def blocking(self, fn: Callable[..., T], *args: object) -> T:
+        """A short native call (well under a millisecond): inline when the request says so, else in the
+        pool."""
+        if self.inline:
+            return fn(*args)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def offload(self, fn: Callable[..., T], *args: object) -> T:
+        """A long call that releases the GIL (a model's encoding): always in the pool, so the event loop
+        serves other requests meanwhile."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
 

@@ -1,5 +1,8 @@
 """Runs a collection's recall branches concurrently, each under its own deadline and quota.
 
+Concurrently: each branch is a task. Where its work is native and short it may run inline on the event
+loop (RecallRequest.inline, server.inline_recall); waits (Redis) and long GIL-free calls still overlap.
+
 A branch that times out or raises contributes nothing and is reported (status, latency, detail), and the
 answer is marked degraded — unless its spec says fail_open=false, in which case the request fails.
 The overall request deadline caps every branch's own timeout.
@@ -56,6 +59,13 @@ async def _run_one(
             log.exception("branch %s failed", name)
         return BranchResult(name, BranchStatus.ERROR, latency_ms=ms, detail=f"{type(exc).__name__}: {exc}")
     ms = (time.perf_counter() - t0) * 1000
+    if ms > timeout * 1000:
+        # Inline recall (server.inline_recall) cannot be interrupted: a branch that answers after its
+        # budget is a timeout all the same, so the answer never depends on how the branch was run.
+        log.warning("branch %s answered after %.1f ms (budget %.1f ms)", name, ms, timeout * 1000)
+        return BranchResult(
+            name, BranchStatus.TIMEOUT, latency_ms=ms, detail=f"answered after {timeout * 1000:.0f} ms"
+        )
     # One canonical order (near ties by ordinal), whichever engine answered: a root merging shard lists
     # orders them the same way (common.ordering).
     return BranchResult(name, BranchStatus.OK, candidates=canonical(cands[: spec.quota]), latency_ms=ms)

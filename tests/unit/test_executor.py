@@ -7,6 +7,7 @@ library): one sleeps past its deadline, one raises, one answers.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from common.settings import BranchSpec, CollectionSettings
 from common.types import Candidate
 from retriever.core.errors import BranchFailed
-from retriever.core.types import BranchStatus, SearchQuery
+from retriever.core.types import BranchResult, BranchStatus, SearchQuery
 from retriever.generations import Collection
 from retriever.recall.base import RecallRequest
 from retriever.recall.executor import run_branches
@@ -114,3 +115,34 @@ def test_an_unavailable_store_is_one_log_line_not_a_traceback(
     logged = {r.getMessage().split(":")[0]: r for r in caplog.records}
     assert logged["branch user failed"].exc_info is None  # expected in operation: no traceback
     assert logged["branch boom failed"].exc_info is not None  # a bug keeps its traceback
+
+
+def test_inline_recall_runs_on_the_loop_and_a_late_branch_is_a_timeout(request_: RecallRequest) -> None:
+    """server.inline_recall: `blocking` calls run on the event loop's own thread (no hop), `offload`
+    still hops; an inline branch cannot be interrupted, so one that answers after its budget is reported
+    TIMEOUT with nothing taken from it — the same answer a thread-pool run gives."""
+    request_.inline = True
+    threads: dict[str, int] = {}
+
+    class Where(Fixed):
+        async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+            threads[self.name] = await request.blocking(threading.get_ident)
+            threads[self.name + "/offload"] = await request.offload(threading.get_ident)
+            return await super().recall(request, quota)
+
+    branches = {
+        "fast": Where("fast", [Candidate(1, 1.0), Candidate(2, 0.5)]),
+        "late": Where("late", [Candidate(3, 1.0)], delay=0.08),
+    }
+    specs = {"fast": BranchSpec(timeout_ms=1000), "late": BranchSpec(timeout_ms=30)}
+
+    async def go() -> tuple[list[BranchResult], int]:
+        return await run_branches(branches, specs, request_), threading.get_ident()  # type: ignore[arg-type]
+
+    res, loop_thread = asyncio.run(go())
+    by = {r.branch: r for r in res}
+    assert threads["fast"] == threads["late"] == loop_thread
+    assert threads["fast/offload"] != loop_thread
+    assert by["fast"].status is BranchStatus.OK and [c.ordinal for c in by["fast"].candidates] == [1, 2]
+    assert by["late"].status is BranchStatus.TIMEOUT and by["late"].candidates == []
+    assert "answered after 30 ms" in by["late"].detail and by["late"].latency_ms >= 80

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
 from common.settings import CollectionSettings, FusionSettings, LearnedFusion
-from common.types import LEARNED_FEATURES, Candidate
+from common.types import LEARNED_FEATURES, Candidate, Fused
 from retriever.core.fusion import LinearModel, fuse, learned, learned_features, rrf, weighted
 
 A = [Candidate(1, 10.0), Candidate(2, 8.0), Candidate(3, 1.0)]
@@ -120,3 +124,72 @@ def test_learned_settings_validation() -> None:
         CollectionSettings(
             fusion=FusionSettings(learned=LearnedFusion(branches=["popular"], weights={"popular.found": 1}))
         )
+
+
+def _reference(
+    ranked: dict[str, list[Candidate]], contribution: Callable[[str, list[Candidate], int, int], float]
+) -> list[tuple[int, float, list[tuple[str, float, int]], int]]:
+    """Fusion written the plain way (one dict per item, sources appended in branch order), to check the
+    array implementation against: (ordinal, score, sources, best rank), best first."""
+    items: dict[int, list[tuple[str, float, int, float]]] = {}
+    for branch, cands in ranked.items():
+        seen: set[int] = set()
+        for i, c in enumerate(cands):
+            if c.ordinal not in seen:
+                seen.add(c.ordinal)
+                items.setdefault(c.ordinal, []).append(
+                    (branch, c.score, i + 1, contribution(branch, cands, i, len(cands)))
+                )
+    rows = [
+        (o, sum(x[3] for x in src), [x[:3] for x in src], min(x[2] for x in src)) for o, src in items.items()
+    ]
+    return sorted(rows, key=lambda r: (-r[1], r[3], r[0]))
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_array_fusion_matches_the_plain_definition(seed: int) -> None:
+    """Random lists with duplicates inside a branch, exact and near score ties, items shared by several
+    branches and empty branches: the same items, scores, provenance and order as the plain definition."""
+    rng = np.random.default_rng(seed)
+    ranked: dict[str, list[Candidate]] = {}
+    for b in ("inverted", "ann", "geo", "behavior", "preference")[: rng.integers(1, 6)]:
+        n = int(rng.integers(0, 60))
+        ords = rng.integers(0, 80, n)  # overlaps across branches and repeats inside one
+        scores = np.sort(np.round(rng.random(n) * 4, 1))[::-1]  # exact ties are common
+        ranked[b] = [Candidate(int(o), float(s)) for o, s in zip(ords, scores, strict=True)]
+    weights = {b: float(rng.choice([0.0, 0.5, 1.0, 2.0])) for b in ranked}
+
+    def check(out: list[Fused], want: list[tuple[int, float, list[tuple[str, float, int]], int]]) -> None:
+        assert [f.ordinal for f in out] == [w[0] for w in want]
+        for f, (_, score, sources, _) in zip(out, want, strict=True):
+            assert f.score == pytest.approx(score, rel=1e-12, abs=1e-12)
+            assert [(s.branch, s.score, s.rank) for s in f.sources] == sources
+
+    check(
+        rrf(ranked, k=60, weights=weights),
+        _reference(ranked, lambda b, _c, i, _n: weights[b] / (60 + i + 1)),
+    )
+    for how in ("minmax", "zscore", "rank"):
+        norm: dict[str, list[float]] = {}
+        for b, cands in ranked.items():
+            xs = [c.score for c in cands]
+            if how == "rank":
+                norm[b] = [1.0 - i / len(xs) for i in range(len(xs))]
+            elif how == "minmax":
+                lo, hi = (min(xs), max(xs)) if xs else (0.0, 0.0)
+                norm[b] = [1.0 if hi == lo else (x - lo) / (hi - lo) for x in xs]
+            else:
+                mean = sum(xs) / len(xs) if xs else 0.0
+                std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs)) if xs else 0.0
+                norm[b] = [0.0 if std == 0 else (x - mean) / std for x in xs]
+        out = weighted(ranked, weights=weights, normalization=how)  # type: ignore[arg-type]
+        want = _reference(ranked, lambda b, _c, i, _n, norm=norm: weights[b] * norm[b][i])
+        # numpy's mean may differ from Python's sum in the last bits (z-scores): the same items, scores
+        # to 1e-9, and best first by (score, best rank, ordinal) with the scores it computed
+        assert sorted(f.ordinal for f in out) == sorted(w[0] for w in want)
+        by = {w[0]: w for w in want}
+        for f in out:
+            assert f.score == pytest.approx(by[f.ordinal][1], rel=1e-9, abs=1e-12)
+            assert [(s.branch, s.score, s.rank) for s in f.sources] == by[f.ordinal][2]
+        keys = [(-f.score, by[f.ordinal][3], f.ordinal) for f in out]
+        assert keys == sorted(keys)

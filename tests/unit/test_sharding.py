@@ -177,6 +177,25 @@ def test_best_first_orders_near_ties_by_ordinal() -> None:
     assert [c.ordinal for c in canonical([Candidate(4, 1.0), Candidate(2, 1.0)])] == [2, 4]
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_canonical_equals_best_first_on_any_list(seed: int) -> None:
+    """canonical's shortcuts (clear gaps; near ties already by ordinal) agree with best_first on lists
+    with exact ties, near ties, rising scores and repeated ordinals, and return the list itself only when
+    best_first would not change it."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 30))
+    base = np.sort(rng.choice([1.0, 2.0, 3.0, 0.5], n) if seed % 2 else rng.random(n))[::-1]
+    scores = base * (1 + rng.choice([0.0, RELATIVE_TIE / 4, -RELATIVE_TIE / 4], n))
+    if seed % 5 == 0:
+        scores = rng.permutation(scores)  # not even best first
+    ords = rng.integers(0, 12 if seed % 3 else 1000, n)
+    cands = [Candidate(int(o), float(v)) for o, v in zip(ords, scores, strict=True)]
+    want = best_first(ords, scores, n)
+    got = canonical(cands)
+    assert [(c.ordinal, c.score) for c in got] == want
+    assert (got is cands) == ([(c.ordinal, c.score) for c in cands] == want)
+
+
 def test_cut_is_settled_only_when_the_tie_at_the_cut_ends() -> None:
     assert cut_is_settled(np.array([5.0, 4.0, 3.0]), 3)  # no more hits than asked
     assert cut_is_settled(np.array([5.0, 4.0, 4.0, 3.0]), 2)  # the tie at the cut ends inside
