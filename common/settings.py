@@ -47,12 +47,14 @@ class ServerSettings(_Model):
     #: Server processes sharing the port (SO_REUSEPORT; the kernel spreads connections). More than 1 needs
     #: a fixed port; each worker loads the memory-mapped snapshot itself (shared page cache).
     workers: Annotated[int, Field(ge=1, le=64)] = 1
-    #: Threads for blocking native calls (tantivy, hnswlib, faiss, onnxruntime); all release the GIL.
+    #: Threads for long GIL-free calls (a model's query encoding; recall's native calls when
+    #: inline_recall is off).
     blocking_threads: Annotated[int, Field(ge=1, le=256)] = 4
     #: Recall branches' native calls (tantivy, hnswlib, cKDTree, NumPy over behavior tables) run inline on
     #: the event loop (True) or each hop to the blocking-thread pool (False). They take 0.05–0.5 ms, less
-    #: than a hop costs once the GIL is contended: inline a five-branch Search took 3.4 CPU ms instead of
-    #: 4.9 (docs/benchmarks.md). Long GIL-free calls, a model's query encoding, still go to the pool.
+    #: than a hop costs once the GIL is contended: inline, one process served 200 five-branch Searches/s
+    #: at p99 8–10 ms and 3.8 CPU ms each, instead of p99 219 ms and 5.5 ms (ghz; docs/benchmarks.md).
+    #: Long GIL-free calls, a model's query encoding, still go to the pool.
     #: Inline, a branch's deadline is checked when it returns (late: TIMEOUT, its work dropped) instead of
     #: interrupting it; the request deadline still holds.
     inline_recall: bool = True

@@ -11,7 +11,6 @@ Every fused item keeps each branch that found it with that branch's raw score an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -122,7 +121,8 @@ def rrf(
 
 
 def _normalized(scores: np.ndarray, how: Normalization) -> np.ndarray:
-    """One branch's scores (its whole list, best first) normalised as `_normalizer` does."""
+    """One branch's scores (its whole list, best first), normalised: rank 1 − i/n, min-max (all 1 when
+    constant) or z-score (all 0 when constant)."""
     n = len(scores)
     if how == "rank":
         return 1.0 - np.arange(n, dtype=np.float64) / n
@@ -136,19 +136,11 @@ def _normalized(scores: np.ndarray, how: Normalization) -> np.ndarray:
 
 
 def _normalizer(cands: Sequence[Candidate], how: Normalization) -> dict[int, float]:
+    """Ordinal → normalised score (an item listed twice takes its first listing's value)."""
     if not cands:
         return {}
-    if how == "rank":
-        n = len(cands)
-        return {c.ordinal: 1.0 - (i / n) for i, c in reversed(list(enumerate(cands)))}
-    scores = [c.score for c in cands]
-    if how == "minmax":
-        lo, hi = min(scores), max(scores)
-        span = hi - lo
-        return {c.ordinal: (1.0 if span == 0 else (c.score - lo) / span) for c in reversed(cands)}
-    mean = sum(scores) / len(scores)
-    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / len(scores))
-    return {c.ordinal: (0.0 if std == 0 else (c.score - mean) / std) for c in reversed(cands)}
+    values = _normalized(np.fromiter((c.score for c in cands), dtype=np.float64, count=len(cands)), how)
+    return {c.ordinal: v for c, v in zip(reversed(cands), reversed(values.tolist()), strict=True)}
 
 
 def weighted(
