@@ -1410,6 +1410,13 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
 @click.option(
     "--plot-out", type=click.Path(dir_okay=False, path_type=Path), help="PNG: latency vs offered load."
 )
+@click.option(
+    "--client", default="python", show_default=True, type=click.Choice(["python", "ghz"]),
+    help="Who sends: this harness (open loop, but its CPU is taken from the server's cores) or ghz "
+    "(cheaper per request; paces with a fixed pool of workers).",
+)  # fmt: skip
+@click.option("--ghz", "ghz_path", help="The ghz binary (default: ../shared/tools/ghz, then PATH).")
+@click.option("--ghz-concurrency", default=100, show_default=True, help="ghz workers (-c).")
 def bench_load_cmd(
     snapshot: Path,
     target: str | None,
@@ -1426,9 +1433,18 @@ def bench_load_cmd(
     redis_cluster: bool,
     json_out: Path | None,
     plot_out: Path | None,
+    client: str,
+    ghz_path: str | None,
+    ghz_concurrency: int,
 ) -> None:
     """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor."""
-    from quarry.load import run_load
+    from quarry.load import ghz_binary, run_load
+
+    ghz = ghz_binary(ghz_path) if client == "ghz" else None
+    if client == "ghz" and ghz is None:
+        raise click.UsageError("--client ghz: no ghz found (../shared/tools/ghz, PATH); give --ghz PATH")
+    if client == "ghz" and kind == "mixed":
+        raise click.UsageError("--client ghz calls one method per run: --mix search, recommend or log_events")
 
     try:
         steps = [float(r) for r in rates.split(",") if r.strip()]
@@ -1450,6 +1466,9 @@ def bench_load_cmd(
         floor_n=floor_n,
         redis_url=redis_url,
         redis_cluster=redis_cluster,
+        client=client,
+        ghz=ghz,
+        ghz_concurrency=ghz_concurrency,
     )
     click.echo(report.table())
     if json_out is not None:

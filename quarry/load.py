@@ -11,6 +11,12 @@ queries with P(rank r) ∝ r^-s (s = 1.0 by default; web query logs are close to
 once. The report gives the share of requests whose text appeared earlier in the same run: the hit rate an
 unbounded query-embedding cache would see (the 10k-entry LRU sees at most that).
 
+Two clients: this module's own (Python, asyncio; truly open loop, but on a 2-core machine it takes CPU
+from the server) and ghz (`--client ghz`: Go, far cheaper per request; it paces at the rate with a fixed
+pool of workers, so once every worker waits on an answer it sends late and its latencies understate
+queueing — closed-loop behaviour past saturation). Both send the same request sequence; ghz does not
+read answers, so its steps count no degraded ones.
+
 The floor: the same Search requests through the raw libraries in this process, one at a time, one thread
 (tantivy search, onnxruntime encode, hnswlib/faiss search, cKDTree, i2i expand, RRF in numpy): CPU
 milliseconds per request → the 2-core ceiling (2000 / ms req/s). Every figure is printed beside it.
@@ -165,12 +171,22 @@ class StepResult:
     degraded: int = 0
     server_cpu_cores: float | None = None
     server_rss_mib: float | None = None
+    #: Which client sent the step: "python" (this module) or "ghz".
+    client: str = "python"
 
 
 def _proc_cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of a process and its direct children (a `serve --workers N` supervisor's workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or its parent is pid
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 async def run_step(
@@ -258,6 +274,102 @@ async def run_step(
         degraded=degraded,
         server_cpu_cores=None if cpu is None else round(cpu, 3),
         server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
+    )
+
+
+#: The service's .proto, for ghz (so it needs no server reflection); None outside a source checkout.
+_PROTO = Path(__file__).resolve().parents[1] / "proto"
+
+
+def ghz_binary(explicit: str | None = None) -> str | None:
+    """ghz: `explicit`, else ../shared/tools/ghz beside the repository, else on PATH; None without one."""
+    import shutil
+
+    if explicit:
+        return explicit
+    local = Path(__file__).resolve().parents[2] / "shared" / "tools" / "ghz"
+    return str(local) if local.is_file() else shutil.which("ghz")
+
+
+def _code_name(status: str) -> str:
+    """ghz's Go status names ("DeadlineExceeded") as gRPC's ("DEADLINE_EXCEEDED")."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
+
+
+def run_ghz_step(
+    target: str,
+    mix: Mix,
+    rate: float,
+    duration_s: float,
+    *,
+    ghz: str,
+    concurrency: int = 100,
+    connections: int = 8,
+    timeout_s: float = 5.0,
+    server_pid: int | None = None,
+    offset: int = 0,
+) -> StepResult:
+    """One step sent by ghz at `rate` for `duration_s` (its data: the mix's requests from `offset` on,
+    as protobuf JSON); percentiles from ghz's per-request details, so they match this module's."""
+    import tempfile
+
+    from google.protobuf.json_format import MessageToDict
+
+    from common.v1 import search_pb2 as pb
+
+    methods = {m for m, _ in mix.requests}
+    if len(methods) != 1:
+        raise ValueError("ghz calls one method per run: use the search, recommend or log_events mix")
+    method = methods.pop()
+    cls = {"Search": pb.SearchRequest, "Recommend": pb.RecommendRequest, "LogEvents": pb.LogEventsRequest}[
+        method
+    ]
+    n = max(1, round(rate * duration_s))
+    bodies = [mix.requests[(offset + i) % len(mix.requests)][1] for i in range(n)]
+    with tempfile.TemporaryDirectory(prefix="quarry-ghz-") as tmp:
+        data, out = Path(tmp) / "data.json", Path(tmp) / "out.json"
+        data.write_text(json.dumps([MessageToDict(cls.FromString(b)) for b in bodies], ensure_ascii=False))
+        cmd = [ghz, "--insecure", "--call", f"quarry.v1.SearchService.{method}"]
+        if (_PROTO / "quarry" / "v1" / "search.proto").is_file():
+            cmd += ["--proto", str(_PROTO / "quarry" / "v1" / "search.proto"), "--import-paths", str(_PROTO)]
+        cmd += [
+            "--data-file", str(data),
+            "--rps", str(max(1, round(rate))),
+            "--duration", f"{duration_s}s",
+            "--duration-stop", "wait",
+            "-c", str(concurrency),
+            "--connections", str(connections),
+            "--timeout", f"{timeout_s}s",
+            "--format", "json",
+            "--output", str(out),
+            target,
+        ]  # fmt: skip
+        cpu0 = _proc_cpu_s(server_pid) if server_pid else None
+        t0 = time.monotonic()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 120)
+        elapsed = time.monotonic() - t0
+        cpu = (_proc_cpu_s(server_pid) - cpu0) / elapsed if server_pid and cpu0 is not None else None
+        if not out.is_file():
+            raise RuntimeError(f"ghz failed (exit {done.returncode}): {(done.stderr or done.stdout)[-500:]}")
+        report = json.loads(out.read_text())
+    details = report.get("details") or []
+    lat = [d["latency"] / 1e6 for d in details if d.get("status") == "OK"]
+    errors = Counter(_code_name(d.get("status") or "Unknown") for d in details if d.get("status") != "OK")
+    window = report["total"] / 1e9
+    return StepResult(
+        offered_rps=rate,
+        duration_s=round(window, 3),
+        sent=int(report["count"]),
+        ok=len(lat),
+        achieved_rps=len(lat) / window if window > 0 else 0.0,
+        p50_ms=percentile(lat, 50),
+        p90_ms=percentile(lat, 90),
+        p99_ms=percentile(lat, 99),
+        p999_ms=percentile(lat, 99.9),
+        errors=dict(errors),
+        server_cpu_cores=None if cpu is None else round(cpu, 3),
+        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
+        client="ghz",
     )
 
 
@@ -456,7 +568,8 @@ class LoadReport:
     def table(self) -> str:
         lines = [
             f"{self.mix} on {self.collection} ({self.machine}); repetition {self.repetition}: "
-            f"{self.repeat_share:.0%} of requests repeat an earlier query (an unbounded cache's hit rate)",
+            f"{self.repeat_share:.0%} of requests repeat an earlier query (an unbounded cache's hit rate); "
+            f"client {self.steps[0].client if self.steps else '-'}",
             "floor (raw libraries, one thread, CPU ms/request): "
             + ", ".join(f"{k} {v:.3f}" for k, v in self.floor.items() if not k.startswith("wall")),
             f"floor per request: p50 {self.floor['wall_p50']:.3f} ms, p99 {self.floor['wall_p99']:.3f} ms; "
@@ -523,7 +636,18 @@ def run_load(
     floor_n: int,
     redis_url: str = "",
     redis_cluster: bool = False,
+    client: str = "python",
+    ghz: str | None = None,
+    ghz_concurrency: int = 100,
 ) -> LoadReport:
+    """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary)."""
+    if client == "ghz":
+        if ghz is None:
+            raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
+        if kind == "mixed":
+            raise ValueError("ghz calls one method per run: use the search, recommend or log_events mix")
+    elif client != "python":
+        raise ValueError(f"client must be 'python' or 'ghz', got {client!r}")
     coll = open_collection(snapshot)
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
@@ -545,19 +669,32 @@ def run_load(
         steps = []
         offset = 0
         for i, rate in enumerate(rates):
-            step = asyncio.run(
-                run_step(
+            if client == "ghz":
+                assert ghz is not None
+                step = run_ghz_step(
                     target,
                     mix,
                     rate,
                     duration_s,
-                    arrival=arrival,
-                    max_in_flight=max_in_flight,
+                    ghz=ghz,
+                    concurrency=ghz_concurrency,
                     server_pid=server_pid,
                     offset=offset,
-                    seed=i,
                 )
-            )
+            else:
+                step = asyncio.run(
+                    run_step(
+                        target,
+                        mix,
+                        rate,
+                        duration_s,
+                        arrival=arrival,
+                        max_in_flight=max_in_flight,
+                        server_pid=server_pid,
+                        offset=offset,
+                        seed=i,
+                    )
+                )
             offset += step.sent + step.dropped
             steps.append(step)
             print(

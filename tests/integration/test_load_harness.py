@@ -10,7 +10,16 @@ import pytest
 
 from common.settings import CollectionSettings
 from common.v1 import search_pb2 as pb
-from quarry.load import Mix, build_mix, floor_cpu_ms, repeat_share, run_step, zipf_sequence
+from quarry.load import (
+    Mix,
+    build_mix,
+    floor_cpu_ms,
+    ghz_binary,
+    repeat_share,
+    run_ghz_step,
+    run_step,
+    zipf_sequence,
+)
 from retriever.generations import Collection
 
 pytestmark = pytest.mark.integration
@@ -69,3 +78,27 @@ def test_floor_pays_what_a_known_user_costs(movielens_snapshot: Path, redis_url:
     for stage in ("redis reads", "i2i expand", "preference (numpy)", "encode", "tantivy"):
         assert floor[stage] > 0, stage
     assert floor["total"] >= sum(floor[s] for s in ("redis reads", "i2i expand", "tantivy")) * 0.99
+
+
+@pytest.mark.skipif(ghz_binary() is None, reason="no ghz binary (../shared/tools/ghz or on PATH)")
+def test_ghz_step_against_a_real_server(server: str, tiny_snapshot: Path) -> None:
+    """`--client ghz`: ghz sends the mix's own requests (as protobuf JSON through the .proto) at the rate;
+    every answer is counted, errors by gRPC code name, percentiles from its per-request details; a mix of
+    several methods is refused (ghz calls one per run)."""
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    good = build_mix(coll, "search", n=100)
+    ghz = ghz_binary()
+    assert ghz is not None
+    step = run_ghz_step(server, good, rate=80, duration_s=1.0, ghz=ghz, concurrency=8, connections=2)
+    assert step.client == "ghz" and step.errors == {}
+    assert 70 <= step.sent <= 90 and step.ok == step.sent
+    assert 40 < step.achieved_rps < 120 and 0 < step.p50_ms <= step.p99_ms <= step.p999_ms
+    recommend = run_ghz_step(server, build_mix(coll, "recommend", n=20), rate=20, duration_s=1.0, ghz=ghz)
+    assert recommend.ok == recommend.sent > 0
+    missing = Mix(
+        "search", [("Search", pb.SearchRequest(collection="nope", query="x").SerializeToString())], 0.0
+    )
+    step = run_ghz_step(server, missing, rate=20, duration_s=1.0, ghz=ghz)
+    assert step.ok == 0 and step.errors == {"NOT_FOUND": step.sent}
+    with pytest.raises(ValueError, match="one method"):
+        run_ghz_step(server, build_mix(coll, "mixed", n=10), rate=10, duration_s=1.0, ghz=ghz)
