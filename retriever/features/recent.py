@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, overload, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, overload, runtime_checkable
 
 from cachetools import TTLCache
 from prometheus_client import Counter, Gauge, Histogram
@@ -46,8 +46,10 @@ class UserEvent:
     weight: float
 
 
-@dataclass(frozen=True, slots=True)
-class RecentItem:
+class RecentItem(NamedTuple):
+    """One real-time event as readers see it. A NamedTuple: a request parses up to 50 of them (a frozen
+    dataclass's __init__ made that ~0.12 ms a request)."""
+
     item_id: str
     type: str
     ts: float
@@ -108,9 +110,12 @@ def _payload(e: UserEvent) -> str:
     return json.dumps({"i": e.item_id, "y": e.type, "t": e.ts, "w": e.weight}, separators=(",", ":"))
 
 
-def _parse(raw: str | bytes) -> RecentItem:
-    d = json.loads(raw)
-    return RecentItem(item_id=d["i"], type=d["y"], ts=float(d["t"]), weight=float(d["w"]))
+def _parse_all(raw: Sequence[bytes]) -> list[RecentItem]:
+    """Stored payloads (JSON objects, newest first) as RecentItems: one json.loads for the whole list."""
+    if not raw:
+        return []
+    rows = json.loads(b"[" + b",".join(raw) + b"]")
+    return [RecentItem(d["i"], d["y"], float(d["t"]), float(d["w"])) for d in rows]
 
 
 class MemoryRecentStore:
@@ -377,7 +382,7 @@ class RedisRecentStore:
     async def recent(self, collection: str, user_id: str, n: int) -> list[RecentItem]:
         key = redis_keys(collection, user_id)[0]
         raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1), "recent")
-        return [_parse(r) for r in raw]
+        return _parse_all(raw)
 
     async def counters(self, collection: str, user_id: str) -> UserCounters:
         cached = self._counter_cache.get((collection, user_id))
