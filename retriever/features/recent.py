@@ -115,6 +115,8 @@ def _parse_all(raw: Sequence[bytes]) -> list[RecentItem]:
     if not raw:
         return []
     rows = json.loads(b"[" + b",".join(raw) + b"]")
+    if len(rows) != len(raw):  # only whole objects are ever written (_payload); anything else is not ours
+        raise ValueError(f"{len(raw)} stored events parsed as {len(rows)}: a payload is not one JSON object")
     return [RecentItem(d["i"], d["y"], float(d["t"]), float(d["w"])) for d in rows]
 
 

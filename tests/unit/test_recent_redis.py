@@ -50,3 +50,24 @@ async def test_a_call_past_its_deadline_fails_and_counts_for_the_breaker() -> No
         await s._guard(never.wait, "recent")
     assert s.breaker.is_open
     await s.close()
+
+
+@given(
+    st.lists(
+        st.tuples(st.text(min_size=1), st.text(min_size=1), st.floats(0, 2e9), st.floats(-10, 10)),
+        max_size=60,
+    )
+)
+def test_stored_events_parse_back_in_one_go(events: list[tuple[str, str, float, float]]) -> None:
+    """What the append path stores (`_payload`: any item id or type text, unicode and quotes included)
+    reads back as the same events in the same order from one json.loads over the list; a payload that is
+    not exactly one JSON object is refused, never read as several events."""
+    from retriever.features.recent import RecentItem, UserEvent, _parse_all, _payload
+
+    stored = [
+        _payload(UserEvent(event_id="e", user_id="u", item_id=i, type=y, ts=t, weight=w)).encode()
+        for i, y, t, w in events
+    ]
+    assert _parse_all(stored) == [RecentItem(i, y, t, w) for i, y, t, w in events]
+    with pytest.raises(ValueError, match="not one JSON object"):
+        _parse_all([b'{"i":"a","y":"click","t":1,"w":1},{"i":"b","y":"click","t":2,"w":1}'])
