@@ -277,7 +277,8 @@ async def run_step(
     )
 
 
-#: The service's .proto, for ghz (so it needs no server reflection); None outside a source checkout.
+#: The service's .proto, for ghz (so it needs no server reflection); absent outside a source checkout,
+#: where ghz asks the server by reflection instead.
 _PROTO = Path(__file__).resolve().parents[1] / "proto"
 
 

@@ -5,23 +5,19 @@ with --proto — with every request answered OK. Skipped with a reason when no g
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from quarry.load import ghz_binary
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ("search", "recommend", "log_events")
 
 
-def _ghz() -> str | None:
-    local = ROOT.parent / "shared" / "tools" / "ghz"
-    return str(local) if local.is_file() else shutil.which("ghz")
-
-
-GHZ = _ghz()
+GHZ = ghz_binary()  # ../shared/tools/ghz beside the repository, then PATH (the harness's own lookup)
 
 
 @pytest.fixture(scope="module")
