@@ -260,7 +260,7 @@ class Lifecycle:
             raise FailedPrecondition(f"refused {label or path}: {reason}") from None
         previous = await asyncio.to_thread(self._put, fresh)
         load_ms = (time.perf_counter() - t0) * 1000
-        await asyncio.to_thread(heap.settle)  # the new generation frozen, the old one's cycles collected
+        heap.after_swap()  # the old generation collectable now, the heap frozen again later
         log.info(
             "collection %s: now serving %s (%s), was %s; loaded and validated in %.0f ms",
             name,

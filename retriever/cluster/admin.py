@@ -166,7 +166,7 @@ class RootLifecycle(Lifecycle):
         fresh.serving_since = time.time()
         self.registry.put(fresh)  # type: ignore[arg-type]
         load_ms = (time.perf_counter() - t0) * 1000
-        await asyncio.to_thread(heap.settle)  # common.heap
+        heap.after_swap()  # common.heap
         log.info(
             "collection %s: now serving %s (%s) over %d shards, was %s; coordinated in %.0f ms",
             name,
