@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from pydantic import SecretStr
 
-from common.settings import AnnSettings, BranchSpec, CollectionSettings
+from common.settings import AnnSettings, BranchSpec, CollectionSettings, ServerSettings
 
 
 def percentile(xs: Sequence[float], p: float) -> float:
@@ -90,7 +90,12 @@ def bench_ann(
         setting = f"nprobe={nprobe}"
 
     async def via_branch(text: str) -> None:
-        req = RecallRequest(query=SearchQuery(collection=coll.name, text=text), collection=coll, pool=pool)
+        req = RecallRequest(
+            query=SearchQuery(collection=coll.name, text=text),
+            collection=coll,
+            pool=pool,
+            inline=ServerSettings().inline_recall,  # as the server runs it by default
+        )
         await branch.recall(req, k)
 
     def timed(fn: Callable[[], Any]) -> float:
