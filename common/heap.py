@@ -22,13 +22,17 @@ import gc
 import logging
 import random
 import time
+import weakref
 
 log = logging.getLogger(__name__)
 
 #: After a swap, settle again this many seconds later (uniform): the old generation is long released.
 RESETTLE_AFTER_S = (30.0, 90.0)
 
-_pending: asyncio.TimerHandle | None = None
+#: The settle scheduled by the last swap, per event loop (a process may run several: tests do).
+_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.TimerHandle] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def settle() -> float:
@@ -44,10 +48,10 @@ def settle() -> float:
 
 def after_swap(delay_s: tuple[float, float] = RESETTLE_AFTER_S) -> None:
     """Call on the event loop right after a generation swap: unfreeze now, settle later (see above). A
-    later swap replaces a settle still pending."""
-    global _pending
+    later swap on the same loop replaces a settle still pending."""
     gc.unfreeze()
-    if _pending is not None:
-        _pending.cancel()
     loop = asyncio.get_running_loop()
-    _pending = loop.call_later(random.uniform(*delay_s), lambda: loop.run_in_executor(None, settle))
+    previous = _pending.get(loop)
+    if previous is not None:
+        previous.cancel()
+    _pending[loop] = loop.call_later(random.uniform(*delay_s), lambda: loop.run_in_executor(None, settle))

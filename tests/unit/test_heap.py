@@ -58,12 +58,12 @@ def test_settle_freezes_and_a_swap_unfreezes_then_resettles_and_frees_the_old_cy
 
 def test_a_later_swap_replaces_a_pending_settle() -> None:
     async def two_swaps() -> int:
+        loop = asyncio.get_running_loop()
         heap.after_swap(delay_s=(60.0, 60.0))
-        first = heap._pending
+        first = heap._pending[loop]
         heap.after_swap(delay_s=(60.0, 60.0))
-        assert first is not None and first.cancelled() and heap._pending is not first
-        assert heap._pending is not None
-        heap._pending.cancel()
+        assert first.cancelled() and heap._pending[loop] is not first
+        heap._pending[loop].cancel()
         return gc.get_freeze_count()
 
     assert asyncio.run(two_swaps()) == 0
