@@ -189,6 +189,37 @@ def _proc_cpu_s(pid: int) -> float:
     return total
 
 
+def _step_result(
+    rate: float,
+    duration_s: float,
+    sent: int,
+    lat: Sequence[float],
+    window: float,
+    errors: Counter[str],
+    *,
+    server_pid: int | None,
+    cpu_cores: float | None,
+    **more: Any,
+) -> StepResult:
+    """A step's figures from its answered latencies (ms) and the time from first send to last answer
+    (`window`), the same way for every client."""
+    return StepResult(
+        offered_rps=rate,
+        duration_s=round(duration_s, 3),
+        sent=sent,
+        ok=len(lat),
+        achieved_rps=len(lat) / window if window > 0 else 0.0,
+        p50_ms=percentile(lat, 50),
+        p90_ms=percentile(lat, 90),
+        p99_ms=percentile(lat, 99),
+        p999_ms=percentile(lat, 99.9),
+        errors=dict(errors),
+        server_cpu_cores=None if cpu_cores is None else round(cpu_cores, 3),
+        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
+        **more,
+    )
+
+
 async def run_step(
     target: str,
     mix: Mix,
@@ -259,21 +290,17 @@ async def run_step(
         elapsed = loop.time() - start
         window = max(last_done, scheduled) - start  # from the first send to the last answer
         cpu = (_proc_cpu_s(server_pid) - cpu0) / elapsed if server_pid and cpu0 is not None else None
-    return StepResult(
-        offered_rps=rate,
-        duration_s=round(elapsed, 3),
-        sent=n - dropped,
-        ok=len(lat),
-        achieved_rps=len(lat) / window if window > 0 else 0.0,
-        p50_ms=percentile(lat, 50),
-        p90_ms=percentile(lat, 90),
-        p99_ms=percentile(lat, 99),
-        p999_ms=percentile(lat, 99.9),
-        errors=dict(errors),
+    return _step_result(
+        rate,
+        elapsed,
+        n - dropped,
+        lat,
+        window,
+        errors,
+        server_pid=server_pid,
+        cpu_cores=cpu,
         dropped=dropped,
         degraded=degraded,
-        server_cpu_cores=None if cpu is None else round(cpu, 3),
-        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
     )
 
 
@@ -357,19 +384,15 @@ def run_ghz_step(
     lat = [d["latency"] / 1e6 for d in details if d.get("status") == "OK"]
     errors = Counter(_code_name(d.get("status") or "Unknown") for d in details if d.get("status") != "OK")
     window = report["total"] / 1e9
-    return StepResult(
-        offered_rps=rate,
-        duration_s=round(window, 3),
-        sent=int(report["count"]),
-        ok=len(lat),
-        achieved_rps=len(lat) / window if window > 0 else 0.0,
-        p50_ms=percentile(lat, 50),
-        p90_ms=percentile(lat, 90),
-        p99_ms=percentile(lat, 99),
-        p999_ms=percentile(lat, 99.9),
-        errors=dict(errors),
-        server_cpu_cores=None if cpu is None else round(cpu, 3),
-        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
+    return _step_result(
+        rate,
+        window,  # ghz's own span of the step (its process start-up excluded)
+        int(report["count"]),
+        lat,
+        window,
+        errors,
+        server_pid=server_pid,
+        cpu_cores=cpu,
         client="ghz",
     )
 
