@@ -512,11 +512,15 @@ def test_coordinated_reload_and_rollback_under_load(cluster: LocalCluster, data_
 class Load:
     """Closed-loop Search traffic from a few client threads, counting failures by status code."""
 
-    def __init__(self, target: str, threads: int = 4) -> None:
+    def __init__(self, target: str, threads: int = 4, *, debug: bool = False) -> None:
         self.stop = threading.Event()
         self.ok = 0
         self.degraded = 0
         self.errors: dict[str, int] = {}
+        # With debug answers (branch_stats), why each degraded answer was degraded: the branches that
+        # were not OK with their status and detail, so a failure names the shard and branch at fault.
+        self.debug = debug
+        self.why: list[str] = []
         self._lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._run, args=(target, i), daemon=True) for i in range(threads)
@@ -529,7 +533,10 @@ class Load:
             n = 0
             while not self.stop.is_set():
                 req = pb.SearchRequest(
-                    collection="places", query=texts[(n + i) % len(texts)], user_id=f"u{n % 50}"
+                    collection="places",
+                    query=texts[(n + i) % len(texts)],
+                    user_id=f"u{n % 50}",
+                    debug=self.debug,
                 )
                 n += 1
                 try:
@@ -541,6 +548,15 @@ class Load:
                 with self._lock:
                     self.ok += 1
                     self.degraded += res.degraded
+                    if res.degraded and self.debug:
+                        self.why.append(
+                            "; ".join(
+                                f"{b.branch} {pb.BranchStatus.Name(b.status)}: {b.detail}"
+                                for b in res.branch_stats
+                                if b.status != pb.BRANCH_STATUS_OK or b.detail
+                            )
+                            or "no branch failed (a display fetch?)"
+                        )
 
     def __enter__(self) -> Load:
         for t in self._threads:
@@ -554,7 +570,7 @@ class Load:
 
 
 def test_one_replica_of_every_shard_killed_under_load(cluster: LocalCluster) -> None:
-    with Load(cluster.target) as load:
+    with Load(cluster.target, debug=True) as load:
         time.sleep(1.0)
         before = load.ok
         for s in range(SHARDS):
@@ -563,7 +579,7 @@ def test_one_replica_of_every_shard_killed_under_load(cluster: LocalCluster) -> 
         time.sleep(1.5)
     assert load.errors == {}, load.errors
     assert load.ok > before + 20, "traffic kept flowing after the kills"
-    assert load.degraded == 0, "every shard still had a replica: answers stay whole"
+    assert load.degraded == 0, f"every shard still had a replica: answers stay whole; {load.why[:5]}"
     for s in range(SHARDS):
         cluster.restart(s, 0)
 
