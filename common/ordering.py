@@ -11,6 +11,8 @@ it, so one node and a shard set agree.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 from common.types import Candidate
@@ -20,6 +22,8 @@ RELATIVE_TIE = 1e-6
 #: How many more hits to ask an engine for at first, so that ties at the cut are usually all seen at once
 #: (`cut_is_settled` says when they are not, and the caller asks for more).
 TIE_MARGIN = 16
+#: Up to this many candidates, `best_first` checks for an already ordered list in plain Python.
+_SHORT = 32
 
 
 def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -29,6 +33,14 @@ def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[i
     vals = np.asarray(scores, dtype=np.float64)
     if not len(ords) or k <= 0:
         return []
+    # The usual engine answer is already strictly best first, without near ties: return it as it is
+    # (on short lists checked in Python, where NumPy's per-call cost would dominate).
+    if len(vals) <= _SHORT:
+        vl = vals.tolist()
+        if all(a - b > RELATIVE_TIE * max(abs(a), 1e-300) for a, b in pairwise(vl)):
+            return list(zip(ords[:k].tolist(), vl[:k], strict=True))
+    elif ((vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)).all():
+        return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
     order = np.lexsort((ords, -vals))
     ords, vals = ords[order], vals[order]
     gap = (vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)

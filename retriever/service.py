@@ -14,7 +14,7 @@ import numpy as np
 from opentelemetry import trace
 
 from common.geo import haversine_m, haversine_many
-from common.settings import BranchSpec, CollectionSettings, FusionSettings, QuarrySettings
+from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, SourceScore, UserCounters
 from ranker.base import ExplainingRanker, FusedOrder, Ranker
 from retriever.core import fusion, metrics
@@ -98,7 +98,9 @@ class SearchService:
     async def candidates(self, query: SearchQuery, *, recommend: bool = False) -> list[Fused]:
         """Fused, filtered candidates before ranking — exactly what the ranking stage sees. Used offline
         by the ranker's trainer so its training rows come from the serving path itself."""
-        return (await self._run(RECOMMEND_CANDIDATES if recommend else SEARCH_CANDIDATES, query, None)).fused
+        ex = await self._run(RECOMMEND_CANDIDATES if recommend else SEARCH_CANDIDATES, query, None)
+        ex.materialize()
+        return ex.fused
 
     async def _run(self, pipeline: Pipeline, query: SearchQuery, deadline: float | None) -> Exchange:
         ex = Exchange(pipeline, query, deadline)
@@ -195,31 +197,33 @@ class SearchService:
     async def _fuse(self, ex: Exchange) -> None:
         fs = ex.generation.settings.fusion
         ex.fusion = ex.query.fusion or fs.strategy
-        with self.tracer.start_as_current_span("fusion", attributes={"quarry.fusion": ex.fusion}):
-            ex.fused = self._fused(ex, fs)
-
-    def _fused(self, ex: Exchange, fs: FusionSettings) -> list[Fused]:
         ranked = {r.branch: r.candidates for r in ex.results if r.status is BranchStatus.OK}
-        if ex.fusion == "learned":
-            assert fs.learned is not None, "settings and _validate refuse learned without parameters"
-            model = fusion.LinearModel(fs.learned.weights, fs.learned.intercept, fs.learned.rrf_k)
-            return fusion.fuse(ranked, strategy="learned", model=model)
-        return fusion.fuse(
-            ranked,
-            strategy="weighted" if ex.fusion == "weighted" else "rrf",
-            rrf_k=fs.rrf_k,
-            weights={name: spec.weight for name, spec in ex.specs.items()},
-            normalization=fs.normalization,
-        )
+        with self.tracer.start_as_current_span("fusion", attributes={"quarry.fusion": ex.fusion}):
+            if ex.fusion == "learned":
+                assert fs.learned is not None, "settings and _validate refuse learned without parameters"
+                model = fusion.LinearModel(fs.learned.weights, fs.learned.intercept, fs.learned.rrf_k)
+                ex.fused = fusion.fuse(ranked, strategy="learned", model=model)
+                return
+            # As arrays: Fused objects are built later, for what the filters keep and the ranker needs.
+            weights = {name: spec.weight for name, spec in ex.specs.items()}
+            if ex.fusion == "weighted":
+                ex.pending = fusion.weighted_arrays(ranked, weights=weights, normalization=fs.normalization)
+            else:
+                ex.pending = fusion.rrf_arrays(ranked, k=fs.rrf_k, weights=weights)
 
     async def _post_filter(self, ex: Exchange) -> None:
-        ex.fused = self._filtered(ex.fused, ex.generation, ex.query)
+        if ex.pending is not None:
+            keep = self._keep(ex.pending.ordinal, ex.generation, ex.query)
+            if keep is not None:
+                ex.pending = ex.pending.take(keep)
+        else:
+            ex.fused = self._filtered(ex.fused, ex.generation, ex.query)
 
     async def _exclude_seen(self, ex: Exchange) -> None:
         """Recommend: drop what the user already interacted with (history + real-time events). A store
         failure degrades the answer (history alone is still excluded), never fails it."""
         coll, user = ex.generation, ex.query.user_id
-        if not user or not coll.settings.recommend_exclude_seen or not ex.fused:
+        if not user or not coll.settings.recommend_exclude_seen or not ex.candidate_count:
             return
         seen: set[int] = set(coll.user_history(user))
         try:
@@ -229,7 +233,11 @@ class SearchService:
             ex.degraded, recent = True, []
         ord_of = coll.forward.ord_of
         seen.update(o for o in (ord_of.get(r.item_id) for r in recent) if o is not None)
-        if seen:
+        if not seen:
+            return
+        if ex.pending is not None:
+            ex.pending = ex.pending.take(~np.isin(ex.pending.ordinal, np.fromiter(seen, np.int64, len(seen))))
+        else:
             ex.fused = [f for f in ex.fused if f.ordinal not in seen]
 
     async def _rank(self, ex: Exchange) -> None:
@@ -237,6 +245,9 @@ class SearchService:
         counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
         ex.degraded = ex.degraded or not store_ok
         ranker = collection.ranker or self.ranker
+        # The fused order kept as it is needs only the hits' Fused objects; a model scores them all.
+        keeps_order = isinstance(ranker, FusedOrder) and not ex.query.debug
+        ex.materialize(ex.query.top_k if keeps_order else None)
         if ex.query.debug:
             ex.explain = self._explain_rank(ex, ranker, counters)
         with self.tracer.start_as_current_span(
@@ -377,18 +388,28 @@ class SearchService:
 
     @staticmethod
     def _filtered(fused: list[Fused], collection: Collection, query: SearchQuery) -> list[Fused]:
-        """Exclusions, and the request radius as a hard filter on every branch's candidates."""
+        keep = SearchService._keep(
+            np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused)), collection, query
+        )
+        return fused if keep is None else [f for f, k in zip(fused, keep.tolist(), strict=True) if k]
+
+    @staticmethod
+    def _keep(ordinals: np.ndarray, collection: Collection, query: SearchQuery) -> np.ndarray | None:
+        """Which candidates pass the exclusions and the request radius (a hard filter on every branch's
+        candidates), as a mask over `ordinals`; None when nothing filters."""
         fw = collection.forward
+        keep = None
         if query.filters.exclude_ids:
-            ords = {fw.ord_of[i] for i in query.filters.exclude_ids if i in fw.ord_of}
-            fused = [f for f in fused if f.ordinal not in ords]
-        if query.radius_m > 0 and query.location is not None and fused:
-            idx = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused))
+            ords = [fw.ord_of[i] for i in query.filters.exclude_ids if i in fw.ord_of]
+            keep = ~np.isin(ordinals, np.asarray(ords, dtype=np.int64))
+        if query.radius_m > 0 and query.location is not None and len(ordinals):
             with np.errstate(invalid="ignore"):
-                dist = haversine_many(query.location.lat, query.location.lon, fw.lat[idx], fw.lon[idx])
-                keep = dist <= query.radius_m  # NaN (no location) compares False
-            fused = [f for f, k in zip(fused, keep, strict=True) if k]
-        return fused
+                dist = haversine_many(
+                    query.location.lat, query.location.lon, fw.lat[ordinals], fw.lon[ordinals]
+                )
+                near = dist <= query.radius_m  # NaN (no location) compares False
+            keep = near if keep is None else keep & near
+        return keep
 
     @staticmethod
     def _hits(fused: list[Fused], collection: Collection, origin: GeoPoint | None) -> list[Hit]:
@@ -446,6 +467,8 @@ class Exchange:
     specs: Mapping[str, BranchSpec] = field(default_factory=dict)
     results: list[BranchResult] = field(default_factory=list)
     fused: list[Fused] = field(default_factory=list)
+    #: Fusion's answer as arrays until a stage needs Fused objects (`materialize`); then None.
+    pending: fusion.FusedArrays | None = None
     hits: list[Hit] = field(default_factory=list)
     degraded: bool = False
     counters_task: asyncio.Task[tuple[UserCounters | None, bool]] | None = None
@@ -453,6 +476,15 @@ class Exchange:
     fusion: str = ""
     explain: RankExplain | None = None
     debug: DebugDetail | None = None
+
+    @property
+    def candidate_count(self) -> int:
+        return len(self.pending) if self.pending is not None else len(self.fused)
+
+    def materialize(self, limit: int | None = None) -> None:
+        """`fused` from the pending arrays: the first `limit` candidates (all without one)."""
+        if self.pending is not None:
+            self.fused, self.pending = self.pending.fused(limit), None
 
     @property
     def generation(self) -> Collection:

@@ -30,6 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from common.arrays import in_sorted
+
 FORMAT_VERSION = 1
 METHODS = ("itemcf", "swing")
 POPULARITY = "popularity.npy"
@@ -180,9 +182,9 @@ class BehaviorIndex:
         pos = np.repeat(starts - offsets, lengths) + np.arange(total)
         cand, inverse = np.unique(indices[pos], return_inverse=True)
         agg = np.bincount(inverse, weights=scores[pos] * np.repeat(seed_w, lengths), minlength=len(cand))
-        keep = ~np.isin(cand, seed_ords if seed_items is None else seed_items)
+        keep = ~in_sorted(cand, seed_ords if seed_items is None else np.asarray(seed_items))
         if exclude:
-            keep &= ~np.isin(cand, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
+            keep &= ~in_sorted(cand, np.fromiter(exclude, dtype=np.int64, count=len(exclude)))
         if allowed is not None:
             keep &= allowed[cand]
         cand, agg = cand[keep], agg[keep]

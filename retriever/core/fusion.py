@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 import numpy as np
@@ -52,72 +53,110 @@ class _Entries:
     rank: np.ndarray  # int64, 1-based position in the branch's list (duplicates counted)
     score: np.ndarray  # float64, the branch's raw score
     names: tuple[str, ...]
+    #: Each branch's whole list (duplicates included): its scores, for normalisation.
+    lists: tuple[np.ndarray, ...]
 
     @classmethod
     def of(cls, ranked: Mapping[str, Sequence[Candidate]]) -> _Entries:
-        ords, scores, ranks, branches = [], [], [], []
-        for b, cands in enumerate(ranked.values()):
-            n = len(cands)
-            o = np.fromiter((c.ordinal for c in cands), dtype=np.int64, count=n)
-            s = np.fromiter((c.score for c in cands), dtype=np.float64, count=n)
-            r = np.arange(1, n + 1, dtype=np.int64)
-            if n > 1:
-                _, first = np.unique(o, return_index=True)
-                if len(first) < n:  # a branch listing an item twice counts once, at its best rank
-                    first.sort()
-                    o, s, r = o[first], s[first], r[first]
-            ords.append(o)
-            scores.append(s)
-            ranks.append(r)
-            branches.append(np.full(len(o), b, dtype=np.int64))
-        if not ords:
-            empty = np.zeros(0, dtype=np.int64)
-            return cls(empty, empty, empty, np.zeros(0), ())
-        return cls(
-            np.concatenate(ords),
-            np.concatenate(branches),
-            np.concatenate(ranks),
-            np.concatenate(scores),
-            tuple(ranked),
+        # One pass over every candidate of every branch (a Candidate is an (ordinal, score) tuple): the
+        # per-branch, per-field conversions this replaces cost more than the fusion itself.
+        sizes = [len(c) for c in ranked.values()]
+        n = sum(sizes)
+        flat = np.fromiter(
+            chain.from_iterable(chain.from_iterable(ranked.values())), dtype=np.float64, count=2 * n
+        ).reshape(n, 2)
+        ords = flat[:, 0].astype(np.int64)
+        scores = flat[:, 1]
+        ends = np.cumsum(sizes, dtype=np.int64)
+        starts = ends - np.asarray(sizes, dtype=np.int64)
+        branch = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
+        rank = np.arange(1, n + 1, dtype=np.int64) - np.repeat(starts, sizes)
+        lists = tuple(scores[a:b] for a, b in zip(starts.tolist(), ends.tolist(), strict=True))
+        if n > 1:  # a branch listing an item twice counts once, at its best rank
+            _, first = np.unique(branch * (int(ords.max()) + 1) + ords, return_index=True)
+            if len(first) < n:
+                first.sort()
+                ords, scores, rank, branch = ords[first], scores[first], rank[first], branch[first]
+        return cls(ords, branch, rank, scores, tuple(ranked), lists)
+
+
+@dataclass(frozen=True, slots=True)
+class FusedArrays:
+    """Fused candidates as arrays, best first, with each item's sources kept as entry indices: `Fused`
+    objects are built only for the items a stage asks for (`fused`), after filters dropped the others.
+    Building one per candidate was most of fusion's cost (≈ 250 items a five-branch Search, of which a
+    radius filter may keep ten)."""
+
+    ordinal: np.ndarray  # int64, best first
+    score: np.ndarray  # float64
+    _entries: _Entries
+    _by_item: np.ndarray  # entry indices grouped by item, each group in entry (= branch) order
+    _start: np.ndarray  # per item (best first): where its group starts in _by_item
+    _count: np.ndarray  # per item: how many sources
+
+    def __len__(self) -> int:
+        return len(self.ordinal)
+
+    def take(self, keep: np.ndarray) -> FusedArrays:
+        """The items where the boolean mask `keep` (over best-first positions) holds, in the same order."""
+        return FusedArrays(
+            self.ordinal[keep],
+            self.score[keep],
+            self._entries,
+            self._by_item,
+            self._start[keep],
+            self._count[keep],
         )
 
+    def fused(self, limit: int | None = None) -> list[Fused]:
+        """The first `limit` items (all without one) as `Fused`, sources in branch order."""
+        n = len(self.ordinal) if limit is None else max(0, min(limit, len(self.ordinal)))
+        if n == 0:
+            return []
+        counts = self._count[:n]
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        at = self._by_item[np.repeat(self._start[:n] - bounds[:-1], counts) + np.arange(bounds[-1])]
+        e = self._entries
+        names = e.names
+        sources = [
+            SourceScore(names[b], s, r)
+            for b, s, r in zip(e.branch[at].tolist(), e.score[at].tolist(), e.rank[at].tolist(), strict=True)
+        ]
+        ords, vals, ends = self.ordinal[:n].tolist(), self.score[:n].tolist(), bounds.tolist()
+        return [Fused(ords[i], vals[i], sources[ends[i] : ends[i + 1]]) for i in range(n)]
 
-def _fused(entries: _Entries, contribution: np.ndarray) -> list[Fused]:
-    """One Fused per distinct item: score = Σ of its entries' contributions (added in branch order, as a
-    Python sum over its sources would), sources in branch order, best first — ties by the best rank in
-    any branch, then the ordinal (deterministic)."""
-    if not len(entries.ordinal):
-        return []
+
+def _fused(entries: _Entries, contribution: np.ndarray) -> FusedArrays:
+    """One item per distinct ordinal: score = Σ of its entries' contributions (added in branch order, as a
+    Python sum over its sources would), best first — ties by the best rank in any branch, then the
+    ordinal (deterministic)."""
     items, inverse = np.unique(entries.ordinal, return_inverse=True)
+    if not len(items):
+        empty = np.zeros(0, dtype=np.int64)
+        return FusedArrays(empty, np.zeros(0), entries, empty, empty, empty)
     scores = np.bincount(inverse, weights=contribution, minlength=len(items))
-    best_rank = np.full(len(items), np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(best_rank, inverse, entries.rank)
-    order = np.lexsort((items, best_rank, -scores))
-    # Sources grouped by item, each group in entry (= branch) order.
+    counts = np.bincount(inverse, minlength=len(items))
     by_item = np.argsort(inverse, kind="stable")
-    bounds = np.concatenate([[0], np.cumsum(np.bincount(inverse, minlength=len(items)))]).tolist()
-    names = entries.names
-    sources = [
-        SourceScore(names[b], s, r)
-        for b, s, r in zip(
-            entries.branch[by_item].tolist(),
-            entries.score[by_item].tolist(),
-            entries.rank[by_item].tolist(),
-            strict=True,
-        )
-    ]
-    ords, vals = items.tolist(), scores.tolist()
-    return [Fused(ords[i], vals[i], sources[bounds[i] : bounds[i + 1]]) for i in order.tolist()]
+    start = np.cumsum(counts) - counts
+    best_rank = np.minimum.reduceat(entries.rank[by_item], start)
+    order = np.lexsort((items, best_rank, -scores))
+    return FusedArrays(items[order], scores[order], entries, by_item, start[order], counts[order])
 
 
-def rrf(
+def rrf_arrays(
     ranked: Mapping[str, Sequence[Candidate]], *, k: float = 60.0, weights: Mapping[str, float] | None = None
-) -> list[Fused]:
+) -> FusedArrays:
     if k <= 0:
         raise ValueError("rrf k must be > 0")
     e = _Entries.of(ranked)
     w = np.array([(weights or {}).get(b, 1.0) for b in e.names], dtype=np.float64)
     return _fused(e, w[e.branch] / (k + e.rank))
+
+
+def rrf(
+    ranked: Mapping[str, Sequence[Candidate]], *, k: float = 60.0, weights: Mapping[str, float] | None = None
+) -> list[Fused]:
+    return rrf_arrays(ranked, k=k, weights=weights).fused()
 
 
 def _normalized(scores: np.ndarray, how: Normalization) -> np.ndarray:
@@ -143,24 +182,32 @@ def _normalizer(cands: Sequence[Candidate], how: Normalization) -> dict[int, flo
     return {c.ordinal: v for c, v in zip(reversed(cands), reversed(values.tolist()), strict=True)}
 
 
+def weighted_arrays(
+    ranked: Mapping[str, Sequence[Candidate]],
+    *,
+    weights: Mapping[str, float] | None = None,
+    normalization: Normalization = "minmax",
+) -> FusedArrays:
+    e = _Entries.of(ranked)
+    contribution = np.empty(len(e.ordinal), dtype=np.float64)
+    for b, whole in enumerate(e.lists):
+        at = np.flatnonzero(e.branch == b)
+        if not len(at):
+            continue
+        # normalised over the branch's whole list; an item takes the value of its first listing
+        contribution[at] = (weights or {}).get(e.names[b], 1.0) * _normalized(whole, normalization)[
+            e.rank[at] - 1
+        ]
+    return _fused(e, contribution)
+
+
 def weighted(
     ranked: Mapping[str, Sequence[Candidate]],
     *,
     weights: Mapping[str, float] | None = None,
     normalization: Normalization = "minmax",
 ) -> list[Fused]:
-    e = _Entries.of(ranked)
-    contribution = np.empty(len(e.ordinal), dtype=np.float64)
-    for b, cands in enumerate(ranked.values()):
-        at = np.flatnonzero(e.branch == b)
-        if not len(at):
-            continue
-        whole = np.fromiter((c.score for c in cands), dtype=np.float64, count=len(cands))
-        # normalised over the branch's whole list; an item takes the value of its first listing
-        contribution[at] = (weights or {}).get(e.names[b], 1.0) * _normalized(whole, normalization)[
-            e.rank[at] - 1
-        ]
-    return _fused(e, contribution)
+    return weighted_arrays(ranked, weights=weights, normalization=normalization).fused()
 
 
 def _branch_features(cands: Sequence[Candidate], rrf_k: float) -> dict[str, dict[int, float]]:

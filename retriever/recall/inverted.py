@@ -144,16 +144,15 @@ class InvertedBranch:
         # segment order (which depends on how the index was written); the canonical order picks by ordinal.
         want = limit + TIE_MARGIN
         while True:
-            result = searcher.search(query, limit=want, count=False, weight_by_field=self._weight_by)
-            if len(result.hits) < want or cut_is_settled(np.asarray([s for s, _ in result.hits]), limit):
+            hits = searcher.search(query, limit=want, count=False, weight_by_field=self._weight_by).hits
+            scores = np.fromiter((s for s, _a in hits), np.float64, len(hits))
+            if len(hits) < want or cut_is_settled(scores, limit):
                 break
             want *= 2
-        if not result.hits:
+        if not hits:
             return []
-        addrs = [addr for _score, addr in result.hits]
-        ords = searcher.fast_field_values(ORD_FIELD, addrs)
-        scores = [s for s, _a in result.hits]
-        return [Candidate(o, s) for o, s in best_first(np.asarray(ords), np.asarray(scores), limit)]
+        ords = searcher.fast_field_values(ORD_FIELD, [addr for _s, addr in hits])
+        return [Candidate(o, s) for o, s in best_first(np.asarray(ords), scores, limit)]
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         # After real-time changes the view's working index serves: it holds the generation's documents

@@ -16,6 +16,7 @@ from typing import ClassVar, Self
 import numpy as np
 from pydantic import BaseModel
 
+from common.arrays import in_sorted
 from common.index.behavior import BehaviorIndex
 from common.profile import TagTable
 from common.settings import PreferenceSettings
@@ -72,7 +73,7 @@ class PreferenceBranch:
         allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
         keep = np.ones(len(pool), dtype=bool) if allowed is None else allowed[pool]
         if self.s.exclude_seen and seeds:
-            keep &= ~np.isin(pool, self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds))))
+            keep &= ~in_sorted(pool, self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds))))
         pool = pool[keep]
         if not len(pool):
             return []

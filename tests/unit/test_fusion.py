@@ -9,7 +9,16 @@ from pydantic import ValidationError
 
 from common.settings import CollectionSettings, FusionSettings, LearnedFusion
 from common.types import LEARNED_FEATURES, Candidate, Fused
-from retriever.core.fusion import LinearModel, fuse, learned, learned_features, rrf, weighted
+from retriever.core.fusion import (
+    LinearModel,
+    fuse,
+    learned,
+    learned_features,
+    rrf,
+    rrf_arrays,
+    weighted,
+    weighted_arrays,
+)
 
 A = [Candidate(1, 10.0), Candidate(2, 8.0), Candidate(3, 1.0)]
 B = [Candidate(3, 0.9), Candidate(4, 0.8), Candidate(1, 0.1)]
@@ -193,3 +202,27 @@ def test_array_fusion_matches_the_plain_definition(seed: int) -> None:
             assert [(s.branch, s.score, s.rank) for s in f.sources] == by[f.ordinal][2]
         keys = [(-f.score, by[f.ordinal][3], f.ordinal) for f in out]
         assert keys == sorted(keys)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fused_arrays_filter_then_build_equals_build_then_filter(seed: int) -> None:
+    """What the service does (fuse as arrays, drop what the filters drop, build Fused objects for the first
+    `limit` kept) gives exactly the Fused objects of the whole list filtered and cut the plain way."""
+    rng = np.random.default_rng(100 + seed)
+    ranked: dict[str, list[Candidate]] = {}
+    for b in ("inverted", "ann", "geo", "behavior")[: rng.integers(1, 5)]:
+        n = int(rng.integers(0, 50))
+        scores = np.sort(np.round(rng.random(n) * 3, 1))[::-1]
+        ranked[b] = [Candidate(int(o), float(s)) for o, s in zip(rng.integers(0, 70, n), scores, strict=True)]
+    for arrays, whole in (
+        (rrf_arrays(ranked, k=60), rrf(ranked, k=60)),
+        (weighted_arrays(ranked, normalization="minmax"), weighted(ranked, normalization="minmax")),
+    ):
+        assert arrays.ordinal.tolist() == [f.ordinal for f in whole]
+        assert arrays.fused() == whole
+        keep = rng.random(len(arrays)) < 0.4
+        kept = [f for f, k in zip(whole, keep.tolist(), strict=True) if k]
+        part = arrays.take(keep)
+        assert len(part) == len(kept)
+        for limit in (None, 0, 1, 3, len(kept), len(kept) + 5):
+            assert part.fused(limit) == kept[:limit]
