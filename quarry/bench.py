@@ -222,6 +222,9 @@ def bench_search(
             terms = {a: list(dict.fromkeys(analyze(q.text, a))) for a in coll.analyzers}
             query = inv.build_query(terms, q.filters)  # type: ignore[attr-defined]
             t("tantivy search", lambda query=query: inv._searcher.search(query, limit=200, count=False))  # type: ignore[attr-defined]
+            # The same answer from tantivy alone: build the term query, search (hits weighted as the
+            # branch asks), read each hit's ordinal from the fast field.
+            t("tantivy query+search+ids", lambda terms=terms, q=q: _raw_inverted(inv, terms, q.filters))
         if ann is not None:
             t("onnxruntime encode", lambda q=q: ann.encoder.encode([q.text]))  # type: ignore[attr-defined]
             v = ann.encoder.encode([q.text])  # type: ignore[attr-defined]
@@ -246,7 +249,28 @@ def bench_search(
                 per_branch.setdefault(b.branch, []).append(b.latency_ms * 1000)
     loop.run_until_complete(svc.aclose())
     loop.close()
-    raw_sum_p50 = sum(statistics.median(v) for v in raw.values())
+    raw_sum_p50 = sum(statistics.median(v) for k, v in raw.items() if k != "tantivy query+search+ids")
+    # Each branch against the raw calls that give the same answer (behavior and preference also read
+    # Redis, so they have no single raw counterpart).
+    yardsticks = {
+        "inverted": ["tantivy search", "tantivy query+search+ids"],
+        "ann": ["onnxruntime encode", "hnswlib knn_query", "faiss search"],
+        "geo": ["geo within (cKDTree)"],
+    }
+    ratios = []
+    for branch, names in yardsticks.items():
+        if branch not in per_branch:
+            continue
+        mine = statistics.median(per_branch[branch])
+        for name in names:
+            if name in raw:
+                base = statistics.median(raw[name])
+                if branch == "ann" and name != "onnxruntime encode" and "onnxruntime encode" in raw:
+                    base += statistics.median(raw["onnxruntime encode"])
+                    name = f"encode + {name}"
+                elif branch == "ann":
+                    continue
+                ratios.append(f"    {branch:10s} / {name:34s} {mine / base:5.2f}×")
     lines = [
         f"End-to-end Search (in-process core, no RPC) — {coll.name}: {len(fw)} items, {len(reqs)} requests, "
         f"top_k={top_k}, radius {radius_m / 1000:.0f} km, store={svc.recent.name}, branches {sorted(per_branch)}",
@@ -255,10 +279,22 @@ def bench_search(
         f"  sum of raw p50s {raw_sum_p50:9.1f} µs (branches run concurrently in Quarry, so this is a serial bound)",
         "  Quarry branches (inside the executor, concurrent):",
         *[_fmt("  " + k, v) for k, v in sorted(per_branch.items())],
+        "  branch p50 / raw p50:",
+        *ratios,
         _fmt("Quarry Search total", total),
         f"  total p50 / sum of raw p50s: {statistics.median(total) / raw_sum_p50:.2f}×",
     ]
     return "\n".join(lines)
+
+
+def _raw_inverted(inv: Any, terms: Any, filters: Any) -> Any:
+    from common.index.text import ORD_FIELD
+
+    searcher = inv._searcher
+    hits = searcher.search(
+        inv.build_query(terms, filters), limit=200, count=False, weight_by_field=inv._weight_by
+    ).hits
+    return searcher.fast_field_values(ORD_FIELD, [a for _s, a in hits])
 
 
 def open_collection(snapshot: Path, settings: Any = None) -> Any:

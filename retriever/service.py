@@ -414,18 +414,21 @@ class SearchService:
     @staticmethod
     def _hits(fused: list[Fused], collection: Collection, origin: GeoPoint | None) -> list[Hit]:
         rows = collection.forward.rows([f.ordinal for f in fused])
+        if not rows:
+            return []
+        # Every row has the same columns: which are attributes and text fields is read once.
+        attrs = [(k[5:], k) for k in rows[0] if k.startswith("attr_")]
+        texts = [(k[5:], k) for k in rows[0] if k.startswith("text_")]
         hits: list[Hit] = []
         for f, row in zip(fused, rows, strict=True):
-            loc = (
-                GeoPoint(row["lat"], row["lon"])
-                if row["lat"] is not None and row["lon"] is not None
-                else None
-            )
+            lat, lon = row["lat"], row["lon"]
+            loc = GeoPoint(lat, lon) if lat is not None and lon is not None else None
             dist = (
-                haversine_m(origin.lat, origin.lon, loc.lat, loc.lon)
+                haversine_m(origin.lat, origin.lon, lat, lon)
                 if origin is not None and loc is not None
                 else None
             )
+            tags = row["tags"]
             hits.append(
                 Hit(
                     id=row["id"],
@@ -433,11 +436,11 @@ class SearchService:
                     sources=f.sources,
                     title=row["title"],
                     category=row["category"],
-                    tags=list(row["tags"] or []),
+                    tags=list(tags) if tags else [],
                     location=loc,
                     distance_m=dist,
-                    attributes={k[5:]: v for k, v in row.items() if k.startswith("attr_") and v is not None},
-                    fields={k[5:]: v for k, v in row.items() if k.startswith("text_") and v},
+                    attributes={n: row[k] for n, k in attrs if row[k] is not None},
+                    fields={n: row[k] for n, k in texts if row[k]},
                 )
             )
         return hits

@@ -102,3 +102,20 @@ def test_ghz_step_against_a_real_server(server: str, tiny_snapshot: Path) -> Non
     assert step.ok == 0 and step.errors == {"NOT_FOUND": step.sent}
     with pytest.raises(ValueError, match="one method"):
         run_ghz_step(server, build_mix(coll, "mixed", n=10), rate=10, duration_s=1.0, ghz=ghz)
+
+
+def test_bench_search_sets_each_branch_beside_its_raw_calls(movielens_snapshot: Path, redis_url: str) -> None:
+    """`quarry bench search` times the raw calls that give each branch's answer (for inverted: the query
+    built with tantivy's API, the search and the ordinals read back) and prints branch / raw ratios."""
+    from quarry.bench import bench_search
+
+    out = bench_search(movielens_snapshot, n=20, redis_url=redis_url)
+    for line in (
+        "tantivy query+search+ids",
+        "inverted   / tantivy search",
+        "inverted   / tantivy query+search+ids",
+    ):
+        assert line in out, out
+    assert "ann        / encode + " in out, out
+    ratio = float(out.split("inverted   / tantivy query+search+ids")[1].split("×")[0])
+    assert ratio > 0
