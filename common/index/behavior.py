@@ -189,7 +189,7 @@ class BehaviorIndex:
             keep &= allowed[cand]
         cand, agg = cand[keep], agg[keep]
         top = np.lexsort((cand, -agg))[:k]
-        return [(int(o), float(s)) for o, s in zip(cand[top], agg[top], strict=True)]
+        return list(zip(cand[top].tolist(), agg[top].tolist(), strict=True))
 
     def sample_users(self, n: int) -> list[str]:
         """Up to `n` user ids that have a history (for benchmarks and smoke checks)."""

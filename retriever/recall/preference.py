@@ -79,7 +79,7 @@ class PreferenceBranch:
             return []
         scores = self.table.match(pool, affinity) * self.log_pop[pool]
         best = np.lexsort((pool, -scores))[:quota]
-        return live.to_current([(int(pool[i]), float(scores[i])) for i in best])
+        return live.to_current(list(zip(pool[best].tolist(), scores[best].tolist(), strict=True)))
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         seeds = await request.user_seeds(self.name, self.index.user_history, self.ord_of, self.s)
