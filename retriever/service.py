@@ -247,11 +247,12 @@ class SearchService:
         ranker = collection.ranker or self.ranker
         # The fused order kept as it is needs only the hits' Fused objects; a model scores them all.
         keeps_order = isinstance(ranker, FusedOrder) and not ex.query.debug
+        count = ex.candidate_count
         ex.materialize(ex.query.top_k if keeps_order else None)
         if ex.query.debug:
             ex.explain = self._explain_rank(ex, ranker, counters)
         with self.tracer.start_as_current_span(
-            "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": len(ex.fused)}
+            "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": count}
         ):
             ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters)
 

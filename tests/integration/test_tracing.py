@@ -56,6 +56,8 @@ def test_span_tree_of_a_search(tiny_snapshot: Path) -> None:
     branches = {s.name: s for s in spans if s.name.startswith("branch ")}
     assert {"branch inverted", "branch geo", "branch ann"} <= set(branches)
     assert all(b.parent is not None and b.parent.span_id == recall.context.span_id for b in branches.values())
+    # every candidate the ranking stage received, not only the three hits it had to build
+    assert by_name["rank"].attributes["quarry.candidates"] > 3
     inv = branches["branch inverted"].attributes
     assert inv["quarry.branch.status"] == "ok" and inv["quarry.branch.candidates"] > 0
     (line,) = [json.loads(x) for x in buf.getvalue().splitlines()]
