@@ -12,6 +12,7 @@ it, so one node and a shard set agree.
 from __future__ import annotations
 
 from itertools import pairwise
+from operator import itemgetter
 
 import numpy as np
 
@@ -22,6 +23,8 @@ RELATIVE_TIE = 1e-6
 #: How many more hits to ask an engine for at first, so that ties at the cut are usually all seen at once
 #: (`cut_is_settled` says when they are not, and the caller asks for more).
 TIE_MARGIN = 16
+# A Candidate is an (ordinal, score) tuple: C-level getters read a list's fields without a generator.
+_ORDINAL, _SCORE = itemgetter(0), itemgetter(1)
 #: Up to this many candidates, `best_first` checks for an already ordered list in plain Python.
 _SHORT = 32
 
@@ -68,12 +71,12 @@ def canonical(candidates: list[Candidate]) -> list[Candidate]:
     n = len(candidates)
     if n < 2:
         return candidates
-    vals = np.fromiter((c.score for c in candidates), dtype=np.float64, count=n)
+    vals = np.fromiter(map(_SCORE, candidates), dtype=np.float64, count=n)
     drop = vals[:-1] - vals[1:]
     gap = drop > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
     if gap.all():  # the usual case: strictly best first, no near ties
         return candidates
-    ords = np.fromiter((c.ordinal for c in candidates), dtype=np.int64, count=n)
+    ords = np.fromiter(map(_ORDINAL, candidates), dtype=np.int64, count=n)
     tied = ~gap
     if (drop >= 0).all() and (ords[1:][tied] >= ords[:-1][tied]).all():
         # Never rising, and every near tie already by ordinal: best_first would return it unchanged.

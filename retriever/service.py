@@ -189,10 +189,7 @@ class SearchService:
             raise DeadlineExceeded("the request deadline expired during recall")
         ex.degraded = any(r.status in (BranchStatus.TIMEOUT, BranchStatus.ERROR) for r in ex.results)
         for r in ex.results:
-            metrics.BRANCH_RESULTS.labels(collection.name, r.branch, r.status.value).inc()
-            if r.status is BranchStatus.OK:
-                metrics.BRANCH_LATENCY.labels(collection.name, r.branch).observe(r.latency_ms / 1000)
-                metrics.BRANCH_CANDIDATES.labels(collection.name, r.branch).observe(len(r.candidates))
+            metrics.record_branch(collection.name, r.branch, r.status.value, r.latency_ms, len(r.candidates))
 
     async def _fuse(self, ex: Exchange) -> None:
         fs = ex.generation.settings.fusion

@@ -532,10 +532,7 @@ class RootSearchService(SearchService):
                 compact = view.compact([g for g, _ in lst])
                 res.candidates = [Candidate(o, s) for o, (_g, s) in zip(compact, lst, strict=True)]
         for r in results:
-            metrics.BRANCH_RESULTS.labels(root.name, r.branch, r.status.value).inc()
-            if r.status is BranchStatus.OK:
-                metrics.BRANCH_LATENCY.labels(root.name, r.branch).observe(r.latency_ms / 1000)
-                metrics.BRANCH_CANDIDATES.labels(root.name, r.branch).observe(len(r.candidates))
+            metrics.record_branch(root.name, r.branch, r.status.value, r.latency_ms, len(r.candidates))
         ex.results = results
         ex.degraded = degraded
         ex.collection = view  # type: ignore[assignment]  # later stages read the request's candidates
