@@ -519,7 +519,7 @@ def _preference(table: Any, seeds: Sequence[tuple[int, float]], top_tags: int, k
     if not aff.any():
         return np.zeros(0, dtype=np.int64)
     top = np.argsort(-aff)[:top_tags]
-    pool = np.unique(np.concatenate([table.items_of(int(t)) for t in top]))
+    pool = table.items_union(top.tolist())
     return pool[np.argsort(-table.match(pool, aff))[:k]]
 
 

@@ -68,7 +68,7 @@ class PreferenceBranch:
             return []
         top = np.argsort(-affinity, kind="stable")[: self.s.top_tags]
         top = top[affinity[top] > 0]
-        pool = np.unique(np.concatenate([self.table.items_of(int(t)) for t in top]))
+        pool = self.table.items_union(top.tolist())
         live = request.live
         allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
         keep = np.ones(len(pool), dtype=bool) if allowed is None else allowed[pool]

@@ -51,6 +51,21 @@ def test_tag_table_lists_each_tags_items_by_popularity(generation: Collection) -
     )
 
 
+def test_items_union_is_the_distinct_items_of_the_tags_lists(generation: Collection) -> None:
+    """The preference pool: the merge of the tags' ordinal-sorted lists equals np.unique over their
+    popularity-ordered lists, for random tag sets (repeats, single tags, none)."""
+    behavior = generation.behavior
+    assert behavior is not None
+    table = TagTable.build(generation.base_forward, behavior.popularity, per_tag=40)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        tags = rng.integers(0, len(table.vocab), int(rng.integers(0, 8))).tolist()
+        want = np.unique(np.concatenate([table.items_of(t) for t in tags] or [np.zeros(0, np.int64)]))
+        got = table.items_union(tags)
+        np.testing.assert_array_equal(got, want)
+        assert got.dtype == np.int64
+
+
 def test_recall_follows_the_users_taste_from_real_time_events(generation: Collection) -> None:
     branch = generation.branches["preference"]
     fw = generation.base_forward
