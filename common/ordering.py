@@ -29,6 +29,12 @@ _ORDINAL, _SCORE = itemgetter(0), itemgetter(1)
 _SHORT = 32
 
 
+def _gaps(vals: np.ndarray) -> np.ndarray:
+    """Between each score and the next: whether the first is higher by more than the tie tolerance (False:
+    a near tie, or a rise)."""
+    return (vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
+
+
 def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
     """The best `k` of (ordinal, score) pairs, best first (see the module docstring). Near ties chain: a
     run of scores each within RELATIVE_TIE of the next is one tie group."""
@@ -40,13 +46,13 @@ def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[i
     # (on short lists checked in Python, where NumPy's per-call cost would dominate).
     if len(vals) <= _SHORT:
         vl = vals.tolist()
-        if all(a - b > RELATIVE_TIE * max(abs(a), 1e-300) for a, b in pairwise(vl)):
+        if all(a - b > RELATIVE_TIE * max(abs(a), 1e-300) for a, b in pairwise(vl)):  # _gaps, in Python
             return list(zip(ords[:k].tolist(), vl[:k], strict=True))
-    elif ((vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)).all():
+    elif _gaps(vals).all():
         return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
     order = np.lexsort((ords, -vals))
     ords, vals = ords[order], vals[order]
-    gap = (vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
+    gap = _gaps(vals)
     if not gap.all():  # some near ties: order each group by ordinal
         group = np.concatenate([[0], np.cumsum(gap)])
         regroup = np.lexsort((ords, group))
@@ -62,8 +68,7 @@ def cut_is_settled(scores: np.ndarray, k: int) -> bool:
     if len(vals) <= k:
         return True
     tail = vals[k - 1 :] if k > 0 else vals
-    gaps = (tail[:-1] - tail[1:]) > RELATIVE_TIE * np.maximum(np.abs(tail[:-1]), 1e-300)
-    return bool(gaps.any())
+    return bool(_gaps(tail).any())
 
 
 def canonical(candidates: list[Candidate]) -> list[Candidate]:
@@ -72,13 +77,12 @@ def canonical(candidates: list[Candidate]) -> list[Candidate]:
     if n < 2:
         return candidates
     vals = np.fromiter(map(_SCORE, candidates), dtype=np.float64, count=n)
-    drop = vals[:-1] - vals[1:]
-    gap = drop > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
+    gap = _gaps(vals)
     if gap.all():  # the usual case: strictly best first, no near ties
         return candidates
     ords = np.fromiter(map(_ORDINAL, candidates), dtype=np.int64, count=n)
     tied = ~gap
-    if (drop >= 0).all() and (ords[1:][tied] >= ords[:-1][tied]).all():
+    if (vals[:-1] >= vals[1:]).all() and (ords[1:][tied] >= ords[:-1][tied]).all():
         # Never rising, and every near tie already by ordinal: best_first would return it unchanged.
         return candidates
     return [Candidate(o, s) for o, s in best_first(ords, vals, n)]
