@@ -253,23 +253,19 @@ def bench_search(
     # Each branch against the raw calls that give the same answer (behavior and preference also read
     # Redis, so they have no single raw counterpart).
     yardsticks = {
-        "inverted": ["tantivy search", "tantivy query+search+ids"],
-        "ann": ["onnxruntime encode", "hnswlib knn_query", "faiss search"],
-        "geo": ["geo within (cKDTree)"],
+        "inverted": [("tantivy search",), ("tantivy query+search+ids",)],
+        "ann": [("onnxruntime encode", "hnswlib knn_query"), ("onnxruntime encode", "faiss search")],
+        "geo": [("geo within (cKDTree)",)],
     }
     ratios = []
-    for branch, names in yardsticks.items():
+    for branch, sums in yardsticks.items():
         if branch not in per_branch:
             continue
         mine = statistics.median(per_branch[branch])
-        for name in names:
-            if name in raw:
-                base = statistics.median(raw[name])
-                if branch == "ann" and name != "onnxruntime encode" and "onnxruntime encode" in raw:
-                    base += statistics.median(raw["onnxruntime encode"])
-                    name = f"encode + {name}"
-                elif branch == "ann":
-                    continue
+        for calls in sums:
+            if all(c in raw for c in calls):  # the snapshot's index kind decides which ann call ran
+                base = sum(statistics.median(raw[c]) for c in calls)
+                name = " + ".join("encode" if c == "onnxruntime encode" else c for c in calls)
                 ratios.append(f"    {branch:10s} / {name:34s} {mine / base:5.2f}×")
     lines = [
         f"End-to-end Search (in-process core, no RPC) — {coll.name}: {len(fw)} items, {len(reqs)} requests, "
