@@ -8,6 +8,7 @@ without importing each other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
@@ -77,6 +78,15 @@ class UserCounters:
     @property
     def avg_weight(self) -> float:
         return self.weight_sum / self.events_total if self.events_total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ItemWindows:
+    """Real-time events per item in the last hour, day and week before a request (the item-side
+    counters LogEvents maintains; retriever.features.windows), by ordinal of the generation ranked.
+    A candidate missing here had none the store knows of."""
+
+    by_ordinal: Mapping[int, tuple[int, int, int]]
 
 
 class DependencyUnavailable(Exception):

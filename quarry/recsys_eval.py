@@ -71,7 +71,7 @@ class Phase:
     service: SearchService
     seen: dict[str, set[int]]
     positives: dict[str, set[int]]
-    #: When the phase's requests happen: the start of the judged window (item ages, user windows).
+    #: When the phase's requests happen: the start of the judged window (item ages, user and item windows).
     now: float
 
 
@@ -123,7 +123,9 @@ def _candidates(phase: Phase, users: Sequence[str], n: int) -> dict[str, tuple[l
             seen = phase.seen.get(u, set())
             fused = [f for f in fused if f.ordinal not in seen][:n]
             counters = await phase.service.user_counters(phase.collection, u, now=phase.now)
-            X = feature_matrix(fused, phase.collection, None, counters, now=phase.now)
+            ords = [f.ordinal for f in fused]
+            windows = await phase.service.item_windows(phase.collection, ords, now=phase.now)
+            X = feature_matrix(fused, phase.collection, None, counters, now=phase.now, item_windows=windows)
             out[u] = ([f.ordinal for f in fused], X)
         return out
 

@@ -68,7 +68,8 @@ async def _collect(
             )
         )[:candidates]
         counters = await svc.user_counters(collection, u)
-        out[u] = (fused, feature_matrix(fused, collection, None, counters))
+        windows = await svc.item_windows(collection, [f.ordinal for f in fused])
+        out[u] = (fused, feature_matrix(fused, collection, None, counters, item_windows=windows))
     return out
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from common.index.forward import ForwardStore
 from common.profile import TagTable
-from common.types import Fused, GeoPoint, UserCounters
+from common.types import Fused, GeoPoint, ItemWindows, UserCounters
 
 
 class RankQuery(Protocol):
@@ -55,9 +55,12 @@ class Ranker(Protocol):
         candidates: list[Fused],
         collection: RankingContext,
         counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
     ) -> list[Fused]:
         """Return `candidates` reordered (and rescored) best first. `counters`: the user's real-time
-        counters when the request names a user and the store answered, else None."""
+        counters when the request names a user and the store answered, else None; `item_windows`: the
+        candidates' real-time event counts, given to rankers that read features (`ExplainingRanker`)
+        when the store answered, else None."""
         ...
 
 
@@ -71,6 +74,7 @@ class ExplainingRanker(Protocol):
         candidates: list[Fused],
         collection: RankingContext,
         counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
     ) -> tuple[tuple[str, ...], np.ndarray]:
         """Feature names and the model input (one row per candidate, in `candidates` order), computed
         exactly as `rank` computes them. Call it before `rank`, which rescores the candidates."""
@@ -88,5 +92,6 @@ class FusedOrder:
         candidates: list[Fused],
         collection: RankingContext,
         counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
     ) -> list[Fused]:
         return candidates

@@ -6,7 +6,9 @@ counters (from the RecentStore, i.e. what LogEvents maintained). The trainer rep
 through the same store and calls this same function, so offline and online vectors cannot drift.
 `item_age_days` comes from the item's `created_ts` attribute (epoch seconds) or else its `year`
 (1 January of it), relative to `now`; `user_events_1h/1d/7d` count the user's newest real-time events
-(as many as the profile reads) within each window before the request (`UserCounters.recent_windows`).
+(as many as the profile reads) within each window before the request (`UserCounters.recent_windows`);
+`item_events_1h/1d/7d` are the item's events in the same windows, from the store's item buckets
+(`ItemWindows`, read by the serving layer for the request's candidates).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 from common.geo import haversine_many
 from common.index.forward import ForwardStore
 from common.profile import TagTable
-from common.types import Fused, GeoPoint, UserCounters
+from common.types import Fused, GeoPoint, ItemWindows, UserCounters
 from ranker.base import RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
 
@@ -59,6 +61,7 @@ def feature_rows(
     created: Callable[[np.ndarray], np.ndarray] | None = None,
     now: float | None = None,
     tag_table: TagTable | None = None,
+    item_windows: ItemWindows | None = None,
 ) -> list[dict[str, float]]:
     user: dict[str, float] = {}
     if counters is not None:
@@ -86,6 +89,7 @@ def feature_rows(
     # Only a profile over this very table (same tag ids) is matched.
     if tag_table is not None and profile is not None and len(profile) == len(tag_table.vocab) and len(fused):
         affinity = tag_table.match(ords, profile).tolist()
+    windows = item_windows.by_ordinal if item_windows is not None else None
     rows: list[dict[str, float]] = []
     for f, dk, p, a, aff in zip(fused, dist_km, pop, age, affinity, strict=True):
         row: dict[str, float] = dict(user)
@@ -99,6 +103,10 @@ def feature_rows(
         row["branches_found"] = float(len(f.sources))
         if a is not None:
             row["item_age_days"] = a
+        if windows is not None:
+            w = windows.get(f.ordinal)
+            if w is not None:
+                row["item_events_1h"], row["item_events_1d"], row["item_events_7d"] = w
         if aff is not None:
             row["user_tag_affinity"] = aff
         row["fused_score"] = f.score
@@ -117,9 +125,11 @@ def feature_matrix(
     counters: UserCounters | None,
     schema: FeatureSchema = DEFAULT_SCHEMA,
     now: float | None = None,
+    item_windows: ItemWindows | None = None,
 ) -> np.ndarray:
     """The model input for `fused` in `collection` (float32, one row per candidate); `now` (epoch
-    seconds, default the clock) is when the request happens, for item ages."""
+    seconds, default the clock) is when the request happens, for item ages; `item_windows` the
+    candidates' real-time event counts (None: unknown, the features' defaults)."""
     popularity = collection.item_popularity
     rows = feature_rows(
         fused,
@@ -131,5 +141,6 @@ def feature_matrix(
         created=item_created_ts(collection.forward),
         now=now,
         tag_table=collection.tag_table,
+        item_windows=item_windows,
     )
     return schema.vectorize(rows)

@@ -148,7 +148,7 @@ class FeatureSchema:
 # Defaults are chosen so that "unknown" never looks like a strong signal: an unknown age counts as old
 # (no freshness boost), an unknown distance as far, an item no branch found as ranked last.
 DEFAULT_SCHEMA = FeatureSchema(
-    version="v2",
+    version="v3",
     features=(
         Feature("user_events_total", "user", 0.0, "log1p"),
         Feature("user_events_1h", "user", 0.0, "log1p"),
@@ -158,6 +158,10 @@ DEFAULT_SCHEMA = FeatureSchema(
         Feature("user_avg_weight", "user", 0.0, "none"),
         Feature("item_popularity", "item", 0.0, "log1p"),
         Feature("item_age_days", "item", 365.0, "log1p"),
+        # The item's real-time events in the last hour / day / week (LogEvents' item buckets).
+        Feature("item_events_1h", "item", 0.0, "log1p"),
+        Feature("item_events_1d", "item", 0.0, "log1p"),
+        Feature("item_events_7d", "item", 0.0, "log1p"),
         Feature("bm25_score", "query_item", 0.0, "log1p"),
         Feature("ann_similarity", "query_item", 0.0, "none"),
         Feature("distance_km", "query_item", 20_000.0, "log1p"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.types import Fused, UserCounters
+from common.types import Fused, ItemWindows, UserCounters
 from ranker.base import RankingContext, RankQuery
 from ranker.features import feature_matrix
 from ranker.metrics import RANK_CANDIDATES, RANK_LATENCY, RANKER_INFO
@@ -40,9 +40,10 @@ class ModelRanker:
         candidates: list[Fused],
         collection: RankingContext,
         counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
     ) -> tuple[tuple[str, ...], np.ndarray]:
         return self.schema.names, feature_matrix(
-            candidates, collection, query.location, counters, self.schema
+            candidates, collection, query.location, counters, self.schema, item_windows=item_windows
         )
 
     async def rank(
@@ -51,11 +52,14 @@ class ModelRanker:
         candidates: list[Fused],
         collection: RankingContext,
         counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
     ) -> list[Fused]:
         if not candidates:
             return candidates
         t0 = time.perf_counter()
-        X = feature_matrix(candidates, collection, query.location, counters, self.schema)
+        X = feature_matrix(
+            candidates, collection, query.location, counters, self.schema, item_windows=item_windows
+        )
         scores = await self.batcher.score(X)
         RANK_LATENCY.labels(collection.name).observe(time.perf_counter() - t0)
         RANK_CANDIDATES.labels(collection.name).observe(len(candidates))

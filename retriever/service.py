@@ -15,8 +15,8 @@ from opentelemetry import trace
 
 from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
-from common.types import Fused, GeoPoint, SourceScore, UserCounters
-from ranker.base import ExplainingRanker, FusedOrder, Ranker
+from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
+from ranker.base import ExplainingRanker, FusedOrder, Ranker, RankingContext
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -246,12 +246,20 @@ class SearchService:
         keeps_order = isinstance(ranker, FusedOrder) and not ex.query.debug
         count = ex.candidate_count
         ex.materialize(ex.query.top_k if keeps_order else None)
+        windows = None
+        if isinstance(ranker, ExplainingRanker) and ex.fused:
+            # A ranker that reads features gets the candidates' real-time item counts (one store call).
+            try:
+                windows = await self.item_windows(collection, [f.ordinal for f in ex.fused])
+            except StoreUnavailable as exc:
+                log.warning("item windows unavailable (%s): ranking without them", exc)
+                ex.degraded = True
         if ex.query.debug:
-            ex.explain = self._explain_rank(ex, ranker, counters)
+            ex.explain = self._explain_rank(ex, ranker, counters, windows)
         with self.tracer.start_as_current_span(
             "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": count}
         ):
-            ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters)
+            ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters, windows)
 
     async def _hydrate(self, ex: Exchange) -> None:
         ex.hits = self._hits(ex.fused[: ex.query.top_k], ex.generation, ex.query.location)
@@ -259,7 +267,9 @@ class SearchService:
     # -- debug: what each stage saw, for consoles and tuning (debug requests only) ---------------------
 
     @staticmethod
-    def _explain_rank(ex: Exchange, ranker: Ranker, counters: UserCounters | None) -> RankExplain:
+    def _explain_rank(
+        ex: Exchange, ranker: Ranker, counters: UserCounters | None, windows: ItemWindows | None
+    ) -> RankExplain:
         """Before ranking rescores the candidates: the fused list as it stands and the ranker's inputs."""
         fused = tuple((f.ordinal, f.score, tuple(f.sources)) for f in ex.fused)
         label = ranker.name
@@ -269,7 +279,7 @@ class SearchService:
         names: tuple[str, ...] = ()
         features: dict[int, dict[str, float]] = {}
         if isinstance(ranker, ExplainingRanker) and ex.fused:
-            names, X = ranker.explain(ex.query, ex.fused, ex.generation, counters)
+            names, X = ranker.explain(ex.query, ex.fused, ex.generation, counters, windows)
             features = {
                 f.ordinal: dict(zip(names, row, strict=True))
                 for f, row in zip(ex.fused, X.astype(np.float64).tolist(), strict=True)
@@ -374,6 +384,16 @@ class SearchService:
         # The preference branch's own recipe (decayed_seeds slices to its recent_n/history_n).
         seeds = decayed_seeds(recent, behavior.user_history(user_id), collection.base_forward.ord_of, ps)
         return replace(counters, tag_affinity=table.profile(list(seeds.items())))
+
+    async def item_windows(
+        self, collection: RankingContext, ordinals: Sequence[int], *, now: float | None = None
+    ) -> ItemWindows:
+        """What the ranking stage reads about its candidates: each one's real-time events in the last
+        hour/day/week before `now` (default: the clock). The trainers call this too, with the replayed
+        request's time. Raises StoreUnavailable."""
+        ids = collection.forward.ids
+        counts = await self.recent.item_windows(collection.name, [ids[o] for o in ordinals], now)
+        return ItemWindows(dict(zip(ordinals, counts, strict=True)))
 
     async def _counters(
         self, collection: Collection, user_id: str, reader: UserRecent | None = None

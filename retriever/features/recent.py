@@ -8,6 +8,8 @@ One Protocol, two backends that pass the same contract tests (tests/integration/
   The same class serves one server or a Redis Cluster (`RedisSettings.cluster`): only the client differs
   (`redis_client`), every command it sends names one user's keys, so each lands on one node.
 - `MemoryRecentStore` — the embedded default (no external server), same semantics, bounded user count.
+Both also count each stored event into its item's decayed 1 h / 1 d / 7 d counts (`item_windows`; the
+arithmetic is `retriever.features.windows`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from common.settings import RedisSettings
 from common.types import DependencyUnavailable, UserCounters
+from retriever.features.windows import (
+    STATE_TTL_S,
+    TAUS,
+    UPDATE_LUA,
+    Counts,
+    MemoryItemWindows,
+    State,
+    counts_many,
+    decode_many,
+    item_key,
+)
 
 if TYPE_CHECKING:
     import redis
@@ -88,6 +101,13 @@ class RecentStore(Protocol):
         """The user's real-time counters (zeros for an unknown user)."""
         ...
 
+    async def item_windows(
+        self, collection: str, item_ids: Sequence[str], now: float | None = None
+    ) -> list[Counts]:
+        """Per item, its stored events in the last hour, day and week before `now` (default: the clock),
+        as decayed counts (`retriever.features.windows`); zeros for an item without events."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -138,6 +158,7 @@ class MemoryRecentStore:
             OrderedDict()
         )
         self._counters: dict[tuple[str, str], _MutableCounters] = {}
+        self._items = MemoryItemWindows()
 
     def _slot(
         self, key: tuple[str, str], now: float
@@ -165,6 +186,7 @@ class MemoryRecentStore:
                 seen.popitem(last=False)
             items.appendleft(RecentItem(e.item_id, e.type, e.ts, e.weight))
             self._counters.setdefault((collection, e.user_id), _MutableCounters()).add(e)
+            self._items.add(collection, e.item_id, e.ts)
             self._users[(collection, e.user_id)] = (items, seen, now + self.ttl_s)
             out.append(True)
         return out
@@ -182,9 +204,15 @@ class MemoryRecentStore:
             return UserCounters()
         return UserCounters(c.events, c.weight_sum, len(c.items), c.last_ts)
 
+    async def item_windows(
+        self, collection: str, item_ids: Sequence[str], now: float | None = None
+    ) -> list[Counts]:
+        return self._items.counts(collection, item_ids, time.time() if now is None else now)
+
     async def close(self) -> None:
         self._users.clear()
         self._counters.clear()
+        self._items.clear()
 
 
 # KEYS[1] = recent list, KEYS[2] = seen-ids sorted set, KEYS[3] = real-time counters hash, KEYS[4] =
@@ -220,7 +248,9 @@ for k = 1, 4 do redis.call('EXPIRE', KEYS[k], ttl) end
 return out
 """
 _APPEND_SHA = hashlib.sha1(_APPEND_LUA.encode()).hexdigest()
-_ScriptCall = tuple[list[str], list[str | int | float]]  # one user's KEYS and ARGV
+_UPDATE_SHA = hashlib.sha1(UPDATE_LUA.encode()).hexdigest()
+_ScriptCall = tuple[list[str], list[str | int | float]]  # one script call's KEYS and ARGV
+_UNCACHED = object()
 
 
 def redis_keys(collection: str, user_id: str) -> list[str]:
@@ -303,6 +333,11 @@ class RedisRecentStore:
         self._counter_cache: TTLCache[tuple[str, str], UserCounters] = TTLCache(
             maxsize=settings.counter_cache_size, ttl=settings.counter_cache_ttl_s
         )
+        # Items' window states too (shared by every user's request): the same bound on staleness. A state
+        # holds for any `now` (the counts are decayed to the request's time when read).
+        self._item_cache: TTLCache[tuple[str, str], State | None] = TTLCache(
+            maxsize=settings.counter_cache_size, ttl=settings.counter_cache_ttl_s
+        )
 
     async def _guard(self, call: Callable[[], Awaitable[T]], op: str = "read") -> T:
         import redis
@@ -348,25 +383,44 @@ class RedisRecentStore:
             for i in idxs:
                 args += [events[i].event_id, _payload(events[i])]
             calls.append((redis_keys(collection, user), args))
-        results = await self._guard(lambda: self._run_append(calls), "append")
+        results = await self._guard(lambda: self._run_script(_APPEND_LUA, _APPEND_SHA, calls), "append")
         for user in by_user:
             self._counter_cache.pop((collection, user), None)
         for (_user, idxs), flags in zip(order, results, strict=True):
             for i, flag in zip(idxs, flags, strict=True):
                 out[i] = bool(flag)
+        stored = [(e.item_id, e.ts) for e, ok in zip(events, out, strict=True) if ok]
+        if stored:
+            await self._count_items(collection, stored)
         return out
 
-    async def _run_append(self, calls: Sequence[_ScriptCall]) -> list[Any]:
-        """`_APPEND_LUA` once per (keys, args), pipelined. By SHA first; the calls that meet a node without
-        the script (new, restarted or failed-over node, SCRIPT FLUSH) did nothing there and are sent again
+    async def _count_items(self, collection: str, stored: list[tuple[str, float]]) -> None:
+        """The stored events into their items' states (`UPDATE_LUA`, one call: every item of a collection
+        shares a slot). A second call, after the users' script said which events are new, so a retried
+        event never counts twice; if it fails the events stay stored and the item counts miss them
+        (logged and counted as an `item_windows` error) rather than fail a LogEvents that took effect."""
+        call: _ScriptCall = (
+            [item_key(collection, item) for item, _ts in stored],
+            [STATE_TTL_S, *TAUS, *(ts for _item, ts in stored)],
+        )
+        try:
+            await self._guard(lambda: self._run_script(UPDATE_LUA, _UPDATE_SHA, [call]), "item_windows")
+        except StoreUnavailable as exc:
+            log.warning("item windows: %d events not counted (%s)", len(stored), exc)
+        for item, _ts in stored:
+            self._item_cache.pop((collection, item), None)
+
+    async def _run_script(self, lua: str, sha: str, calls: Sequence[_ScriptCall]) -> list[Any]:
+        """`lua` once per (keys, args), pipelined. By SHA first; the calls that meet a node without the
+        script (new, restarted or failed-over node, SCRIPT FLUSH) did nothing there and are sent again
         with the script's text, which also caches it on that node. (redis-py's Script objects cannot do
         this in a cluster pipeline: it refuses `evalsha` there, and preloads only on a plain pipeline.)"""
         from redis.exceptions import NoScriptError
 
-        results = await self._pipelined("EVALSHA", _APPEND_SHA, calls)
+        results = await self._pipelined("EVALSHA", sha, calls)
         missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
         if missing:
-            again = await self._pipelined("EVAL", _APPEND_LUA, [calls[i] for i in missing])
+            again = await self._pipelined("EVAL", lua, [calls[i] for i in missing])
             for i, r in zip(missing, again, strict=True):
                 results[i] = r
         for r in results:
@@ -407,6 +461,29 @@ class RedisRecentStore:
         )
         self._counter_cache[(collection, user_id)] = out
         return out
+
+    async def item_windows(
+        self, collection: str, item_ids: Sequence[str], now: float | None = None
+    ) -> list[Counts]:
+        """The items' states from the cache, the rest with one MGET; decayed to `now`."""
+        states: dict[str, State | None] = {}
+        missing: list[str] = []
+        for item in item_ids:
+            if item in states:
+                continue
+            hit = self._item_cache.get((collection, item), _UNCACHED)
+            if hit is _UNCACHED:
+                missing.append(item)
+            states[item] = None if hit is _UNCACHED else hit  # type: ignore[assignment]
+        if missing:
+            keys = [item_key(collection, item) for item in missing]
+            raw = await self._guard(lambda: self._redis.mget(keys), "item_windows")
+            found = iter(decode_many([v for v in raw if v is not None]))
+            for item, value in zip(missing, raw, strict=True):
+                state = None if value is None else next(found)
+                states[item] = self._item_cache[(collection, item)] = state
+        when = time.time() if now is None else now
+        return counts_many([states[item] for item in item_ids], when)
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from ranker.model import sidecar_path
 from ranker.schema import DEFAULT_SCHEMA
 from ranker.serving import ModelRanker
 from retriever.core.types import SearchQuery
-from retriever.features.recent import MemoryRecentStore, UserEvent
+from retriever.features.recent import MemoryRecentStore, StoreUnavailable, UserEvent
 from retriever.generations import Collection, Registry
 from retriever.service import SearchService
 
@@ -44,10 +45,17 @@ class Recording(ModelRanker):
     seen: list[np.ndarray]
 
     async def rank(
-        self, query: Any, candidates: list[Fused], collection: Any, counters: Any = None
+        self,
+        query: Any,
+        candidates: list[Fused],
+        collection: Any,
+        counters: Any = None,
+        item_windows: Any = None,
     ) -> list[Fused]:
-        self.seen.append(feature_matrix(candidates, collection, query.location, counters))
-        return await super().rank(query, candidates, collection, counters)
+        self.seen.append(
+            feature_matrix(candidates, collection, query.location, counters, item_windows=item_windows)
+        )
+        return await super().rank(query, candidates, collection, counters, item_windows)
 
 
 def _recording_service(out: Path) -> tuple[Collection, Recording, MemoryRecentStore, SearchService]:
@@ -85,17 +93,38 @@ def test_model_serves_and_offline_features_equal_online(trained: tuple[Path, dic
                 UserEvent("x2", "fan", "181", "rating", 2.0, 4.0),
             ],
         )
-        res = await svc.recommend(SearchQuery(collection="movielens", user_id="fan", top_k=20))
+        query = SearchQuery(collection="movielens", user_id="fan", top_k=20)
+        # Other users act on three of the candidates now: their item windows are not all zero.
+        fused = await svc.candidates(query, recommend=True)
+        ids, t = coll.forward.ids, time.time()
+        crowd = [
+            UserEvent(f"c{i}", f"crowd{i}", ids[f.ordinal], "click", t - 60, 1.0)
+            for i, f in enumerate(fused[:3])
+        ]
+        await store.append("movielens", crowd)
+        res = await svc.recommend(query)
         scores = [h.score for h in res.hits]
         assert res.hits and scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
         # Offline path (the trainer's): same request → same candidates → same features.
-        fused = await svc.candidates(
-            SearchQuery(collection="movielens", user_id="fan", top_k=20), recommend=True
+        fused = await svc.candidates(query, recommend=True)
+        # The trainers read the user through the service's own user_counters (counters + profile) and
+        # the candidates through its item_windows.
+        windows = await svc.item_windows(coll, [f.ordinal for f in fused])
+        offline = feature_matrix(
+            fused, coll, None, await svc.user_counters(coll, "fan"), item_windows=windows
         )
-        # The trainers read the user through the service's own user_counters (counters + profile).
-        offline = feature_matrix(fused, coll, None, await svc.user_counters(coll, "fan"))
-        np.testing.assert_array_equal(offline, rec.seen[-1])
+        names = list(DEFAULT_SCHEMA.names)
+        decaying = [names.index(f"item_events_{w}") for w in ("1h", "1d", "7d")]
+        steady = [i for i in range(len(names)) if i not in decaying]
+        np.testing.assert_array_equal(offline[:, steady], rec.seen[-1][:, steady])
+        # The item counts decay with the clock: the two reads, milliseconds apart, differ by that much.
+        np.testing.assert_allclose(offline[:, decaying], rec.seen[-1][:, decaying], rtol=1e-5)
         assert offline[:, 0].max() > 0  # user_events_total came from the real-time counters
+        hour = offline[:, names.index("item_events_1h")]
+        # One event a minute ago each: exp(-60 / 3600) of an hour-count, then the feature's log1p.
+        assert np.count_nonzero(hour) == 3 and hour.max() == pytest.approx(
+            np.log1p(np.exp(-1 / 60)), rel=1e-3
+        )
         affinity = offline[:, list(DEFAULT_SCHEMA.names).index("user_tag_affinity")]
         assert 0 < affinity.max() <= 1  # the user's genre profile (Star Wars: Action, Sci-Fi, ...)
         await svc.aclose()
@@ -145,6 +174,35 @@ def test_debug_answer_shows_the_models_inputs(trained: tuple[Path, dict[str, Any
             assert [h.debug.features[n] for n in rec.schema.names] == pytest.approx(row.tolist())
         # The model reorders: hit scores are the model's, not the fused ones.
         assert [h.score for h in res.hits] != [h.debug.fused_score for h in res.hits]
+        await svc.aclose()
+
+    asyncio.run(go())
+
+
+class NoItemWindows(MemoryRecentStore):
+    """A real embedded store whose item-window reads fail (as Redis's do when it times out)."""
+
+    async def item_windows(self, collection: str, item_ids: Any, now: float | None = None) -> Any:
+        raise StoreUnavailable("redis: TimeoutError: item windows")
+
+
+def test_item_windows_unavailable_ranks_without_them_and_says_degraded(
+    trained: tuple[Path, dict[str, Any]],
+) -> None:
+    coll, rec, _store, _svc = _recording_service(trained[0])
+    store = NoItemWindows()
+    reg = Registry()
+    reg.put(coll)
+    svc = SearchService(_settings(trained[0] / "model.onnx"), reg, recent=store)
+
+    async def go() -> None:
+        await store.append("movielens", [UserEvent("n1", "nw", "50", "rating", time.time() - 60, 5.0)])
+        res = await svc.recommend(SearchQuery(collection="movielens", user_id="nw", top_k=10))
+        assert res.hits and res.degraded  # ranked by the model, told that a signal was missing
+        X = rec.seen[-1]
+        cols = [list(DEFAULT_SCHEMA.names).index(f"item_events_{w}") for w in ("1h", "1d", "7d")]
+        assert not X[:, cols].any()  # the features' defaults
+        assert X[:, 0].max() > 0  # the user's counters still came
         await svc.aclose()
 
     asyncio.run(go())

@@ -4,6 +4,7 @@ Cluster; then what only Redis (TTL, a dead server) and only a cluster (spread, a
 from __future__ import annotations
 
 import asyncio
+import math
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import redis
 from common.settings import RedisSettings
 from retriever.features.recent import (
     _APPEND_SHA,
+    _UPDATE_SHA,
     MemoryRecentStore,
     RecentStore,
     RedisRecentStore,
@@ -24,6 +26,7 @@ from retriever.features.recent import (
     redis_client,
     redis_keys,
 )
+from retriever.features.windows import STATE_TTL_S, TAUS, item_key
 from tests.integration.redis_cluster import (  # noqa: F401 (fixtures are found by name in the module)
     RedisClusterProcs,
     private_redis_cluster_fixture,
@@ -142,6 +145,9 @@ async def test_lost_script_cache_is_reloaded_without_losing_or_repeating_events(
     assert [node.script_exists(_APPEND_SHA) for node in nodes] == [[True]] * len(nodes)
     assert [r.item_id for r in await s.recent("c", "u0", 5)] == ["new", "i1"]
     assert [(await s.counters("c", u)).events_total for u in users[1:]] == [1] * (len(users) - 1)
+    # The items' update script is reloaded the same way (its node forgot it too): each event counted once.
+    assert await s.item_windows("c", ["i1", "new"], now=1.0) == [(30.0, 30.0, 30.0), (1.0, 1.0, 1.0)]
+    assert [node.script_exists(_UPDATE_SHA) for node in nodes].count([True]) == 1
     await s.close()
     for node in nodes:
         node.close()
@@ -188,6 +194,68 @@ async def test_realtime_counters_are_idempotent(store: RecentStore) -> None:
     assert (await store.counters("c", "u2")).events_total == 0
 
 
+NOW = 1_700_000_000.0
+
+
+def decayed(now: float, *times: float) -> tuple[float, float, float]:
+    """The three counts by their definition: each event weighs exp(-(now - t) / tau)."""
+    a, b, c = (sum(math.exp(-(now - t) / tau) for t in times) for tau in TAUS)
+    return (a, b, c)
+
+
+async def test_item_windows_count_each_stored_event_once(store: RecentStore) -> None:
+    assert await store.item_windows("w", ["a", "nothing"], now=NOW) == [(0.0, 0.0, 0.0)] * 2
+    a_times = [NOW - 60, NOW - 2 * 3600, NOW - 3 * 86400, NOW - 10 * 86400]
+    await store.append(
+        "w",
+        [
+            # out of time order on purpose: the counts do not depend on the order events arrive in
+            ev("e2", item="a", ts=a_times[1]),
+            ev("e1", item="a", ts=a_times[0]),
+            ev("e4", item="a", ts=a_times[3]),
+            ev("e3", item="a", ts=a_times[2]),
+            ev("e5", user="u2", item="b", ts=NOW - 1800),
+            ev("e6", user="u2", item="電影", ts=NOW - 5),
+        ],
+    )
+    # A retried event (same user, same id) is a duplicate and counts nothing; another user's is new.
+    await store.append("w", [ev("e1", item="a", ts=NOW - 60), ev("e1", user="u3", item="a", ts=NOW - 30)])
+    got = await store.item_windows("w", ["a", "b", "電影", "nothing", "a"], now=NOW)
+    want = [decayed(NOW, *a_times, NOW - 30), decayed(NOW, NOW - 1800), decayed(NOW, NOW - 5), (0, 0, 0)]
+    assert got == [pytest.approx(w, rel=1e-12) for w in [*want, want[0]]]
+    # In words: a's hour holds its two newest events and a trace of the one 2 h ago; its week, nearly all.
+    assert [round(x, 2) for x in got[0]] == [2.11, 2.97, 3.88]
+    # Later, every count has decayed; another collection sees none; a clock behind the events takes
+    # them at full weight (never more).
+    later = NOW + 86400
+    assert await store.item_windows("w", ["a"], now=later) == [
+        pytest.approx(decayed(later, *a_times, NOW - 30))
+    ]
+    assert await store.item_windows("other", ["a"], now=NOW) == [(0.0, 0.0, 0.0)]
+    assert await store.item_windows("w", ["電影"], now=NOW - 3600) == [(1.0, 1.0, 1.0)]
+    assert await store.item_windows("w", [], now=NOW) == []
+
+
+async def test_item_windows_at_the_clock_see_a_new_event_at_once(store: RecentStore) -> None:
+    import time
+
+    await store.append("clock", [ev("c1", item="x", ts=time.time())])
+    assert [round(x, 3) for x in (await store.item_windows("clock", ["x"]))[0]] == [1.0, 1.0, 1.0]
+    # Redis caches an item's state for counter_cache_ttl_s; this process's append drops it.
+    await store.append("clock", [ev("c2", user="u2", item="x", ts=time.time())])
+    x, y = await store.item_windows("clock", ["x", "y"])
+    assert [round(v, 3) for v in x] == [2.0, 2.0, 2.0] and y == (0.0, 0.0, 0.0)
+
+
+async def test_redis_item_state_expires_after_the_items_last_event(redis_settings: RedisSettings) -> None:
+    s = RedisRecentStore(redis_settings)
+    await s.append("exp", [ev("e1", item="a", ts=NOW)])
+    await s.close()
+    r = redis_client(redis_settings, sync=True)
+    assert 0 < r.ttl(item_key("exp", "a")) <= STATE_TTL_S
+    r.close()
+
+
 async def test_offline_profile_job_matches_online_path_and_is_idempotent(store: RecentStore) -> None:
     from common.catalog import Event
     from quarry.profiles import load_profiles
@@ -225,7 +293,14 @@ async def test_cluster_spreads_users_over_every_master_and_reads_them_back(
     events = [ev(f"e{j}", user=u, item=f"{u}/{j}", ts=float(j)) for u in users for j in range(2)]
     assert await s.append("spread", events) == [True] * len(events)
     per_node = [redis_cluster.node(port).dbsize() for port in redis_cluster.ports]
-    assert min(per_node) > 0 and sum(per_node) == 4 * len(users)
+    # Four keys a user, plus one per item (its window counts): every item of a collection lives on the
+    # master of the collection's hash tag.
+    items = [item_key("spread", e.item_id) for e in events]
+    assert min(per_node) > 0 and sum(per_node) == 4 * len(users) + len(items)
+    assert redis_cluster.node(redis_cluster.port_of(items[0])).exists(*items) == len(items)
+    assert (
+        await s.item_windows("spread", [e.item_id for e in events[1:7:2]], now=1.0) == [(1.0, 1.0, 1.0)] * 3
+    )
     for u in users:
         keys = redis_keys("spread", u)
         # All four keys live on the master that owns their slot (CLUSTER KEYSLOT + CLUSTER SLOTS).

@@ -1,0 +1,57 @@
+"""The items' decayed window counts (retriever.features.windows): the incremental state equals the
+definition whatever order events arrive in, and the embedded store stays bounded."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from retriever.features.windows import TAUS, MemoryItemWindows, add_event, counts_at, counts_many, decode_many
+
+NOW = 1_700_000_000.0
+
+
+def definition(now: float, times: list[float]) -> list[float]:
+    """Each event weighs exp(-(now - t) / tau); an event after `now` weighs 1."""
+    return [sum(math.exp(-max(now - t, 0.0) / tau) for t in times) for tau in TAUS]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_state_is_the_definition_in_any_arrival_order(seed: int) -> None:
+    rnd = random.Random(seed)
+    times = [NOW - rnd.uniform(0, 20 * 86400) for _ in range(rnd.randrange(1, 60))]
+    state = None
+    for t in times:  # random order, as events arrive
+        state = add_event(state, t)
+    newest = max(times)
+    for now in (newest - 3600, newest, newest + rnd.uniform(0, 86400), newest + 30 * 86400):
+        assert counts_at(state, now) == pytest.approx(definition(now, times) if now >= newest else state[1:])
+        assert counts_many([state, None], now) == [pytest.approx(counts_at(state, now), rel=1e-12), (0, 0, 0)]
+
+
+def test_a_steady_rate_reads_as_events_per_window() -> None:
+    # One event a minute for 60 days: each count ≈ the events in one time constant (60, 1440, 10080).
+    state = None
+    for minute in range(60 * 1440):
+        state = add_event(state, NOW + 60 * minute)
+    got = counts_at(state, NOW + 60 * (60 * 1440 - 1))
+    assert got == pytest.approx([tau / 60 for tau in TAUS], rel=0.01)
+
+
+def test_the_stored_form_round_trips() -> None:
+    # What Redis's script writes (%.17g) reads back to the same doubles.
+    state = add_event(add_event(None, NOW), NOW + 1234.5678)
+    text = ",".join(f"{x:.17g}" for x in state)
+    assert decode_many([text.encode(), b"1,2,3,4"]) == [state, (1.0, 2.0, 3.0, 4.0)]
+    with pytest.raises(ValueError, match="not 't,a,b,c'"):
+        decode_many([b"1,2,3"])
+
+
+def test_the_embedded_store_is_bounded() -> None:
+    store = MemoryItemWindows(max_items=3)
+    for i, item in enumerate("abcda"):
+        store.add("c", item, NOW + i)
+    # "b" was the least recently updated of four: dropped; "a" was updated again, so kept.
+    assert [round(x[0], 6) > 0 for x in store.counts("c", list("abcd"), NOW + 5)] == [True, False, True, True]
