@@ -86,7 +86,7 @@ class ItemWindows:
     counters LogEvents maintains; retriever.features.windows), by ordinal of the generation ranked.
     A candidate missing here had none the store knows of."""
 
-    by_ordinal: Mapping[int, tuple[int, int, int]]
+    by_ordinal: Mapping[int, tuple[float, float, float]]
 
 
 class DependencyUnavailable(Exception):

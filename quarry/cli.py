@@ -1217,6 +1217,13 @@ def eval_behavior(
     type=click.Path(dir_okay=False, path_type=Path),
     help="Write the chosen ranker here (ONNX + sidecar) for `index build --ranker-model`.",
 )
+@click.option(
+    "--item-windows/--no-item-windows",
+    default=False,
+    show_default=True,
+    help="Rankers read the items' real-time 1 h/1 d/7 d counts (off: the test window is years long, "
+    "the fitting windows days; see README).",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report.")
 def eval_movielens(
     variant: str,
@@ -1227,6 +1234,7 @@ def eval_movielens(
     max_users: int | None,
     seed: int,
     model_out: Path | None,
+    item_windows: bool,
     json_out: Path | None,
 ) -> None:
     """Recommendation quality on MovieLens (global temporal split): popularity, ItemCF, Swing, Quarry's
@@ -1248,6 +1256,7 @@ def eval_movielens(
         seed=seed,
         max_users=max_users,
         model_out=model_out,
+        item_windows=item_windows,
         progress=click.echo,
     )
     click.echo(format_movielens(report))

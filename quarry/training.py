@@ -58,8 +58,11 @@ def replayed_service(
 
 
 async def _collect(
-    svc: SearchService, collection: Collection, users: list[str], candidates: int
+    svc: SearchService, collection: Collection, users: list[str], candidates: int, now: float
 ) -> dict[str, tuple[list[Fused], np.ndarray]]:
+    """Each user's Recommend candidates and their features, as if requested at `now` (the split time:
+    the replayed events are the ones before it, so user and item windows and ages are what serving
+    would have read then)."""
     out: dict[str, tuple[list[Fused], np.ndarray]] = {}
     for u in users:
         fused = (
@@ -67,9 +70,10 @@ async def _collect(
                 SearchQuery(collection=collection.name, user_id=u, top_k=candidates), recommend=True
             )
         )[:candidates]
-        counters = await svc.user_counters(collection, u)
-        windows = await svc.item_windows(collection, [f.ordinal for f in fused])
-        out[u] = (fused, feature_matrix(fused, collection, None, counters, item_windows=windows))
+        counters = await svc.user_counters(collection, u, now=now)
+        windows = await svc.item_windows(collection, [f.ordinal for f in fused], now=now)
+        X = feature_matrix(fused, collection, None, counters, now=now, item_windows=windows)
+        out[u] = (fused, X)
     return out
 
 
@@ -121,7 +125,7 @@ def train_movielens(
 
     async def run() -> dict[str, tuple[list[Fused], np.ndarray]]:
         try:
-            return await _collect(svc, coll, users, candidates)
+            return await _collect(svc, coll, users, candidates, now=cut)
         finally:
             await svc.aclose()
 

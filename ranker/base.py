@@ -15,6 +15,7 @@ import numpy as np
 from common.index.forward import ForwardStore
 from common.profile import TagTable
 from common.types import Fused, GeoPoint, ItemWindows, UserCounters
+from ranker.schema import FeatureSchema
 
 
 class RankQuery(Protocol):
@@ -67,6 +68,9 @@ class Ranker(Protocol):
 @runtime_checkable
 class ExplainingRanker(Protocol):
     """A ranker that can say what it reads: its input features per candidate (debug requests)."""
+
+    #: The features it reads (the ranking stage fetches the item windows only for a ranker reading them).
+    schema: FeatureSchema
 
     def explain(
         self,

@@ -312,6 +312,7 @@ def finish_model(
             "schema_version": schema.version,
             "schema_fingerprint": schema.fingerprint(),
             "feature_names": json.dumps(list(schema.names)),
+            "schema": schema.to_json(),
         },
     )
     onnx.checker.check_model(model, full_check=True)
@@ -340,6 +341,9 @@ def write_model(
         "schema_version": schema.version,
         "schema_fingerprint": schema.fingerprint(),
         "feature_names": list(schema.names),
+        # The model's own schema: the server vectorises with it, after checking it computes every
+        # feature the model reads, defined the same way (ranker.session).
+        "schema": schema.to_dict(),
         "metrics": metrics,
         "onnx_sha256": hashlib.sha256(data).hexdigest(),
         "opset": OPSET,

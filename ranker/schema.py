@@ -95,7 +95,10 @@ class FeatureSchema:
 
     @classmethod
     def from_json(cls, text: str) -> FeatureSchema:
-        data = json.loads(text)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FeatureSchema:
         feats = tuple(
             Feature(
                 name=str(f["name"]),
@@ -106,6 +109,28 @@ class FeatureSchema:
             for f in data["features"]
         )
         return cls(version=str(data["version"]), features=feats)
+
+    def without(self, *names: str) -> FeatureSchema:
+        """This schema less `names` (a model that reads fewer features); the version says which."""
+        unknown = sorted(set(names) - set(self.names))
+        if unknown:
+            raise ValueError(f"not in schema {self.version!r}: {unknown}")
+        kept = tuple(f for f in self.features if f.name not in names)
+        return FeatureSchema(f"{self.version}-without-{'+'.join(sorted(names))}", kept)
+
+    def check_served_by(self, server: FeatureSchema) -> None:
+        """Raise ValueError unless `server` computes every feature this (a model's) schema reads, each
+        defined the same way (source, default, transform): a model may read a subset, never a variant."""
+        theirs = {f.name: f for f in server.features}
+        for f in self.features:
+            if f.name not in theirs:
+                raise ValueError(
+                    f"the model reads {f.name!r}, which schema {server.version!r} does not compute"
+                )
+            if theirs[f.name] != f:
+                raise ValueError(
+                    f"the model reads {f.name!r} as {f}, schema {server.version!r} computes {theirs[f.name]}"
+                )
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON: changes with any name, order, default or transform change."""
@@ -143,6 +168,15 @@ class FeatureSchema:
             t: np.array([i for i, f in enumerate(self.features) if f.transform == t], dtype=np.intp)
             for t in _TRANSFORMS
         }
+
+
+#: The item's real-time window counts: what the ranking stage reads from the store for its candidates
+#: (one call a request, made only for a model that reads any of them).
+ITEM_WINDOW_FEATURES: tuple[str, ...] = ("item_events_1h", "item_events_1d", "item_events_7d")
+
+
+def reads_item_windows(schema: FeatureSchema) -> bool:
+    return any(n in ITEM_WINDOW_FEATURES for n in schema.names)
 
 
 # Defaults are chosen so that "unknown" never looks like a strong signal: an unknown age counts as old

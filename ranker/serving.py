@@ -23,11 +23,10 @@ log = logging.getLogger(__name__)
 class ModelRanker:
     name = "onnx"
 
-    def __init__(
-        self, model: OnnxRanker, *, window_ms: float = 0.0, schema: FeatureSchema = DEFAULT_SCHEMA
-    ) -> None:
+    def __init__(self, model: OnnxRanker, *, window_ms: float = 0.0) -> None:
         self.model = model
-        self.schema = schema
+        #: The features the model reads (its own schema, checked against the server's when it loaded).
+        self.schema: FeatureSchema = model.schema
         self.batcher = MicroBatcher(model, window_ms=window_ms)
 
     @property

@@ -1,8 +1,9 @@
 """Serving the exported MLP: a verified onnxruntime session, plus optional request micro-batching.
 
 Loading is strict because a wrong model scores every request wrongly and silently: the .onnx bytes must
-match the sidecar's sha256, and the sidecar's (and graph metadata's) schema fingerprint must equal the
-`FeatureSchema` the server vectorises with. Either failure raises a `ModelLoadError` subclass before any
+match the sidecar's sha256, and the model's feature schema (in the sidecar, fingerprinted there and in the
+graph metadata) must be served by the server's: every feature it reads computed, and defined the same way
+(a model may read a subset of the server's features, in its own order; it is vectorised with its own). Either failure raises a `ModelLoadError` subclass before any
 session exists, so a hot-reloading caller simply keeps serving its previous model.
 
 `MicroBatcher` trades a few ms of queueing for fewer, larger inference calls. On CPU with one intra-op
@@ -80,20 +81,15 @@ class OnnxRanker:
             raise ModelIntegrityError(
                 f"{self.path}: sha256 {digest} != sidecar's {sidecar.get('onnx_sha256')}; refusing to load"
             )
-        expected = schema.fingerprint()
-        got = sidecar.get("schema_fingerprint")
-        if got != expected:
-            raise ModelMismatch(
-                f"{self.path}: model was trained on feature schema {sidecar.get('schema_version')!r} "
-                f"(fingerprint {got}) but this server runs schema {schema.version!r} "
-                f"(fingerprint {expected}); refusing to load"
-            )
+        model_schema = self._model_schema(sidecar, schema)
+        expected = model_schema.fingerprint()
         meta = {p.key: p.value for p in onnx.load_from_string(data).metadata_props}
         if meta.get("schema_fingerprint") != expected:
             raise ModelMismatch(
                 f"{self.path}: graph metadata schema fingerprint {meta.get('schema_fingerprint')} "
-                f"!= running schema fingerprint {expected}"
+                f"!= the sidecar's {expected}"
             )
+        schema = model_schema
 
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
@@ -124,6 +120,36 @@ class OnnxRanker:
             self.providers,
             intra_op_threads,
         )
+
+    def _model_schema(self, sidecar: dict[str, Any], server: FeatureSchema) -> FeatureSchema:
+        """The features the model reads: its sidecar's schema, when the server computes each of them the
+        same way; a sidecar without one (older exports) must name the server's schema exactly."""
+        got = sidecar.get("schema_fingerprint")
+        if "schema" not in sidecar:
+            if got != server.fingerprint():
+                raise ModelMismatch(
+                    f"{self.path}: model was trained on feature schema {sidecar.get('schema_version')!r} "
+                    f"(fingerprint {got}) but this server runs schema {server.version!r} "
+                    f"(fingerprint {server.fingerprint()}); refusing to load"
+                )
+            return server
+        try:
+            mine = FeatureSchema.from_dict(sidecar["schema"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelMismatch(f"{self.path}: the sidecar's feature schema is malformed: {exc}") from exc
+        if mine.fingerprint() != got:
+            raise ModelMismatch(
+                f"{self.path}: the sidecar's schema has fingerprint {mine.fingerprint()}, "
+                f"but the sidecar names {got}; refusing to load"
+            )
+        try:
+            mine.check_served_by(server)
+        except ValueError as exc:
+            raise ModelMismatch(
+                f"{self.path}: model schema {mine.version!r} cannot be served by this server's schema "
+                f"{server.version!r}: {exc}; refusing to load"
+            ) from exc
+        return mine
 
     @property
     def calls(self) -> int:

@@ -17,6 +17,7 @@ from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
 from ranker.base import ExplainingRanker, FusedOrder, Ranker, RankingContext
+from ranker.schema import reads_item_windows
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -247,8 +248,8 @@ class SearchService:
         count = ex.candidate_count
         ex.materialize(ex.query.top_k if keeps_order else None)
         windows = None
-        if isinstance(ranker, ExplainingRanker) and ex.fused:
-            # A ranker that reads features gets the candidates' real-time item counts (one store call).
+        if isinstance(ranker, ExplainingRanker) and ex.fused and reads_item_windows(ranker.schema):
+            # A model reading the candidates' real-time item counts gets them (one store call).
             try:
                 windows = await self.item_windows(collection, [f.ordinal for f in ex.fused])
             except StoreUnavailable as exc:
@@ -386,7 +387,7 @@ class SearchService:
         return replace(counters, tag_affinity=table.profile(list(seeds.items())))
 
     async def item_windows(
-        self, collection: RankingContext, ordinals: Sequence[int], *, now: float | None = None
+        self, collection: Collection | RankingContext, ordinals: Sequence[int], *, now: float | None = None
     ) -> ItemWindows:
         """What the ranking stage reads about its candidates: each one's real-time events in the last
         hour/day/week before `now` (default: the clock). The trainers call this too, with the replayed

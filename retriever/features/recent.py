@@ -295,6 +295,33 @@ def redis_client(
     return cls.from_url(settings.url, **kwargs)  # type: ignore[no-any-return]
 
 
+class EpochCache:
+    """Entries for at most `ttl_s` seconds: one dict, emptied every `ttl_s` (and when it outgrows
+    `maxsize`). For the items' states, looked up ~200 times a request: a TTLCache's per-entry clock and
+    links cost ~1.2 µs a lookup and ~1 µs a store (~0.45 ms a request), a dict ~0.07 µs; the price is
+    that every entry expires at once, so each process re-reads its hot items once per epoch."""
+
+    def __init__(self, maxsize: int, ttl_s: float) -> None:
+        self.maxsize, self.ttl_s = maxsize, ttl_s
+        self._entries: dict[Any, Any] = {}
+        self._until = 0.0
+
+    def current(self) -> dict[Any, Any]:
+        """The live entries (a new, empty epoch once the last one is `ttl_s` old)."""
+        now = time.monotonic()
+        if now >= self._until:
+            self._entries = {}
+            self._until = now + self.ttl_s
+        return self._entries
+
+    def bound(self) -> None:
+        if len(self._entries) > self.maxsize:
+            self._entries = {}
+
+    def clear(self) -> None:
+        self._entries = {}
+
+
 class CircuitBreaker:
     """Opens after `failures` consecutive errors; while open, calls fail fast for `open_s` seconds."""
 
@@ -335,9 +362,7 @@ class RedisRecentStore:
         )
         # Items' window states too (shared by every user's request): the same bound on staleness. A state
         # holds for any `now` (the counts are decayed to the request's time when read).
-        self._item_cache: TTLCache[tuple[str, str], State | None] = TTLCache(
-            maxsize=settings.counter_cache_size, ttl=settings.counter_cache_ttl_s
-        )
+        self._item_cache = EpochCache(settings.counter_cache_size, settings.counter_cache_ttl_s)
 
     async def _guard(self, call: Callable[[], Awaitable[T]], op: str = "read") -> T:
         import redis
@@ -407,8 +432,9 @@ class RedisRecentStore:
             await self._guard(lambda: self._run_script(UPDATE_LUA, _UPDATE_SHA, [call]), "item_windows")
         except StoreUnavailable as exc:
             log.warning("item windows: %d events not counted (%s)", len(stored), exc)
+        cache = self._item_cache.current()
         for item, _ts in stored:
-            self._item_cache.pop((collection, item), None)
+            cache.pop((collection, item), None)
 
     async def _run_script(self, lua: str, sha: str, calls: Sequence[_ScriptCall]) -> list[Any]:
         """`lua` once per (keys, args), pipelined. By SHA first; the calls that meet a node without the
@@ -466,12 +492,13 @@ class RedisRecentStore:
         self, collection: str, item_ids: Sequence[str], now: float | None = None
     ) -> list[Counts]:
         """The items' states from the cache, the rest with one MGET; decayed to `now`."""
+        cache = self._item_cache.current()
         states: dict[str, State | None] = {}
         missing: list[str] = []
         for item in item_ids:
             if item in states:
                 continue
-            hit = self._item_cache.get((collection, item), _UNCACHED)
+            hit = cache.get((collection, item), _UNCACHED)
             if hit is _UNCACHED:
                 missing.append(item)
             states[item] = None if hit is _UNCACHED else hit  # type: ignore[assignment]
@@ -481,7 +508,8 @@ class RedisRecentStore:
             found = iter(decode_many([v for v in raw if v is not None]))
             for item, value in zip(missing, raw, strict=True):
                 state = None if value is None else next(found)
-                states[item] = self._item_cache[(collection, item)] = state
+                states[item] = cache[(collection, item)] = state
+            self._item_cache.bound()
         when = time.time() if now is None else now
         return counts_many([states[item] for item in item_ids], when)
 

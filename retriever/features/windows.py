@@ -73,11 +73,11 @@ def item_key(collection: str, item_id: str) -> str:
     return f"quarry:{{{collection}:items}}:{item_id}"
 
 
-def decode_many(raw: Sequence[bytes]) -> list[State]:
+def decode_many(raw: Sequence[bytes | str]) -> list[State]:
     """Stored states (`UPDATE_LUA`'s "t,a,b,c") back to tuples: one split and one float pass for all."""
     if not raw:
         return []
-    nums = list(map(float, b",".join(raw).split(b",")))
+    nums = list(map(float, b",".join(r if isinstance(r, bytes) else r.encode() for r in raw).split(b",")))
     if len(nums) != 4 * len(raw):
         raise ValueError(f"{len(raw)} item states held {len(nums)} numbers: one is not 't,a,b,c'")
     it = iter(nums)

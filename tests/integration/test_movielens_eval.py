@@ -58,6 +58,8 @@ def test_eval_movielens_cli(tmp_path: Path) -> None:
         for metric in METRICS:
             mean, lo, hi = row[metric]
             assert 0.0 <= lo <= mean <= hi <= 1.0
+    assert not {"item_events_1h", "item_events_1d", "item_events_7d"} & set(report["features"])
+    assert "item_popularity" in report["features"] and "user_events_7d" in report["features"]
     assert report["test_users"] >= 50 and report["selection"]["fit_queries"] > report["selection"]["users"]
     assert "recall order" in report["selection"]["ndcg@10"]  # a model must beat no model to be chosen
     assert "NDCG" in res.output or "ndcg@10" in res.output
@@ -66,6 +68,10 @@ def test_eval_movielens_cli(tmp_path: Path) -> None:
         from ranker.schema import DEFAULT_SCHEMA
         from ranker.session import OnnxRanker
 
-        assert OnnxRanker(model, schema=DEFAULT_SCHEMA).model_version.startswith("movielens-")
+        served = OnnxRanker(model, schema=DEFAULT_SCHEMA)
+        assert served.model_version.startswith("movielens-")
+        # By default the rankers read every feature but the items' real-time windows, and the exported
+        # model says so: the server vectorises it with its own schema.
+        assert served.schema.names == tuple(report["features"])
     else:
         assert not model.exists()

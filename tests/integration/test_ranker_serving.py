@@ -206,3 +206,31 @@ def test_item_windows_unavailable_ranks_without_them_and_says_degraded(
         await svc.aclose()
 
     asyncio.run(go())
+
+
+def test_a_model_without_item_windows_never_reads_them(
+    tmp_path: Path, trained: tuple[Path, dict[str, Any]]
+) -> None:
+    """The ranking stage asks the store for the candidates' windows only for a model that reads them."""
+    from ranker.model import train_synthetic
+    from ranker.schema import ITEM_WINDOW_FEATURES
+
+    fewer = DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)
+    model, metrics, _, _ = train_synthetic(fewer, n=500, max_epochs=2)
+    model.to_onnx(tmp_path / "fewer.onnx", schema=fewer, model_version="fewer", metrics=metrics)
+    settings = _settings(tmp_path / "fewer.onnx")
+    coll = Collection(trained[0] / "train-snapshot", settings.for_collection("movielens"))
+    assert isinstance(coll.ranker, ModelRanker) and coll.ranker.schema == fewer
+    reg = Registry()
+    reg.put(coll)
+    store = NoItemWindows()  # would degrade the answer if it were asked
+    svc = SearchService(settings, reg, recent=store)
+
+    async def go() -> None:
+        await store.append("movielens", [UserEvent("f1", "few", "50", "rating", time.time() - 60, 5.0)])
+        res = await svc.recommend(SearchQuery(collection="movielens", user_id="few", top_k=10, debug=True))
+        assert res.hits and not res.degraded
+        assert res.debug is not None and res.debug.feature_names == fewer.names
+        await svc.aclose()
+
+    asyncio.run(go())

@@ -55,3 +55,22 @@ def test_the_embedded_store_is_bounded() -> None:
         store.add("c", item, NOW + i)
     # "b" was the least recently updated of four: dropped; "a" was updated again, so kept.
     assert [round(x[0], 6) > 0 for x in store.counts("c", list("abcd"), NOW + 5)] == [True, False, True, True]
+
+
+def test_the_epoch_cache_forgets_everything_after_its_ttl_and_past_its_size() -> None:
+    import time
+
+    from retriever.features.recent import EpochCache
+
+    cache = EpochCache(maxsize=3, ttl_s=0.05)
+    cache.current()["a"] = 1
+    assert cache.current() == {"a": 1}
+    time.sleep(0.06)
+    assert cache.current() == {}  # nothing outlives the epoch it was stored in
+    entries = cache.current()
+    entries.update(a=1, b=2, c=3)
+    cache.bound()
+    assert cache.current() == {"a": 1, "b": 2, "c": 3}
+    entries["d"] = 4
+    cache.bound()
+    assert cache.current() == {}

@@ -53,7 +53,42 @@ def test_schema_mismatch_refused(model_file: tuple[MLPRanker, Path]) -> None:
     with pytest.raises(ModelMismatch) as info:
         OnnxRanker(model_file[1], schema=other, providers=["CPUExecutionProvider"])
     msg = str(info.value)
-    assert DEFAULT_SCHEMA.fingerprint() in msg and other.fingerprint() in msg
+    # Named: the feature, both definitions, the server's schema.
+    assert "'fused_score'" in msg and "default=0.0" in msg and "default=0.5" in msg and "'v2'" in msg
+
+
+def test_a_model_reading_a_subset_is_served_with_its_own_schema(tmp_path: Path) -> None:
+    from ranker.schema import ITEM_WINDOW_FEATURES, reads_item_windows
+    from ranker.serving import ModelRanker
+
+    fewer = DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)
+    model, metrics, X, _ = train_synthetic(fewer, n=500, max_epochs=2)
+    path = tmp_path / "fewer.onnx"
+    model.to_onnx(path, schema=fewer, model_version="fewer", metrics=metrics)
+    served = OnnxRanker(path, schema=DEFAULT_SCHEMA, providers=["CPUExecutionProvider"])
+    assert served.schema == fewer and served.dim == DEFAULT_SCHEMA.dim - 3
+    np.testing.assert_allclose(served.score(X[:50]), model.predict(X[:50]), atol=1e-5, rtol=0)
+    ranker = ModelRanker(served)
+    assert ranker.schema == fewer and not reads_item_windows(ranker.schema)
+    assert reads_item_windows(DEFAULT_SCHEMA)
+    # A server that does not compute a feature the model reads refuses it, naming the feature.
+    with pytest.raises(ModelMismatch, match="reads 'user_events_7d', which schema 'small' does not"):
+        OnnxRanker(path, schema=FeatureSchema("small", fewer.features[:3]))
+
+
+def test_an_older_sidecar_without_a_schema_must_name_the_servers(
+    model_file: tuple[MLPRanker, Path], tmp_path: Path
+) -> None:
+    path = tmp_path / "old.onnx"
+    shutil.copy(model_file[1], path)
+    side = json.loads(sidecar_path(model_file[1]).read_text())
+    del side["schema"]
+    sidecar_path(path).write_text(json.dumps(side))
+    assert OnnxRanker(path, schema=DEFAULT_SCHEMA).schema == DEFAULT_SCHEMA
+    other = DEFAULT_SCHEMA.without("fused_score")
+    with pytest.raises(ModelMismatch, match="trained on feature schema") as info:
+        OnnxRanker(path, schema=other)
+    assert DEFAULT_SCHEMA.fingerprint() in str(info.value) and other.fingerprint() in str(info.value)
 
 
 def test_corrupted_onnx_refused(model_file: tuple[MLPRanker, Path], tmp_path: Path) -> None:
@@ -74,9 +109,14 @@ def test_sidecar_fingerprint_tamper_caught_by_graph_metadata(
     path = tmp_path / "ranker.onnx"
     shutil.copy(model_file[1], path)
     side = json.loads(sidecar_path(model_file[1]).read_text())
-    side["schema_fingerprint"] = other.fingerprint()
+    # A self-consistent sidecar (schema and fingerprint) that the graph it describes contradicts.
+    side["schema"], side["schema_fingerprint"] = other.to_dict(), other.fingerprint()
     sidecar_path(path).write_text(json.dumps(side))
     with pytest.raises(ModelMismatch, match="graph metadata"):
+        OnnxRanker(path, schema=other, providers=["CPUExecutionProvider"])
+    side["schema_fingerprint"] = DEFAULT_SCHEMA.fingerprint()  # and one that contradicts itself
+    sidecar_path(path).write_text(json.dumps(side))
+    with pytest.raises(ModelMismatch, match="the sidecar's schema has fingerprint"):
         OnnxRanker(path, schema=other, providers=["CPUExecutionProvider"])
 
 
