@@ -1224,6 +1224,12 @@ def eval_behavior(
     help="Rankers read the items' real-time 1 h/1 d/7 d counts (off: the test window is years long, "
     "the fitting windows days; see README).",
 )
+@click.option(
+    "--horizon-days",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Judge every window only on its first N days (one horizon for fitting, validation and test).",
+)
 @click.option("--json-out", type=click.Path(dir_okay=False, path_type=Path), help="Also write the report.")
 def eval_movielens(
     variant: str,
@@ -1235,6 +1241,7 @@ def eval_movielens(
     seed: int,
     model_out: Path | None,
     item_windows: bool,
+    horizon_days: float | None,
     json_out: Path | None,
 ) -> None:
     """Recommendation quality on MovieLens (global temporal split): popularity, ItemCF, Swing, Quarry's
@@ -1257,6 +1264,7 @@ def eval_movielens(
         max_users=max_users,
         model_out=model_out,
         item_windows=item_windows,
+        horizon_days=horizon_days,
         progress=click.echo,
     )
     click.echo(format_movielens(report))

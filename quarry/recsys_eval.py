@@ -205,6 +205,7 @@ def evaluate_movielens(
     max_users: int | None = None,
     model_out: Path | None = None,
     item_windows: bool = False,
+    horizon_days: float | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """`cuts`: timestamp quantiles c0 < … < cn. Each window [c_i, c_i+1) is judged on a snapshot of
@@ -216,7 +217,11 @@ def evaluate_movielens(
     `item_windows`: whether the rankers read the items' real-time 1 h / 1 d / 7 d counts. Off by default
     here: the windows that give fitting rows last 2–27 days, the test window 791, so a count of last
     week's events predicts the next weeks (fitting) but not the next two years (test) — with them the
-    rankers learn a signal that does not hold on test (README gives the figures)."""
+    rankers learn a signal that does not hold on test (README gives the figures). `horizon_days` judges
+    every window only on its first days (each phase's requests still happen at its start), which puts
+    fitting, validation and test on one horizon."""
+    if horizon_days is not None and not horizon_days > 0:
+        raise ValueError(f"horizon_days must be positive; got {horizon_days}")
     if len(cuts) < 2 or list(cuts) != sorted(set(cuts)) or (not cuts[0] > 0 and cuts[-1] < 1):
         raise ValueError(f"cuts must be increasing quantiles in (0, 1), at least two; got {list(cuts)}")
     t0 = time.perf_counter()
@@ -226,7 +231,9 @@ def evaluate_movielens(
     events = sorted(ds.events(), key=lambda e: e.ts)
     ts = np.array([e.ts for e in events])
     bounds = [float(x) for x in np.quantile(ts, cuts)]
-    test = [e for e in events if e.ts >= bounds[-1]]
+    # Each judged window ends at the next cut, or `horizon_days` after its start if that comes first.
+    span = math.inf if horizon_days is None else horizon_days * 86_400.0
+    test = [e for e in events if bounds[-1] <= e.ts < bounds[-1] + span]
     progress(
         f"{ds.name}: {len(events):,} events; windows at quantiles {list(cuts)}; test {len(test):,} events"
     )
@@ -238,7 +245,7 @@ def evaluate_movielens(
     with tempfile.TemporaryDirectory(prefix="quarry-eval-ml-") as tmp:
         for w, (lo, hi) in enumerate(itertools.pairwise(bounds)):
             before = [e for e in events if e.ts < lo]
-            judged = [e for e in events if lo <= e.ts < hi]
+            judged = [e for e in events if lo <= e.ts < min(hi, lo + span)]
             last = w == len(bounds) - 2
             progress(
                 f"{'validation' if last else 'fitting'} window {w}: snapshot of {len(before):,} events, "
@@ -329,6 +336,7 @@ def evaluate_movielens(
         "dataset": ds.name,
         "versus": versus,
         "cuts": {"quantiles": list(cuts), "timestamps": bounds},
+        "horizon_days": horizon_days,
         "events": {"total": len(events), "test": len(test)},
         "selection": {
             "users": len(sel_keys),
@@ -345,10 +353,14 @@ def evaluate_movielens(
 
 
 def format_movielens(report: Mapping[str, Any]) -> str:
+    horizon = report.get("horizon_days")
+    judged = "each window whole" if horizon is None else f"the first {horizon:g} days of each window"
     lines = [
         f"{report['dataset']}: {report['test_users']} test users (with a history and a test positive); "
         f"candidates ≤ {report['candidates']} from Recommend; ranker chosen by selection NDCG@10: "
         f"{report['selection']['chosen']} ({report['selection']['ndcg@10']})",
+        f"judged: {judged}; rankers read the items' real-time windows: "
+        f"{'yes' if 'item_events_7d' in report['features'] else 'no'}",
         f"{'method':<16}" + "".join(f"{m:>26}" for m in METRICS),
     ]
     for name, row in report["table"].items():

@@ -75,3 +75,27 @@ def test_eval_movielens_cli(tmp_path: Path) -> None:
         assert served.schema.names == tuple(report["features"])
     else:
         assert not model.exists()
+
+
+def test_eval_movielens_one_horizon_and_item_windows(tmp_path: Path) -> None:
+    """`--horizon-days` judges each window on its first days only (fewer judged users than the whole
+    windows), and `--item-windows` lets the rankers read the items' real-time counts."""
+    out = tmp_path / "report.json"
+    args = ["eval", "movielens", "--variant", "100k", "--max-users", "60", "--json-out", str(out)]
+    res = CliRunner().invoke(main, [*args, "--horizon-days", "10", "--item-windows"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["horizon_days"] == 10 and "item_events_7d" in report["features"]
+    assert "the first 10 days of each window" in res.output and "real-time windows: yes" in res.output
+    assert 0 < report["test_users"] <= 60
+    # The test window is exactly the first 10 days after the last cut.
+    from indexer.datasets import load_dataset
+
+    events = load_dataset("movielens", tmp_path).events()
+    cut = report["cuts"]["timestamps"][-1]
+    assert report["events"]["test"] == sum(1 for e in events if cut <= e.ts < cut + 10 * 86_400)
+    assert report["events"]["test"] < sum(
+        1 for e in load_dataset("movielens", tmp_path).events() if e.ts >= cut
+    )
+    bad = CliRunner().invoke(main, [*args, "--horizon-days", "0"])
+    assert bad.exit_code != 0 and "--horizon-days" in bad.output
