@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
+from ranker.features import feature_columns, feature_rows
 from ranker.model import INPUT_NAME, OUTPUT_NAME, train_synthetic
 from ranker.schema import DEFAULT_SCHEMA
 from ranker.session import MicroBatcher, OnnxRanker
@@ -69,7 +71,53 @@ def latency(ranker: OnnxRanker, sizes: list[int], iters: int) -> list[dict[str, 
         rows.append(
             {"path": "schema.vectorize", "candidates": n, "p50_us": _pct(vs, 50), "p99_us": _pct(vs, 99)}
         )
+    rows += _feature_paths(sizes, iters)
     return rows
+
+
+def _feature_paths(sizes: list[int], iters: int) -> list[dict[str, Any]]:
+    """Computing the features of n SYNTHETIC candidates (two branch sources each, a location, popularity,
+    ages, a user with windows, item windows): the served columns vs the plain one-dict-a-row definition,
+    interleaved."""
+    rng = np.random.default_rng(2)
+    n_items = 10_000
+    lat, lon = rng.uniform(-80, 80, n_items), rng.uniform(-180, 180, n_items)
+    pop, created = rng.random(n_items), rng.uniform(1e9, 1.7e9, n_items)
+    counters = UserCounters(40, 90.0, 30, 1.7e9, recent_windows=(1, 4, 9))
+    out = []
+    for n in sizes:
+        ords = rng.choice(n_items, n, replace=False).tolist()
+        fused = [
+            Fused(o, 1.0 / (i + 1), [SourceScore("behavior", 0.5, i + 1), SourceScore("popular", 0.2, n - i)])
+            for i, o in enumerate(ords)
+        ]
+        kwargs: dict[str, Any] = {
+            "lat": lat,
+            "lon": lon,
+            "popularity": pop,
+            "origin": GeoPoint(40.0, -74.0),
+            "counters": counters,
+            "created": lambda o: created[o],
+            "now": 1.75e9,
+            "item_windows": ItemWindows({o: (0.5, 2.0, 9.0) for o in ords}),
+        }
+        paths = {
+            "features as rows (definition)": lambda f=fused, k=kwargs: DEFAULT_SCHEMA.vectorize(
+                feature_rows(f, **k)
+            ),
+            "features as columns (served)": lambda f=fused, k=kwargs: DEFAULT_SCHEMA.vectorize_columns(
+                feature_columns(f, **k), len(f)
+            ),
+        }
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(max(20, iters // 10)):
+            for name, fn in paths.items():
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e6)
+        for name, s in samples.items():
+            out.append({"path": name, "candidates": n, "p50_us": _pct(s, 50), "p99_us": _pct(s, 99)})
+    return out
 
 
 async def _load(batcher: MicroBatcher, X: np.ndarray, concurrency: int, per_client: int) -> list[float]:

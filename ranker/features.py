@@ -7,8 +7,10 @@ through the same store and calls this same function, so offline and online vecto
 `item_age_days` comes from the item's `created_ts` attribute (epoch seconds) or else its `year`
 (1 January of it), relative to `now`; `user_events_1h/1d/7d` count the user's newest real-time events
 (as many as the profile reads) within each window before the request (`UserCounters.recent_windows`);
-`item_events_1h/1d/7d` are the item's events in the same windows, from the store's item buckets
-(`ItemWindows`, read by the serving layer for the request's candidates).
+`item_events_1h/1d/7d` are the item's events in the same windows as decayed counts (the store's item
+states, `retriever.features.windows`; `ItemWindows`, read by the serving layer for the candidates).
+`feature_matrix` (serving and training) computes them as columns (`feature_columns`); `feature_rows` is
+the same, one dict a candidate: the plain definition a randomized test holds the columns to.
 """
 
 from __future__ import annotations
@@ -63,6 +65,8 @@ def feature_rows(
     tag_table: TagTable | None = None,
     item_windows: ItemWindows | None = None,
 ) -> list[dict[str, float]]:
+    """The features, one dict a candidate: the plain definition (serving and training compute the same
+    values as columns, `feature_columns`; tests/unit/test_ranker_features.py holds them equal)."""
     user: dict[str, float] = {}
     if counters is not None:
         user = {
@@ -118,6 +122,86 @@ def feature_rows(
     return rows
 
 
+def feature_columns(
+    fused: Sequence[Fused],
+    *,
+    lat: np.ndarray,
+    lon: np.ndarray,
+    popularity: np.ndarray | None,
+    origin: GeoPoint | None,
+    counters: UserCounters | None,
+    created: Callable[[np.ndarray], np.ndarray] | None = None,
+    now: float | None = None,
+    tag_table: TagTable | None = None,
+    item_windows: ItemWindows | None = None,
+) -> dict[str, np.ndarray | float]:
+    """`feature_rows` as columns (name → one value a candidate, or one scalar for all; NaN = missing):
+    the same values (a randomized test holds them equal), without a dict a candidate — for 200
+    candidates ~0.1 ms instead of ~0.7."""
+    n = len(fused)
+    nan = math.nan
+    cols: dict[str, np.ndarray | float] = {}
+    if counters is not None:
+        cols["user_events_total"] = float(counters.events_total)
+        cols["user_distinct_items"] = float(counters.distinct_items)
+        cols["user_avg_weight"] = counters.avg_weight
+        if counters.recent_windows is not None:
+            h1, d1, d7 = counters.recent_windows
+            cols["user_events_1h"], cols["user_events_1d"], cols["user_events_7d"] = (
+                float(h1),
+                float(d1),
+                float(d7),
+            )
+    if not n:
+        return cols
+    ords = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=n)
+    # Branch sources: one pass, per branch three lists (found, rank, score) filled where it found the item.
+    per_branch: dict[str, tuple[list[float], list[float], list[float]]] = {}
+    best = [nan] * n
+    found = [0.0] * n
+    score = [0.0] * n
+    for i, f in enumerate(fused):
+        srcs = f.sources
+        found[i] = float(len(srcs))
+        score[i] = f.score
+        top = nan
+        for s in srcs:
+            lists = per_branch.get(s.branch)
+            if lists is None:
+                lists = per_branch[s.branch] = ([nan] * n, [nan] * n, [nan] * n)
+            lists[0][i] = 1.0
+            lists[1][i] = r = float(s.rank)
+            lists[2][i] = s.score
+            if not r >= top:  # also true while top is NaN
+                top = r
+        best[i] = top
+    for branch, (hit, rank, raw) in per_branch.items():
+        cols[f"found_by_{branch}"] = np.array(hit)
+        cols[f"{branch}_rank"] = np.array(rank)
+        name = _SCORE_FEATURE.get(branch)
+        if name is not None:
+            cols[name] = np.array(raw)
+    cols["best_branch_rank"] = np.array(best)
+    cols["branches_found"] = np.array(found)
+    cols["fused_score"] = np.array(score)
+    if origin is not None:
+        with np.errstate(invalid="ignore"):
+            cols["distance_km"] = haversine_many(origin.lat, origin.lon, lat[ords], lon[ords]) / 1000.0
+    if popularity is not None:
+        cols["item_popularity"] = popularity[ords].astype(np.float64)
+    if created is not None:
+        when = time.time() if now is None else now
+        cols["item_age_days"] = np.maximum(0.0, (when - created(ords).astype(np.float64)) / DAY_S)
+    profile = counters.tag_affinity if counters is not None else None
+    if tag_table is not None and profile is not None and len(profile) == len(tag_table.vocab):
+        cols["user_tag_affinity"] = np.asarray(tag_table.match(ords, profile), dtype=np.float64)
+    if item_windows is not None:
+        by_ord, none = item_windows.by_ordinal, (nan, nan, nan)
+        w = np.array([by_ord.get(o, none) for o in ords.tolist()], dtype=np.float64)
+        cols["item_events_1h"], cols["item_events_1d"], cols["item_events_7d"] = w[:, 0], w[:, 1], w[:, 2]
+    return cols
+
+
 def feature_matrix(
     fused: Sequence[Fused],
     collection: RankingContext,
@@ -130,12 +214,11 @@ def feature_matrix(
     """The model input for `fused` in `collection` (float32, one row per candidate); `now` (epoch
     seconds, default the clock) is when the request happens, for item ages; `item_windows` the
     candidates' real-time event counts (None: unknown, the features' defaults)."""
-    popularity = collection.item_popularity
-    rows = feature_rows(
+    cols = feature_columns(
         fused,
         lat=collection.forward.lat,
         lon=collection.forward.lon,
-        popularity=popularity,
+        popularity=collection.item_popularity,
         origin=origin,
         counters=counters,
         created=item_created_ts(collection.forward),
@@ -143,4 +226,4 @@ def feature_matrix(
         tag_table=collection.tag_table,
         item_windows=item_windows,
     )
-    return schema.vectorize(rows)
+    return schema.vectorize_columns(cols, len(fused))
