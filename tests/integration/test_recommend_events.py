@@ -166,3 +166,51 @@ def test_dead_redis_gives_degraded_answer_not_error(movielens_snapshot: Path) ->
 
     asyncio.run(go())
     assert errors._value.get() >= before + 2  # each failed-open branch call is counted
+
+
+def test_logged_events_reach_the_models_item_windows_over_grpc(
+    movielens_snapshot: Path, redis_url: str, tmp_path: Path
+) -> None:
+    """LogEvents over gRPC → the items' states in the real Redis → the ranking stage's read → the model's
+    `item_events_*` inputs of each hit (debug)."""
+    from ranker.model import train_synthetic
+    from ranker.schema import DEFAULT_SCHEMA
+    from tests.conftest import ServerThread
+
+    mlp, metrics, _, _ = train_synthetic(DEFAULT_SCHEMA, n=2000, max_epochs=3)
+    model = mlp.to_onnx(tmp_path / "m.onnx", schema=DEFAULT_SCHEMA, model_version="iw", metrics=metrics)
+    srv = ServerThread(
+        [movielens_snapshot], redis_url, collections={"movielens": {"ranker": {"model_path": str(model)}}}
+    )
+    user = f"iw-{time.time_ns()}"
+
+    def windows(stub: search_pb2_grpc.SearchServiceStub) -> dict[str, tuple[float, float, float]]:
+        # top_k above the candidate count: every candidate is a hit, with the inputs the model scored.
+        resp = stub.Recommend(
+            pb.RecommendRequest(collection="movielens", user_id=user, top_k=1000, debug=True)
+        )
+        assert not resp.degraded and "item_events_1h" in resp.debug.feature_names
+        names = ("item_events_1h", "item_events_1d", "item_events_7d")
+        return {h.id: tuple(math.expm1(h.debug.features[n]) for n in names) for h in resp.hits}  # type: ignore[misc]
+
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            stub.LogEvents(
+                pb.LogEventsRequest(
+                    collection="movielens", events=[_ev("s", user, STAR_WARS, ts=time.time())]
+                )
+            )
+            before = windows(stub)
+            target = next(iter(before))
+            now = time.time()
+            crowd = [_ev(f"c{i}", f"{user}-crowd{i}", target, ts=now - 60) for i in range(3)]
+            assert stub.LogEvents(pb.LogEventsRequest(collection="movielens", events=crowd)).accepted == 3
+            after = windows(stub)
+    finally:
+        srv.close()
+    # Three more events a minute old: +3·exp(-60/τ) in each window (others' events on it, if any, as before).
+    gained = [a - b for a, b in zip(after[target], before[target], strict=True)]
+    assert gained == pytest.approx([3 * math.exp(-60 / tau) for tau in (3600, 86400, 604800)], rel=1e-3)
+    untouched = [i for i in before if i != target and i in after][:20]
+    assert all(after[i] == pytest.approx(before[i], rel=1e-3, abs=1e-6) for i in untouched)
