@@ -34,7 +34,7 @@ from indexer.datasets import geonames, load_dataset
 from indexer.sharded import build_sharded
 from quarry.localcluster import LocalCluster
 from ranker.model import train_synthetic
-from ranker.schema import DEFAULT_SCHEMA
+from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.integration
@@ -87,11 +87,16 @@ def cluster_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An MLP over the serving feature schema, trained on SYNTHETIC features (equality, not quality)."""
-    mlp, metrics, _, _ = train_synthetic(DEFAULT_SCHEMA, n=3000, max_epochs=5)
+    """An MLP over the serving feature schema, trained on SYNTHETIC features (equality, not quality) —
+    all but the items' real-time windows: those decay with the clock and each process caches them for
+    up to 5 s, so two servers reading them a moment apart score slightly differently, and near-tied
+    hits could swap (a fresh-clone run saw it). Their path is the same code at a root and a node
+    (test_recommend_events, test_ranker_serving)."""
+    schema = DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)
+    mlp, metrics, _, _ = train_synthetic(schema, n=3000, max_epochs=5)
     return mlp.to_onnx(
         tmp_path_factory.mktemp("model") / "model.onnx",
-        schema=DEFAULT_SCHEMA,
+        schema=schema,
         model_version="cluster-test",
         metrics=metrics,
     )
