@@ -21,6 +21,7 @@ import os
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ import numpy as np
 import onnxruntime as ort
 
 from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
-from ranker.features import feature_columns, feature_rows
+from ranker.features import FeatureInputs, feature_columns, feature_rows
 from ranker.model import INPUT_NAME, OUTPUT_NAME, train_synthetic
 from ranker.schema import DEFAULT_SCHEMA
 from ranker.session import MicroBatcher, OnnxRanker
@@ -48,18 +49,10 @@ def latency(ranker: OnnxRanker, sizes: list[int], iters: int) -> list[dict[str, 
             "raw session.run": lambda X=X: sess.run([OUTPUT_NAME], {INPUT_NAME: X}),
             "OnnxRanker.score": lambda X=X: ranker.score(X),
         }
-        samples: dict[str, list[float]] = {name: [] for name in paths}
         for fn in paths.values():
             for _ in range(min(200, iters)):
                 fn()
-        # Interleaved so both paths see the same background load on a shared machine.
-        for _ in range(iters):
-            for name, fn in paths.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e6)
-        for name, s in samples.items():
-            rows.append({"path": name, "candidates": n, "p50_us": _pct(s, 50), "p99_us": _pct(s, 99)})
+        rows += _interleaved(paths, n, iters)
     # Vectorising dict rows is part of the per-request cost online; shown for scale.
     for n in sizes:
         dict_rows = [dict.fromkeys(DEFAULT_SCHEMA.names, 1.0) for _ in range(n)]
@@ -91,33 +84,41 @@ def _feature_paths(sizes: list[int], iters: int) -> list[dict[str, Any]]:
             Fused(o, 1.0 / (i + 1), [SourceScore("behavior", 0.5, i + 1), SourceScore("popular", 0.2, n - i)])
             for i, o in enumerate(ords)
         ]
-        kwargs: dict[str, Any] = {
-            "lat": lat,
-            "lon": lon,
-            "popularity": pop,
-            "origin": GeoPoint(40.0, -74.0),
-            "counters": counters,
-            "created": lambda o: created[o],
-            "now": 1.75e9,
-            "item_windows": ItemWindows({o: (0.5, 2.0, 9.0) for o in ords}),
-        }
+        inputs = FeatureInputs(
+            lat=lat,
+            lon=lon,
+            popularity=pop,
+            origin=GeoPoint(40.0, -74.0),
+            counters=counters,
+            created=lambda o: created[o],
+            now=1.75e9,
+            item_windows=ItemWindows({o: (0.5, 2.0, 9.0) for o in ords}),
+        )
         paths = {
-            "features as rows (definition)": lambda f=fused, k=kwargs: DEFAULT_SCHEMA.vectorize(
-                feature_rows(f, **k)
+            "features as rows (definition)": lambda f=fused, x=inputs: DEFAULT_SCHEMA.vectorize(
+                feature_rows(f, x)
             ),
-            "features as columns (served)": lambda f=fused, k=kwargs: DEFAULT_SCHEMA.vectorize_columns(
-                feature_columns(f, **k), len(f)
+            "features as columns (served)": lambda f=fused, x=inputs: DEFAULT_SCHEMA.vectorize_columns(
+                feature_columns(f, x), len(f)
             ),
         }
-        samples: dict[str, list[float]] = {name: [] for name in paths}
-        for _ in range(max(20, iters // 10)):
-            for name, fn in paths.items():
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1e6)
-        for name, s in samples.items():
-            out.append({"path": name, "candidates": n, "p50_us": _pct(s, 50), "p99_us": _pct(s, 99)})
+        out += _interleaved(paths, n, max(20, iters // 10))
     return out
+
+
+def _interleaved(paths: dict[str, Callable[[], object]], n: int, rounds: int) -> list[dict[str, Any]]:
+    """µs p50/p99 of each path over `rounds`, interleaved so all see the same background load (a shared
+    machine)."""
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, fn in paths.items():
+            t0 = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - t0) * 1e6)
+    return [
+        {"path": name, "candidates": n, "p50_us": _pct(s, 50), "p99_us": _pct(s, 99)}
+        for name, s in samples.items()
+    ]
 
 
 async def _load(batcher: MicroBatcher, X: np.ndarray, concurrency: int, per_client: int) -> list[float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,21 +53,26 @@ def item_created_ts(forward: ForwardStore) -> Callable[[np.ndarray], np.ndarray]
     return None
 
 
-def feature_rows(
-    fused: Sequence[Fused],
-    *,
-    lat: np.ndarray,
-    lon: np.ndarray,
-    popularity: np.ndarray | None,
-    origin: GeoPoint | None,
-    counters: UserCounters | None,
-    created: Callable[[np.ndarray], np.ndarray] | None = None,
-    now: float | None = None,
-    tag_table: TagTable | None = None,
-    item_windows: ItemWindows | None = None,
-) -> list[dict[str, float]]:
+@dataclass(frozen=True)
+class FeatureInputs:
+    """What the features of a request's candidates are computed from (besides the candidates)."""
+
+    lat: np.ndarray  # over every ordinal
+    lon: np.ndarray
+    popularity: np.ndarray | None
+    origin: GeoPoint | None  # the request's location
+    counters: UserCounters | None
+    created: Callable[[np.ndarray], np.ndarray] | None = None  # ordinals → epoch seconds (NaN unknown)
+    now: float | None = None  # when the request happens (default: the clock)
+    tag_table: TagTable | None = None
+    item_windows: ItemWindows | None = None
+
+
+def feature_rows(fused: Sequence[Fused], x: FeatureInputs) -> list[dict[str, float]]:
     """The features, one dict a candidate: the plain definition (serving and training compute the same
     values as columns, `feature_columns`; tests/unit/test_ranker_features.py holds them equal)."""
+    lat, lon, popularity, origin, counters = x.lat, x.lon, x.popularity, x.origin, x.counters
+    created, now, tag_table, item_windows = x.created, x.now, x.tag_table, x.item_windows
     user: dict[str, float] = {}
     if counters is not None:
         user = {
@@ -122,22 +128,12 @@ def feature_rows(
     return rows
 
 
-def feature_columns(
-    fused: Sequence[Fused],
-    *,
-    lat: np.ndarray,
-    lon: np.ndarray,
-    popularity: np.ndarray | None,
-    origin: GeoPoint | None,
-    counters: UserCounters | None,
-    created: Callable[[np.ndarray], np.ndarray] | None = None,
-    now: float | None = None,
-    tag_table: TagTable | None = None,
-    item_windows: ItemWindows | None = None,
-) -> dict[str, np.ndarray | float]:
+def feature_columns(fused: Sequence[Fused], x: FeatureInputs) -> dict[str, np.ndarray | float]:
     """`feature_rows` as columns (name → one value a candidate, or one scalar for all; NaN = missing):
     the same values (a randomized test holds them equal), without a dict a candidate — about a
     quarter of the time for 200 candidates (`bench/ranker_bench.py` prints both)."""
+    lat, lon, popularity, origin, counters = x.lat, x.lon, x.popularity, x.origin, x.counters
+    created, now, tag_table, item_windows = x.created, x.now, x.tag_table, x.item_windows
     n = len(fused)
     nan = math.nan
     cols: dict[str, np.ndarray | float] = {}
@@ -214,8 +210,7 @@ def feature_matrix(
     """The model input for `fused` in `collection` (float32, one row per candidate); `now` (epoch
     seconds, default the clock) is when the request happens, for item ages; `item_windows` the
     candidates' real-time event counts (None: unknown, the features' defaults)."""
-    cols = feature_columns(
-        fused,
+    inputs = FeatureInputs(
         lat=collection.forward.lat,
         lon=collection.forward.lon,
         popularity=collection.item_popularity,
@@ -226,4 +221,5 @@ def feature_matrix(
         tag_table=collection.tag_table,
         item_windows=item_windows,
     )
+    cols = feature_columns(fused, inputs)
     return schema.vectorize_columns(cols, len(fused))

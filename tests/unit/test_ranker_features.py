@@ -13,7 +13,7 @@ import pytest
 
 from common.profile import TagArrays, TagTable
 from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
-from ranker.features import feature_columns, feature_rows
+from ranker.features import FeatureInputs, feature_columns, feature_rows
 from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
 
 BRANCHES = ("inverted", "ann", "behavior", "geo", "popular", "preference", "unscored")
@@ -53,19 +53,19 @@ def test_columns_equal_the_row_definition(seed: int) -> None:
         windows = ItemWindows(
             {f.ordinal: (rnd.uniform(0, 3), rnd.uniform(0, 9), math.inf) for f in fused if rnd.random() < 0.7}
         )
-    kwargs = {
-        "lat": lat,
-        "lon": lon,
-        "popularity": rng.integers(0, 50, n_items).astype(np.float32) if rnd.random() < 0.8 else None,
-        "origin": GeoPoint(rnd.uniform(-60, 60), rnd.uniform(-170, 170)) if rnd.random() < 0.5 else None,
-        "counters": counters,
-        "created": (lambda ords: created_at[ords]) if rnd.random() < 0.7 else None,
-        "now": 1.75e9,
-        "tag_table": table if rnd.random() < 0.8 else None,
-        "item_windows": windows,
-    }
+    inputs = FeatureInputs(
+        lat=lat,
+        lon=lon,
+        popularity=rng.integers(0, 50, n_items).astype(np.float32) if rnd.random() < 0.8 else None,
+        origin=GeoPoint(rnd.uniform(-60, 60), rnd.uniform(-170, 170)) if rnd.random() < 0.5 else None,
+        counters=counters,
+        created=(lambda ords: created_at[ords]) if rnd.random() < 0.7 else None,
+        now=1.75e9,
+        tag_table=table if rnd.random() < 0.8 else None,
+        item_windows=windows,
+    )
     for schema in (DEFAULT_SCHEMA, DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)):
-        want = schema.vectorize(feature_rows(fused, **kwargs))  # type: ignore[arg-type]
-        got = schema.vectorize_columns(feature_columns(fused, **kwargs), len(fused))  # type: ignore[arg-type]
+        want = schema.vectorize(feature_rows(fused, inputs))
+        got = schema.vectorize_columns(feature_columns(fused, inputs), len(fused))
         np.testing.assert_array_equal(got, want)
         assert got.shape == (len(fused), schema.dim) and got.dtype == np.float32
