@@ -322,6 +322,9 @@ class RedisSettings(_Model):
     #: In-process cache of per-user real-time counters (ranking features): entries and seconds.
     counter_cache_size: Annotated[int, Field(ge=1)] = 100_000
     counter_cache_ttl_s: Annotated[float, Field(gt=0)] = 5.0
+    #: Seconds a process keeps an item's real-time window state (a ranker feature; entries share
+    #: counter_cache_size): how long its 1 h / 1 d / 7 d counts may lag other processes' LogEvents.
+    item_cache_ttl_s: Annotated[float, Field(gt=0)] = 30.0
 
     @model_validator(mode="after")
     def _cluster_url(self) -> RedisSettings:

@@ -57,20 +57,16 @@ def test_the_embedded_store_is_bounded() -> None:
     assert [round(x[0], 6) > 0 for x in store.counts("c", list("abcd"), NOW + 5)] == [True, False, True, True]
 
 
-def test_the_epoch_cache_forgets_everything_after_its_ttl_and_past_its_size() -> None:
-    import time
+def test_the_stamped_cache_forgets_each_entry_after_its_ttl_and_all_past_its_size() -> None:
+    from retriever.features.recent import StampedCache
 
-    from retriever.features.recent import EpochCache
-
-    cache = EpochCache(maxsize=3, ttl_s=0.05)
-    cache.current()["a"] = 1
-    assert cache.current() == {"a": 1}
-    time.sleep(0.06)
-    assert cache.current() == {}  # nothing outlives the epoch it was stored in
-    entries = cache.current()
-    entries.update(a=1, b=2, c=3)
-    cache.bound()
-    assert cache.current() == {"a": 1, "b": 2, "c": 3}
-    entries["d"] = 4
-    cache.bound()
-    assert cache.current() == {}
+    cache = StampedCache(maxsize=3, ttl_s=10.0)
+    miss = object()
+    cache.put_many([("a", 1), ("b", None)], now=100.0)
+    cache.put_many([("c", 3)], now=105.0)
+    assert cache.get_many(["a", "b", "c", "d"], 109.9, miss) == [1, None, 3, miss]  # None is a value
+    assert cache.get_many(["a", "b", "c"], 110.0, miss) == [miss, miss, 3]  # a and b are 10 s old
+    cache.pop("c")
+    assert cache.get_many(["c"], 106.0, miss) == [miss]
+    cache.put_many([("d", 4), ("e", 5)], now=111.0)  # 2 + 2 > 3: the old entries go first
+    assert cache.get_many(["a", "b", "d", "e"], 112.0, miss) == [miss, miss, 4, 5]
