@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
+from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
 from ranker.features import FeatureInputs, feature_columns, feature_rows
 from ranker.model import INPUT_NAME, OUTPUT_NAME, train_synthetic
 from ranker.schema import DEFAULT_SCHEMA
@@ -99,7 +99,7 @@ def _feature_paths(sizes: list[int], iters: int) -> list[dict[str, Any]]:
                 feature_rows(f, x)
             ),
             "features as columns (served)": lambda f=fused, x=inputs: DEFAULT_SCHEMA.vectorize_columns(
-                feature_columns(f, x), len(f)
+                feature_columns(CandidateArrays.of(f), x), len(f)
             ),
         }
         out += _interleaved(paths, n, max(20, iters // 10))

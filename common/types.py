@@ -8,7 +8,7 @@ without importing each other.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
@@ -47,6 +47,49 @@ class Fused:
     ordinal: int
     score: float
     sources: list[SourceScore]
+
+
+@dataclass(frozen=True, slots=True)
+class CandidateArrays:
+    """Fused candidates as arrays — what the ranker's features read: per candidate (best first) its
+    ordinal and fused score; per source (one branch's view of one candidate, in branch order within a
+    candidate) the candidate's position, the branch, its raw score and rank. Serving takes them from
+    fusion's arrays without building a `Fused` per candidate; `of` makes them from `Fused` objects (the
+    trainers, debug answers), so both reach the same feature code."""
+
+    ordinal: np.ndarray  # int64 (n,)
+    score: np.ndarray  # float64 (n,)
+    src_item: np.ndarray  # int64 (m,): position in `ordinal`
+    src_branch: np.ndarray  # int64 (m,): index into `branches`
+    src_score: np.ndarray  # float64 (m,)
+    src_rank: np.ndarray  # int64 (m,), 1-based
+    branches: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.ordinal)
+
+    @classmethod
+    def of(cls, fused: Sequence[Fused]) -> CandidateArrays:
+        names: dict[str, int] = {}
+        item: list[int] = []
+        branch: list[int] = []
+        score: list[float] = []
+        rank: list[int] = []
+        for i, f in enumerate(fused):
+            for s in f.sources:
+                item.append(i)
+                branch.append(names.setdefault(s.branch, len(names)))
+                score.append(s.score)
+                rank.append(s.rank)
+        return cls(
+            np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=len(fused)),
+            np.fromiter((f.score for f in fused), dtype=np.float64, count=len(fused)),
+            np.asarray(item, dtype=np.int64),
+            np.asarray(branch, dtype=np.int64),
+            np.asarray(score, dtype=np.float64),
+            np.asarray(rank, dtype=np.int64),
+            tuple(names),
+        )
 
 
 #: What learned fusion knows of one branch's view of a candidate, declared once for the trainer

@@ -14,7 +14,7 @@ import numpy as np
 
 from common.index.forward import ForwardStore
 from common.profile import TagTable
-from common.types import Fused, GeoPoint, ItemWindows, UserCounters
+from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, UserCounters
 from ranker.schema import FeatureSchema
 
 
@@ -82,6 +82,24 @@ class ExplainingRanker(Protocol):
     ) -> tuple[tuple[str, ...], np.ndarray]:
         """Feature names and the model input (one row per candidate, in `candidates` order), computed
         exactly as `rank` computes them. Call it before `rank`, which rescores the candidates."""
+        ...
+
+
+@runtime_checkable
+class ArrayRanker(Protocol):
+    """A ranker that scores candidates given as arrays (`CandidateArrays`): the serving path, which then
+    builds `Fused` objects for the answer's hits alone. Its `rank` must order exactly by these scores
+    (stable: equal scores keep the fused order) and rescore with them."""
+
+    async def score_arrays(
+        self,
+        query: RankQuery,
+        candidates: CandidateArrays,
+        collection: RankingContext,
+        counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
+    ) -> np.ndarray:
+        """One score a candidate, in `candidates` order (higher is better)."""
         ...
 
 

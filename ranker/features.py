@@ -25,7 +25,7 @@ import numpy as np
 from common.geo import haversine_many
 from common.index.forward import ForwardStore
 from common.profile import TagTable
-from common.types import Fused, GeoPoint, ItemWindows, UserCounters
+from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, UserCounters
 from ranker.base import RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
 
@@ -128,13 +128,12 @@ def feature_rows(fused: Sequence[Fused], x: FeatureInputs) -> list[dict[str, flo
     return rows
 
 
-def feature_columns(fused: Sequence[Fused], x: FeatureInputs) -> dict[str, np.ndarray | float]:
+def feature_columns(candidates: CandidateArrays, x: FeatureInputs) -> dict[str, np.ndarray | float]:
     """`feature_rows` as columns (name → one value a candidate, or one scalar for all; NaN = missing):
-    the same values (a randomized test holds them equal), without a dict a candidate — about a
-    quarter of the time for 200 candidates (`bench/ranker_bench.py` prints both)."""
+    the same values (a randomized test holds them equal), from arrays — no dict, no object a candidate."""
     lat, lon, popularity, origin, counters = x.lat, x.lon, x.popularity, x.origin, x.counters
     created, now, tag_table, item_windows = x.created, x.now, x.tag_table, x.item_windows
-    n = len(fused)
+    n = len(candidates)
     nan = math.nan
     cols: dict[str, np.ndarray | float] = {}
     if counters is not None:
@@ -150,36 +149,25 @@ def feature_columns(fused: Sequence[Fused], x: FeatureInputs) -> dict[str, np.nd
             )
     if not n:
         return cols
-    ords = np.fromiter((f.ordinal for f in fused), dtype=np.int64, count=n)
-    # Branch sources: one pass, per branch three lists (found, rank, score) filled where it found the item.
-    per_branch: dict[str, tuple[list[float], list[float], list[float]]] = {}
-    best = [nan] * n
-    found = [0.0] * n
-    score = [0.0] * n
-    for i, f in enumerate(fused):
-        srcs = f.sources
-        found[i] = float(len(srcs))
-        score[i] = f.score
-        top = nan
-        for s in srcs:
-            lists = per_branch.get(s.branch)
-            if lists is None:
-                lists = per_branch[s.branch] = ([nan] * n, [nan] * n, [nan] * n)
-            lists[0][i] = 1.0
-            lists[1][i] = r = float(s.rank)
-            lists[2][i] = s.score
-            if not r >= top:  # also true while top is NaN
-                top = r
-        best[i] = top
-    for branch, (hit, rank, raw) in per_branch.items():
-        cols[f"found_by_{branch}"] = np.array(hit)
-        cols[f"{branch}_rank"] = np.array(rank)
+    ords = candidates.ordinal
+    at, rank = candidates.src_item, candidates.src_rank.astype(np.float64)
+    for b, branch in enumerate(candidates.branches):
+        mine = candidates.src_branch == b
+        where = at[mine]
+        found, ranks = np.full(n, nan), np.full(n, nan)
+        found[where] = 1.0
+        ranks[where] = rank[mine]
+        cols[f"found_by_{branch}"], cols[f"{branch}_rank"] = found, ranks
         name = _SCORE_FEATURE.get(branch)
         if name is not None:
-            cols[name] = np.array(raw)
-    cols["best_branch_rank"] = np.array(best)
-    cols["branches_found"] = np.array(found)
-    cols["fused_score"] = np.array(score)
+            raw = np.full(n, nan)
+            raw[where] = candidates.src_score[mine]
+            cols[name] = raw
+    best = np.full(n, math.inf)
+    np.minimum.at(best, at, rank)
+    cols["best_branch_rank"] = np.where(np.isinf(best), nan, best)
+    cols["branches_found"] = np.bincount(at, minlength=n).astype(np.float64)
+    cols["fused_score"] = candidates.score.astype(np.float64)
     if origin is not None:
         with np.errstate(invalid="ignore"):
             cols["distance_km"] = haversine_many(origin.lat, origin.lon, lat[ords], lon[ords]) / 1000.0
@@ -199,7 +187,7 @@ def feature_columns(fused: Sequence[Fused], x: FeatureInputs) -> dict[str, np.nd
 
 
 def feature_matrix(
-    fused: Sequence[Fused],
+    fused: Sequence[Fused] | CandidateArrays,
     collection: RankingContext,
     origin: GeoPoint | None,
     counters: UserCounters | None,
@@ -221,5 +209,5 @@ def feature_matrix(
         tag_table=collection.tag_table,
         item_windows=item_windows,
     )
-    cols = feature_columns(fused, inputs)
-    return schema.vectorize_columns(cols, len(fused))
+    candidates = fused if isinstance(fused, CandidateArrays) else CandidateArrays.of(fused)
+    return schema.vectorize_columns(feature_columns(candidates, inputs), len(candidates))

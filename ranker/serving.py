@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.types import Fused, ItemWindows, UserCounters
+from common.types import CandidateArrays, Fused, ItemWindows, UserCounters
 from ranker.base import RankingContext, RankQuery
 from ranker.features import feature_matrix
 from ranker.metrics import RANK_CANDIDATES, RANK_LATENCY, RANKER_INFO
@@ -55,6 +55,24 @@ class ModelRanker:
     ) -> list[Fused]:
         if not candidates:
             return candidates
+        scores = await self.score_arrays(
+            query, CandidateArrays.of(candidates), collection, counters, item_windows
+        )
+        for f, s in zip(candidates, scores.tolist(), strict=True):
+            f.score = s
+        # Stable sort: equal model scores keep the fused order (as `score_arrays`' callers sort).
+        return sorted(candidates, key=lambda f: -f.score)
+
+    async def score_arrays(
+        self,
+        query: RankQuery,
+        candidates: CandidateArrays,
+        collection: RankingContext,
+        counters: UserCounters | None = None,
+        item_windows: ItemWindows | None = None,
+    ) -> np.ndarray:
+        if not len(candidates):
+            return np.zeros(0, dtype=np.float32)
         t0 = time.perf_counter()
         X = feature_matrix(
             candidates, collection, query.location, counters, self.schema, item_windows=item_windows
@@ -62,10 +80,7 @@ class ModelRanker:
         scores = await self.batcher.score(X)
         RANK_LATENCY.labels(collection.name).observe(time.perf_counter() - t0)
         RANK_CANDIDATES.labels(collection.name).observe(len(candidates))
-        for f, s in zip(candidates, scores.tolist(), strict=True):
-            f.score = s
-        # Stable sort: equal model scores keep the fused order.
-        return sorted(candidates, key=lambda f: -f.score)
+        return scores
 
 
 def load_model_ranker(

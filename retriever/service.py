@@ -16,7 +16,7 @@ from opentelemetry import trace
 from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
-from ranker.base import ExplainingRanker, FusedOrder, Ranker, RankingContext
+from ranker.base import ArrayRanker, ExplainingRanker, FusedOrder, Ranker, RankingContext
 from ranker.schema import reads_item_windows
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
@@ -243,24 +243,42 @@ class SearchService:
         counters, store_ok = await ex.counters_task if ex.counters_task is not None else (None, True)
         ex.degraded = ex.degraded or not store_ok
         ranker = collection.ranker or self.ranker
-        # The fused order kept as it is needs only the hits' Fused objects; a model scores them all.
-        keeps_order = isinstance(ranker, FusedOrder) and not ex.query.debug
         count = ex.candidate_count
-        ex.materialize(ex.query.top_k if keeps_order else None)
-        windows = None
-        if isinstance(ranker, ExplainingRanker) and ex.fused and reads_item_windows(ranker.schema):
-            # A model reading the candidates' real-time item counts gets them (one store call).
-            try:
-                windows = await self.item_windows(collection, [f.ordinal for f in ex.fused])
-            except StoreUnavailable as exc:
-                log.warning("item windows unavailable (%s): ranking without them", exc)
-                ex.degraded = True
+        span = {"quarry.ranker": ranker.name, "quarry.candidates": count}
+        if ex.pending is not None and not ex.query.debug and isinstance(ranker, ArrayRanker | FusedOrder):
+            # Scored as arrays, then ordered: `Fused` objects only for the answer's hits (the fused order
+            # kept as it is needs nothing else either).
+            scorer = ranker if isinstance(ranker, ArrayRanker) and count else None
+            candidates = ex.pending.candidates() if scorer is not None else None
+            windows = None
+            if candidates is not None:
+                windows = await self._item_windows(ex, ranker, candidates.ordinal.tolist())
+            with self.tracer.start_as_current_span("rank", attributes=span):
+                if scorer is not None and candidates is not None:
+                    scores = await scorer.score_arrays(ex.query, candidates, collection, counters, windows)
+                    # Stable, as a list ranker's sort: equal scores keep the fused order.
+                    order = np.argsort(-scores, kind="stable")
+                    ex.pending = ex.pending.reorder(order, scores[order].astype(np.float64))
+                ex.materialize(ex.query.top_k)
+            return
+        ex.materialize()
+        windows = await self._item_windows(ex, ranker, [f.ordinal for f in ex.fused])
         if ex.query.debug:
             ex.explain = self._explain_rank(ex, ranker, counters, windows)
-        with self.tracer.start_as_current_span(
-            "rank", attributes={"quarry.ranker": ranker.name, "quarry.candidates": count}
-        ):
+        with self.tracer.start_as_current_span("rank", attributes=span):
             ex.fused = await ranker.rank(ex.query, ex.fused, collection, counters, windows)
+
+    async def _item_windows(self, ex: Exchange, ranker: Ranker, ordinals: list[int]) -> ItemWindows | None:
+        """The candidates' real-time item counts, for a model that reads them (one store call); None
+        otherwise, or when the store failed (the answer is then degraded)."""
+        if not ordinals or not isinstance(ranker, ExplainingRanker) or not reads_item_windows(ranker.schema):
+            return None
+        try:
+            return await self.item_windows(ex.generation, ordinals)
+        except StoreUnavailable as exc:
+            log.warning("item windows unavailable (%s): ranking without them", exc)
+            ex.degraded = True
+            return None
 
     async def _hydrate(self, ex: Exchange) -> None:
         ex.hits = self._hits(ex.fused[: ex.query.top_k], ex.generation, ex.query.location)

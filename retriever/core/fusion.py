@@ -18,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 
-from common.types import LEARNED_FEATURES, Candidate, Fused, SourceScore
+from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused, SourceScore
 
 Normalization = Literal["minmax", "zscore", "rank"]
 
@@ -108,14 +108,40 @@ class FusedArrays:
             self._count[keep],
         )
 
+    def reorder(self, order: np.ndarray, score: np.ndarray) -> FusedArrays:
+        """The items in `order` (positions), with new scores (a model ranker's), sources unchanged."""
+        return FusedArrays(
+            self.ordinal[order], score, self._entries, self._by_item, self._start[order], self._count[order]
+        )
+
+    def _sources(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first n items' entry indices, item by item (each in branch order), and the bounds."""
+        counts = self._count[:n]
+        bounds = np.concatenate([[0], np.cumsum(counts)])
+        return self._by_item[np.repeat(self._start[:n] - bounds[:-1], counts) + np.arange(bounds[-1])], bounds
+
+    def candidates(self) -> CandidateArrays:
+        """Every item as the ranker's features read them: equal to `CandidateArrays.of(self.fused())`
+        without building the objects (~0.3 ms for 235 items)."""
+        n = len(self.ordinal)
+        at, _bounds = self._sources(n)
+        e = self._entries
+        return CandidateArrays(
+            self.ordinal,
+            self.score,
+            np.repeat(np.arange(n, dtype=np.int64), self._count),
+            e.branch[at],
+            e.score[at],
+            e.rank[at],
+            e.names,
+        )
+
     def fused(self, limit: int | None = None) -> list[Fused]:
         """The first `limit` items (all without one) as `Fused`, sources in branch order."""
         n = len(self.ordinal) if limit is None else max(0, min(limit, len(self.ordinal)))
         if n == 0:
             return []
-        counts = self._count[:n]
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        at = self._by_item[np.repeat(self._start[:n] - bounds[:-1], counts) + np.arange(bounds[-1])]
+        at, bounds = self._sources(n)
         e = self._entries
         names = e.names
         sources = [

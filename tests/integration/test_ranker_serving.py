@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from common.settings import QuarrySettings
-from common.types import Fused
+from common.types import CandidateArrays
 from quarry.training import train_movielens
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
@@ -40,22 +40,23 @@ def _settings(model: Path) -> QuarrySettings:
 
 
 class Recording(ModelRanker):
-    """Our own ranker, recording the feature matrix it scored (to compare with the offline path)."""
+    """Our own ranker, recording the feature matrix it scored (to compare with the offline path); the
+    server scores through `score_arrays` (and `rank`, for debug answers, through it too)."""
 
     seen: list[np.ndarray]
 
-    async def rank(
+    async def score_arrays(
         self,
         query: Any,
-        candidates: list[Fused],
+        candidates: CandidateArrays,
         collection: Any,
         counters: Any = None,
         item_windows: Any = None,
-    ) -> list[Fused]:
+    ) -> np.ndarray:
         self.seen.append(
             feature_matrix(candidates, collection, query.location, counters, item_windows=item_windows)
         )
-        return await super().rank(query, candidates, collection, counters, item_windows)
+        return await super().score_arrays(query, candidates, collection, counters, item_windows)
 
 
 def _recording_service(out: Path) -> tuple[Collection, Recording, MemoryRecentStore, SearchService]:
@@ -231,6 +232,39 @@ def test_a_model_without_item_windows_never_reads_them(
         res = await svc.recommend(SearchQuery(collection="movielens", user_id="few", top_k=10, debug=True))
         assert res.hits and not res.degraded
         assert res.debug is not None and res.debug.feature_names == fewer.names
+        await svc.aclose()
+
+    asyncio.run(go())
+
+
+def test_plain_answers_rank_exactly_as_debug_answers(trained: tuple[Path, dict[str, Any]]) -> None:
+    """Plain answers are scored from fusion's arrays (`Fused` objects for the hits alone), debug answers
+    through the list path (`rank`): the same hits, in the same order, with the same scores."""
+    from dataclasses import replace
+
+    coll, _rec, store, svc = _recording_service(trained[0])
+    ids = coll.forward.ids
+
+    async def go() -> None:
+        # Stamped an hour ahead of the clock, the events count at full weight in the item windows until
+        # then: two requests a moment apart read the same features (a minute-old one would decay between).
+        later = time.time() + 3600
+        events = [
+            UserEvent(f"p{i}", f"u{i % 5}", ids[(i * 37) % 400], "rating", later - i, 4.0) for i in range(60)
+        ]
+        await store.append("movielens", events)
+        compared = 0
+        for user in ("u0", "u1", "u2", "u3", "u4", "nobody"):
+            for q in (
+                SearchQuery(collection="movielens", user_id=user, top_k=15),
+                SearchQuery(collection="movielens", text="star wars", user_id=user, top_k=5),
+            ):
+                run = svc.search if q.text else svc.recommend
+                plain, debug = await run(q), await run(replace(q, debug=True))
+                assert plain.hits, q
+                assert [(h.id, h.score) for h in plain.hits] == [(h.id, h.score) for h in debug.hits], q
+                compared += len(plain.hits)
+        assert compared > 60
         await svc.aclose()
 
     asyncio.run(go())

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from common.settings import CollectionSettings, FusionSettings, LearnedFusion
-from common.types import LEARNED_FEATURES, Candidate, Fused
+from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused
 from retriever.core.fusion import (
     LinearModel,
     fuse,
@@ -226,3 +226,36 @@ def test_fused_arrays_filter_then_build_equals_build_then_filter(seed: int) -> N
         assert len(part) == len(kept)
         for limit in (None, 0, 1, 3, len(kept), len(kept) + 5):
             assert part.fused(limit) == kept[:limit]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_fused_arrays_give_the_rankers_arrays_and_reorder_as_a_list_would(seed: int) -> None:
+    """`candidates()` equals the arrays made from the built `Fused` objects (what the model ranker's
+    features read either way), and a model's reordering (`reorder`, stable on equal scores) builds the
+    same `Fused` objects as rescoring and stably sorting the list."""
+    rng = np.random.default_rng(300 + seed)
+    ranked: dict[str, list[Candidate]] = {}
+    for b in ("inverted", "ann", "geo", "behavior", "preference")[: rng.integers(1, 6)]:
+        n = int(rng.integers(0, 60))
+        scores = np.sort(rng.random(n))[::-1]
+        ranked[b] = [Candidate(int(o), float(s)) for o, s in zip(rng.integers(0, 90, n), scores, strict=True)]
+    arrays = rrf_arrays(ranked, k=60)
+    keep = rng.random(len(arrays)) < 0.7
+    arrays = arrays.take(keep)
+    whole = arrays.fused()
+    got, want = arrays.candidates(), CandidateArrays.of(whole)
+    assert got.ordinal.tolist() == want.ordinal.tolist() and got.score.tolist() == want.score.tolist()
+    assert got.src_item.tolist() == want.src_item.tolist()
+    assert [got.branches[b] for b in got.src_branch] == [want.branches[b] for b in want.src_branch]
+    assert (
+        got.src_score.tolist() == want.src_score.tolist() and got.src_rank.tolist() == want.src_rank.tolist()
+    )
+    # A model's scores (float32, with ties) → the same order and scores both ways.
+    model = rng.integers(0, 5, len(arrays)).astype(np.float32) / 4
+    order = np.argsort(-model, kind="stable")
+    reordered = arrays.reorder(order, model[order].astype(np.float64))
+    for f, s in zip(whole, model.tolist(), strict=True):
+        f.score = s
+    by_list = sorted(whole, key=lambda f: -f.score)
+    for limit in (None, 0, 1, 10):
+        assert reordered.fused(limit) == by_list[:limit]

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from common.profile import TagArrays, TagTable
-from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
+from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
 from ranker.features import FeatureInputs, feature_columns, feature_rows
 from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
 
@@ -66,6 +66,6 @@ def test_columns_equal_the_row_definition(seed: int) -> None:
     )
     for schema in (DEFAULT_SCHEMA, DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)):
         want = schema.vectorize(feature_rows(fused, inputs))
-        got = schema.vectorize_columns(feature_columns(fused, inputs), len(fused))
+        got = schema.vectorize_columns(feature_columns(CandidateArrays.of(fused), inputs), len(fused))
         np.testing.assert_array_equal(got, want)
         assert got.shape == (len(fused), schema.dim) and got.dtype == np.float32
