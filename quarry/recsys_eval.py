@@ -40,8 +40,7 @@ from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from quarry.stats import paired_bootstrap
 from quarry.training import replayed_service
-from ranker.features import feature_matrix
-from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES, FeatureSchema, reads_item_windows
+from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES, FeatureSchema
 from retriever.core.types import SearchQuery
 from retriever.generations import Collection
 from retriever.service import SearchService
@@ -125,13 +124,8 @@ def _candidates(
             fused = await phase.service.candidates(q, recommend=True)
             seen = phase.seen.get(u, set())
             fused = [f for f in fused if f.ordinal not in seen][:n]
-            counters = await phase.service.user_counters(phase.collection, u, now=phase.now)
-            windows = None
-            if reads_item_windows(schema):
-                ords = [f.ordinal for f in fused]
-                windows = await phase.service.item_windows(phase.collection, ords, now=phase.now)
-            X = feature_matrix(
-                fused, phase.collection, None, counters, schema, now=phase.now, item_windows=windows
+            X = await phase.service.candidate_features(
+                phase.collection, u, fused, schema=schema, now=phase.now
             )
             out[u] = ([f.ordinal for f in fused], X)
         return out

@@ -30,7 +30,6 @@ from common.types import Fused
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from quarry.evaluate import ndcg_at_k, recall_at_k
-from ranker.features import feature_matrix
 from ranker.model import MLPRanker
 from ranker.schema import DEFAULT_SCHEMA
 from retriever.core.types import SearchQuery
@@ -70,10 +69,7 @@ async def _collect(
                 SearchQuery(collection=collection.name, user_id=u, top_k=candidates), recommend=True
             )
         )[:candidates]
-        counters = await svc.user_counters(collection, u, now=now)
-        windows = await svc.item_windows(collection, [f.ordinal for f in fused], now=now)
-        X = feature_matrix(fused, collection, None, counters, now=now, item_windows=windows)
-        out[u] = (fused, X)
+        out[u] = (fused, await svc.candidate_features(collection, u, fused, now=now))
     return out
 
 

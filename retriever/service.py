@@ -17,7 +17,8 @@ from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
 from ranker.base import ArrayRanker, ExplainingRanker, FusedOrder, Ranker, RankingContext
-from ranker.schema import reads_item_windows
+from ranker.features import feature_matrix
+from ranker.schema import DEFAULT_SCHEMA, FeatureSchema, reads_item_windows
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -413,6 +414,25 @@ class SearchService:
         ids = collection.forward.ids
         counts = await self.recent.item_windows(collection.name, [ids[o] for o in ordinals], now)
         return ItemWindows(dict(zip(ordinals, counts, strict=True)))
+
+    async def candidate_features(
+        self,
+        collection: Collection,
+        user_id: str,
+        fused: Sequence[Fused],
+        *,
+        schema: FeatureSchema = DEFAULT_SCHEMA,
+        now: float | None = None,
+    ) -> np.ndarray:
+        """A ranker's input for `fused` as the ranking stage builds it for `user_id` at `now` (default:
+        the clock): the user's counters and profile, the candidates' item windows when `schema` reads
+        them, no request location. The trainers call this, so their rows come from serving's own reads.
+        Raises StoreUnavailable."""
+        counters = await self.user_counters(collection, user_id, now=now)
+        windows = None
+        if reads_item_windows(schema):
+            windows = await self.item_windows(collection, [f.ordinal for f in fused], now=now)
+        return feature_matrix(fused, collection, None, counters, schema, now=now, item_windows=windows)
 
     async def _counters(
         self, collection: Collection, user_id: str, reader: UserRecent | None = None

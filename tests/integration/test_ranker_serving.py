@@ -108,12 +108,9 @@ def test_model_serves_and_offline_features_equal_online(trained: tuple[Path, dic
         assert res.hits and scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
         # Offline path (the trainer's): same request → same candidates → same features.
         fused = await svc.candidates(query, recommend=True)
-        # The trainers read the user through the service's own user_counters (counters + profile) and
-        # the candidates through its item_windows.
-        windows = await svc.item_windows(coll, [f.ordinal for f in fused])
-        offline = feature_matrix(
-            fused, coll, None, await svc.user_counters(coll, "fan"), item_windows=windows
-        )
+        # The trainers' call: the user through the service's own user_counters (counters + profile), the
+        # candidates through its item_windows, then the features.
+        offline = await svc.candidate_features(coll, "fan", fused)
         names = list(DEFAULT_SCHEMA.names)
         decaying = [names.index(f"item_events_{w}") for w in ("1h", "1d", "7d")]
         steady = [i for i in range(len(names)) if i not in decaying]
