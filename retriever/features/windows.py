@@ -29,7 +29,6 @@ STATE_TTL_S = 28 * 86_400
 #: (newest event time, 1 h count, 1 d count, 7 d count), the counts decayed to that time.
 State = tuple[float, float, float, float]
 Counts = tuple[float, float, float]
-ZERO: Counts = (0.0, 0.0, 0.0)
 _TAUS = np.asarray(TAUS)
 
 
@@ -45,20 +44,10 @@ def add_event(state: State | None, ts: float) -> State:
     return (t, a + ea, b + eb, c + ec)
 
 
-def counts_at(state: State | None, now: float) -> Counts:
-    """The counts at `now`. Events after `now` (a client clock ahead of ours) count at full weight."""
-    if state is None:
-        return ZERO
-    t, a, b, c = state
-    if now <= t:
-        return (a, b, c)
-    da, db, dc = (math.exp(-(now - t) / tau) for tau in TAUS)
-    return (a * da, b * db, c * dc)
-
-
 def counts_many(states: Sequence[State | None], now: float) -> list[Counts]:
-    """`counts_at` for many states at once (one vectorised exp: a request's 200 candidates in ~30 µs
-    instead of ~250); both stores read through this."""
+    """Each state's counts at `now` (zeros for None): decayed from the state's newest event to `now`;
+    events after `now` (a client clock ahead of ours) count at full weight. One vectorised exp for all
+    (a request's 200 candidates in ~30 µs instead of ~250 one at a time); both stores read through this."""
     if not states:
         return []
     arr = np.array([(now, 0.0, 0.0, 0.0) if s is None else s for s in states], dtype=np.float64)
