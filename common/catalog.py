@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -96,6 +97,16 @@ class Item(BaseModel):
 def embed_text(item: Item, fields: Iterable[str]) -> str:
     """The text embedded for an item: its chosen fields joined with '. ' (empty fields skipped)."""
     return ". ".join(t for f in fields if (t := item.text.get(f, "").strip()))
+
+
+#: A sentence ends at . ! or ? followed by white space and a capital letter, a digit or "(".
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\d])")
+
+
+def split_sentences(text: str) -> list[str]:
+    """``text``'s sentences (stripped, empty ones dropped), by punctuation: good enough for prose in
+    Latin scripts, one sentence for text without such boundaries."""
+    return [s for part in _SENTENCE.split(text) if (s := part.strip())]
 
 
 class Event(BaseModel):

@@ -187,6 +187,9 @@ class AnnSettings(_Model):
     #: "static": by the static query encoder distilled for this catalog at build time (`quarry index
     #: build --query-encoder static`; ~0.05 ms a query; its quality: README "Quality and speed").
     query_encoder: Literal["model", "static"] = "model"
+    #: Score items by their best passage (own vector or a sentence window) when the snapshot was built with
+    #: passages (`quarry index build --passages`); false searches the items' own vectors only.
+    passages: bool = True
 
 
 class BehaviorSettings(_Model):

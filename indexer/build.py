@@ -21,6 +21,7 @@ from common.index.geo import build_geo
 from common.index.ranker_part import write_ranker_part
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
 from indexer.behavior import BehaviorParams, build_behavior
+from indexer.passages import PassageOptions, passage_texts
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,13 @@ class BuildOptions:
     #: Query-sized pieces of the longer item texts encoded to distil it (at most; items whose own text
     #: is query-sized are used as they are, at no cost).
     distill_texts: int = 100_000
+    #: Also encode the long items' sentence windows and build, beside each vector index, one over the items
+    #: and their windows that scores an item by its best passage (`indexer.passages`); a collection
+    #: serves it with `ann.passages = true` (the default when the snapshot has it).
+    passages: PassageOptions | None = None
+
+
+PASSAGES_DIR = "passages"
 
 
 def _collect(items: Iterable[Item], progress: bool) -> list[Item]:
@@ -205,7 +213,63 @@ def build_vectors(
         static = distill_query_encoder(catalog, vectors, encoder, encoder_meta, directory, options)
         part["query_encoders"] = {"static": static}
         part["files"] = sorted([*part["files"], *(f"vectors/{f}" for f in static["files"])])
+    if options.passages is not None:
+        if encoder is None or encoder_meta.get("source") != "encoded":
+            raise ValueError(
+                "passage vectors are encoded by the model that encodes the items in this build: "
+                "not with catalog embeddings (build without passages)"
+            )
+        passages = write_passage_indexes(catalog, vectors, encoder, encoder_meta, directory, options)
+        part["passages"] = passages
+        part["files"] = sorted([*part["files"], *(f"vectors/{f}" for f in passages["files"])])
     return part
+
+
+def write_passage_indexes(
+    catalog: Sequence[Item],
+    vectors: np.ndarray,
+    encoder: TextEncoder,
+    encoder_meta: dict[str, Any],
+    directory: Path,
+    options: BuildOptions,
+) -> dict[str, Any]:
+    """Encode the long items' sentence windows and build, for each configured vector index kind, one over
+    the items' vectors and their windows (`common.index.vectors.passages`) under ``directory/passages``."""
+    from common.index.vectors.passages import build_passage_index
+
+    assert options.passages is not None
+    t0 = time.perf_counter()
+    texts, owner = passage_texts(catalog, encoder_meta["fields"], options.passages)
+    if texts:
+        windows = encoder.encode(texts, batch_size=options.encode_batch_size, progress=options.progress)
+    else:
+        windows = np.empty((0, vectors.shape[1]), dtype=np.float32)
+    encode_s = time.perf_counter() - t0
+    sub = directory / PASSAGES_DIR
+    indexes: dict[str, Any] = {}
+    for kind in options.vector_indexes:
+        params = options.hnsw_params if kind == "hnsw" else options.ivf_params
+        index = build_passage_index(kind, vectors, windows, owner, params or {}, progress=options.progress)
+        indexes[kind] = index.save(sub)
+        del index
+    files = sorted({f"{PASSAGES_DIR}/{f}" for m in indexes.values() for f in m["files"].values()})
+    log.info(
+        "passages: %d windows of %d long items (of %d) encoded in %.1fs; indexes %s",
+        len(texts),
+        len(np.unique(owner)),
+        len(catalog),
+        encode_s,
+        list(indexes),
+    )
+    return {
+        "dir": PASSAGES_DIR,
+        **options.passages.as_dict(),
+        "windows": len(texts),
+        "items_with_windows": len(np.unique(owner)),
+        "indexes": indexes,
+        "files": files,
+        "encode_seconds": round(encode_s, 1),
+    }
 
 
 def distill_query_encoder(

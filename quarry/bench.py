@@ -68,26 +68,30 @@ def bench_ann(
     index, encoder = branch.index, branch.encoder
     queries = _queries(coll, n, data_dir)
     pool = ThreadPoolExecutor(4)
-    raw = index.raw  # type: ignore[attr-defined]
+    # A passage index (items scored by their best passage) first asks its inner index for this many rows.
+    inner, k_raw = _raw_index(index, k)
+    raw = inner.raw
 
-    if index.kind == "hnsw":
-        ef = max(branch.params.ef or index.ef_search, k)  # type: ignore[attr-defined]
+    if inner.kind == "hnsw":
+        ef = max(branch.params.ef or inner.ef_search, k_raw)
         raw.set_ef(ef)
 
         def raw_search(v: np.ndarray) -> Any:
-            return raw.knn_query(v[None, :], k=k, num_threads=1)
+            return raw.knn_query(v[None, :], k=k_raw, num_threads=1)
 
         setting = f"ef={ef}"
     else:
         import faiss
 
-        nprobe = branch.params.nprobe or index.nprobe  # type: ignore[attr-defined]
+        nprobe = branch.params.nprobe or inner.nprobe
         params = faiss.SearchParametersIVF(nprobe=nprobe)
 
         def raw_search(v: np.ndarray) -> Any:
-            return raw.search(v[None, :], k, params=params)
+            return raw.search(v[None, :], k_raw, params=params)
 
         setting = f"nprobe={nprobe}"
+    if inner is not index:
+        setting += f", {inner.count} passage rows, raw search of the first {k_raw} rows"
 
     async def via_branch(text: str) -> None:
         req = RecallRequest(
@@ -138,7 +142,7 @@ def bench_ann(
         f"{len(queries)} real queries, top-{k}, one at a time",
         _fmt(f"raw {encoder.name} encode (onnxruntime)", raw_enc),
         _fmt(
-            f"raw {index.kind} search ({'hnswlib knn_query' if index.kind == 'hnsw' else 'faiss search'})",
+            f"raw {inner.kind} search ({'hnswlib knn_query' if inner.kind == 'hnsw' else 'faiss search'})",
             raw_srch,
         ),
         _fmt("raw encode + search", raw_total),
@@ -212,6 +216,8 @@ def bench_search(
         fn()
         raw.setdefault(name, []).append((time.perf_counter() - t0) * 1e6)
 
+    if ann is not None:
+        ann_inner, ann_k = _raw_index(ann.index, 100)  # type: ignore[attr-defined]
     loop = asyncio.new_event_loop()
     total: list[float] = []
     per_branch: dict[str, list[float]] = {}
@@ -228,10 +234,10 @@ def bench_search(
         if ann is not None:
             t("onnxruntime encode", lambda q=q: ann.encoder.encode([q.text]))  # type: ignore[attr-defined]
             v = ann.encoder.encode([q.text])  # type: ignore[attr-defined]
-            if ann.index.kind == "hnsw":  # type: ignore[attr-defined]
-                t("hnswlib knn_query", lambda v=v: ann.index.raw.knn_query(v, k=100, num_threads=1))  # type: ignore[attr-defined]
+            if ann_inner.kind == "hnsw":
+                t("hnswlib knn_query", lambda v=v: ann_inner.raw.knn_query(v, k=ann_k, num_threads=1))
             else:
-                t("faiss search", lambda v=v: ann.index.raw.search(v, 100))  # type: ignore[attr-defined]
+                t("faiss search", lambda v=v: ann_inner.raw.search(v, ann_k))
         if beh is not None and q.user_id:
             hist = beh.index.user_history(q.user_id)  # type: ignore[attr-defined]
             seeds = [(o, 1.0) for o in hist[:20]]
@@ -281,6 +287,16 @@ def bench_search(
         f"  total p50 / sum of raw p50s: {statistics.median(total) / raw_sum_p50:.2f}×",
     ]
     return "\n".join(lines)
+
+
+def _raw_index(index: Any, k: int) -> tuple[Any, int]:
+    """The library index a branch's vector index searches, and how many rows it first asks of it for k
+    items: the same index and k, or a passage index's inner one and k × its rows per item."""
+    from common.index.vectors.passages import ROWS_PER_ITEM, PassageIndex
+
+    if isinstance(index, PassageIndex):
+        return index.inner, k * ROWS_PER_ITEM
+    return index, k
 
 
 def _raw_inverted(inv: Any, terms: Any, filters: Any) -> Any:

@@ -124,6 +124,13 @@ def index() -> None:
     help="With --query-encoder static: at most this many query-sized pieces of longer item texts encoded.",
 )
 @click.option(
+    "--passages",
+    metavar="none|SENTENCES:STRIDE",
+    help="Also encode long items' sentence windows (e.g. 3:2: windows of 3 sentences every 2) and build "
+    "indexes that score an item by its best passage (served with ann.passages = true, the default when "
+    "the snapshot has them), or 'none' [default: the data set's choice (scifact 2:1), else none].",
+)
+@click.option(
     "--shards",
     type=click.IntRange(1, 4096),
     help="Build a shard set of N shards (items partitioned by a stable hash of their id; served by "
@@ -164,6 +171,7 @@ def index_build(
     ranker_model: Path | None,
     query_encoder: str | None,
     distill_texts: int,
+    passages: str | None,
     shards: int | None,
     processes: int | None,
     only: str | None,
@@ -179,6 +187,7 @@ def index_build(
     from common.snapshot_root import SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
+    from indexer.passages import PassageOptions
     from indexer.sharded import build_sharded, fold_changes
 
     def build(
@@ -218,6 +227,13 @@ def index_build(
             )
         common["query_encoder"] = query_encoder
         common["distill_texts"] = distill_texts
+    if passages is not None:
+        try:
+            common["passages"] = PassageOptions.parse(passages)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--passages") from None
+    if common["encoder"] is None:
+        common["passages"] = None  # no vectors, no passages
     try:
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
@@ -1107,6 +1123,14 @@ def eval_group() -> None:
     help="How ann encodes queries: the item encoder (MiniLM), the static encoder distilled at build time "
     "(`index build --query-encoder static`), or both with the paired difference.",
 )
+@click.option(
+    "--passages",
+    type=click.Choice(["on", "off", "both"]),
+    default="on",
+    show_default=True,
+    help="ann scores items by their best passage when the snapshot has passages (on), by their own "
+    "vectors (off), or both with the paired difference.",
+)
 def eval_scifact(
     snapshot: Path | None,
     data_dir: Path | None,
@@ -1119,11 +1143,14 @@ def eval_scifact(
     learned_out: Path | None,
     max_queries: int | None,
     query_encoder: str,
+    passages: str,
 ) -> None:
     """nDCG@k of recall branches on SciFact with its judgments (or, with --cv-folds, of every fusion)."""
     from quarry.evaluate import evaluate_scifact, evaluate_scifact_fusion
 
     names = [b.strip() for b in branches.split(",") if b.strip()]
+    if query_encoder == "both" and passages == "both":
+        raise click.UsageError("compare --query-encoder both or --passages both, one at a time")
     if cv_folds is None:
         if learned_out is not None or max_queries is not None:
             raise click.UsageError("--learned-out and --max-queries go with --cv-folds")
@@ -1135,13 +1162,16 @@ def eval_scifact(
             branches=names,
             fusion=fusion,
             query_encoder=query_encoder,
+            passages=passages,
         )
         click.echo(json.dumps(report, indent=2))
         return
     if len(names) < 2:
         raise click.UsageError("--cv-folds compares fusions: give several --branches, e.g. inverted,ann")
-    if query_encoder == "both":
-        raise click.UsageError("--cv-folds takes --query-encoder model or static, one at a time")
+    if query_encoder == "both" or passages == "both":
+        raise click.UsageError(
+            "--cv-folds takes --query-encoder model or static and --passages on or off, one at a time"
+        )
     report = evaluate_scifact_fusion(
         snapshot=snapshot,
         data_dir=data_dir,
@@ -1153,6 +1183,7 @@ def eval_scifact(
         learned_out=learned_out,
         max_queries=max_queries,
         query_encoder=query_encoder,
+        passages=passages == "on",
     )
     snippet = report.pop("toml")
     click.echo(json.dumps(report, indent=2))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from common.settings import AnnSettings, BranchSpec, CollectionSettings, FusionSettings
+from common.snapshot import read_manifest
 from retriever.settings import load_settings
 
 if TYPE_CHECKING:
@@ -62,42 +63,68 @@ def evaluate_scifact(
     branches: Sequence[str] = ("inverted",),
     fusion: str = "rrf",
     query_encoder: str = "model",
+    passages: str = "on",
 ) -> dict[str, Any]:
     """nDCG@k / Recall@100 of the given recall branches (fused when several) through the search core.
 
     Without `snapshot`, one is built in a temporary directory (with item vectors when "ann" is asked for:
     encoding 5,183 abstracts with MiniLM takes minutes on 2 cores). `query_encoder` "model", "static"
     (ann.query_encoder) or "both": each, and static − model paired per query with a bootstrap 95% CI.
+    `passages` "on" (ann.passages: items scored by their best passage when the snapshot has them), "off"
+    (the items' own vectors) or "both", likewise paired (passages − items); one "both" at a time.
     """
     from indexer.datasets import default_data_dir, scifact
 
+    if query_encoder == "both" and passages == "both":
+        raise ValueError("compare query encoders or passages, one at a time")
     data = data_dir or default_data_dir()
     queries = scifact.queries(data)
     judgments = scifact.qrels(data, split)
-    kinds = ("model", "static") if query_encoder == "both" else (query_encoder,)
+    # (label, query encoder, passages): a label prefixes a variant's figures when there are two
+    if query_encoder == "both":
+        variants = [("model", "model", passages != "off"), ("static", "static", passages != "off")]
+    elif passages == "both":
+        variants = [("items", query_encoder, False), ("passages", query_encoder, True)]
+    else:
+        variants = [("", query_encoder, passages != "off")]
     scores: dict[str, tuple[list[float], list[float]]] = {}
     with _scifact_snapshot(snapshot, data, branches, query_encoder) as snap:
-        for kind in kinds:
-            run = asyncio.run(_run(snap, {q: queries[q] for q in judgments}, branches, fusion, kind))
+        vectors = read_manifest(snap).parts.get("vectors", {})
+        for label, encoder, use_passages in variants:
+            run = asyncio.run(
+                _run(snap, {q: queries[q] for q in judgments}, branches, fusion, encoder, use_passages)
+            )
             ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
             rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
-            scores[kind] = (ndcg, rec)
+            scores[label] = (ndcg, rec)
     report: dict[str, Any] = {
         "dataset": "scifact",
         "split": split,
         "branches": list(branches),
         "fusion": fusion if len(branches) > 1 else None,
         "queries": len(judgments),
+        "passages": _passages_note(vectors) if "ann" in branches else None,
     }
-    for kind, (ndcg, rec) in scores.items():
-        prefix = f"{kind}." if len(scores) > 1 or kind != "model" else ""
+    for label, (ndcg, rec) in scores.items():
+        prefix = f"{label}." if label else ""
         report[f"{prefix}ndcg@{k}"] = round(sum(ndcg) / len(ndcg), 4)
         report[f"{prefix}recall@100"] = round(sum(rec) / len(rec), 4)
     if len(scores) == 2:  # paired per query: the interval of the mean difference
-        diff = [s - m for s, m in zip(scores["static"][0], scores["model"][0], strict=True)]
-        report[f"static-model.ndcg@{k}"] = _score(diff)
+        (a, (base, _)), (b, (other, _)) = scores.items()
+        diff = [y - x for y, x in zip(other, base, strict=True)]
+        report[f"{b}-{a}.ndcg@{k}"] = _score(diff)
     report["reference"] = "BEIR BM25 nDCG@10 = 0.665 (test split)"
     return report
+
+
+def _passages_note(vectors: Mapping[str, Any]) -> str:
+    part = vectors.get("passages")
+    if part is None:
+        return "none in this snapshot (items' own vectors)"
+    return (
+        f"{part['windows']} windows of {part['sentences']} sentences every {part['stride']} "
+        f"over {part['items_with_windows']} long items"
+    )
 
 
 async def _run(
@@ -106,6 +133,7 @@ async def _run(
     branches: Sequence[str],
     fusion: str,
     query_encoder: str = "model",
+    passages: bool = True,
 ) -> dict[str, list[str]]:
     from retriever.core.types import SearchQuery
     from retriever.generations import Collection, Registry
@@ -113,7 +141,7 @@ async def _run(
 
     settings = load_settings()
     registry = Registry()
-    registry.put(Collection(snapshot, _eval_collection(branches, fusion, query_encoder)))
+    registry.put(Collection(snapshot, _eval_collection(branches, fusion, query_encoder, passages)))
     service = SearchService(settings, registry)
     out: dict[str, list[str]] = {}
     try:
@@ -126,11 +154,11 @@ async def _run(
 
 
 def _eval_collection(
-    branches: Sequence[str], fusion: str, query_encoder: str = "model"
+    branches: Sequence[str], fusion: str, query_encoder: str = "model", passages: bool = True
 ) -> CollectionSettings:
     settings = load_settings()
     return CollectionSettings(
-        ann=AnnSettings(query_encoder=query_encoder),  # type: ignore[arg-type]
+        ann=AnnSettings(query_encoder=query_encoder, passages=passages),  # type: ignore[arg-type]
         # fail_open=False: an evaluation must not silently score a degraded answer.
         branches={b: BranchSpec(quota=100, timeout_ms=60_000, fail_open=False) for b in branches},
         fusion=FusionSettings(strategy=fusion),  # type: ignore[arg-type]
@@ -139,7 +167,11 @@ def _eval_collection(
 
 
 async def branch_lists(
-    snapshot: Path, queries: Mapping[str, str], branches: Sequence[str], query_encoder: str = "model"
+    snapshot: Path,
+    queries: Mapping[str, str],
+    branches: Sequence[str],
+    query_encoder: str = "model",
+    passages: bool = True,
 ) -> tuple[dict[str, dict[str, list[Candidate]]], dict[int, str]]:
     """Each branch's own candidate list per query (one Search each, debug answers), and ordinal → item id.
 
@@ -150,7 +182,7 @@ async def branch_lists(
     from retriever.service import SearchService
 
     registry = Registry()
-    collection = Collection(snapshot, _eval_collection(branches, "rrf", query_encoder))
+    collection = Collection(snapshot, _eval_collection(branches, "rrf", query_encoder, passages))
     registry.put(collection)
     service = SearchService(load_settings(), registry)
     lists: dict[str, dict[str, list[Candidate]]] = {}
@@ -278,6 +310,7 @@ def evaluate_scifact_fusion(
     learned_out: Path | None = None,
     max_queries: int | None = None,
     query_encoder: str = "model",
+    passages: bool = True,
 ) -> dict[str, Any]:
     """`cv_fusion` on SciFact's judgments (train: the only split that ships), recall run once per query;
     with `learned_out`, writes the model fitted on all of them as a `[collections.scifact.fusion]` TOML
@@ -291,8 +324,9 @@ def evaluate_scifact_fusion(
     if max_queries is not None:
         judgments = dict(list(judgments.items())[:max_queries])
     with _scifact_snapshot(snapshot, data, branches, query_encoder) as snap:
+        vectors = read_manifest(snap).parts.get("vectors", {})
         lists, ids = asyncio.run(
-            branch_lists(snap, {q: queries[q] for q in judgments}, branches, query_encoder)
+            branch_lists(snap, {q: queries[q] for q in judgments}, branches, query_encoder, passages)
         )
     report = cv_fusion(lists, ids, judgments, branches=branches, k=k, folds=folds, seed=seed)
     model = report.pop("_model")
@@ -313,7 +347,12 @@ def evaluate_scifact_fusion(
         ),
     )
     report.update(
-        dataset="scifact", split=split, branches=list(branches), query_encoder=query_encoder, toml=snippet
+        dataset="scifact",
+        split=split,
+        branches=list(branches),
+        query_encoder=query_encoder,
+        passages=_passages_note(vectors) if passages and "ann" in branches else "off",
+        toml=snippet,
     )
     if learned_out is not None:
         learned_out.write_text(snippet)

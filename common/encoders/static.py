@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from common.catalog import split_sentences
 from common.fsutil import atomic_write
 
 log = logging.getLogger(__name__)
@@ -127,9 +127,6 @@ class StaticQueryEncoder:
         return out
 
 
-_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\d])")
-
-
 def training_texts(
     texts: Sequence[str], token_lengths: np.ndarray, *, max_extra: int, short_tokens: int = 48, seed: int = 0
 ) -> tuple[list[int], list[str]]:
@@ -146,7 +143,7 @@ def training_texts(
     seen = {texts[i] for i in short}
     sentences: list[str] = []
     for text in long_texts:
-        sentences.extend(s.strip() for s in _SENTENCE.split(text) if 20 <= len(s.strip()) <= 300)
+        sentences.extend(s for s in split_sentences(text) if 20 <= len(s) <= 300)
     windows: list[str] = []
     if long_texts and max_extra > len(sentences):
         per_text = -(-(max_extra - len(sentences)) // len(long_texts))

@@ -34,6 +34,8 @@ class Dataset:
     embed_fields: list[str] | None = None
     #: Item-to-item table parameters for the data set's events (None: defaults).
     behavior_params: Any = None
+    #: Sentence windows of long items encoded beside the items (indexer.passages.PassageOptions; None: none).
+    passages: Any = None
 
     def build_options(self, **overrides: Any) -> BuildOptions:
         """BuildOptions carrying this data set's fields, prior and embedding fields; `overrides` win."""
@@ -45,8 +47,10 @@ class Dataset:
             "text_weight_attr": self.text_weight_attr,
             "embed_fields": self.embed_fields,
             "behavior_params": self.behavior_params,
+            "passages": self.passages,
         }
-        base.update({k: v for k, v in overrides.items() if v is not None or k == "encoder"})
+        # None overrides nothing, except where None is a choice: no encoder, no passages.
+        base.update({k: v for k, v in overrides.items() if v is not None or k in ("encoder", "passages")})
         return BuildOptions(**base)
 
 

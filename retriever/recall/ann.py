@@ -61,9 +61,12 @@ class AnnBranch:
             )
         if options.query_encoder == "static":
             encoder = _static_encoder(generation, part, encoder, fp)
-        index = load_vector_index(
-            Path(generation.root) / part["dir"], meta, mmap=options.mmap, use_gpu=options.use_gpu
-        )
+        directory = Path(generation.root) / part["dir"]
+        passages = part.get("passages") if options.passages else None
+        if passages is not None and options.backend in passages["indexes"]:
+            # Items scored by their best passage: the same contract over item ordinals.
+            directory, meta = directory / passages["dir"], passages["indexes"][options.backend]
+        index = load_vector_index(directory, meta, mmap=options.mmap, use_gpu=options.use_gpu)
         n = len(generation.base_forward)
         if index.count != n or index.dim != encoder.dim:
             raise BranchUnavailable(f"vector index has {index.count}×{index.dim}, expected {n}×{encoder.dim}")

@@ -5,6 +5,8 @@
 - `approximate` the search skeleton the approximate backends share (exact-or-ANN decision, padding)
 - `hnsw`        hnswlib HNSW
 - `ivf`         faiss IVF-Flat / IVF-PQ, with `ivf_gpu` (its GPU copy) beside it
+- `kinds`       build / open a single-level index by kind
+- `passages`    items scored by their best passage (max-pooled rows of an inner index of either kind)
 
 Both the indexer (build) and the retriever (load, search) use this package; the snapshot manifest entry
 written by `save` is what `load_vector_index` reads back.
@@ -12,12 +14,9 @@ written by `save` is what `load_vector_index` reads back.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from common.index.vectors.base import (
     FORMAT_VERSION,
@@ -32,46 +31,17 @@ from common.index.vectors.base import (
 from common.index.vectors.exact import ExactIndex, exact_search
 from common.index.vectors.hnsw import HnswIndex
 from common.index.vectors.ivf import FaissIvfIndex, default_nlist
-
-_BUILDERS: dict[str, Callable[..., VectorIndex]] = {
-    "hnsw": HnswIndex.build,
-    "ivf": FaissIvfIndex.build,
-    "exact": ExactIndex.build,
-}
-
-
-def build_vector_index(
-    kind: IndexKind, vectors: np.ndarray, params: Mapping[str, Any] | None = None, *, progress: bool = False
-) -> VectorIndex:
-    """Build a ``kind`` index over ``vectors``; ``params`` are the backend's ``build`` keyword arguments.
-
-    Unknown parameter names raise ``ValueError`` rather than being ignored, so a typo in a config file does
-    not silently build with defaults.
-    """
-    try:
-        builder = _BUILDERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown vector index kind {kind!r} (expected {sorted(_BUILDERS)})") from None
-
-    allowed = set(inspect.signature(builder).parameters) - {"vectors", "progress"}
-    unknown = set(params or {}) - allowed
-    if unknown:
-        raise ValueError(f"unknown {kind} index parameter(s) {sorted(unknown)}; known: {sorted(allowed)}")
-    return builder(vectors, progress=progress, **dict(params or {}))
+from common.index.vectors.kinds import build_vector_index, load_flat_index
+from common.index.vectors.passages import PassageIndex, build_passage_index
 
 
 def load_vector_index(
     directory: Path, meta: Mapping[str, Any], *, mmap: bool, use_gpu: GpuMode = "auto"
 ) -> VectorIndex:
     """Open the index a snapshot manifest entry (``meta``, as returned by ``save``) describes."""
-    kind = meta.get("kind")
-    if kind == "ivf":
-        return FaissIvfIndex.load(Path(directory), meta, mmap=mmap, use_gpu=use_gpu)
-    if kind == "hnsw":
-        return HnswIndex.load(Path(directory), meta, mmap=mmap)
-    if kind == "exact":
-        return ExactIndex.load(Path(directory), meta, mmap=mmap)
-    raise ValueError(f"unknown vector index kind {kind!r} in manifest (expected one of {sorted(_BUILDERS)})")
+    if meta.get("kind") == PassageIndex.kind:
+        return PassageIndex.load(Path(directory), meta, mmap=mmap, use_gpu=use_gpu)
+    return load_flat_index(directory, meta, mmap=mmap, use_gpu=use_gpu)
 
 
 __all__ = [
@@ -84,8 +54,10 @@ __all__ = [
     "GpuMode",
     "HnswIndex",
     "IndexKind",
+    "PassageIndex",
     "SearchParams",
     "VectorIndex",
+    "build_passage_index",
     "build_vector_index",
     "default_nlist",
     "exact_search",

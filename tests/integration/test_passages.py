@@ -1,0 +1,158 @@
+"""Long items found by their best passage, over gRPC, on real SciFact abstracts and claims with MiniLM.
+
+Each "composite" item is six real abstracts end to end; the one that holds a claim's evidence comes last,
+past the 256 tokens MiniLM reads of the item's own text, and the composite takes that abstract's id (so
+SciFact's judgments grade it). With passages the ANN branch finds it by the window that holds the
+evidence; with `ann.passages = false` (the items' own vectors) it cannot. The collection is named
+"scifact" because `quarry eval scifact` searches that collection.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from common.catalog import Item
+from common.settings import AnnSettings
+from common.snapshot import read_manifest
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
+from indexer.build import BuildOptions, build_snapshot
+from indexer.datasets import scifact
+from indexer.passages import PassageOptions
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def longdocs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, dict[str, str]]:
+    """The snapshot, and claim text → the id of the composite that holds its evidence (the evidence's id)."""
+    docs = {it.id: it for it in scifact.load(data_dir).items()}
+    queries = scifact.queries(data_dir)
+    judged = list(scifact.qrels(data_dir, "train").items())[:8]
+    # one claim per evidence abstract (two claims may cite the same one)
+    by_doc = {next(iter(rel)): qid for qid, rel in reversed(judged) if len(rel) == 1}
+    claims = sorted(((qid, doc) for doc, qid in by_doc.items()), key=lambda c: int(c[0]))
+    evidence = set(by_doc)
+    filler = [it for doc_id, it in docs.items() if doc_id not in evidence][:60]
+    items, want = [], {}
+    for n, (qid, doc) in enumerate(claims):
+        bodies = [filler[n * 5 + m].text["body"] for m in range(5)] + [docs[doc].text["body"]]
+        items.append(Item(id=doc, text={"title": f"Collected abstracts {n}", "body": " ".join(bodies)}))
+        want[queries[qid]] = doc
+    items += filler[40:60]  # real abstracts as they are: short enough to need no passages
+    out = tmp_path_factory.mktemp("snap") / "composites"
+    ds = scifact.load(data_dir)
+    options = BuildOptions(
+        collection="scifact",
+        text_fields=ds.text_fields,
+        embed_fields=["title", "body"],
+        passages=PassageOptions(sentences=3, stride=2),
+        progress=False,
+    )
+    build_snapshot(items, out, options, {"dataset": "scifact composites (test)"})
+    return out, want
+
+
+def _ranks(target: str, want: dict[str, str], n_items: int) -> list[int]:
+    ranks = []
+    with grpc.insecure_channel(target) as channel:
+        stub = search_pb2_grpc.SearchServiceStub(channel)
+        for claim, item in want.items():
+            resp = stub.Search(
+                pb.SearchRequest(collection="scifact", query=claim, top_k=n_items, branches=["ann"]),
+                timeout=30,
+            )
+            assert not resp.degraded
+            ids = [h.id for h in resp.hits]
+            assert all(s.branch == "ann" for h in resp.hits for s in h.sources)
+            ranks.append(ids.index(item) + 1 if item in ids else n_items + 1)
+    return ranks
+
+
+def test_long_items_are_found_by_their_best_passage(longdocs: tuple[Path, dict[str, str]]) -> None:
+    snap, want = longdocs
+    manifest = read_manifest(snap)
+    part = manifest.parts["vectors"]["passages"]
+    assert (part["sentences"], part["stride"]) == (3, 2)
+    assert part["items_with_windows"] >= len(want) and part["windows"] > 0
+    assert set(part["indexes"]) == {"hnsw", "ivf"}
+    assert all((snap / f).is_file() for f in manifest.parts["vectors"]["files"])
+    n_items = manifest.counts["items"]
+
+    with_passages = ServerThread([snap])
+    try:
+        found = _ranks(with_passages.target, want, n_items)
+    finally:
+        with_passages.close()
+    from retriever.settings import load_settings
+
+    defaults = load_settings().defaults
+    items_only = ServerThread(
+        [snap], defaults=defaults.model_copy(update={"ann": AnnSettings(passages=False)})
+    )
+    try:
+        missed = _ranks(items_only.target, want, n_items)
+    finally:
+        items_only.close()
+    # Measured: passages [1, 1, 1, 1, 1, 1, 1], the items' own vectors [4, 24, 12, 27, 15, 5, 15].
+    assert max(found) <= 3 and sum(r == 1 for r in found) >= len(found) // 2, found
+    assert sum(missed) >= 3 * sum(found), (found, missed)
+
+
+def test_eval_compares_passages_with_items_paired(
+    longdocs: tuple[Path, dict[str, str]], data_dir: Path
+) -> None:
+    from quarry.evaluate import evaluate_scifact
+
+    snap, _want = longdocs
+    report = evaluate_scifact(snapshot=snap, data_dir=data_dir, branches=["ann"], passages="both")
+    assert "windows of 3 sentences every 2" in report["passages"]
+    # Only the composites' claims have their evidence in this catalog: every other claim scores 0 both ways.
+    assert report["passages.ndcg@10"] > report["items.ndcg@10"] > 0
+    diff = report["passages-items.ndcg@10"]
+    assert diff["mean"] == pytest.approx(report["passages.ndcg@10"] - report["items.ndcg@10"], abs=2e-4)
+    assert diff["ci95"][0] > 0
+    with pytest.raises(ValueError, match="one at a time"):
+        evaluate_scifact(
+            snapshot=snap, data_dir=data_dir, branches=["ann"], passages="both", query_encoder="both"
+        )
+
+
+def test_cli_builds_passages_and_refuses_bad_specs(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    sentences = " ".join(f"Finding number {n} concerns protein {n} in mice." for n in range(1, 8))
+    cat = tmp_path / "papers.jsonl"
+    cat.write_text(
+        json.dumps({"id": "long", "text": {"title": "A long abstract", "body": sentences}})
+        + "\n"
+        + json.dumps({"id": "short", "text": {"title": "A note", "body": "One finding."}})
+        + "\n"
+    )
+    out = tmp_path / "snap"
+    args = ["index", "build", "--catalog", str(cat), "--out", str(out), "--no-progress"]
+    r = CliRunner().invoke(main, [*args, "--passages", "3"])
+    assert r.exit_code == 2 and "SENTENCES:STRIDE like 3:2" in r.output
+    r = CliRunner().invoke(main, [*args, "--passages", "2:3"])
+    assert r.exit_code == 2 and "stride must be 1..2" in r.output
+    r = CliRunner().invoke(main, [*args, "--passages", "3:2", "--vector-index", "hnsw"])
+    assert r.exit_code == 0, r.output
+    part = read_manifest(out).parts["vectors"]["passages"]
+    # 7 sentences in windows of 3 every 2: starts 1, 3, 5 (the last reaches sentence 7)
+    assert (part["windows"], part["items_with_windows"], list(part["indexes"])) == (3, 1, ["hnsw"])
+    assert part["indexes"]["hnsw"]["rows"] == 2 + 3
+    r = CliRunner().invoke(main, ["index", "verify", str(out)])
+    assert r.exit_code == 0, r.output
+    # catalog embeddings came from elsewhere: this build cannot encode passages consistent with them
+    cat.write_text(
+        json.dumps({"id": "long", "text": {"title": "A", "body": sentences}, "embedding": [1.0] * 384}) + "\n"
+    )
+    r = CliRunner().invoke(main, [*args, "--force", "--passages", "3:2"])
+    assert r.exit_code == 1 and "not with catalog embeddings" in r.output
