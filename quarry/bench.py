@@ -50,7 +50,13 @@ def _queries(collection: Any, n: int, data_dir: Path | None) -> list[str]:
 
 
 def bench_ann(
-    snapshot: Path, *, n: int = 300, k: int = 100, backend: str = "hnsw", data_dir: Path | None = None
+    snapshot: Path,
+    *,
+    n: int = 300,
+    k: int = 100,
+    backend: str = "hnsw",
+    data_dir: Path | None = None,
+    passages: bool = True,
 ) -> str:
     """ANN branch inside Quarry vs the raw encoder + raw library call, one query at a time, same run."""
     from retriever.core.types import SearchQuery
@@ -59,8 +65,9 @@ def bench_ann(
     from retriever.recall.base import RecallRequest
 
     settings = CollectionSettings(
-        branches={"ann": BranchSpec(quota=k, timeout_ms=60_000)}, ann=AnnSettings(backend=backend)
-    )  # type: ignore[arg-type]
+        branches={"ann": BranchSpec(quota=k, timeout_ms=60_000)},
+        ann=AnnSettings(backend=backend, passages=passages),  # type: ignore[arg-type]
+    )
     coll = Collection(snapshot, settings, verify="size")
     branch = coll.branches.get("ann")
     if not isinstance(branch, AnnBranch):

@@ -1373,11 +1373,19 @@ def bench() -> None:
 @click.option("-k", "k", default=100, show_default=True)
 @click.option("--backend", default="hnsw", type=click.Choice(["hnsw", "ivf"]), show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), envvar="QUARRY_DATA_DIR")
-def bench_ann_cmd(snapshot: Path, n: int, k: int, backend: str, data_dir: Path | None) -> None:
+@click.option(
+    "--passages/--no-passages",
+    default=True,
+    show_default=True,
+    help="Items scored by their best passage when the snapshot has passages (ann.passages).",
+)
+def bench_ann_cmd(
+    snapshot: Path, n: int, k: int, backend: str, data_dir: Path | None, passages: bool
+) -> None:
     """ANN branch latency inside Quarry vs the raw encoder + library call."""
     from quarry.bench import bench_ann
 
-    click.echo(bench_ann(snapshot, n=n, k=k, backend=backend, data_dir=data_dir))
+    click.echo(bench_ann(snapshot, n=n, k=k, backend=backend, data_dir=data_dir, passages=passages))
 
 
 @bench.command("search")

@@ -18,8 +18,9 @@ import pytest
 from common.catalog import Item
 from common.settings import AnnSettings
 from common.snapshot import read_manifest
+from common.snapshot_root import SnapshotRoot
+from common.v1 import admin_pb2, admin_pb2_grpc, search_pb2_grpc
 from common.v1 import search_pb2 as pb
-from common.v1 import search_pb2_grpc
 from indexer.build import BuildOptions, build_snapshot
 from indexer.datasets import scifact
 from indexer.passages import PassageOptions
@@ -45,7 +46,8 @@ def longdocs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[
         items.append(Item(id=doc, text={"title": f"Collected abstracts {n}", "body": " ".join(bodies)}))
         want[queries[qid]] = doc
     items += filler[40:60]  # real abstracts as they are: short enough to need no passages
-    out = tmp_path_factory.mktemp("snap") / "composites"
+    # Published into a snapshot root, so the real-time test below can upsert and delete over it.
+    root = SnapshotRoot(tmp_path_factory.mktemp("passages") / "root")
     ds = scifact.load(data_dir)
     options = BuildOptions(
         collection="scifact",
@@ -54,8 +56,9 @@ def longdocs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[
         passages=PassageOptions(sentences=3, stride=2),
         progress=False,
     )
-    build_snapshot(items, out, options, {"dataset": "scifact composites (test)"})
-    return out, want
+    with root.publish("scifact") as out:
+        build_snapshot(items, out, options, {"dataset": "scifact composites (test)"})
+    return root.live("scifact"), want
 
 
 def _ranks(target: str, want: dict[str, str], n_items: int) -> list[int]:
@@ -156,3 +159,49 @@ def test_cli_builds_passages_and_refuses_bad_specs(tmp_path: Path) -> None:
     )
     r = CliRunner().invoke(main, [*args, "--force", "--passages", "3:2"])
     assert r.exit_code == 1 and "not with catalog embeddings" in r.output
+
+
+def test_upserted_and_deleted_items_leave_their_passages_behind(
+    longdocs: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """A replaced item's old passages must not find it, nor a deleted item's: the generation's passage rows
+    belong to its dead ordinal. The new version is searched by its own vector until the next build."""
+    import shutil
+
+    snap, want = longdocs
+    root = tmp_path / "root"
+    shutil.copytree(snap.parent.parent, root)  # a private copy of the published root
+    token = "passages-token"
+    auth = (("authorization", f"Bearer {token}"),)
+    (replaced_claim, replaced), (deleted_claim, deleted) = list(want.items())[:2]
+    srv = ServerThread([], root=root, admin_token=token)
+    try:
+        admin = admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(srv.target))
+        item = admin_pb2.Item(id=replaced, text={"title": "Renamed", "body": "Nothing about that claim now."})
+        assert (
+            admin.Upsert(admin_pb2.UpsertRequest(collection="scifact", items=[item]), metadata=auth).accepted
+            == 1
+        )
+        res = admin.Delete(admin_pb2.DeleteRequest(collection="scifact", ids=[deleted]), metadata=auth)
+        assert list(res.not_found) == []
+        with grpc.insecure_channel(srv.target) as channel:
+            stub = search_pb2_grpc.SearchServiceStub(channel)
+            for claim, gone in ((replaced_claim, replaced), (deleted_claim, deleted)):
+                resp = stub.Search(
+                    pb.SearchRequest(
+                        collection="scifact", query=claim, top_k=50, branches=["ann"], debug=True
+                    ),
+                    timeout=30,
+                )
+                assert not resp.degraded
+                hits = [h.id for h in resp.hits]
+                if gone == deleted:
+                    assert deleted not in hits
+                else:  # the new version competes by its own vector: nowhere near the top any more
+                    assert replaced not in hits[:3], hits
+                    assert next(h for h in resp.hits if h.id == replaced).title == "Renamed"
+                # the other composites still come first for their own claims
+            others = list(want.items())[2:]
+            assert others and _ranks(srv.target, dict(others), 50) == [1] * len(others)
+    finally:
+        srv.close()
