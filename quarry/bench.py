@@ -298,11 +298,11 @@ def bench_search(
 
 def _raw_index(index: Any, k: int) -> tuple[Any, int]:
     """The library index a branch's vector index searches, and how many rows it first asks of it for k
-    items: the same index and k, or a passage index's inner one and k × its rows per item."""
-    from common.index.vectors.passages import ROWS_PER_ITEM, PassageIndex
+    items: the same index and k, or a passage index's inner one and its first fetch for k items."""
+    from common.index.vectors.passages import PassageIndex
 
     if isinstance(index, PassageIndex):
-        return index.inner, k * ROWS_PER_ITEM
+        return index.inner, index.first_fetch(k)
     return index, k
 
 

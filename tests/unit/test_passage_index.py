@@ -165,3 +165,18 @@ def test_rows_must_start_with_the_items_in_order(data: dict[str, np.ndarray]) ->
         PassageIndex(inner, owner[:-1], N)
     with pytest.raises(ValueError, match="owners"):
         build_passage_index("exact", data["items"], data["passages"], data["owner"][:-1])
+
+
+def test_one_item_with_many_close_passages_does_not_crowd_out_the_rest(data: dict[str, np.ndarray]) -> None:
+    """The first rows asked for all belong to one item: the search asks again until k items are found."""
+    q = data["queries"][:1]
+    rng = np.random.default_rng(3)
+    crowd = _unit(np.repeat(q, 300, axis=0) + rng.normal(0, 0.01, (300, D)))
+    passages = np.concatenate([data["passages"], crowd])
+    owner = np.concatenate([data["owner"], np.full(300, 17)])
+    index = build_passage_index("exact", data["items"], passages, owner)
+    assert index.first_fetch(K) < 300  # so the first answer holds item 17 alone
+    ids, _ = index.search(q, K)
+    want, _ = truth({**data, "passages": passages, "owner": owner}, q, K)
+    assert ids[0][0] == 17 and len(set(ids[0].tolist())) == K
+    np.testing.assert_array_equal(ids, want)
