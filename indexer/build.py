@@ -20,8 +20,8 @@ from common.index.forward import write_forward
 from common.index.geo import build_geo
 from common.index.ranker_part import write_ranker_part
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
+from common.passages import PassageOptions, passage_texts
 from indexer.behavior import BehaviorParams, build_behavior
-from indexer.passages import PassageOptions, passage_texts
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class BuildOptions:
     #: is query-sized are used as they are, at no cost).
     distill_texts: int = 100_000
     #: Also encode the long items' sentence windows and build, beside each vector index, one over the items
-    #: and their windows that scores an item by its best passage (`indexer.passages`); a collection
+    #: and their windows that scores an item by its best passage (`common.passages`); a collection
     #: serves it with `ann.passages = true` (the default when the snapshot has it).
     passages: PassageOptions | None = None
 

@@ -183,11 +183,11 @@ def index_build(
     from common.catalog import CatalogError, Event, Item, read_events, read_items
     from common.changelog import ChangeLogError
     from common.index.text import Analyzer, TextField
+    from common.passages import PassageOptions
     from common.snapshot import SnapshotError
     from common.snapshot_root import SnapshotRoot
     from indexer.build import BuildOptions, build_snapshot
     from indexer.datasets import DatasetUnavailable, load_dataset
-    from indexer.passages import PassageOptions
     from indexer.sharded import build_sharded, fold_changes
 
     def build(

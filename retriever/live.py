@@ -43,6 +43,7 @@ from common.encoders.shared import shared_encoder
 from common.geo import haversine_many
 from common.index.forward import DISPLAY_CHARS, ForwardStore
 from common.index.text import TextField, item_document, open_index, ordinal_query
+from common.passages import PassageOptions, passage_texts
 from common.types import Candidate
 
 log = logging.getLogger(__name__)
@@ -77,12 +78,15 @@ class Vectorizer:
     source: str
     fields: tuple[str, ...]
     threads: int = 1
+    #: How the generation cut its long items into passages (None: it has no passage index).
+    passages: PassageOptions | None = None
 
     @classmethod
     def from_manifest(cls, part: Mapping[str, Any] | None, threads: int) -> Vectorizer | None:
         if part is None:
             return None
         enc = part["encoder"]
+        cut = part.get("passages")
         return cls(
             encoder=str(enc["name"]),
             fingerprint=str(enc.get("fingerprint", "")),
@@ -90,6 +94,7 @@ class Vectorizer:
             source=str(enc.get("source", "encoded")),
             fields=tuple(enc.get("fields") or ()),
             threads=threads,
+            passages=None if cut is None else PassageOptions(int(cut["sentences"]), int(cut["stride"])),
         )
 
     def check(self, item: Item) -> str | None:
@@ -121,6 +126,22 @@ class Vectorizer:
             v = encoder.encode([embed_text(it, self.fields) for it in items])
         v = np.asarray(v, dtype=np.float32)
         return v / np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
+
+    def windows(self, items: Sequence[Item]) -> list[np.ndarray]:
+        """Each item's passage vectors (m_i, dim), cut as the generation's build cut them (none for an item
+        short enough, and none at all when the generation has no passages)."""
+        empty = np.zeros((0, self.dim), dtype=np.float32)
+        if self.passages is None or not items:
+            return [empty for _ in items]
+        texts, owner = passage_texts(items, self.fields, self.passages)
+        if not texts:
+            return [empty for _ in items]
+        encoder, fp = shared_encoder(self.encoder, self.threads)
+        if fp != self.fingerprint:
+            raise RuntimeError(f"encoder {fp} differs from the one that built the collection")
+        v = np.asarray(encoder.encode(texts), dtype=np.float32)
+        v /= np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
+        return [v[owner == i] for i in range(len(items))]
 
 
 class _OrdOf(Mapping[str, int]):
@@ -261,6 +282,9 @@ class LiveView:
     remap: np.ndarray | None = None
     #: The delta's unit vectors (len(delta), dim), row i for ordinal N+i; None without vectors.
     vectors: np.ndarray | None = None
+    #: The delta's passage vectors and each one's delta row (when the generation has passages).
+    passage_vectors: np.ndarray | None = None
+    passage_owner: np.ndarray | None = None
     #: Searcher over the working text index; None: the generation's own index serves (no change yet).
     searcher: tantivy.Searcher | None = None
     #: The base popularity array (for `popularity`), when the generation has behavior data.
@@ -328,11 +352,17 @@ class LiveView:
     def delta_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
         return None if allowed is None else allowed[self.base_n :]
 
-    def delta_vectors(self, query: np.ndarray, allowed: np.ndarray | None, k: int) -> list[Candidate]:
-        """Exact top-k of the delta by inner product."""
+    def delta_vectors(
+        self, query: np.ndarray, allowed: np.ndarray | None, k: int, *, passages: bool = False
+    ) -> list[Candidate]:
+        """Exact top-k of the delta by inner product (with `passages`: each item's best of its own vector
+        and its passages', as a passage index scores the generation's items)."""
         if self.vectors is None or not len(self.vectors):
             return []
-        scores = self.vectors @ np.asarray(query, dtype=np.float32)
+        q = np.asarray(query, dtype=np.float32)
+        scores = self.vectors @ q
+        if passages and self.passage_vectors is not None and len(self.passage_vectors):
+            np.maximum.at(scores, self.passage_owner, self.passage_vectors @ q)
         mask = self.delta_mask(allowed)
         if mask is not None:
             scores = np.where(mask, scores, -np.inf)
@@ -445,6 +475,9 @@ class LiveState:
         self._remap: np.ndarray | None = None
         dim = vectorizer.dim if vectorizer is not None else 0
         self._vectors = np.zeros((16, dim), dtype=np.float32)
+        self._windows = np.zeros((16, dim), dtype=np.float32)
+        self._window_owner = np.zeros(16, dtype=np.int64)
+        self._n_windows = 0
         self._upserts = 0
         self._deletes = 0
 
@@ -464,6 +497,7 @@ class LiveState:
             text = self._working_text()
             upserts = [(e, Item.model_validate(e["item"])) for e in entries if e["op"] == "upsert"]
             vectors = self._vectors_for(upserts)
+            windows = self._windows_for(upserts)
             items = {e["seq"]: item for e, item in upserts}
             self._dead = np.concatenate([self._dead, np.zeros(len(upserts), dtype=bool)])
             for e in entries:
@@ -478,6 +512,7 @@ class LiveState:
                         self._remap[base_o] = o  # its behavior and popularity follow it
                     if self.vectorizer is not None:
                         self._put_vector(len(self._delta) - 1, vectors[e["seq"]])
+                        self._put_windows(len(self._delta) - 1, windows.get(e["seq"]))
                     text.writer.add_document(item_document(o, item, self.text_fields))
                     self._upserts += 1
                 elif e["op"] == "delete" and self._kill(e["id"], text):
@@ -493,6 +528,8 @@ class LiveState:
                 dead=self._dead.copy() if self._any_dead else None,
                 remap=None if self._remap is None else self._remap.copy(),
                 vectors=self._vectors[:m] if self.vectorizer is not None else None,
+                passage_vectors=self._windows[: self._n_windows] if self._n_windows else None,
+                passage_owner=self._window_owner[: self._n_windows] if self._n_windows else None,
                 searcher=searcher,
                 base_popularity=self.view.base_popularity,
                 upserts=self._upserts,
@@ -523,6 +560,41 @@ class LiveState:
             for (s, _it), v in zip(todo, vz.vectors([it for _s, it in todo]), strict=True):
                 out[s] = v
         return out
+
+    def _windows_for(self, upserts: list[tuple[dict[str, Any], Item]]) -> dict[int, np.ndarray]:
+        """seq → the item's passage vectors, when the generation has passages: logged ones when made by
+        this collection's encoder, else cut and encoded now."""
+        vz = self.vectorizer
+        if vz is None or vz.passages is None:
+            return {}
+        out: dict[int, np.ndarray] = {}
+        todo: list[tuple[int, Item]] = []
+        for e, item in upserts:
+            logged = e.get("pvec") if e.get("fp") == vz.fingerprint else None
+            rows = None if logged is None else [decode_vector(t, vz.dim) for t in logged]
+            if rows is None or any(r is None for r in rows):
+                todo.append((e["seq"], item))
+            else:
+                out[e["seq"]] = np.asarray(rows, dtype=np.float32).reshape(len(rows), vz.dim)
+        if todo:
+            for (s, _it), w in zip(todo, vz.windows([it for _s, it in todo]), strict=True):
+                out[s] = w
+        return out
+
+    def _put_windows(self, row: int, windows: np.ndarray | None) -> None:
+        if windows is None or not len(windows):
+            return
+        need = self._n_windows + len(windows)
+        if need > len(self._windows):
+            size = max(need, 2 * len(self._windows))
+            grown = np.zeros((size, self._windows.shape[1]), dtype=np.float32)
+            grown[: self._n_windows] = self._windows[: self._n_windows]
+            owner = np.zeros(size, dtype=np.int64)
+            owner[: self._n_windows] = self._window_owner[: self._n_windows]
+            self._windows, self._window_owner = grown, owner  # published views keep the old buffers
+        self._windows[self._n_windows : need] = windows
+        self._window_owner[self._n_windows : need] = row
+        self._n_windows = need
 
     def _put_vector(self, row: int, vec: np.ndarray) -> None:
         if row >= len(self._vectors):

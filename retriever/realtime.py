@@ -170,6 +170,8 @@ class Realtime:
     def _upsert_ops(coll: Collection, items: list[Item]) -> list[dict[str, Any]]:
         vz = coll.live.vectorizer
         vectors = vz.vectors(items) if vz is not None else None
+        # Encoded once here and logged, like the item's vector: other processes replay them as they are.
+        windows = vz.windows(items) if vz is not None and vz.passages is not None else None
         now = time.time()
         ops = []
         for i, item in enumerate(items):
@@ -181,6 +183,8 @@ class Realtime:
             if vectors is not None and vz is not None:
                 op["vec"] = encode_vector(vectors[i])
                 op["fp"] = vz.fingerprint
+                if windows is not None:
+                    op["pvec"] = [encode_vector(w) for w in windows[i]]
             ops.append(op)
         return ops
 

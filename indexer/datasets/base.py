@@ -34,7 +34,7 @@ class Dataset:
     embed_fields: list[str] | None = None
     #: Item-to-item table parameters for the data set's events (None: defaults).
     behavior_params: Any = None
-    #: Sentence windows of long items encoded beside the items (indexer.passages.PassageOptions; None: none).
+    #: Sentence windows of long items encoded beside the items (common.passages.PassageOptions; None: none).
     passages: Any = None
 
     def build_options(self, **overrides: Any) -> BuildOptions:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from common.catalog import Item
 from common.index.text import Analyzer, TextField
+from common.passages import PassageOptions
 from indexer.datasets.base import Dataset, DatasetUnavailable
-from indexer.passages import PassageOptions
 
 TEXT_FIELDS = [
     # Title boost 0.4 was tuned on the train judgments (0.4 → nDCG@10 0.698 vs 0.675 at 1.0); see README.

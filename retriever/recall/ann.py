@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from common.encoders import QueryEmbeddingCache, TextEncoder
 from common.encoders.shared import shared_encoder
 from common.encoders.static import StaticQueryEncoder
-from common.index.vectors import SearchParams, VectorIndex, load_vector_index
+from common.index.vectors import PassageIndex, SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
 from common.types import Candidate
 from retriever.live import merge
@@ -102,7 +102,8 @@ class AnnBranch:
         mask, k = live.plan(allowed, request.restricts, quota)
         ords, scores = self.index.search(vec[None, :], k, allowed=mask, params=self.params)
         base = [Candidate(o, s) for o, s in zip(ords[0].tolist(), scores[0].tolist(), strict=True) if o >= 0]
-        return merge(live.alive(base, quota), live.delta_vectors(vec, allowed, quota), quota)
+        delta = live.delta_vectors(vec, allowed, quota, passages=isinstance(self.index, PassageIndex))
+        return merge(live.alive(base, quota), delta, quota)
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         vec = None

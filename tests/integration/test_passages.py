@@ -16,6 +16,8 @@ import grpc
 import pytest
 
 from common.catalog import Item
+from common.changelog import ChangeLog
+from common.passages import PassageOptions, passage_texts
 from common.settings import AnnSettings
 from common.snapshot import read_manifest
 from common.snapshot_root import SnapshotRoot
@@ -23,7 +25,6 @@ from common.v1 import admin_pb2, admin_pb2_grpc, search_pb2_grpc
 from common.v1 import search_pb2 as pb
 from indexer.build import BuildOptions, build_snapshot
 from indexer.datasets import scifact
-from indexer.passages import PassageOptions
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.integration
@@ -161,11 +162,12 @@ def test_cli_builds_passages_and_refuses_bad_specs(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "not with catalog embeddings" in r.output
 
 
-def test_upserted_and_deleted_items_leave_their_passages_behind(
-    longdocs: tuple[Path, dict[str, str]], tmp_path: Path
+def test_upserts_are_searched_by_their_passages_and_deletes_leave_none_behind(
+    longdocs: tuple[Path, dict[str, str]], tmp_path: Path, data_dir: Path
 ) -> None:
-    """A replaced item's old passages must not find it, nor a deleted item's: the generation's passage rows
-    belong to its dead ordinal. The new version is searched by its own vector until the next build."""
+    """Upsert cuts and encodes the new version's windows as the build did (and logs them, so a restarted or
+    second process replays them unencoded); the generation's passage rows belong to the old version's
+    ordinal, so a replaced or deleted item's old passages find nothing."""
     import shutil
 
     snap, want = longdocs
@@ -173,35 +175,57 @@ def test_upserted_and_deleted_items_leave_their_passages_behind(
     shutil.copytree(snap.parent.parent, root)  # a private copy of the published root
     token = "passages-token"
     auth = (("authorization", f"Bearer {token}"),)
-    (replaced_claim, replaced), (deleted_claim, deleted) = list(want.items())[:2]
-    srv = ServerThread([], root=root, admin_token=token)
-    try:
-        admin = admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(srv.target))
-        item = admin_pb2.Item(id=replaced, text={"title": "Renamed", "body": "Nothing about that claim now."})
-        assert (
-            admin.Upsert(admin_pb2.UpsertRequest(collection="scifact", items=[item]), metadata=auth).accepted
-            == 1
-        )
-        res = admin.Delete(admin_pb2.DeleteRequest(collection="scifact", ids=[deleted]), metadata=auth)
-        assert list(res.not_found) == []
-        with grpc.insecure_channel(srv.target) as channel:
+    (replaced_claim, replaced), (deleted_claim, deleted), (moved_claim, moved) = list(want.items())[:3]
+    docs = {it.id: it for it in scifact.load(data_dir).items()}
+    other = [it.text["body"] for i, it in list(docs.items())[300:320] if i not in want.values()][:5]
+    # `moved` keeps its evidence, last, behind five other abstracts: only its windows can find it
+    rewritten = admin_pb2.Item(
+        id=moved, text={"title": "Rewritten", "body": " ".join([*other, docs[moved].text["body"]])}
+    )
+    emptied = admin_pb2.Item(id=replaced, text={"title": "Renamed", "body": "Nothing about that claim now."})
+
+    def check(target: str) -> None:
+        with grpc.insecure_channel(target) as channel:
             stub = search_pb2_grpc.SearchServiceStub(channel)
-            for claim, gone in ((replaced_claim, replaced), (deleted_claim, deleted)):
+
+            def hits(claim: str) -> list[pb.Hit]:
                 resp = stub.Search(
-                    pb.SearchRequest(
-                        collection="scifact", query=claim, top_k=50, branches=["ann"], debug=True
-                    ),
+                    pb.SearchRequest(collection="scifact", query=claim, top_k=50, branches=["ann"]),
                     timeout=30,
                 )
                 assert not resp.degraded
-                hits = [h.id for h in resp.hits]
-                if gone == deleted:
-                    assert deleted not in hits
-                else:  # the new version competes by its own vector: nowhere near the top any more
-                    assert replaced not in hits[:3], hits
-                    assert next(h for h in resp.hits if h.id == replaced).title == "Renamed"
-                # the other composites still come first for their own claims
-            others = list(want.items())[2:]
-            assert others and _ranks(srv.target, dict(others), 50) == [1] * len(others)
+                return list(resp.hits)
+
+            assert deleted not in [h.id for h in hits(deleted_claim)]
+            found = hits(replaced_claim)
+            assert replaced not in [h.id for h in found[:3]], [h.id for h in found]
+            assert next(h for h in found if h.id == replaced).title == "Renamed"
+            top = hits(moved_claim)[0]
+            assert (top.id, top.title) == (moved, "Rewritten")
+        # the untouched composites still come first for their own claims
+        untouched = dict(list(want.items())[3:])
+        assert untouched and _ranks(target, untouched, 50) == [1] * len(untouched)
+
+    srv = ServerThread([], root=root, admin_token=token)
+    try:
+        admin = admin_pb2_grpc.AdminServiceStub(grpc.insecure_channel(srv.target))
+        res = admin.Upsert(
+            admin_pb2.UpsertRequest(collection="scifact", items=[emptied, rewritten]), metadata=auth
+        )
+        assert res.accepted == 2, res
+        res = admin.Delete(admin_pb2.DeleteRequest(collection="scifact", ids=[deleted]), metadata=auth)
+        assert list(res.not_found) == []
+        check(srv.target)
     finally:
         srv.close()
+    entries, _ = ChangeLog(root / "scifact" / "changes").read()
+    logged = {e["item"]["id"]: len(e["pvec"]) for e in entries if e["op"] == "upsert"}
+    cut, _ = passage_texts(
+        [Item(id=moved, text=dict(rewritten.text))], ["title", "body"], PassageOptions(sentences=3, stride=2)
+    )
+    assert logged == {replaced: 0, moved: len(cut)} and len(cut) > 10
+    restarted = ServerThread([], root=root, admin_token=token)  # replays the log over the generation
+    try:
+        check(restarted.target)
+    finally:
+        restarted.close()

@@ -1,11 +1,11 @@
-"""Which passages the indexer encodes for long items (indexer.passages)."""
+"""Which passages are encoded for long items (common.passages): at build and at Upsert."""
 
 from __future__ import annotations
 
 import pytest
 
 from common.catalog import Item, split_sentences
-from indexer.passages import PassageOptions, passage_texts
+from common.passages import PassageOptions, passage_texts
 
 
 def _item(i: str, title: str, body: str) -> Item:

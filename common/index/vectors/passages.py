@@ -2,7 +2,7 @@
 
 A long item (an abstract, an article) is poorly represented by one vector: the encoder truncates it (MiniLM
 at 256 tokens) and averages whatever it keeps, while a query usually matches one or two of its sentences.
-The indexer can encode each long item's sentence windows too (`indexer.passages`); this index holds every
+The indexer can encode each long item's sentence windows too (`common.passages`); this index holds every
 item's own vector plus those windows, each row owned by its item, and scores an item by its **best row**
 (max-pooling, like a nested kNN with score mode `max`).
 

@@ -1,5 +1,5 @@
 """Passages of long items, for the vector index that scores an item by its best passage
-(`common.index.vectors.passages`).
+(`common.index.vectors.passages`): cut by the indexer for a build and by the retriever for an Upsert.
 
 An item's passages are windows of `sentences` consecutive sentences of its longest embedded field (the
 body), starting every `stride` sentences, each prefixed with its other embedded fields (the title), so a
