@@ -229,3 +229,17 @@ def test_upserts_are_searched_by_their_passages_and_deletes_leave_none_behind(
         check(restarted.target)
     finally:
         restarted.close()
+
+
+def test_bench_ann_sets_the_passage_search_beside_its_raw_hnswlib_call(
+    longdocs: tuple[Path, dict[str, str]], data_dir: Path
+) -> None:
+    from quarry.bench import bench_ann
+
+    snap, _want = longdocs
+    out = bench_ann(snap, n=8, k=5, data_dir=data_dir)
+    # the raw yardstick is hnswlib over the rows the passage index first asks for (k × 4 rows an item)
+    assert "passages ef=" in out and "raw search of the first 20 rows" in out, out
+    assert "Quarry ANN branch, query cache hit" in out
+    out = bench_ann(snap, n=8, k=5, data_dir=data_dir, passages=False)
+    assert "hnsw ef=" in out and "passage rows" not in out, out
