@@ -243,3 +243,27 @@ def test_bench_ann_sets_the_passage_search_beside_its_raw_hnswlib_call(
     assert "Quarry ANN branch, query cache hit" in out
     out = bench_ann(snap, n=8, k=5, data_dir=data_dir, passages=False)
     assert "hnsw ef=" in out and "passage rows" not in out, out
+
+
+def test_a_shard_set_carries_each_shards_passages(tmp_path: Path, data_dir: Path) -> None:
+    """Each shard of a set cuts and indexes its own items' windows; a shard serves its passage index."""
+    from common.index.vectors import PassageIndex
+    from common.settings import BranchSpec, CollectionSettings
+    from indexer.sharded import build_sharded
+    from retriever.generations import Collection
+
+    ds = scifact.load(data_dir)
+    items = [it for _, it in zip(range(40), ds.items(), strict=False)]
+    opts = ds.build_options(progress=False, vector_indexes=("hnsw",))
+    assert opts.passages == PassageOptions(sentences=2, stride=1)  # the data set's default
+    out = tmp_path / "set"
+    build_sharded(items, out, opts, ds.source, shards=2, processes=1)
+    windows = 0
+    for shard in sorted(p for p in out.iterdir() if p.name.startswith("shard-")):
+        part = read_manifest(shard).parts["vectors"]["passages"]
+        windows += part["windows"]
+        coll = Collection(shard, CollectionSettings(branches={"ann": BranchSpec(quota=5)}))
+        index = coll.branches["ann"].index  # type: ignore[attr-defined]
+        assert isinstance(index, PassageIndex) and index.count == len(coll.forward)
+    cut, _ = passage_texts(items, ["title", "body"], PassageOptions(sentences=2, stride=1))
+    assert windows == len(cut) > 0  # every item's windows, each in its own shard
