@@ -248,15 +248,16 @@ def write_passage_indexes(
     sub = directory / PASSAGES_DIR
     indexes: dict[str, Any] = {}
     for kind in options.vector_indexes:
-        params = options.hnsw_params if kind == "hnsw" else options.ivf_params
-        index = build_passage_index(kind, vectors, windows, owner, params or {}, progress=options.progress)
+        params = _index_params(options, kind)
+        index = build_passage_index(kind, vectors, windows, owner, params, progress=options.progress)
         indexes[kind] = index.save(sub)
         del index
     files = sorted({f"{PASSAGES_DIR}/{f}" for m in indexes.values() for f in m["files"].values()})
+    long_items = len(np.unique(owner))
     log.info(
         "passages: %d windows of %d long items (of %d) encoded in %.1fs; indexes %s",
         len(texts),
-        len(np.unique(owner)),
+        long_items,
         len(catalog),
         encode_s,
         list(indexes),
@@ -265,7 +266,7 @@ def write_passage_indexes(
         "dir": PASSAGES_DIR,
         **options.passages.as_dict(),
         "windows": len(texts),
-        "items_with_windows": len(np.unique(owner)),
+        "items_with_windows": long_items,
         "indexes": indexes,
         "files": files,
         "encode_seconds": round(encode_s, 1),
@@ -390,8 +391,7 @@ def write_vector_indexes(
     indexes: dict[str, Any] = {}
     for kind in options.vector_indexes:
         t1 = time.perf_counter()
-        params = options.hnsw_params if kind == "hnsw" else options.ivf_params
-        index = build_vector_index(kind, vectors, params or {}, progress=options.progress)  # type: ignore[arg-type]
+        index = build_vector_index(kind, vectors, _index_params(options, kind), progress=options.progress)  # type: ignore[arg-type]
         meta = index.save(directory)
         meta["build_seconds"] = round(time.perf_counter() - t1, 2)
         indexes[kind] = meta
@@ -411,6 +411,11 @@ def write_vector_indexes(
         "files": files,
         "encode_seconds": round(encode_s, 1),
     }
+
+
+def _index_params(options: BuildOptions, kind: str) -> dict[str, Any]:
+    """The configured build parameters of one vector index kind (its own, or over passages)."""
+    return dict((options.hnsw_params if kind == "hnsw" else options.ivf_params) or {})
 
 
 def _version() -> str:

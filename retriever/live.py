@@ -118,14 +118,8 @@ class Vectorizer:
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
         if self.source == "catalog":
-            v = np.asarray([it.embedding for it in items], dtype=np.float32)
-        else:
-            encoder, fp = shared_encoder(self.encoder, self.threads)
-            if fp != self.fingerprint:
-                raise RuntimeError(f"encoder {fp} differs from the one that built the collection")
-            v = encoder.encode([embed_text(it, self.fields) for it in items])
-        v = np.asarray(v, dtype=np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
+            return _unit(np.asarray([it.embedding for it in items], dtype=np.float32))
+        return self._encode([embed_text(it, self.fields) for it in items])
 
     def windows(self, items: Sequence[Item]) -> list[np.ndarray]:
         """Each item's passage vectors (m_i, dim), cut as the generation's build cut them (none for an item
@@ -136,12 +130,19 @@ class Vectorizer:
         texts, owner = passage_texts(items, self.fields, self.passages)
         if not texts:
             return [empty for _ in items]
+        v = self._encode(texts)
+        return [v[owner == i] for i in range(len(items))]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        """Unit vectors of `texts` by the collection's encoder (refused if it is not the one that built it)."""
         encoder, fp = shared_encoder(self.encoder, self.threads)
         if fp != self.fingerprint:
             raise RuntimeError(f"encoder {fp} differs from the one that built the collection")
-        v = np.asarray(encoder.encode(texts), dtype=np.float32)
-        v /= np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
-        return [v[owner == i] for i in range(len(items))]
+        return _unit(np.asarray(encoder.encode(texts), dtype=np.float32))
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True).clip(min=1e-12)
 
 
 class _OrdOf(Mapping[str, int]):

@@ -16,16 +16,16 @@ item found. The filter contract of `base` holds, over items: ``allowed`` is a ma
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
 import numpy as np
 
+from common.fsutil import atomic_write
 from common.index.vectors.base import (
-    FORMAT_VERSION,
     GpuMode,
     SearchParams,
     VectorIndex,
@@ -34,6 +34,7 @@ from common.index.vectors.base import (
     check_k,
     check_meta,
     empty_result,
+    manifest_entry,
 )
 from common.index.vectors.kinds import build_vector_index, load_flat_index
 
@@ -115,20 +116,11 @@ class PassageIndex:
         inner = self.inner.save(directory)
         path = directory / OWNER_FILE
         if not path.exists():  # shared by every backend's entry, like the raw matrix
-            tmp = path.with_name(path.name + ".tmp")
-            with open(tmp, "wb") as fh:
-                np.save(fh, self.owner.astype(np.int32))
-            os.replace(tmp, path)
-        return {
-            "kind": self.kind,
-            "format": FORMAT_VERSION,
-            "metric": "ip",
-            "dim": self.dim,
-            "count": self.count,
-            "rows": self.rows,
-            "files": {**inner["files"], "owner": OWNER_FILE},
-            "inner": inner,
-        }
+            buf = io.BytesIO()
+            np.save(buf, self.owner.astype(np.int32))
+            atomic_write(path, buf.getvalue())
+        entry = manifest_entry(self, {**inner["files"], "owner": OWNER_FILE}, {})
+        return {**entry, "rows": self.rows, "inner": inner}
 
     @classmethod
     def load(cls, directory: Path, meta: Mapping[str, Any], *, mmap: bool, use_gpu: GpuMode = "auto") -> Self:
