@@ -119,3 +119,8 @@ def test_bench_search_sets_each_branch_beside_its_raw_calls(movielens_snapshot: 
     assert "ann        / encode + " in out, out
     ratio = float(out.split("inverted   / tantivy query+search+ids")[1].split("×")[0])
     assert ratio > 0
+    # Each branch alone, beside its raw calls timed in the same cache state.
+    alone = out.split("each branch alone")[1]
+    for line in ("raw tantivy query+search+ids", "Quarry inverted branch alone", "Quarry ann branch alone"):
+        assert line in alone, out
+    assert float(alone.split("Quarry inverted branch alone")[1].split("ratio(p50)")[1].split("×")[0]) > 0
