@@ -117,10 +117,22 @@ class UserCounters:
     #: The user's preference profile (common.profile: affinity per tag id of the generation's tag
     #: table), derived by the serving layer from the same store and history; None when not derived.
     tag_affinity: np.ndarray | None = field(default=None, compare=False, repr=False)
+    #: The user's seed items for the i2i affinity features, derived likewise; None when not derived.
+    i2i_seeds: SeedWeights | None = field(default=None, compare=False, repr=False)
 
     @property
     def avg_weight(self) -> float:
         return self.weight_sum / self.events_total if self.events_total else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class SeedWeights:
+    """A user's seed items (item ordinals of the generation ranked; a root's: global ordinals) with
+    their weight under each of several recipes (one row each, in `ranker.features.AFFINITY_MEMORIES`
+    order): the inputs of the i2i affinity features."""
+
+    ordinals: np.ndarray  # int64 (s,)
+    weights: np.ndarray  # float64 (recipes, s)
 
 
 @dataclass(frozen=True, slots=True)

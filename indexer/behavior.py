@@ -49,6 +49,7 @@ from common.index.behavior import (
     HIST_INDICES,
     HIST_INDPTR,
     HIST_USERS,
+    ITEM_WEIGHT,
     METHODS,
     POPULARITY,
     POPULARITY_ORDER,
@@ -63,6 +64,8 @@ log = logging.getLogger(__name__)
 _ITEMCF_BLOCK_WORK = 8_000_000
 _SWING_BLOCK_PAIRS = 2_000_000
 _SWING_CHUNK_NNZ = 8_000_000
+#: `item_weight`: pseudo-events at the mean over all items added to each item's own (shrinkage).
+ITEM_WEIGHT_PRIOR_EVENTS = 5
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,9 @@ class _Interactions:
     seq: np.ndarray  # int64, that event's position in the input (breaks timestamp ties: later wins)
     weight: np.ndarray  # float64, the pair's strongest event
     counts: dict[str, int]
+    #: Over every event of a known item (positive or not): each item's summed strength and event count.
+    strength_sum: np.ndarray  # float64 (n_items)
+    strength_events: np.ndarray  # int64 (n_items)
 
 
 def _collect(events: Iterable[Event], ord_of: Mapping[str, int], params: BehaviorParams) -> _Interactions:
@@ -145,6 +151,7 @@ def _collect(events: Iterable[Event], ord_of: Mapping[str, int], params: Behavio
     min_weight = params.min_weight
     user_code: dict[str, int] = {}
     users, items, tss, weights = array("q"), array("q"), array("d"), array("d")
+    all_items, all_strengths = array("q"), array("d")
     seen = unknown = not_positive = 0
     for ev in events:
         seen += 1
@@ -153,6 +160,9 @@ def _collect(events: Iterable[Event], ord_of: Mapping[str, int], params: Behavio
             unknown += 1
             continue
         strength = type_weights.get(ev.type, 1.0) * ev.weight
+        if math.isfinite(strength):
+            all_items.append(ordinal)
+            all_strengths.append(strength)
         if not (strength > 0 and strength >= min_weight):
             not_positive += 1
             continue
@@ -187,7 +197,11 @@ def _collect(events: Iterable[Event], ord_of: Mapping[str, int], params: Behavio
         "interactions": len(take),
         "users": len(user_code),
     }
+    ai = np.frombuffer(all_items, dtype=np.int64) if all_items else np.zeros(0, np.int64)
+    aw = np.frombuffer(all_strengths, dtype=np.float64) if all_strengths else np.zeros(0, np.float64)
     return _Interactions(
+        strength_sum=np.bincount(ai, weights=aw, minlength=n_items)[:n_items],
+        strength_events=np.bincount(ai, minlength=n_items)[:n_items],
         n_items=n_items,
         user_ids=list(user_code),
         user=u[take],
@@ -369,6 +383,17 @@ def _popularity(inter: _Interactions, params: BehaviorParams) -> tuple[np.ndarra
     return pop.astype(np.float32), order.astype(np.int32)
 
 
+def _item_weight(inter: _Interactions) -> tuple[np.ndarray, float]:
+    """Each item's mean event strength (type weight × weight, every event: a 2-star rating lowers it),
+    shrunk towards the mean over all events by ITEM_WEIGHT_PRIOR_EVENTS pseudo-events, so an item with
+    one event is not judged by it alone; an item without events gets that mean. Returns (per item, mean)."""
+    total = int(inter.strength_events.sum())
+    prior = float(inter.strength_sum.sum() / total) if total else 0.0
+    m = ITEM_WEIGHT_PRIOR_EVENTS
+    mean = (inter.strength_sum + prior * m) / (inter.strength_events + m)
+    return mean.astype(np.float32), prior
+
+
 def _histories(inter: _Interactions, params: BehaviorParams) -> tuple[list[str], np.ndarray, np.ndarray]:
     n_users = len(inter.user_ids)
     by_id = sorted(range(n_users), key=inter.user_ids.__getitem__)
@@ -412,6 +437,8 @@ def build_behavior(
     pop, pop_order = _popularity(inter, params)
     save(POPULARITY, pop)
     save(POPULARITY_ORDER, pop_order)
+    item_weight, weight_prior = _item_weight(inter)
+    save(ITEM_WEIGHT, item_weight)
     users, hist_indptr, hist_indices = _histories(inter, params)
     save(HIST_INDPTR, hist_indptr)
     save(HIST_INDICES, hist_indices)
@@ -437,6 +464,7 @@ def build_behavior(
         "methods": list(params.methods),
         "files": [f"{directory.name}/{name}" for name in written],
         "params": params.to_json(),
+        "item_weight": {"prior": weight_prior, "prior_events": ITEM_WEIGHT_PRIOR_EVENTS},
         "counts": counts,
         "seconds": timings,
     }

@@ -49,6 +49,7 @@ from common.index.behavior import (
     HIST_INDICES,
     HIST_INDPTR,
     HIST_USERS,
+    ITEM_WEIGHT,
     POPULARITY,
     POPULARITY_ORDER,
     USER_COLUMN,
@@ -218,7 +219,9 @@ def build_global(
 def _root_behavior(full_dir: Path, full: dict[str, Any], out: Path) -> dict[str, Any]:
     """The root's behavior part: popularity and user histories over global ordinals, no i2i tables."""
     out.mkdir(parents=True, exist_ok=True)
-    names = (POPULARITY, POPULARITY_ORDER, HIST_INDPTR, HIST_INDICES, HIST_USERS)
+    names: tuple[str, ...] = (POPULARITY, POPULARITY_ORDER, HIST_INDPTR, HIST_INDICES, HIST_USERS)
+    if "item_weight" in full:
+        names += (ITEM_WEIGHT,)
     for name in names:
         shutil.copyfile(full_dir / name, out / name)
     rel = f"{GLOBAL_DIR}/{out.name}"
@@ -325,6 +328,9 @@ def _shard_behavior(full_dir: Path, plan: SetPlan, gords: np.ndarray, out: Path)
     save(POPULARITY, popularity[gords].astype(np.float32))
     order = local_of[np.load(full_dir / POPULARITY_ORDER)]
     save(POPULARITY_ORDER, order[order >= 0].astype(np.int32))
+    item_weight = plan.behavior.get("item_weight")
+    if item_weight is not None:
+        save(ITEM_WEIGHT, np.load(full_dir / ITEM_WEIGHT)[gords].astype(np.float32))
     # User histories live at the root (it computes the seeds); a shard keeps an empty user table.
     save(HIST_INDPTR, np.zeros(1, dtype=np.int64))
     save(HIST_INDICES, np.zeros(0, dtype=np.int32))
@@ -341,6 +347,7 @@ def _shard_behavior(full_dir: Path, plan: SetPlan, gords: np.ndarray, out: Path)
         "methods": methods,
         "files": [f"{out.name}/{n}" for n in written],
         "params": plan.behavior.get("params", {}),
+        **({} if item_weight is None else {"item_weight": item_weight}),
         "counts": counts,
     }
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from common.index.forward import ForwardStore
 from common.profile import TagTable
-from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, UserCounters
+from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SeedWeights, UserCounters
 from ranker.schema import FeatureSchema
 
 
@@ -43,6 +43,17 @@ class RankingContext(Protocol):
     @property
     def tag_table(self) -> TagTable | None:
         """Item tags (common.profile) for the user–item affinity; None without any."""
+        ...
+
+    @property
+    def item_weight(self) -> np.ndarray | None:
+        """Each item's mean event strength over the same ordinals (common.index.behavior); None without
+        behavior data or in snapshots built before it."""
+        ...
+
+    def i2i_affinity(self, seeds: SeedWeights, ordinals: np.ndarray) -> dict[str, np.ndarray]:
+        """The i2i affinity features (`ranker.features.AFFINITY_FEATURES`) of the candidates `ordinals`
+        for the user's `seeds`: feature name → one value a candidate; {} without i2i tables."""
         ...
 
 

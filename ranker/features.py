@@ -9,6 +9,11 @@ through the same store and calls this same function, so offline and online vecto
 (as many as the profile reads) within each window before the request (`UserCounters.recent_windows`);
 `item_events_1h/1d/7d` are the item's events in the same windows as decayed counts (the store's item
 states, `retriever.features.windows`; `ItemWindows`, read by the serving layer for the candidates).
+`item_avg_weight` is the item's mean event strength in the snapshot (`BehaviorIndex.item_weight`);
+`user_<table>_affinity[_long]` sum, over the user's seed items (`UserCounters.i2i_seeds`, derived by the
+serving layer from the same real-time events and history under `ranker.schema.AFFINITY_MEMORIES`), each
+seed's weight × its i2i similarity to the candidate (`RankingContext.i2i_affinity`), for every candidate
+whichever branch found it, computed only for a model that reads them.
 `feature_matrix` (serving and training) computes them as columns (`feature_columns`); `feature_rows` is
 the same, one dict a candidate: the plain definition a randomized test holds the columns to.
 """
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +32,7 @@ from common.index.forward import ForwardStore
 from common.profile import TagTable
 from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, UserCounters
 from ranker.base import RankingContext
-from ranker.schema import DEFAULT_SCHEMA, FeatureSchema
+from ranker.schema import DEFAULT_SCHEMA, FeatureSchema, reads_affinity
 
 #: Which branch's raw score feeds which feature.
 _SCORE_FEATURE = {
@@ -66,6 +71,9 @@ class FeatureInputs:
     now: float | None = None  # when the request happens (default: the clock)
     tag_table: TagTable | None = None
     item_windows: ItemWindows | None = None
+    item_weight: np.ndarray | None = None  # over every ordinal
+    #: ordinals → the i2i affinity features (name → one value each), or None: not computed.
+    affinity: Callable[[np.ndarray], Mapping[str, np.ndarray]] | None = None
 
 
 def feature_rows(fused: Sequence[Fused], x: FeatureInputs) -> list[dict[str, float]]:
@@ -100,9 +108,17 @@ def feature_rows(fused: Sequence[Fused], x: FeatureInputs) -> list[dict[str, flo
     if tag_table is not None and profile is not None and len(profile) == len(tag_table.vocab) and len(fused):
         affinity = tag_table.match(ords, profile).tolist()
     windows = item_windows.by_ordinal if item_windows is not None else None
+    weight = x.item_weight[ords].tolist() if x.item_weight is not None and len(fused) else None
+    i2i = (
+        {k: v.tolist() for k, v in x.affinity(ords).items()} if x.affinity is not None and len(fused) else {}
+    )
     rows: list[dict[str, float]] = []
-    for f, dk, p, a, aff in zip(fused, dist_km, pop, age, affinity, strict=True):
+    for i, (f, dk, p, a, aff) in enumerate(zip(fused, dist_km, pop, age, affinity, strict=True)):
         row: dict[str, float] = dict(user)
+        if weight is not None:
+            row["item_avg_weight"] = float(weight[i])
+        for name, values in i2i.items():
+            row[name] = values[i]
         for s in f.sources:
             row[f"found_by_{s.branch}"] = 1.0
             row[f"{s.branch}_rank"] = float(s.rank)
@@ -179,6 +195,10 @@ def feature_columns(candidates: CandidateArrays, x: FeatureInputs) -> dict[str, 
     profile = counters.tag_affinity if counters is not None else None
     if tag_table is not None and profile is not None and len(profile) == len(tag_table.vocab):
         cols["user_tag_affinity"] = np.asarray(tag_table.match(ords, profile), dtype=np.float64)
+    if x.item_weight is not None:
+        cols["item_avg_weight"] = x.item_weight[ords].astype(np.float64)
+    if x.affinity is not None:
+        cols.update(x.affinity(ords))
     if item_windows is not None:
         by_ord, none = item_windows.by_ordinal, (nan, nan, nan)
         w = np.array([by_ord.get(o, none) for o in ords.tolist()], dtype=np.float64)
@@ -208,6 +228,19 @@ def feature_matrix(
         now=now,
         tag_table=collection.tag_table,
         item_windows=item_windows,
+        item_weight=collection.item_weight,
+        affinity=_affinity(collection, counters, schema),
     )
     candidates = fused if isinstance(fused, CandidateArrays) else CandidateArrays.of(fused)
     return schema.vectorize_columns(feature_columns(candidates, inputs), len(candidates))
+
+
+def _affinity(
+    collection: RankingContext, counters: UserCounters | None, schema: FeatureSchema
+) -> Callable[[np.ndarray], Mapping[str, np.ndarray]] | None:
+    """The i2i affinity features of given candidates, where the user's seeds are known and the model
+    reads any of them (each costs a gather over the seeds' neighbour lists)."""
+    seeds = counters.i2i_seeds if counters is not None else None
+    if seeds is None or not reads_affinity(schema):
+        return None
+    return lambda ords: collection.i2i_affinity(seeds, ords)

@@ -362,15 +362,25 @@ def train_synthetic(
     seed: int = 0,
     hidden: Sequence[int] = (32, 16),
     max_epochs: int = 30,
+    like: np.ndarray | None = None,
 ) -> tuple[MLPRanker, dict[str, float], np.ndarray, np.ndarray]:
     """A model on synthetic (not real) data: random features, labels from a fixed random nonlinear rule.
 
-    For tests and benchmarks, which need a realistically shaped trained model, not a useful one.
+    For tests and benchmarks, which need a realistically shaped trained model, not a useful one. `like`:
+    real model inputs (rows × schema.dim) whose per-feature mean and spread the synthetic ones take, so
+    the model sees its inputs' range when it serves them (trained on N(0, 1), an MLP fed raw counts and
+    ratings answers saturated, float32-quantised scores, where tiny input differences swap hits).
     """
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(n, schema.dim)).astype(np.float32)
+    if like is not None:
+        X = (X * (like.std(axis=0) + 0.1) + like.mean(axis=0)).astype(np.float32)
     w = rng.normal(size=schema.dim)
-    logits = X @ w + 0.5 * np.sin(3 * X[:, 0]) * X[:, 1 % schema.dim]
+    if like is None:
+        logits = X @ w + 0.5 * np.sin(3 * X[:, 0]) * X[:, 1 % schema.dim]
+    else:  # a gentler rule (logits ~ N(0, 1.5²)), so the fitted model's scores stay off 0 and 1
+        Z = (X - X.mean(axis=0)) / (X.std(axis=0) + 1e-9)
+        logits = 1.5 * (Z @ w) / np.sqrt(schema.dim) + 0.5 * np.sin(3 * Z[:, 0]) * Z[:, 1 % schema.dim]
     y = (logits + rng.normal(scale=0.5, size=n) > 0).astype(np.float64)
     model = MLPRanker(hidden=tuple(hidden), max_epochs=max_epochs, seed=seed)
     metrics = model.fit(X, y)

@@ -193,10 +193,46 @@ def reads_item_windows(schema: FeatureSchema) -> bool:
     return any(n in ITEM_WINDOW_FEATURES for n in schema.names)
 
 
+@dataclass(frozen=True)
+class SeedRecipe:
+    """Which of a user's items seed the i2i affinity features and how much each weighs (the shape of
+    the behavior branch's settings, `retriever.recall.base.decayed_seeds`): the newest `recent_n`
+    real-time events (event weight × decay^position), then `history_n` long-term items (history_weight ×
+    decay^position); the weight halves every `decay_half_life` positions. Fixed here, not in settings:
+    they are part of the features' definition, which a trained model depends on."""
+
+    recent_n: int
+    history_n: int
+    decay_half_life: float
+    history_weight: float
+
+
+def affinity_feature(method: str, suffix: str) -> str:
+    return f"user_{method}_affinity{suffix}"
+
+
+#: The i2i affinity features' memories, by feature-name suffix: the behavior branch's default recipe
+#: (what the user did lately) and a longer one (the user's taste).
+AFFINITY_MEMORIES: dict[str, SeedRecipe] = {
+    "": SeedRecipe(recent_n=20, history_n=20, decay_half_life=10.0, history_weight=0.5),
+    "_long": SeedRecipe(recent_n=50, history_n=50, decay_half_life=50.0, history_weight=0.5),
+}
+#: Σ over the user's seeds of weight × i2i similarity (seed, candidate), for each i2i table and memory:
+#: how close a candidate is to what the user did, whichever branch found it (`i2i_score` is only known
+#: for the behavior branch's own candidates, under its one table).
+AFFINITY_FEATURES: tuple[str, ...] = tuple(
+    affinity_feature(method, suffix) for method in ("swing", "itemcf") for suffix in AFFINITY_MEMORIES
+)
+
+
+def reads_affinity(schema: FeatureSchema) -> bool:
+    return any(n in AFFINITY_FEATURES for n in schema.names)
+
+
 # Defaults are chosen so that "unknown" never looks like a strong signal: an unknown age counts as old
 # (no freshness boost), an unknown distance as far, an item no branch found as ranked last.
 DEFAULT_SCHEMA = FeatureSchema(
-    version="v3",
+    version="v4",
     features=(
         Feature("user_events_total", "user", 0.0, "log1p"),
         Feature("user_events_1h", "user", 0.0, "log1p"),
@@ -206,6 +242,8 @@ DEFAULT_SCHEMA = FeatureSchema(
         Feature("user_avg_weight", "user", 0.0, "none"),
         Feature("item_popularity", "item", 0.0, "log1p"),
         Feature("item_age_days", "item", 365.0, "log1p"),
+        # The item's mean event strength (a rating's stars; shrunk to the mean, common.index.behavior).
+        Feature("item_avg_weight", "item", 0.0, "none"),
         # The item's real-time events in the last hour / day / week (LogEvents' item buckets).
         Feature("item_events_1h", "item", 0.0, "log1p"),
         Feature("item_events_1d", "item", 0.0, "log1p"),
@@ -218,6 +256,7 @@ DEFAULT_SCHEMA = FeatureSchema(
         Feature("preference_score", "query_item", 0.0, "none"),
         # How much the item's tags match the user's preference profile (0..1; common.profile).
         Feature("user_tag_affinity", "query_item", 0.0, "none"),
+        *(Feature(name, "query_item", 0.0, "log1p") for name in AFFINITY_FEATURES),
         Feature("found_by_inverted", "query_item", 0.0, "clip01"),
         Feature("found_by_ann", "query_item", 0.0, "clip01"),
         Feature("found_by_behavior", "query_item", 0.0, "clip01"),

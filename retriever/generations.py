@@ -28,7 +28,9 @@ from common.index.text import Analyzer, TextField, open_index
 from common.profile import TagArrays, TagTable
 from common.settings import CollectionSettings
 from common.sharding import ShardPart, is_shard_set
+from common.types import SeedWeights
 from ranker.base import Ranker
+from ranker.schema import AFFINITY_MEMORIES, affinity_feature
 from retriever.core import metrics
 from retriever.core.errors import InvalidArgument, NotFound, Unavailable
 from retriever.core.types import Filters
@@ -149,6 +151,31 @@ class Collection:
             return TagTable.from_arrays(TagArrays.read(self.root / part["dir"], part), per_tag=per_tag)
         table = TagTable.build(self.base_forward, self.behavior.popularity, per_tag=per_tag)
         return table if table.vocab else None
+
+    @property
+    def item_weight(self) -> np.ndarray | None:
+        """Each item's mean event strength over every ordinal served (an upserted item keeps its base
+        item's; a new id, the mean over all items); None without it in the snapshot."""
+        behavior = self.behavior
+        if behavior is None or behavior.item_weight is None:
+            return None
+        prior = float(self.manifest.parts["behavior"]["item_weight"]["prior"])
+        return self.view.over_all(behavior.item_weight, prior)
+
+    def i2i_affinity(self, seeds: SeedWeights, ordinals: np.ndarray) -> dict[str, np.ndarray]:
+        """The i2i affinity features (ranker.schema.AFFINITY_FEATURES) of candidates: each of this
+        generation's i2i tables scored against the seeds under each memory. An upserted item scores as
+        its base item (its behavior follows it); a new id scores 0."""
+        behavior = self.behavior
+        if behavior is None or not behavior.methods:
+            return {}
+        items = self.view.base_ordinals(ordinals)
+        out: dict[str, np.ndarray] = {}
+        for method in behavior.methods:
+            scores = behavior.affinity(method, seeds.ordinals, seeds.weights, items)
+            for suffix, row in zip(AFFINITY_MEMORIES, scores, strict=True):
+                out[affinity_feature(method, suffix)] = row
+        return out
 
     def seed_items(self, keys: np.ndarray) -> np.ndarray:
         """Seed keys as this generation's item ordinals: the same on one node; on a shard, seeds are

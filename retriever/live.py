@@ -310,16 +310,44 @@ class LiveView:
         return 0 if self.dead is None else int(np.count_nonzero(self.dead[: self.base_n]))
 
     @cached_property
+    def delta_base(self) -> np.ndarray:
+        """Each delta item's base ordinal: its id's in the generation, -1 for a new id. Tables keyed by
+        item identity (behavior, popularity) follow an updated item through it."""
+        ord_of = self.base.ord_of
+        return np.fromiter(
+            (ord_of.get(it.id, -1) for it in self.delta), dtype=np.int64, count=len(self.delta)
+        )
+
+    def base_ordinals(self, ordinals: np.ndarray) -> np.ndarray:
+        """`ordinals` (base or delta) as base ordinals (-1: a new id, no base item)."""
+        ords = np.asarray(ordinals, dtype=np.int64)
+        n = self.base_n
+        if not self.delta or not len(ords) or ords.max() < n:
+            return ords
+        return np.where(ords < n, ords, self.delta_base[np.maximum(ords - n, 0)])
+
+    def over_all(self, base_values: np.ndarray, fill: float) -> np.ndarray:
+        """An array over base ordinals extended over every ordinal: a delta item takes its base item's
+        value, a new id `fill`."""
+        if not self.delta:
+            return base_values
+        key = (id(base_values), fill)
+        got = self._extended.get(key)
+        if got is None:
+            db = self.delta_base
+            extra = np.where(db >= 0, base_values[np.maximum(db, 0)], fill).astype(base_values.dtype)
+            got = self._extended[key] = np.concatenate([base_values, extra])
+        return got
+
+    @cached_property
+    def _extended(self) -> dict[tuple[int, float], np.ndarray]:
+        return {}
+
+    @cached_property
     def popularity(self) -> np.ndarray | None:
         """Popularity over every ordinal: a delta item carries its base item's (0 for a new id)."""
         pop = self.base_popularity
-        if pop is None or not self.delta:
-            return pop
-        extra = np.asarray(
-            [pop[o] if (o := self.base.ord_of.get(it.id)) is not None else 0.0 for it in self.delta],
-            dtype=pop.dtype,
-        )
-        return np.concatenate([pop, extra])
+        return None if pop is None else self.over_all(pop, 0.0)
 
     def item_count(self) -> int:
         """Items served now (base + delta, dead excluded)."""

@@ -15,10 +15,10 @@ from opentelemetry import trace
 
 from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
-from common.types import Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
+from common.types import Fused, GeoPoint, ItemWindows, SeedWeights, SourceScore, UserCounters
 from ranker.base import ArrayRanker, ExplainingRanker, FusedOrder, Ranker, RankingContext
 from ranker.features import feature_matrix
-from ranker.schema import DEFAULT_SCHEMA, FeatureSchema, reads_item_windows
+from ranker.schema import AFFINITY_MEMORIES, DEFAULT_SCHEMA, FeatureSchema, reads_item_windows
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -391,7 +391,7 @@ class SearchService:
         request's time), so offline features equal online ones. Raises StoreUnavailable."""
         table, behavior = collection.tag_table, collection.behavior
         ps = collection.settings.preference
-        n = max(ps.recent_n, 1)
+        n = max(ps.recent_n, *(r.recent_n for r in AFFINITY_MEMORIES.values()), 1)
         counters, recent = await asyncio.gather(
             self.recent.counters(collection.name, user_id),
             _recent(self.recent, collection.name, user_id, n, reader),
@@ -399,10 +399,14 @@ class SearchService:
         when = time.time() if now is None else now
         windows = tuple(sum(1 for r in recent if 0 <= when - r.ts <= w) for w in (3600.0, 86400.0, 604800.0))
         counters = replace(counters, recent_windows=windows)  # type: ignore[arg-type]
-        if table is None or behavior is None:
+        if behavior is None:
+            return counters
+        history, ord_of = behavior.user_history(user_id), collection.base_forward.ord_of
+        counters = replace(counters, i2i_seeds=affinity_seeds(recent, history, ord_of))
+        if table is None:
             return counters
         # The preference branch's own recipe (decayed_seeds slices to its recent_n/history_n).
-        seeds = decayed_seeds(recent, behavior.user_history(user_id), collection.base_forward.ord_of, ps)
+        seeds = decayed_seeds(recent, history, ord_of, ps)
         return replace(counters, tag_affinity=table.profile(list(seeds.items())))
 
     async def item_windows(
@@ -624,3 +628,14 @@ RECOMMEND_CANDIDATES = Pipeline(
     RECOMMEND.specs,
     (_S._validate, _S._recall, _S._fuse, _S._post_filter, _S._exclude_seen),
 )
+
+
+def affinity_seeds(
+    recent: Sequence[RecentItem], history: Sequence[int], ord_of: Mapping[str, int]
+) -> SeedWeights:
+    """The user's seeds for the i2i affinity features: the union of every memory's seed items
+    (ranker.schema.AFFINITY_MEMORIES), each weighted under each memory (0 where a memory has not it)."""
+    per = [decayed_seeds(recent, history, ord_of, r) for r in AFFINITY_MEMORIES.values()]
+    ords = sorted(set().union(*per))
+    weights = np.array([[seeds.get(o, 0.0) for o in ords] for seeds in per], dtype=np.float64)
+    return SeedWeights(np.asarray(ords, dtype=np.int64), weights.reshape(len(per), len(ords)))

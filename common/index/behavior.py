@@ -10,6 +10,8 @@ The snapshot part `behavior/`::
     i2i_<method>.scores.npy   float32       similarity scores, same order
     popularity.npy            float32 (N)   time-decayed positive-interaction weight per item
     popularity.order.npy      int32         ordinals with popularity > 0, most popular first
+    item_weight.npy           float32 (N)   mean event strength per item, shrunk to the mean over all
+                                            items (optional: snapshots before it lack it)
     user_hist.indptr.npy      int64 (U+1)   CSR row pointers, one row per user
     user_hist.indices.npy     int32         each user's last `history_len` distinct positive items, newest first
     user_hist.users.arrow     Arrow IPC file, one large_string column "user": user ids in row order, sorted
@@ -36,6 +38,7 @@ FORMAT_VERSION = 1
 METHODS = ("itemcf", "swing")
 POPULARITY = "popularity.npy"
 POPULARITY_ORDER = "popularity.order.npy"
+ITEM_WEIGHT = "item_weight.npy"
 HIST_INDPTR = "user_hist.indptr.npy"
 HIST_INDICES = "user_hist.indices.npy"
 HIST_USERS = "user_hist.users.arrow"
@@ -78,9 +81,12 @@ class BehaviorIndex:
         hist_indptr: np.ndarray,
         hist_indices: np.ndarray,
         users: pa.Array,
+        item_weight: np.ndarray | None = None,
     ) -> None:
         self._tables = dict(tables)
         self.popularity = popularity
+        #: Each item's mean event strength (shrunk; `indexer.behavior`); None in older snapshots.
+        self.item_weight = item_weight
         self._pop_order = popularity_order
         self._hist_indptr = hist_indptr
         self._hist_indices = hist_indices
@@ -128,6 +134,7 @@ class BehaviorIndex:
             hist_indptr,
             hist_indices,
             users,
+            load_npy(ITEM_WEIGHT, np.float32, n_items) if "item_weight" in meta else None,
         )
 
     @property
@@ -190,6 +197,41 @@ class BehaviorIndex:
         cand, agg = cand[keep], agg[keep]
         top = np.lexsort((cand, -agg))[:k]
         return list(zip(cand[top].tolist(), agg[top].tolist(), strict=True))
+
+    def affinity(
+        self, method: str, seed_ords: np.ndarray, weights: np.ndarray, items: np.ndarray
+    ) -> np.ndarray:
+        """The score `expand` ranks by, for given items: Σ_seed w · sim(seed, item), once per row of
+        `weights` (m × len(seed_ords): several weightings of the same seeds share one gather).
+        `items`: ordinals of this index's items (-1: none, scored 0). Returns (m, len(items))."""
+        indptr, indices, scores = self._table(method)
+        w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+        seed_ords = np.asarray(seed_ords, dtype=np.int64)
+        items = np.asarray(items, dtype=np.int64)
+        if w.shape[1] != len(seed_ords):
+            raise ValueError(f"weights has {w.shape[1]} columns for {len(seed_ords)} seeds")
+        out = np.zeros((w.shape[0], len(items)))
+        if not len(seed_ords) or not len(items):
+            return out
+        if seed_ords.min() < 0 or seed_ords.max() >= self.num_rows:
+            raise IndexError(f"a seed ordinal is outside 0..{self.num_rows - 1}")
+        starts = indptr[seed_ords]
+        lengths = indptr[seed_ords + 1] - starts
+        total = int(lengths.sum())
+        if total == 0:
+            return out
+        offsets = np.cumsum(lengths) - lengths
+        pos = np.repeat(starts - offsets, lengths) + np.arange(total)
+        neighbors = indices[pos]
+        # Only the neighbours that are asked-for items count: find each among the distinct items.
+        distinct, inverse = np.unique(items, return_inverse=True)
+        at = np.minimum(np.searchsorted(distinct, neighbors), len(distinct) - 1)
+        hit = distinct[at] == neighbors
+        slot, sim = at[hit], scores[pos][hit].astype(np.float64)
+        for j, row in enumerate(w):
+            per = np.bincount(slot, weights=sim * np.repeat(row, lengths)[hit], minlength=len(distinct))
+            out[j] = per[inverse]
+        return out
 
     def sample_users(self, n: int) -> list[str]:
         """Up to `n` user ids that have a history (for benchmarks and smoke checks)."""

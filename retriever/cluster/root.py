@@ -54,12 +54,19 @@ from common.ordering import best_first
 from common.profile import TagArrays, TagTable
 from common.settings import BranchSpec, ClusterSettings, CollectionSettings, QuarrySettings
 from common.sharding import is_shard_set
-from common.types import Candidate
+from common.types import Candidate, SeedWeights
 from common.v1 import search_pb2 as pb
 from common.v1 import shard_pb2 as spb
-from ranker.base import Ranker
+from ranker.base import ExplainingRanker, Ranker
+from ranker.schema import AFFINITY_MEMORIES, reads_affinity
 from retriever.cluster.replicas import ReplicaPolicy, ReplicaSet, ShardUnavailable
-from retriever.cluster.shard import GORD_COLUMN, POPULARITY_COLUMN
+from retriever.cluster.shard import (
+    AFFINITY_COLUMNS,
+    GORD_COLUMN,
+    ITEM_WEIGHT_COLUMN,
+    POPULARITY_COLUMN,
+    affinity_seed_lists,
+)
 from retriever.core import metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.types import BranchResult, BranchStatus, Filters, SearchQuery
@@ -72,6 +79,7 @@ from retriever.service import (
     Exchange,
     Pipeline,
     SearchService,
+    affinity_seeds,
 )
 
 log = logging.getLogger(__name__)
@@ -234,6 +242,15 @@ class CandidateView:
         self._compact = {int(g): i for i, g in enumerate(self.gord.tolist())}
         pop = rows.column(POPULARITY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
         self.item_popularity = None if root.behavior is None else np.nan_to_num(pop, nan=0.0)
+        names = set(rows.column_names)
+        self.item_weight = _floats(rows, ITEM_WEIGHT_COLUMN) if ITEM_WEIGHT_COLUMN in names else None
+        #: The i2i affinity features the shards computed for the candidates, with the root's seeds.
+        self._affinity = {n: _floats(rows, c) for n, c in AFFINITY_COLUMNS.items() if c in names}
+
+    def i2i_affinity(self, seeds: SeedWeights, ordinals: np.ndarray) -> dict[str, np.ndarray]:
+        """The affinity columns the shards sent (computed with the seeds this request sent them, which
+        are `seeds`: the same events and histories); NaN where a shard sent none (the default then)."""
+        return {name: values[ordinals] for name, values in self._affinity.items()}
 
     def add_display(self, tables: Sequence[pa.Table]) -> None:
         """Join the fetched display fields (title, text_*) onto the candidates' rows; a candidate not
@@ -466,6 +483,9 @@ class RootSearchService(SearchService):
                     failed[name] = f"StoreUnavailable: {exc}"
                     continue
                 seeds[name] = decayed_seeds(recent, root.user_history(q.user_id), root.base_forward.ord_of, s)
+        affinity = await self._affinity_seeds(ex, root)
+        if affinity is not None:
+            seeds.update(affinity_seed_lists(affinity))
         profile = None
         table = root.tag_table
         if "preference" in seeds and table is not None:
@@ -537,6 +557,23 @@ class RootSearchService(SearchService):
         ex.degraded = degraded
         ex.collection = view  # type: ignore[assignment]  # later stages read the request's candidates
 
+    async def _affinity_seeds(self, ex: Exchange, root: RootCollection) -> SeedWeights | None:
+        """The user's i2i affinity seeds, for the shards to score their candidates with, when the ranker
+        reads those features (the ranking stage derives the same seeds from the same events); None
+        otherwise, or when the store failed (the features then keep their defaults)."""
+        ranker = root.ranker or self.ranker
+        user = ex.query.user_id
+        if not user or root.behavior is None:
+            return None
+        if not isinstance(ranker, ExplainingRanker) or not reads_affinity(ranker.schema):
+            return None
+        n = max(r.recent_n for r in AFFINITY_MEMORIES.values())
+        try:
+            recent = await self._reader(ex).get(n)
+        except StoreUnavailable:
+            return None  # the branches that read the store report it
+        return affinity_seeds(recent, root.user_history(user), root.base_forward.ord_of)
+
 
 async def _root_fetch(service: RootSearchService, ex: Exchange) -> None:
     """Query then fetch: the display fields of the hits this answer returns (of every candidate for a
@@ -565,6 +602,10 @@ async def _root_fetch(service: RootSearchService, ex: Exchange) -> None:
             if isinstance(why, str):
                 log.warning("fetch from shard %d failed (%s): hits without display fields", shard, why)
     view.add_display(tables)
+
+
+def _floats(rows: pa.Table, column: str) -> np.ndarray:
+    return rows.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
 
 
 def _rows(answers: Sequence[_ShardAnswer], keep: Sequence[int], root: RootCollection) -> pa.Table:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +27,8 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from common.settings import BranchSpec, QuarrySettings
-from common.types import Candidate
+from common.types import Candidate, SeedWeights
+from ranker.schema import AFFINITY_FEATURES, AFFINITY_MEMORIES
 from retriever.core.errors import FailedPrecondition, InvalidArgument
 from retriever.core.types import BranchResult, SearchQuery
 from retriever.core.validate import validate_search
@@ -39,6 +41,12 @@ log = logging.getLogger(__name__)
 #: Columns a shard adds to each candidate's forward row.
 GORD_COLUMN = "_gord"
 POPULARITY_COLUMN = "_popularity"
+ITEM_WEIGHT_COLUMN = "_item_weight"
+#: The i2i affinity features a shard computes for its candidates when the root sends the user's seeds
+#: (the root holds no i2i tables; each shard holds, for every seed, its neighbours among its items).
+AFFINITY_COLUMNS = {name: f"_{name}" for name in AFFINITY_FEATURES}
+#: The root sends the affinity seeds as one seed list per memory, named AFFINITY_SEEDS + its suffix.
+AFFINITY_SEEDS = "affinity"
 MAX_BRANCHES = 32
 MAX_FETCH = 10_000
 
@@ -154,6 +162,20 @@ class ShardCore:
         )
         rows = rows.append_column(GORD_COLUMN, pa.array(gord_of, pa.int64()))
         rows = rows.append_column(POPULARITY_COLUMN, pa.array(pop, pa.float64()))
+        ords = np.asarray(local, dtype=np.int64)
+        item_weight = coll.item_weight
+        if item_weight is not None:
+            rows = rows.append_column(ITEM_WEIGHT_COLUMN, pa.array(item_weight[ords], pa.float64()))
+        seeds = affinity_seeds_from(req.root.seeds)
+        if seeds is not None:
+            behavior = coll.behavior
+            if len(seeds.ordinals) and behavior is not None and seeds.ordinals.max() >= behavior.num_rows:
+                raise InvalidArgument(
+                    f"affinity seeds: ordinal {int(seeds.ordinals.max())} is past this set's "
+                    f"{behavior.num_rows} items"
+                )
+            for name, values in coll.i2i_affinity(seeds, ords).items():
+                rows = rows.append_column(AFFINITY_COLUMNS[name], pa.array(values, pa.float64()))
         return ShardResult(coll.shard.index, coll.version, results, rows)
 
     async def fetch(self, collection: str, set_id: str, gords: np.ndarray) -> pa.Table:
@@ -205,3 +227,25 @@ def _global_ordinals(coll: Collection, local: np.ndarray, base_n: int) -> np.nda
     out[base] = shard.gord[local[base]]
     out[~base] = shard.global_items + (local[~base] - base_n) * shard.count + shard.index
     return out
+
+
+def affinity_seed_lists(seeds: SeedWeights) -> dict[str, dict[int, float]]:
+    """The root's side: a user's affinity seeds (global ordinals) as named seed lists, one a memory."""
+    ords = seeds.ordinals.tolist()
+    return {
+        AFFINITY_SEEDS + suffix: dict(zip(ords, row.tolist(), strict=True))
+        for suffix, row in zip(AFFINITY_MEMORIES, seeds.weights, strict=True)
+    }
+
+
+def affinity_seeds_from(lists: Mapping[str, Mapping[int, float]]) -> SeedWeights | None:
+    """The shard's side: the seed lists `affinity_seed_lists` made back as SeedWeights (None: the root
+    sent none, its ranker reads no affinity feature); a memory's missing seed weighs 0."""
+    per = [lists.get(AFFINITY_SEEDS + suffix) for suffix in AFFINITY_MEMORIES]
+    if all(p is None for p in per):
+        return None
+    ords = sorted(set().union(*(p or {} for p in per)))
+    if ords and ords[0] < 0:
+        raise InvalidArgument(f"affinity seeds: negative ordinal {ords[0]}")
+    weights = np.array([[(p or {}).get(o, 0.0) for o in ords] for p in per], dtype=np.float64)
+    return SeedWeights(np.asarray(ords, dtype=np.int64), weights.reshape(len(per), len(ords)))

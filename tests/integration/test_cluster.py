@@ -9,6 +9,7 @@ load: one per shard costs no failed request, both of one shard give degraded ans
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -19,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from common.settings import CollectionSettings, QuarrySettings
 from common.sharding import shard_of
 from common.snapshot_root import SnapshotRoot
 from common.v1 import admin_pb2 as apb
@@ -34,7 +37,10 @@ from indexer.datasets import geonames, load_dataset
 from indexer.sharded import build_sharded
 from quarry.localcluster import LocalCluster
 from ranker.model import train_synthetic
-from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
+from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES, FeatureSchema
+from retriever.core.types import SearchQuery
+from retriever.generations import Collection, Registry
+from retriever.service import SearchService
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.integration
@@ -86,20 +92,49 @@ def cluster_root(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Pa
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def model(tmp_path_factory: pytest.TempPathFactory, movielens_snapshot: Path) -> Path:
     """An MLP over the serving feature schema, trained on SYNTHETIC features (equality, not quality) —
     all but the items' real-time windows: those decay with the clock and each process caches them for
     up to 5 s, so two servers reading them a moment apart score slightly differently, and near-tied
     hits could swap (a fresh-clone run saw it). Their path is the same code at a root and a node
-    (test_recommend_events, test_ranker_serving)."""
+    (test_recommend_events, test_ranker_serving). The synthetic features take the range of real ones
+    (MovieLens Recommend candidates' features), so the model's scores are spread, not saturated: a
+    saturated MLP answers float32-quantised scores, and BM25's last-bit differences between a shard and
+    one node (common.index.textstats) then swapped hits."""
     schema = DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)
-    mlp, metrics, _, _ = train_synthetic(schema, n=3000, max_epochs=5)
+    mlp, metrics, _, _ = train_synthetic(
+        schema, n=3000, max_epochs=5, like=_real_features(movielens_snapshot, schema)
+    )
     return mlp.to_onnx(
         tmp_path_factory.mktemp("model") / "model.onnx",
         schema=schema,
         model_version="cluster-test",
         metrics=metrics,
     )
+
+
+def _real_features(snapshot: Path, schema: FeatureSchema) -> np.ndarray:
+    """Model inputs of real requests on `snapshot`: Recommend and Search candidates of a few users, with
+    their histories as seeds (no real-time events)."""
+    from retriever.features.recent import MemoryRecentStore
+
+    coll = Collection(snapshot, CollectionSettings())
+    reg = Registry()
+    reg.put(coll)
+    svc = SearchService(QuarrySettings(), reg, recent=MemoryRecentStore())
+    assert coll.behavior is not None
+
+    async def go() -> np.ndarray:
+        rows = []
+        for user in coll.behavior.sample_users(20):  # type: ignore[union-attr]
+            for text in ("", "star wars", "comedy"):
+                q = SearchQuery(collection=coll.name, user_id=user, text=text, top_k=100)
+                fused = await svc.candidates(q, recommend=not text)
+                rows.append(await svc.candidate_features(coll, user, fused, schema=schema))
+        await svc.aclose()
+        return np.concatenate(rows)
+
+    return asyncio.run(go())
 
 
 def _collections(model: Path) -> dict[str, object]:
@@ -257,6 +292,18 @@ def test_movielens_ranked_answers_equal_one_node(
     assert {"inverted", "ann", "behavior", "preference"} <= branches
     debug = root.Search(pb.SearchRequest(collection="movielens", query="star wars", user_id="42", debug=True))
     assert debug.debug.ranker.startswith("onnx:") and debug.hits[0].debug.features
+    # The features only the shards can compute reached the root's model, equal to one node's: the i2i
+    # affinities (the root sent the user's seeds; each shard holds its items' share of the tables) and
+    # the items' mean rating. Compared by value, not only through equal scores.
+    _, one = stubs
+    single = one.Search(pb.SearchRequest(collection="movielens", query="star wars", user_id="42", debug=True))
+    at_root = {h.id: dict(h.debug.features) for h in debug.hits}
+    at_node = {h.id: dict(h.debug.features) for h in single.hits}
+    assert at_root.keys() == at_node.keys()
+    for name in ("user_swing_affinity", "user_itemcf_affinity_long", "item_avg_weight"):
+        got = [at_root[i][name] for i in at_root]
+        assert got == pytest.approx([at_node[i][name] for i in at_root], rel=1e-9), name
+        assert max(got) > 0, name
 
 
 def test_bad_requests_are_refused_at_the_root(

@@ -18,7 +18,7 @@ from common.types import CandidateArrays
 from quarry.training import train_movielens
 from ranker.features import feature_matrix
 from ranker.model import sidecar_path
-from ranker.schema import DEFAULT_SCHEMA
+from ranker.schema import AFFINITY_FEATURES, DEFAULT_SCHEMA
 from ranker.serving import ModelRanker
 from retriever.core.types import SearchQuery
 from retriever.features.recent import MemoryRecentStore, StoreUnavailable, UserEvent
@@ -125,6 +125,11 @@ def test_model_serves_and_offline_features_equal_online(trained: tuple[Path, dic
         )
         affinity = offline[:, list(DEFAULT_SCHEMA.names).index("user_tag_affinity")]
         assert 0 < affinity.max() <= 1  # the user's genre profile (Star Wars: Action, Sci-Fi, ...)
+        # The i2i affinities from the user's two real-time events (no long-term history: a new user),
+        # under each table and memory, and the items' mean ratings from the snapshot.
+        for name in AFFINITY_FEATURES:
+            assert offline[:, names.index(name)].max() > 0, name
+        assert 1.0 < offline[:, names.index("item_avg_weight")].min() <= 5.0
         await svc.aclose()
 
     asyncio.run(go())

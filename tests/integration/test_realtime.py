@@ -189,6 +189,38 @@ def test_replacing_an_item_keeps_its_behavior_and_popularity(srv: ServerThread) 
     assert "sh" not in ids(search(srv.target, query="Shanghai Pudong", filters=f))
 
 
+def test_replaced_item_keeps_its_ranking_features_from_behavior(srv: ServerThread) -> None:
+    """The ranker's behavior-derived item features follow an updated item like popularity does: a new
+    version of "sh" has its mean event strength and i2i affinities; a new id has the mean over all items
+    and no affinity."""
+    import numpy as np
+
+    from common.types import SeedWeights
+
+    coll = srv.server.registry.get("tiny")
+    base = coll.forward.ord_of
+    sh, pa = base["sh"], base["pa"]
+    weights_before = coll.item_weight
+    seeds = SeedWeights(np.array([base["bj"]]), np.array([[1.0], [0.5]]))
+    before = coll.i2i_affinity(seeds, np.array([sh, pa]))
+    assert weights_before is not None and before and all(v.max() > 0 for v in before.values())
+    items = [
+        admin_pb2.Item(id="sh", text={"name": "Shanghai Pudong"}, category="CN", lat=31.22, lon=121.46),
+        admin_pb2.Item(id="fresh", text={"name": "Freshtown"}),
+    ]
+    admin(srv.target).Upsert(admin_pb2.UpsertRequest(collection="tiny", items=items), metadata=AUTH)
+    now = coll.forward.ord_of
+    assert now["sh"] != sh and now["sh"] >= len(weights_before)  # a delta ordinal
+    weights = coll.item_weight
+    assert weights is not None
+    prior = coll.manifest.parts["behavior"]["item_weight"]["prior"]
+    assert weights[now["sh"]] == weights_before[sh] and weights[now["fresh"]] == np.float32(prior)
+    after = coll.i2i_affinity(seeds, np.array([now["sh"], now["fresh"], pa]))
+    assert after.keys() == before.keys()
+    for name, values in after.items():
+        assert values.tolist() == [before[name][0], 0.0, before[name][1]], name
+
+
 def test_bad_records_are_rejected_one_by_one(srv: ServerThread) -> None:
     items = [
         admin_pb2.Item(id="ok1", text={"name": "Goodtown"}),

@@ -238,6 +238,71 @@ def test_weights_and_skips(tmp_path: Path) -> None:
     assert index.user_history("u2") == [ORD["d"]]
 
 
+def test_item_weight_is_the_shrunk_mean_of_every_event(tmp_path: Path) -> None:
+    """Mean event strength (type weight × weight) over every event of the item, positive or not, with
+    ITEM_WEIGHT_PRIOR_EVENTS pseudo-events at the mean over all events; unknown items are not counted."""
+    from indexer.behavior import ITEM_WEIGHT_PRIOR_EVENTS as m
+
+    events = [
+        Event(user="u1", item="a", ts=0.0, weight=5.0),
+        Event(user="u2", item="a", ts=1.0, weight=4.0),
+        Event(user="u3", item="a", ts=2.0, weight=1.0),  # below min_weight: still counts for the mean
+        Event(user="u1", item="b", type="buy", ts=3.0, weight=2.0),  # strength 2 × 3
+        Event(user="u1", item="zzz", ts=4.0, weight=100.0),  # not in the catalog: not counted
+    ]
+    directory = tmp_path / "behavior"
+    meta = build_behavior(
+        events, ORD, directory, params=BehaviorParams(type_weights={"buy": 3.0}, min_weight=4.0)
+    )
+    prior = (5 + 4 + 1 + 6) / 4
+    assert meta["item_weight"] == {"prior": pytest.approx(prior), "prior_events": m}
+    index = BehaviorIndex.load(directory, meta)
+    assert index.item_weight is not None and _file_backed(index.item_weight)
+    want = [(10 + prior * m) / (3 + m), (6 + prior * m) / (1 + m), prior, prior, prior]
+    assert index.item_weight.tolist() == pytest.approx(want, rel=1e-6)
+    # A snapshot from before the file: no item weights, everything else loads.
+    old = {k: v for k, v in meta.items() if k != "item_weight"}
+    assert BehaviorIndex.load(directory, old).item_weight is None
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_affinity_is_the_weighted_similarity_sum(tmp_path: Path, seed: int) -> None:
+    """`affinity` = Σ_seed w · sim(seed, item) for asked-for items (duplicates, -1, items no seed
+    reaches), once per weighting; for items `expand` returns, the score it ranks by."""
+    rng = random.Random(seed)
+    n_items = 25
+    ord_of = {f"i{k}": k for k in range(n_items)}
+    events = [
+        Event(user=f"u{u}", item=f"i{min(int(rng.expovariate(0.15)), n_items - 1)}", ts=rng.uniform(0, 1e6))
+        for u in range(30)
+        for _ in range(rng.randint(1, 8))
+    ]
+    index = build(tmp_path, events, ord_of, neighbors=8)
+    seeds = np.array(sorted(rng.sample(range(n_items), rng.randint(1, 6))), dtype=np.int64)
+    weights = np.array([[rng.uniform(0, 2) for _ in seeds] for _ in range(2)])
+    items = np.array([rng.randrange(-1, n_items) for _ in range(40)], dtype=np.int64)
+    for method in ("itemcf", "swing"):
+        got = index.affinity(method, seeds, weights, items)
+        assert got.shape == (2, len(items))
+        sims = [dict(zip(*(a.tolist() for a in index.neighbors(method, int(s))), strict=True)) for s in seeds]
+        for j in range(2):
+            want = [
+                sum(w * sim.get(int(o), 0.0) for w, sim in zip(weights[j], sims, strict=True)) for o in items
+            ]
+            assert got[j].tolist() == pytest.approx(want, rel=1e-5, abs=1e-9)
+        top = index.expand(method, list(zip(seeds.tolist(), weights[0].tolist(), strict=True)), n_items)
+        if top:
+            ords = np.array([o for o, _ in top])
+            assert index.affinity(method, seeds, weights[:1], ords)[0].tolist() == pytest.approx(
+                [sc for _, sc in top], rel=1e-6
+            )
+    assert index.affinity("swing", seeds[:0], weights[:, :0], items).tolist() == np.zeros((2, 40)).tolist()
+    with pytest.raises(ValueError, match="columns"):
+        index.affinity("swing", seeds, weights[:, :-1], items)
+    with pytest.raises(IndexError):
+        index.affinity("swing", np.array([n_items]), np.ones((1, 1)), items)
+
+
 def test_popularity_decay(tmp_path: Path) -> None:
     now = 100 * DAY
     events = [

@@ -14,7 +14,7 @@ import pytest
 from common.profile import TagArrays, TagTable
 from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SourceScore, UserCounters
 from ranker.features import FeatureInputs, feature_columns, feature_rows
-from ranker.schema import DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
+from ranker.schema import AFFINITY_FEATURES, DEFAULT_SCHEMA, ITEM_WINDOW_FEATURES
 
 BRANCHES = ("inverted", "ann", "behavior", "geo", "popular", "preference", "unscored")
 
@@ -63,9 +63,18 @@ def test_columns_equal_the_row_definition(seed: int) -> None:
         now=1.75e9,
         tag_table=table if rnd.random() < 0.8 else None,
         item_windows=windows,
+        item_weight=rng.uniform(1, 5, n_items).astype(np.float32) if rnd.random() < 0.7 else None,
+        affinity=_random_affinity(rng) if rnd.random() < 0.7 else None,
     )
     for schema in (DEFAULT_SCHEMA, DEFAULT_SCHEMA.without(*ITEM_WINDOW_FEATURES)):
         want = schema.vectorize(feature_rows(fused, inputs))
         got = schema.vectorize_columns(feature_columns(CandidateArrays.of(fused), inputs), len(fused))
         np.testing.assert_array_equal(got, want)
         assert got.shape == (len(fused), schema.dim) and got.dtype == np.float32
+
+
+def _random_affinity(rng: np.random.Generator):  # type: ignore[no-untyped-def]
+    """A context's affinity function: some features (a snapshot may lack a table), a value an ordinal."""
+    names = [n for n in AFFINITY_FEATURES if rng.random() < 0.8]
+    table = {n: rng.exponential(1.0, 300) for n in names}
+    return lambda ords: {n: v[ords] for n, v in table.items()}

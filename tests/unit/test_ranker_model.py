@@ -20,7 +20,7 @@ from ranker.schema import DEFAULT_SCHEMA, Feature, FeatureSchema
 
 
 def test_default_schema_shape() -> None:
-    assert DEFAULT_SCHEMA.dim == len(DEFAULT_SCHEMA.names) == 33
+    assert DEFAULT_SCHEMA.dim == len(DEFAULT_SCHEMA.names) == 38
     assert {f.source for f in DEFAULT_SCHEMA.features} == {"user", "item", "query_item"}
     assert len(DEFAULT_SCHEMA.fingerprint()) == 64
 
@@ -177,7 +177,7 @@ def test_export_rejects_schema_of_wrong_width() -> None:
     model = MLPRanker(hidden=(4,), max_epochs=2)
     rng = np.random.default_rng(0)
     model.fit(rng.normal(size=(50, 3)), (rng.random(50) > 0.5).astype(float))
-    with pytest.raises(ValueError, match="33 features"):
+    with pytest.raises(ValueError, match=f"{DEFAULT_SCHEMA.dim} features"):
         model.to_onnx_model(schema=DEFAULT_SCHEMA, model_version="x")
 
 
