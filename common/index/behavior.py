@@ -177,16 +177,9 @@ class BehaviorIndex:
             raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
         seed_ords = np.fromiter((s[0] for s in seeds), dtype=np.int64, count=len(seeds))
         seed_w = np.fromiter((s[1] for s in seeds), dtype=np.float64, count=len(seeds))
-        if seed_ords.min() < 0 or seed_ords.max() >= self.num_rows:
-            raise IndexError(f"a seed ordinal is outside 0..{self.num_rows - 1}")
-        starts = indptr[seed_ords]
-        lengths = indptr[seed_ords + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
+        pos, lengths = self._gather(indptr, seed_ords)
+        if not len(pos):
             return []
-        # Gather every seed's neighbor slice in one fancy-index read instead of a Python loop.
-        offsets = np.cumsum(lengths) - lengths
-        pos = np.repeat(starts - offsets, lengths) + np.arange(total)
         cand, inverse = np.unique(indices[pos], return_inverse=True)
         agg = np.bincount(inverse, weights=scores[pos] * np.repeat(seed_w, lengths), minlength=len(cand))
         keep = ~in_sorted(cand, seed_ords if seed_items is None else np.asarray(seed_items))
@@ -197,6 +190,17 @@ class BehaviorIndex:
         cand, agg = cand[keep], agg[keep]
         top = np.lexsort((cand, -agg))[:k]
         return list(zip(cand[top].tolist(), agg[top].tolist(), strict=True))
+
+    def _gather(self, indptr: np.ndarray, seed_ords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Every (non-empty) seed's neighbour slice in one fancy-index read instead of a Python loop:
+        the table positions, seed after seed, and each seed's neighbour count."""
+        if seed_ords.min() < 0 or seed_ords.max() >= self.num_rows:
+            raise IndexError(f"a seed ordinal is outside 0..{self.num_rows - 1}")
+        starts = indptr[seed_ords]
+        lengths = indptr[seed_ords + 1] - starts
+        total = int(lengths.sum())
+        offsets = np.cumsum(lengths) - lengths
+        return np.repeat(starts - offsets, lengths) + np.arange(total), lengths
 
     def affinity(
         self, method: str, seed_ords: np.ndarray, weights: np.ndarray, items: np.ndarray
@@ -213,15 +217,9 @@ class BehaviorIndex:
         out = np.zeros((w.shape[0], len(items)))
         if not len(seed_ords) or not len(items):
             return out
-        if seed_ords.min() < 0 or seed_ords.max() >= self.num_rows:
-            raise IndexError(f"a seed ordinal is outside 0..{self.num_rows - 1}")
-        starts = indptr[seed_ords]
-        lengths = indptr[seed_ords + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
+        pos, lengths = self._gather(indptr, seed_ords)
+        if not len(pos):
             return out
-        offsets = np.cumsum(lengths) - lengths
-        pos = np.repeat(starts - offsets, lengths) + np.arange(total)
         neighbors = indices[pos]
         # Only the neighbours that are asked-for items count: find each among the distinct items.
         distinct, inverse = np.unique(items, return_inverse=True)
