@@ -18,7 +18,7 @@ from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SeedWeights, SourceScore, UserCounters
 from ranker.base import ArrayRanker, ExplainingRanker, FusedOrder, Ranker, RankingContext
 from ranker.features import feature_matrix
-from ranker.schema import AFFINITY_MEMORIES, DEFAULT_SCHEMA, FeatureSchema, reads_item_windows
+from ranker.schema import AFFINITY_MEMORIES, DEFAULT_SCHEMA, FeatureSchema, reads_affinity, reads_item_windows
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -383,12 +383,14 @@ class SearchService:
         reader: UserRecent | None = None,
         *,
         now: float | None = None,
+        affinity: bool = True,
     ) -> UserCounters:
         """What the ranking stage reads about a user: the real-time counters, how many of their newest
         events fall in the last hour/day/week before `now` (default: the clock), and, where the
         generation has a tag table, the preference profile (the preference branch's own recipe: real-time
-        events then long-term history, decayed). The trainers call this too (with `now` = the replayed
-        request's time), so offline features equal online ones. Raises StoreUnavailable."""
+        events then long-term history, decayed); with `affinity`, where it has behavior data, the seeds
+        of the i2i affinity features. The trainers call this too (with `now` = the replayed request's
+        time), so offline features equal online ones. Raises StoreUnavailable."""
         table, behavior = collection.tag_table, collection.behavior
         ps = collection.settings.preference
         n = max(ps.recent_n, *(r.recent_n for r in AFFINITY_MEMORIES.values()), 1)
@@ -402,7 +404,8 @@ class SearchService:
         if behavior is None:
             return counters
         history, ord_of = behavior.user_history(user_id), collection.base_forward.ord_of
-        counters = replace(counters, i2i_seeds=affinity_seeds(recent, history, ord_of))
+        if affinity:
+            counters = replace(counters, i2i_seeds=affinity_seeds(recent, history, ord_of))
         if table is None:
             return counters
         # The preference branch's own recipe (decayed_seeds slices to its recent_n/history_n).
@@ -432,7 +435,7 @@ class SearchService:
         the clock): the user's counters and profile, the candidates' item windows when `schema` reads
         them, no request location. The trainers call this, so their rows come from serving's own reads.
         Raises StoreUnavailable."""
-        counters = await self.user_counters(collection, user_id, now=now)
+        counters = await self.user_counters(collection, user_id, now=now, affinity=reads_affinity(schema))
         windows = None
         if reads_item_windows(schema):
             windows = await self.item_windows(collection, [f.ordinal for f in fused], now=now)
@@ -441,8 +444,11 @@ class SearchService:
     async def _counters(
         self, collection: Collection, user_id: str, reader: UserRecent | None = None
     ) -> tuple[UserCounters | None, bool]:
+        ranker = collection.ranker
+        # The affinity seeds only for a model that reads those features.
+        affinity = isinstance(ranker, ExplainingRanker) and reads_affinity(ranker.schema)
         try:
-            return await self.user_counters(collection, user_id, reader), True
+            return await self.user_counters(collection, user_id, reader, affinity=affinity), True
         except StoreUnavailable as exc:
             log.warning("user counters unavailable (%s): ranking without user features", exc)
             return None, False
