@@ -160,7 +160,7 @@ class Collection:
         if behavior is None or behavior.item_weight is None:
             return None
         prior = float(self.manifest.parts["behavior"]["item_weight"]["prior"])
-        return self.view.over_all(behavior.item_weight, prior)
+        return self.view.over_all("item_weight", behavior.item_weight, prior)
 
     def i2i_affinity(self, seeds: SeedWeights, ordinals: np.ndarray) -> dict[str, np.ndarray]:
         """The i2i affinity features (ranker.schema.AFFINITY_FEATURES) of candidates: each of this

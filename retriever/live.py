@@ -326,28 +326,27 @@ class LiveView:
             return ords
         return np.where(ords < n, ords, self.delta_base[np.maximum(ords - n, 0)])
 
-    def over_all(self, base_values: np.ndarray, fill: float) -> np.ndarray:
+    def over_all(self, name: str, base_values: np.ndarray, fill: float) -> np.ndarray:
         """An array over base ordinals extended over every ordinal: a delta item takes its base item's
-        value, a new id `fill`."""
+        value, a new id `fill`; kept for this view under `name` (one name, one array)."""
         if not self.delta:
             return base_values
-        key = (id(base_values), fill)
-        got = self._extended.get(key)
+        got = self._extended.get(name)
         if got is None:
             db = self.delta_base
             extra = np.where(db >= 0, base_values[np.maximum(db, 0)], fill).astype(base_values.dtype)
-            got = self._extended[key] = np.concatenate([base_values, extra])
+            got = self._extended[name] = np.concatenate([base_values, extra])
         return got
 
     @cached_property
-    def _extended(self) -> dict[tuple[int, float], np.ndarray]:
+    def _extended(self) -> dict[str, np.ndarray]:
         return {}
 
     @cached_property
     def popularity(self) -> np.ndarray | None:
         """Popularity over every ordinal: a delta item carries its base item's (0 for a new id)."""
         pop = self.base_popularity
-        return None if pop is None else self.over_all(pop, 0.0)
+        return None if pop is None else self.over_all("popularity", pop, 0.0)
 
     def item_count(self) -> int:
         """Items served now (base + delta, dead excluded)."""

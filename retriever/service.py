@@ -371,6 +371,8 @@ class SearchService:
         if ex.user_recent is None:
             cs = ex.generation.settings
             need = max(cs.behavior.recent_n, cs.preference.recent_n, DEBUG_RECENT if ex.query.debug else 1)
+            if ranker_reads_affinity(ex.generation.ranker):
+                need = max(need, *(r.recent_n for r in AFFINITY_MEMORIES.values()))
             if SearchService._exclude_seen in ex.pipeline.stages and cs.recommend_exclude_seen:
                 need = max(need, self.settings.redis.recent_max_len)
             ex.user_recent = UserRecent(self.recent, ex.generation.name, ex.query.user_id, need)
@@ -393,7 +395,7 @@ class SearchService:
         time), so offline features equal online ones. Raises StoreUnavailable."""
         table, behavior = collection.tag_table, collection.behavior
         ps = collection.settings.preference
-        n = max(ps.recent_n, *(r.recent_n for r in AFFINITY_MEMORIES.values()), 1)
+        n = max(ps.recent_n, *(r.recent_n for r in AFFINITY_MEMORIES.values() if affinity), 1)
         counters, recent = await asyncio.gather(
             self.recent.counters(collection.name, user_id),
             _recent(self.recent, collection.name, user_id, n, reader),
@@ -444,9 +446,8 @@ class SearchService:
     async def _counters(
         self, collection: Collection, user_id: str, reader: UserRecent | None = None
     ) -> tuple[UserCounters | None, bool]:
-        ranker = collection.ranker
         # The affinity seeds only for a model that reads those features.
-        affinity = isinstance(ranker, ExplainingRanker) and reads_affinity(ranker.schema)
+        affinity = ranker_reads_affinity(collection.ranker)
         try:
             return await self.user_counters(collection, user_id, reader, affinity=affinity), True
         except StoreUnavailable as exc:
@@ -634,6 +635,10 @@ RECOMMEND_CANDIDATES = Pipeline(
     RECOMMEND.specs,
     (_S._validate, _S._recall, _S._fuse, _S._post_filter, _S._exclude_seen),
 )
+
+
+def ranker_reads_affinity(ranker: Ranker | None) -> bool:
+    return isinstance(ranker, ExplainingRanker) and reads_affinity(ranker.schema)
 
 
 def affinity_seeds(

@@ -57,8 +57,8 @@ from common.sharding import is_shard_set
 from common.types import Candidate, SeedWeights
 from common.v1 import search_pb2 as pb
 from common.v1 import shard_pb2 as spb
-from ranker.base import ExplainingRanker, Ranker
-from ranker.schema import AFFINITY_MEMORIES, reads_affinity
+from ranker.base import Ranker
+from ranker.schema import AFFINITY_MEMORIES
 from retriever.cluster.replicas import ReplicaPolicy, ReplicaSet, ShardUnavailable
 from retriever.cluster.shard import (
     AFFINITY_COLUMNS,
@@ -80,6 +80,7 @@ from retriever.service import (
     Pipeline,
     SearchService,
     affinity_seeds,
+    ranker_reads_affinity,
 )
 
 log = logging.getLogger(__name__)
@@ -561,11 +562,9 @@ class RootSearchService(SearchService):
         """The user's i2i affinity seeds, for the shards to score their candidates with, when the ranker
         reads those features (the ranking stage derives the same seeds from the same events); None
         otherwise, or when the store failed (the features then keep their defaults)."""
-        ranker = root.ranker or self.ranker
         user = ex.query.user_id
-        if not user or root.behavior is None:
-            return None
-        if not isinstance(ranker, ExplainingRanker) or not reads_affinity(ranker.schema):
+        # As the ranking stage decides whether to derive them (SearchService._counters).
+        if not user or root.behavior is None or not ranker_reads_affinity(root.ranker):
             return None
         n = max(r.recent_n for r in AFFINITY_MEMORIES.values())
         try:
