@@ -52,8 +52,20 @@ class GBDTRanker:
     l2: float = 1.0
     early_stopping_rounds: int = 50
     seed: int = 0
+    #: Bagging: this many boosters, each on its own random `bag_fraction` of the queries (and its own
+    #: seed), their raw scores averaged. Few training queries make one booster's ranking vary from seed
+    #: to seed; the average varies less. 1: one booster on every query.
+    bags: int = 1
+    bag_fraction: float = 0.8
     booster_: Any = field(default=None, repr=False)
+    boosters_: list[Any] = field(default_factory=list, repr=False)
     dim_: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bags < 1:
+            raise ValueError(f"bags must be ≥ 1; got {self.bags}")
+        if not 0.0 < self.bag_fraction <= 1.0:
+            raise ValueError(f"bag_fraction must be in (0, 1]; got {self.bag_fraction}")
 
     def fit(
         self,
@@ -63,7 +75,39 @@ class GBDTRanker:
         *,
         valid: tuple[np.ndarray, np.ndarray, Sequence[int]] | None = None,
     ) -> dict[str, float]:
-        """`groups`: rows per query (user), in order. With `valid`, early stopping on its NDCG@10."""
+        """`groups`: rows per query (user), in order. With `valid`, early stopping on its NDCG@10 (each
+        bag's booster on the same validation queries)."""
+        if self.bags == 1:
+            self.boosters_ = [self._fit_one(X, y, groups, valid, self.seed)]
+        else:
+            starts = np.concatenate([[0], np.cumsum(groups)]).astype(np.int64)
+            self.boosters_ = []
+            for b in range(self.bags):
+                seed = self.seed * 1000 + b
+                keep = np.flatnonzero(np.random.default_rng(seed).random(len(groups)) < self.bag_fraction)
+                rows = np.concatenate([np.arange(starts[q], starts[q + 1]) for q in keep])
+                part = [groups[q] for q in keep]
+                self.boosters_.append(self._fit_one(X[rows], y[rows], part, valid, seed))
+        self.booster_ = self.boosters_[0]
+        self.dim_ = X.shape[1]
+        out = {
+            "trees": float(sum(self._iterations(b) for b in self.boosters_)),
+            "best_iteration": float(self.booster_.best_iteration),
+            "bags": float(self.bags),
+        }
+        if valid is not None and self.booster_.best_score:
+            for name, value in next(iter(self.booster_.best_score.values())).items():
+                out[f"valid_{name}"] = float(value)
+        return out
+
+    def _fit_one(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        groups: Sequence[int],
+        valid: tuple[np.ndarray, np.ndarray, Sequence[int]] | None,
+        seed: int,
+    ) -> Any:
         lgb = _lightgbm()
         params = {
             "objective": self.objective,
@@ -72,7 +116,7 @@ class GBDTRanker:
             "min_child_samples": self.min_child_samples,
             "feature_fraction": self.feature_fraction,
             "lambda_l2": self.l2,
-            "seed": self.seed,
+            "seed": seed,
             "deterministic": True,
             "num_threads": os.cpu_count() or 1,
             "verbosity": -1,
@@ -93,31 +137,25 @@ class GBDTRanker:
                 )
             )
             callbacks.append(lgb.early_stopping(self.early_stopping_rounds, verbose=False))
-        self.booster_ = lgb.train(
+        return lgb.train(
             params, train, num_boost_round=self.n_estimators, valid_sets=sets, callbacks=callbacks
         )
-        self.dim_ = X.shape[1]
-        out = {
-            "trees": float(self.booster_.num_trees()),
-            "best_iteration": float(self.booster_.best_iteration),
-        }
-        if valid is not None and self.booster_.best_score:
-            for name, value in next(iter(self.booster_.best_score.values())).items():
-                out[f"valid_{name}"] = float(value)
-        return out
 
     @property
     def dim(self) -> int:
         return self.dim_
 
-    def _iterations(self) -> int:
-        best = int(self.booster_.best_iteration or 0)
-        return best if best > 0 else int(self.booster_.num_trees())
+    @staticmethod
+    def _iterations(booster: Any) -> int:
+        best = int(booster.best_iteration or 0)
+        return best if best > 0 else int(booster.num_trees())
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Logistic of the raw boosted score (what the ONNX graph outputs), float32."""
-        raw = self.booster_.predict(
-            np.ascontiguousarray(X, dtype=np.float32), num_iteration=self._iterations()
+        """Logistic of the raw boosted score, averaged over the bags (what the ONNX graph outputs),
+        float32."""
+        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        raw = np.mean(
+            [np.asarray(b.predict(X32, num_iteration=self._iterations(b))) for b in self.boosters_], axis=0
         )
         return (1.0 / (1.0 + np.exp(-np.asarray(raw, dtype=np.float64)))).astype(np.float32)
 
@@ -126,8 +164,11 @@ class GBDTRanker:
             raise ValueError("fit the model first")
         if schema.dim != self.dim:
             raise ValueError(f"schema has {schema.dim} features but the model was trained on {self.dim}")
-        dump = self.booster_.dump_model(num_iteration=self._iterations())
-        node = _tree_ensemble(dump["tree_info"], n_features=self.dim)
+        trees = [
+            t for b in self.boosters_ for t in b.dump_model(num_iteration=self._iterations(b))["tree_info"]
+        ]
+        # One ensemble summing every bag's trees, each leaf weighted 1/bags: the average of raw scores.
+        node = _tree_ensemble(trees, n_features=self.dim, scale=1.0 / len(self.boosters_))
         graph = helper.make_graph(
             [
                 node,
@@ -155,7 +196,8 @@ class GBDTRanker:
         model = self.to_onnx_model(schema=schema, model_version=model_version)
         info = {
             "kind": f"gbdt-{self.objective}",
-            "trees": self._iterations(),
+            "trees": sum(self._iterations(b) for b in self.boosters_),
+            "bags": len(self.boosters_),
             "num_leaves": self.num_leaves,
             "learning_rate": self.learning_rate,
             **(extra or {}),
@@ -173,7 +215,7 @@ def _float32_floor(t: float) -> float:
     return float(f)
 
 
-def _tree_ensemble(trees: list[dict[str, Any]], *, n_features: int) -> onnx.NodeProto:
+def _tree_ensemble(trees: list[dict[str, Any]], *, n_features: int, scale: float = 1.0) -> onnx.NodeProto:
     attrs: dict[str, list[Any]] = {
         k: []
         for k in (
@@ -208,7 +250,7 @@ def _tree_ensemble(trees: list[dict[str, Any]], *, n_features: int) -> onnx.Node
                 attrs["nodes_missing_value_tracks_true"].append(0)
                 for k, v in (("target_treeids", tree_id), ("target_nodeids", me), ("target_ids", 0)):
                     attrs[k].append(v)
-                attrs["target_weights"].append(float(n["leaf_value"]))
+                attrs["target_weights"].append(float(n["leaf_value"]) * scale)
                 return me
             if n.get("decision_type", "<=") != "<=":
                 raise ValueError(f"unsupported LightGBM split {n.get('decision_type')!r} (categorical?)")

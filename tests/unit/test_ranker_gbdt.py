@@ -65,6 +65,27 @@ def test_onnx_export_scores_exactly_like_lightgbm(
     np.testing.assert_allclose(served.score(edge), model.predict(edge), rtol=0, atol=2e-6)
 
 
+def test_bagged_boosters_export_as_one_averaged_ensemble(tmp_path: Path) -> None:
+    """Bags: each booster on its own share of the queries (different trees), their raw scores averaged;
+    the ONNX graph (one ensemble, leaves weighted 1/bags) scores as the average does."""
+    X, y, g = _data(200, 30, 0)
+    Xv, yv, gv = _data(60, 30, 1)
+    model = GBDTRanker(n_estimators=40, num_leaves=15, min_child_samples=20, bags=3, bag_fraction=0.7)
+    fit = model.fit(X, y, g, valid=(Xv, yv, gv))
+    assert len(model.boosters_) == 3 and fit["bags"] == 3
+    raws = [b.predict(Xv, num_iteration=model._iterations(b)) for b in model.boosters_]
+    assert not np.allclose(raws[0], raws[1])  # different queries and seeds: different models
+    mean = 1.0 / (1.0 + np.exp(-np.mean(raws, axis=0)))
+    np.testing.assert_allclose(model.predict(Xv), mean, rtol=0, atol=1e-6)
+    path = model.to_onnx(tmp_path / "bag.onnx", schema=DEFAULT_SCHEMA, model_version="bag-test", metrics={})
+    served = OnnxRanker(path, schema=DEFAULT_SCHEMA)
+    np.testing.assert_allclose(served.score(Xv), model.predict(Xv), rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="bags"):
+        GBDTRanker(bags=0)
+    with pytest.raises(ValueError, match="bag_fraction"):
+        GBDTRanker(bag_fraction=0.0)
+
+
 def test_float32_floor() -> None:
     for t in (0.1, 1.5, -2.3, 1e-35, 3.0):
         f = _float32_floor(t)
