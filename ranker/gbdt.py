@@ -84,7 +84,10 @@ class GBDTRanker:
             self.boosters_ = []
             for b in range(self.bags):
                 seed = self.seed * 1000 + b
-                keep = np.flatnonzero(np.random.default_rng(seed).random(len(groups)) < self.bag_fraction)
+                rng = np.random.default_rng(seed)
+                keep = np.flatnonzero(rng.random(len(groups)) < self.bag_fraction)
+                if not len(keep):  # a handful of queries: every bag still learns from one
+                    keep = rng.integers(len(groups), size=1)
                 rows = np.concatenate([np.arange(starts[q], starts[q + 1]) for q in keep])
                 part = [groups[q] for q in keep]
                 self.boosters_.append(self._fit_one(X[rows], y[rows], part, valid, seed))
@@ -151,8 +154,7 @@ class GBDTRanker:
         return best if best > 0 else int(booster.num_trees())
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """Logistic of the raw boosted score, averaged over the bags (what the ONNX graph outputs),
-        float32."""
+        """Logistic of the bags' averaged raw boosted score (what the ONNX graph outputs), float32."""
         X32 = np.ascontiguousarray(X, dtype=np.float32)
         raw = np.mean(
             [np.asarray(b.predict(X32, num_iteration=self._iterations(b))) for b in self.boosters_], axis=0

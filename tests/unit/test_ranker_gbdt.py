@@ -80,6 +80,10 @@ def test_bagged_boosters_export_as_one_averaged_ensemble(tmp_path: Path) -> None
     path = model.to_onnx(tmp_path / "bag.onnx", schema=DEFAULT_SCHEMA, model_version="bag-test", metrics={})
     served = OnnxRanker(path, schema=DEFAULT_SCHEMA)
     np.testing.assert_allclose(served.score(Xv), model.predict(Xv), rtol=0, atol=2e-6)
+    # Two queries, a small fraction: a bag that would draw none still fits on one.
+    tiny = GBDTRanker(n_estimators=5, min_child_samples=1, bags=4, bag_fraction=0.01)
+    tiny.fit(X[:60], y[:60], [30, 30])
+    assert len(tiny.boosters_) == 4 and tiny.predict(Xv[:5]).shape == (5,)
     with pytest.raises(ValueError, match="bags"):
         GBDTRanker(bags=0)
     with pytest.raises(ValueError, match="bag_fraction"):
