@@ -441,6 +441,44 @@ def test_fuzz_a_shard(cluster: LocalCluster) -> None:
     assert cluster.replica(0, 1).alive()
 
 
+def test_a_shard_refuses_bad_affinity_seeds(cluster: LocalCluster) -> None:
+    """The i2i affinity seeds a root sends (named seed lists): an ordinal past the set's items or a
+    negative one is INVALID_ARGUMENT saying which, and the shard keeps serving."""
+    admin, auth = _admin(cluster.target)
+    set_id = next(
+        c.set_id
+        for c in admin.Status(apb.StatusRequest(), metadata=auth).collections
+        if c.collection == "movielens"
+    )
+    target = cluster.replica(0, 0).target
+
+    def recall(ordinals: list[int]) -> spb.ShardRecallResponse:
+        req = spb.ShardRecallRequest(
+            collection="movielens",
+            set_id=set_id,
+            query=pb.SearchRequest(collection="movielens", user_id="42"),
+            branches=[spb.BranchCall(name="popular", quota=20, timeout_ms=5000)],
+            seeds=[spb.SeedList(branch="affinity", ordinals=ordinals, weights=[1.0] * len(ordinals))],
+        )
+        with grpc.insecure_channel(target) as ch:
+            stub = ch.unary_unary(
+                "/quarry.v1.ShardService/Recall",
+                request_serializer=spb.ShardRecallRequest.SerializeToString,
+                response_deserializer=spb.ShardRecallResponse.FromString,
+            )
+            return stub(req, timeout=30)
+
+    for bad, words in (([1, 10_000_000], "past this set's"), ([-3, 1], "negative ordinal")):
+        with pytest.raises(grpc.RpcError) as e:
+            recall(bad)
+        assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and words in (e.value.details() or "")
+    import pyarrow.ipc as ipc
+
+    rows = ipc.open_stream(recall([1, 2]).rows).read_all()  # good seeds: rows carry the affinities
+    assert rows.num_rows and {"_user_swing_affinity", "_user_itemcf_affinity_long"} <= set(rows.column_names)
+    assert cluster.replica(0, 0).alive()
+
+
 def _admin(target: str) -> tuple[Any, tuple[tuple[str, str], ...]]:
     from common.v1 import admin_pb2_grpc
 
