@@ -134,6 +134,14 @@ class SeedWeights:
     ordinals: np.ndarray  # int64 (s,)
     weights: np.ndarray  # float64 (recipes, s)
 
+    @classmethod
+    def of(cls, per_recipe: Sequence[Mapping[int, float]]) -> SeedWeights:
+        """From one seed → weight map a recipe: the union of their seeds (sorted), each weighted under
+        each recipe (0 where a recipe has not it)."""
+        ords = sorted(set().union(*per_recipe))
+        weights = np.array([[m.get(o, 0.0) for o in ords] for m in per_recipe], dtype=np.float64)
+        return cls(np.asarray(ords, dtype=np.int64), weights.reshape(len(per_recipe), len(ords)))
+
 
 @dataclass(frozen=True, slots=True)
 class ItemWindows:

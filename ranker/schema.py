@@ -217,6 +217,8 @@ AFFINITY_MEMORIES: dict[str, SeedRecipe] = {
     "": SeedRecipe(recent_n=20, history_n=20, decay_half_life=10.0, history_weight=0.5),
     "_long": SeedRecipe(recent_n=50, history_n=50, decay_half_life=50.0, history_weight=0.5),
 }
+#: The real-time events the memories read at most (how many the ranking stage reads for them).
+AFFINITY_RECENT_N = max(r.recent_n for r in AFFINITY_MEMORIES.values())
 #: Σ over the user's seeds of weight × i2i similarity (seed, candidate), for each i2i table and memory:
 #: how close a candidate is to what the user did, whichever branch found it (`i2i_score` is only known
 #: for the behavior branch's own candidates, under its one table).

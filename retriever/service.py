@@ -18,7 +18,14 @@ from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SeedWeights, SourceScore, UserCounters
 from ranker.base import ArrayRanker, ExplainingRanker, FusedOrder, Ranker, RankingContext
 from ranker.features import feature_matrix
-from ranker.schema import AFFINITY_MEMORIES, DEFAULT_SCHEMA, FeatureSchema, reads_affinity, reads_item_windows
+from ranker.schema import (
+    AFFINITY_MEMORIES,
+    AFFINITY_RECENT_N,
+    DEFAULT_SCHEMA,
+    FeatureSchema,
+    reads_affinity,
+    reads_item_windows,
+)
 from retriever.core import fusion, metrics
 from retriever.core.errors import DeadlineExceeded, InvalidArgument
 from retriever.core.events import LogResult, RawEvent, log_events
@@ -372,7 +379,7 @@ class SearchService:
             cs = ex.generation.settings
             need = max(cs.behavior.recent_n, cs.preference.recent_n, DEBUG_RECENT if ex.query.debug else 1)
             if ranker_reads_affinity(ex.generation.ranker):
-                need = max(need, *(r.recent_n for r in AFFINITY_MEMORIES.values()))
+                need = max(need, AFFINITY_RECENT_N)
             if SearchService._exclude_seen in ex.pipeline.stages and cs.recommend_exclude_seen:
                 need = max(need, self.settings.redis.recent_max_len)
             ex.user_recent = UserRecent(self.recent, ex.generation.name, ex.query.user_id, need)
@@ -395,7 +402,7 @@ class SearchService:
         time), so offline features equal online ones. Raises StoreUnavailable."""
         table, behavior = collection.tag_table, collection.behavior
         ps = collection.settings.preference
-        n = max(ps.recent_n, *(r.recent_n for r in AFFINITY_MEMORIES.values() if affinity), 1)
+        n = max(ps.recent_n, AFFINITY_RECENT_N if affinity else 0, 1)
         counters, recent = await asyncio.gather(
             self.recent.counters(collection.name, user_id),
             _recent(self.recent, collection.name, user_id, n, reader),
@@ -644,9 +651,5 @@ def ranker_reads_affinity(ranker: Ranker | None) -> bool:
 def affinity_seeds(
     recent: Sequence[RecentItem], history: Sequence[int], ord_of: Mapping[str, int]
 ) -> SeedWeights:
-    """The user's seeds for the i2i affinity features: the union of every memory's seed items
-    (ranker.schema.AFFINITY_MEMORIES), each weighted under each memory (0 where a memory has not it)."""
-    per = [decayed_seeds(recent, history, ord_of, r) for r in AFFINITY_MEMORIES.values()]
-    ords = sorted(set().union(*per))
-    weights = np.array([[seeds.get(o, 0.0) for o in ords] for seeds in per], dtype=np.float64)
-    return SeedWeights(np.asarray(ords, dtype=np.int64), weights.reshape(len(per), len(ords)))
+    """The user's seeds for the i2i affinity features, under every memory (ranker.schema.AFFINITY_MEMORIES)."""
+    return SeedWeights.of([decayed_seeds(recent, history, ord_of, r) for r in AFFINITY_MEMORIES.values()])

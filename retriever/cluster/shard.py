@@ -244,8 +244,7 @@ def affinity_seeds_from(lists: Mapping[str, Mapping[int, float]]) -> SeedWeights
     per = [lists.get(AFFINITY_SEEDS + suffix) for suffix in AFFINITY_MEMORIES]
     if all(p is None for p in per):
         return None
-    ords = sorted(set().union(*(p or {} for p in per)))
-    if ords and ords[0] < 0:
-        raise InvalidArgument(f"affinity seeds: negative ordinal {ords[0]}")
-    weights = np.array([[(p or {}).get(o, 0.0) for o in ords] for p in per], dtype=np.float64)
-    return SeedWeights(np.asarray(ords, dtype=np.int64), weights.reshape(len(per), len(ords)))
+    seeds = SeedWeights.of([p or {} for p in per])
+    if len(seeds.ordinals) and seeds.ordinals[0] < 0:
+        raise InvalidArgument(f"affinity seeds: negative ordinal {int(seeds.ordinals[0])}")
+    return seeds
