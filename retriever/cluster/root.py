@@ -58,7 +58,6 @@ from common.types import Candidate, SeedWeights
 from common.v1 import search_pb2 as pb
 from common.v1 import shard_pb2 as spb
 from ranker.base import Ranker
-from ranker.schema import AFFINITY_MEMORIES
 from retriever.cluster.replicas import ReplicaPolicy, ReplicaSet, ShardUnavailable
 from retriever.cluster.shard import (
     AFFINITY_COLUMNS,
@@ -79,8 +78,6 @@ from retriever.service import (
     Exchange,
     Pipeline,
     SearchService,
-    affinity_seeds,
-    ranker_reads_affinity,
 )
 
 log = logging.getLogger(__name__)
@@ -249,8 +246,8 @@ class CandidateView:
         self._affinity = {n: _floats(rows, c) for n, c in AFFINITY_COLUMNS.items() if c in names}
 
     def i2i_affinity(self, seeds: SeedWeights, ordinals: np.ndarray) -> dict[str, np.ndarray]:
-        """The affinity columns the shards sent (computed with the seeds this request sent them, which
-        are `seeds`: the same events and histories); NaN where a shard sent none (the default then)."""
+        """The affinity columns the shards sent, computed with `seeds` itself (the fan-out sent them the
+        ranking stage's seeds); NaN where a shard sent none (the default then)."""
         return {name: values[ordinals] for name, values in self._affinity.items()}
 
     def add_display(self, tables: Sequence[pa.Table]) -> None:
@@ -484,7 +481,7 @@ class RootSearchService(SearchService):
                     failed[name] = f"StoreUnavailable: {exc}"
                     continue
                 seeds[name] = decayed_seeds(recent, root.user_history(q.user_id), root.base_forward.ord_of, s)
-        affinity = await self._affinity_seeds(ex, root)
+        affinity = await _affinity_seeds(ex)
         if affinity is not None:
             seeds.update(affinity_seed_lists(affinity))
         profile = None
@@ -558,20 +555,16 @@ class RootSearchService(SearchService):
         ex.degraded = degraded
         ex.collection = view  # type: ignore[assignment]  # later stages read the request's candidates
 
-    async def _affinity_seeds(self, ex: Exchange, root: RootCollection) -> SeedWeights | None:
-        """The user's i2i affinity seeds, for the shards to score their candidates with, when the ranker
-        reads those features (the ranking stage derives the same seeds from the same events); None
-        otherwise, or when the store failed (the features then keep their defaults)."""
-        user = ex.query.user_id
-        # As the ranking stage decides whether to derive them (SearchService._counters).
-        if not user or root.behavior is None or not ranker_reads_affinity(root.ranker):
-            return None
-        n = max(r.recent_n for r in AFFINITY_MEMORIES.values())
-        try:
-            recent = await self._reader(ex).get(n)
-        except StoreUnavailable:
-            return None  # the branches that read the store report it
-        return affinity_seeds(recent, root.user_history(user), root.base_forward.ord_of)
+
+async def _affinity_seeds(ex: Exchange) -> SeedWeights | None:
+    """The user's i2i affinity seeds for the shards to score their candidates with: the very seeds the
+    ranking stage derives with the user's counters (`SearchService._counters`, started before recall,
+    only for a model that reads them). None without them (no such model, or the store failed: the
+    features keep their defaults)."""
+    if ex.counters_task is None:
+        return None
+    counters, _store_ok = await ex.counters_task
+    return counters.i2i_seeds if counters is not None else None
 
 
 async def _root_fetch(service: RootSearchService, ex: Exchange) -> None:
