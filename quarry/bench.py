@@ -176,15 +176,16 @@ def bench_search(
     Requests take their text from real item titles, their location from that item, and a user id drawn
     from the snapshot's long-term histories (when it has a behavior part).
     """
-    from common.index.text import analyze
     from common.settings import QuarrySettings, RedisSettings
     from common.types import GeoPoint
     from retriever.core.types import SearchQuery
     from retriever.features.recent import make_recent_store
     from retriever.generations import Registry
+    from retriever.recall.base import analyze_query
     from retriever.service import SearchService
 
     settings = QuarrySettings(redis=RedisSettings(url=redis_url, cluster=redis_cluster))
+    max_terms = settings.limits.max_query_terms  # the service's cap on analysed terms
     coll = open_collection(snapshot, settings)
     reg = Registry()
     reg.put(coll)
@@ -230,9 +231,11 @@ def bench_search(
     per_branch: dict[str, list[float]] = {}
     for q in reqs[:5]:
         loop.run_until_complete(svc.search(q))
+    knn_name, knn = _raw_knn(ann_inner, ann_k) if ann is not None else ("", None)
     for q in reqs:
         if inv is not None:
-            terms = {a: list(dict.fromkeys(analyze(q.text, a))) for a in coll.analyzers}
+            # The query analysed as the service analyses it before the branches run.
+            terms = analyze_query(q.text, coll.analyzers, max_terms)
             query = inv.build_query(terms, q.filters)  # type: ignore[attr-defined]
             t("tantivy search", lambda query=query: inv._searcher.search(query, limit=200, count=False))  # type: ignore[attr-defined]
             # The same answer from tantivy alone: build the term query, search (hits weighted as the
@@ -241,10 +244,7 @@ def bench_search(
         if ann is not None:
             t("onnxruntime encode", lambda q=q: ann.encoder.encode([q.text]))  # type: ignore[attr-defined]
             v = ann.encoder.encode([q.text])  # type: ignore[attr-defined]
-            if ann_inner.kind == "hnsw":
-                t("hnswlib knn_query", lambda v=v: ann_inner.raw.knn_query(v, k=ann_k, num_threads=1))
-            else:
-                t("faiss search", lambda v=v: ann_inner.raw.search(v, ann_k))
+            t(knn_name, lambda v=v: knn(v))  # type: ignore[misc]
         if beh is not None and q.user_id:
             hist = beh.index.user_history(q.user_id)  # type: ignore[attr-defined]
             seeds = [(o, 1.0) for o in hist[:20]]
@@ -319,8 +319,9 @@ def _branches_alone(
     then the knn alone. `quarry bench ann` times misses too."""
     import dataclasses
 
-    from common.index.text import analyze
+    from retriever.recall.base import analyze_query
 
+    max_terms = svc.settings.limits.max_query_terms
     branches = coll.branches
     inv, ann, geo = branches.get("inverted"), branches.get("ann"), branches.get("geo")
     # Per branch: its raw yardstick's name and a function preparing, outside the timing, the raw call for
@@ -331,18 +332,13 @@ def _branches_alone(
         def inverted(q: Any) -> Callable[[], Any] | None:
             if not q.text:
                 return None
-            terms = {a: list(dict.fromkeys(analyze(q.text, a))) for a in coll.analyzers}
+            terms = analyze_query(q.text, coll.analyzers, max_terms)
             return lambda: _raw_inverted(inv, terms, q.filters)
 
         raw_calls["inverted"] = ("tantivy query+search+ids", inverted)
     if ann is not None:
-        hnsw = ann_inner.kind == "hnsw"
+        knn_name, knn = _raw_knn(ann_inner, ann_k)
         cache = getattr(ann, "cache", None)
-
-        def knn(v: np.ndarray) -> Any:
-            return (
-                ann_inner.raw.knn_query(v, k=ann_k, num_threads=1) if hnsw else ann_inner.raw.search(v, ann_k)
-            )
 
         def vector(q: Any) -> Callable[[], Any] | None:
             if not q.text:
@@ -352,11 +348,7 @@ def _branches_alone(
                 return lambda: knn(v)
             return lambda: knn(ann.encoder.encode([q.text]))
 
-        raw_calls["ann"] = (
-            ("hnswlib knn_query" if hnsw else "faiss search")
-            + (" (cached vector)" if cache else " + encode"),
-            vector,
-        )
+        raw_calls["ann"] = (knn_name + (" (cached vector)" if cache else " + encode"), vector)
     if geo is not None:
 
         def within(q: Any) -> Callable[[], Any] | None:
@@ -388,6 +380,13 @@ def _branches_alone(
         if mine and base:
             lines += [_fmt(f"  raw {label}", base), _fmt(f"  Quarry {name} branch alone", mine, base)]
     return lines
+
+
+def _raw_knn(inner: Any, k: int) -> tuple[str, Callable[[np.ndarray], Any]]:
+    """The raw library's k-NN call on a vector index (hnswlib or faiss), and its name in the tables."""
+    if inner.kind == "hnsw":
+        return "hnswlib knn_query", lambda v: inner.raw.knn_query(v, k=k, num_threads=1)
+    return "faiss search", lambda v: inner.raw.search(v, k)
 
 
 def _raw_index(index: Any, k: int) -> tuple[Any, int]:
