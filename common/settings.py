@@ -195,8 +195,8 @@ class AnnSettings(_Model):
 class BehaviorSettings(_Model):
     """How the behavior branch turns a user's actions into candidates (item-to-item expansion)."""
 
-    #: i2i table: "swing" or "itemcf" (both are in the snapshot; see `quarry eval behavior`).
-    method: Literal["swing", "itemcf"] = "swing"
+    #: i2i table: "swing", "itemcf" or "ease" (all in the snapshot by default; see `quarry eval behavior`).
+    method: Literal["swing", "itemcf", "ease"] = "swing"
     #: Real-time recent events read from the store, and long-term history items from the snapshot.
     recent_n: Annotated[int, Field(ge=0, le=1000)] = 20
     history_n: Annotated[int, Field(ge=0, le=1000)] = 20

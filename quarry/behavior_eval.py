@@ -16,6 +16,9 @@ from common.catalog import Event
 from common.index.behavior import BehaviorIndex
 from indexer.behavior import BehaviorParams, build_behavior
 
+#: History items expanded per user by default (the snapshot keeps more: `BehaviorParams.history_len`).
+DEFAULT_SEEDS = 50
+
 
 def evaluate_behavior(
     events: Iterable[Event],
@@ -28,11 +31,11 @@ def evaluate_behavior(
     seeds: int | None = None,
     seed_decay: float = 1.0,
 ) -> dict[str, Any]:
-    """Temporal hold-out evaluation of ItemCF, Swing and popularity recall.
+    """Temporal hold-out evaluation of the i2i methods (ItemCF, Swing, EASE) and popularity recall.
 
     Events before the cut (default: the `fraction` quantile of all timestamps) build the tables; each user
     with a training history and at least one positive test item not seen in training is a query: the last
-    `seeds` (default history_len) training positives, weighted seed_decay**rank (newest rank 0), are
+    `seeds` (default DEFAULT_SEEDS) training positives, weighted seed_decay**rank (newest rank 0), are
     expanded, excluding every item the user interacted with in training. Recall@k is the user's share of
     test positives retrieved, averaged over users; HitRate@k the share of users with at least one.
     """
@@ -66,7 +69,7 @@ def evaluate_behavior(
         hits = {m: 0 for m in methods}
         recall = {m: 0.0 for m in methods}
         returned = {m: 0 for m in methods}
-        n_seeds = seeds or params.history_len
+        n_seeds = seeds or DEFAULT_SEEDS
         expand_s = 0.0
         users = positives = 0
         for user in sorted(targets):

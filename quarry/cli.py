@@ -1195,7 +1195,7 @@ def eval_scifact(
 @click.option("-k", "k", default=50, show_default=True)
 @click.option("--fraction", default=0.8, show_default=True, help="Timestamp quantile of the train/test cut.")
 @click.option("--min-rating", default=4.0, show_default=True, help="Ratings >= this are positive.")
-@click.option("--seeds", type=int, default=None, help="History items expanded (default: history_len).")
+@click.option("--seeds", type=int, default=None, help="History items expanded (default: 50).")
 @click.option("--seed-decay", default=1.0, show_default=True, help="Seed weight = decay**recency_rank.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 def eval_behavior(
@@ -1207,7 +1207,7 @@ def eval_behavior(
     seed_decay: float,
     as_json: bool,
 ) -> None:
-    """Recall/HitRate@k of ItemCF, Swing and popularity on MovieLens-100K (temporal split)."""
+    """Recall/HitRate@k of ItemCF, Swing, EASE and popularity on MovieLens-100K (temporal split)."""
     from indexer.behavior import BehaviorParams
     from indexer.datasets import DatasetUnavailable, load_dataset
     from quarry.behavior_eval import evaluate_behavior, format_eval

@@ -13,7 +13,8 @@ Protocol (all from the real data, no synthetic events):
   boosters.
 - Test phase: a snapshot from train + validation; the replayed store likewise; every test user with a
   history and a test positive is a query. Baselines in the same table: popularity, ItemCF and Swing
-  (item-to-item expansion of the user's history, as the behavior branch does it), Quarry's recall order
+  (item-to-item expansion of the user's history, as the behavior branch does it), EASE (expansion of
+  every item of the user's history, unweighted, as EASE is defined), Quarry's recall order
   (fused), and the chosen ranker's order over the same candidates.
 - Metrics per user: NDCG@10, Recall@50, HitRate@10; means with bootstrap 95% confidence intervals over
   users (the same resamples for every method, so differences are paired).
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 METRICS = ("ndcg@10", "recall@50", "hit_rate@10")
 #: Boosters averaged per GBDT ranker kind (ranker.gbdt.GBDTRanker.bags).
 BAGS = 5
+#: The i2i baselines: each expands the user's history over its own table.
+BASELINE_I2I = ("itemcf", "swing", "ease")
 
 
 def user_metrics(order: Sequence[int], positives: set[int]) -> tuple[float, float, float]:
@@ -284,7 +287,12 @@ def evaluate_movielens(
         decay = 0.5 ** (1.0 / bs.decay_half_life)
         per: dict[str, list[tuple[float, float, float]]] = {
             k: []
-            for k in ("popularity", "itemcf", "swing", "recall order", *[f"ranker ({m})" for m in models])
+            for k in (
+                "popularity",
+                *BASELINE_I2I,
+                "recall order",
+                *[f"ranker ({m})" for m in models],
+            )
         }
         n_items = behavior.num_items
         for u in test_users:
@@ -292,8 +300,12 @@ def evaluate_movielens(
             allowed = np.ones(n_items, dtype=bool)
             allowed[list(seen)] = False
             per["popularity"].append(user_metrics([o for o, _ in behavior.popular(50, allowed)], pos))
-            seeds = [(o, decay**r) for r, o in enumerate(behavior.user_history(u))]
-            for method in ("itemcf", "swing"):
+            history = behavior.user_history(u)
+            # ItemCF and Swing as the behavior branch seeds them (the newest 50, decayed); EASE as it
+            # is defined (every item of the user's, alike).
+            decayed = [(o, decay**r) for r, o in enumerate(history[:50])]
+            for method in BASELINE_I2I:
+                seeds = [(o, 1.0) for o in history] if method == "ease" else decayed
                 got = [o for o, _ in behavior.expand(method, seeds, 50, exclude=seen)]
                 per[method].append(user_metrics(got, pos))
             ords, X = cand[u]
@@ -327,7 +339,7 @@ def evaluate_movielens(
         for i, metric in enumerate(METRICS):
             diffs = {
                 other: [a[i] - b[i] for a, b in zip(per[mine], per[other], strict=True)]
-                for other in ("popularity", "itemcf", "swing", "recall order")
+                for other in ("popularity", *BASELINE_I2I, "recall order")
             }
             for other, ci in paired_bootstrap(diffs, seed=seed).items():
                 versus.setdefault(other, {})[metric] = ci

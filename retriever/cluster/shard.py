@@ -230,12 +230,14 @@ def _global_ordinals(coll: Collection, local: np.ndarray, base_n: int) -> np.nda
 
 
 def affinity_seed_lists(seeds: SeedWeights) -> dict[str, dict[int, float]]:
-    """The root's side: a user's affinity seeds (global ordinals) as named seed lists, one a memory."""
-    ords = seeds.ordinals.tolist()
-    return {
-        AFFINITY_SEEDS + suffix: dict(zip(ords, row.tolist(), strict=True))
-        for suffix, row in zip(AFFINITY_MEMORIES, seeds.weights, strict=True)
-    }
+    """The root's side: a user's affinity seeds (global ordinals) as named seed lists, one a memory, each
+    with only the seeds it weighs (the whole-history memory's ~500 seeds are not sent as zeros in the
+    others' lists, nor theirs in its)."""
+    out: dict[str, dict[int, float]] = {}
+    for suffix, row in zip(AFFINITY_MEMORIES, seeds.weights, strict=True):
+        nz = np.flatnonzero(row)
+        out[AFFINITY_SEEDS + suffix] = dict(zip(seeds.ordinals[nz].tolist(), row[nz].tolist(), strict=True))
+    return out
 
 
 def affinity_seeds_from(lists: Mapping[str, Mapping[int, float]]) -> SeedWeights | None:

@@ -300,7 +300,12 @@ def test_movielens_ranked_answers_equal_one_node(
     at_root = {h.id: dict(h.debug.features) for h in debug.hits}
     at_node = {h.id: dict(h.debug.features) for h in single.hits}
     assert at_root.keys() == at_node.keys()
-    for name in ("user_swing_affinity", "user_itemcf_affinity_long", "item_avg_weight"):
+    for name in (
+        "user_swing_affinity",
+        "user_itemcf_affinity_long",
+        "user_ease_affinity_all",
+        "item_avg_weight",
+    ):
         got = [at_root[i][name] for i in at_root]
         assert got == pytest.approx([at_node[i][name] for i in at_root], rel=1e-9), name
         assert max(got) > 0, name

@@ -52,7 +52,9 @@ def test_eval_movielens_cli(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     report = json.loads(out.read_text())
     table = report["table"]
-    assert {"popularity", "itemcf", "swing", "recall order"} <= set(table)
+    assert {"popularity", "itemcf", "swing", "ease", "recall order"} <= set(table)
+    if report["versus"]:  # a ranker was chosen: it is compared with every baseline, EASE included
+        assert set(report["versus"]) == {"popularity", "itemcf", "swing", "ease", "recall order"}
     assert any(name.startswith("ranker (gbdt") for name in table)
     for row in table.values():
         for metric in METRICS:

@@ -196,12 +196,16 @@ def test_replaced_item_keeps_its_ranking_features_from_behavior(srv: ServerThrea
     import numpy as np
 
     from common.types import SeedWeights
+    from ranker.schema import AFFINITY_MEMORIES
 
     coll = srv.server.registry.get("tiny")
     base = coll.forward.ord_of
     sh, pa = base["sh"], base["pa"]
     weights_before = coll.item_weight
-    seeds = SeedWeights(np.array([base["bj"]]), np.array([[1.0], [0.5]]))
+    # One seed, weighed differently under each memory.
+    seeds = SeedWeights(
+        np.array([base["bj"]]), np.array([[1.0 / (k + 1)] for k in range(len(AFFINITY_MEMORIES))])
+    )
     before = coll.i2i_affinity(seeds, np.array([sh, pa]))
     assert weights_before is not None and before and all(v.max() > 0 for v in before.values())
     items = [

@@ -16,7 +16,7 @@ from common.types import GeoPoint
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc
 from retriever.core.types import BranchStatus, SearchQuery
-from retriever.features.recent import RedisRecentStore
+from retriever.features.recent import RedisRecentStore, UserEvent
 from retriever.generations import Collection, Registry
 from retriever.service import SearchService
 from retriever.settings import load_settings
@@ -214,3 +214,49 @@ def test_logged_events_reach_the_models_item_windows_over_grpc(
     assert gained == pytest.approx([3 * math.exp(-60 / tau) for tau in (3600, 86400, 604800)], rel=1e-3)
     untouched = [i for i in before if i != target and i in after][:20]
     assert all(after[i] == pytest.approx(before[i], rel=1e-3, abs=1e-6) for i in untouched)
+
+
+def test_recommend_through_the_ease_table(movielens_snapshot: Path, redis_url: str) -> None:
+    """The behavior branch set to the EASE table recalls, through real Redis, items that EASE rows of the
+    user's real-time seeds point to with positive weight, and its list differs from Swing's."""
+    settings = load_settings()
+    base = settings.for_collection("movielens")
+    user = f"ease-{time.time_ns()}"  # a user of our own: their two real-time events are the only seeds
+    lists: dict[str, list[str]] = {}
+
+    async def go() -> None:
+        for method in ("ease", "swing"):
+            cs = base.model_copy(update={"behavior": base.behavior.model_copy(update={"method": method})})
+            coll = Collection(movielens_snapshot, cs)
+            reg = Registry()
+            reg.put(coll)
+            store = RedisRecentStore(settings.redis.model_copy(update={"url": redis_url}))
+            svc = SearchService(settings, reg, recent=store)
+            if method == "ease":
+                now = time.time()
+                events = [
+                    UserEvent(f"{user}-{i}", user, it, "click", now, 1.0)
+                    for i, it in enumerate((STAR_WARS, EMPIRE))
+                ]
+                assert all(await svc.recent.append("movielens", events))
+            q = SearchQuery(
+                collection="movielens", user_id=user, top_k=20, branches=("behavior",), debug=True
+            )
+            res = await svc.recommend(q)
+            lists[method] = [h.id for h in res.hits]
+            if method == "ease":
+                behavior = coll.behavior
+                assert behavior is not None
+                pointed = set()
+                for item in (STAR_WARS, EMPIRE):
+                    neighbours, weights = behavior.neighbors("ease", coll.forward.ord_of[item])
+                    pointed |= {
+                        coll.forward.ids[int(j)] for j, w in zip(neighbours, weights, strict=True) if w > 0
+                    }
+                assert len(res.hits) == 20 and set(lists[method]) <= pointed
+                assert all(src.branch == "behavior" for h in res.hits for src in h.sources)
+                assert JEDI in lists[method][:5]  # the trilogy's third film
+            await svc.aclose()
+
+    asyncio.run(go())
+    assert lists["ease"] != lists["swing"]

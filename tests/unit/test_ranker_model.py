@@ -20,7 +20,7 @@ from ranker.schema import DEFAULT_SCHEMA, Feature, FeatureSchema
 
 
 def test_default_schema_shape() -> None:
-    assert DEFAULT_SCHEMA.dim == len(DEFAULT_SCHEMA.names) == 38
+    assert DEFAULT_SCHEMA.dim == len(DEFAULT_SCHEMA.names) == 43
     assert {f.source for f in DEFAULT_SCHEMA.features} == {"user", "item", "query_item"}
     assert len(DEFAULT_SCHEMA.fingerprint()) == 64
 

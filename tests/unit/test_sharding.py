@@ -21,12 +21,14 @@ from common.ordering import RELATIVE_TIE, best_first, canonical, cut_is_settled
 from common.profile import TagArrays, TagTable
 from common.sharding import ShardPart, shard_of, verify_shard_set
 from common.snapshot import SnapshotError, read_manifest
-from common.types import Candidate
+from common.types import Candidate, SeedWeights
 from common.v1 import search_pb2 as pb
 from common.v1 import shard_pb2 as spb
 from indexer.build import BuildOptions, build_snapshot
 from indexer.sharded import build_sharded, partition
+from ranker.schema import AFFINITY_MEMORIES
 from retriever.cluster.root import _branch_result, _ShardAnswer, merge_lists
+from retriever.cluster.shard import AFFINITY_SEEDS, affinity_seed_lists, affinity_seeds_from
 
 FIELDS = [TextField("name", Analyzer.NAME, 2.0), TextField("body", Analyzer.ENGLISH, 1.0)]
 WORDS = [
@@ -344,3 +346,18 @@ def test_branch_results_combine_over_shards() -> None:
     d = _ShardAnswer(0, spb.ShardRecallResponse(branches=[_branch("geo", sk, [], [], "no location")]))
     res, degraded, _ = _branch_result("geo", spec, [d], 1)
     assert res.status is BranchStatus.SKIPPED and res.detail == "no location" and not degraded
+
+
+def test_affinity_seed_lists_round_trip_and_send_only_weighed_seeds() -> None:
+    # Three memories: two weigh the recent seeds (decayed), the whole-history one only history items.
+    per = [{5: 1.0, 9: 0.5}, {5: 1.0, 9: 0.8, 11: 0.1}, {9: 1.0, 40: 1.0, 41: 1.0}]
+    assert len(per) == len(AFFINITY_MEMORIES)
+    seeds = SeedWeights.of(per)
+    lists = affinity_seed_lists(seeds)
+    assert [dict(v) for v in lists.values()] == per  # no zero-weight entries on the wire
+    assert set(lists) == {AFFINITY_SEEDS + s for s in AFFINITY_MEMORIES}
+    back = affinity_seeds_from(lists)
+    assert back is not None
+    np.testing.assert_array_equal(back.ordinals, seeds.ordinals)
+    np.testing.assert_array_equal(back.weights, seeds.weights)
+    assert affinity_seeds_from({}) is None
