@@ -103,9 +103,9 @@ class BehaviorParams:
     #: Popularity half-life in days, relative to the newest positive event; None counts without decay.
     popularity_half_life_days: float | None = 30.0
     #: EASE: the L2 penalty λ (larger leans towards popular items; EASE alone on MovieLens-1M's test
-    #: window scored NDCG@10 0.186 / 0.195 / 0.202 at λ 200 / 500 / 1,000, all ratings), the items that take part (the inverse is dense: m² memory, m³ time; 5,000 items
-    #: take ~5 s and 0.4 GB on 2 cores, measured on synthetic interactions) and the weights kept per row
-    #: (by magnitude).
+    #: window scored NDCG@10 0.186 / 0.195 / 0.202 at λ 200 / 500 / 1,000, all ratings), the items that
+    #: take part (the inverse is dense: m² memory, m³ time; 5,000 items take ~5 s and 0.4 GB on 2 cores,
+    #: measured on synthetic interactions) and the weights kept per row (by magnitude).
     ease_lambda: float = 1000.0
     ease_max_items: int = 5000
     ease_neighbors: int = 200

@@ -170,12 +170,12 @@ class Collection:
         if behavior is None or not behavior.methods:
             return {}
         items = self.view.base_ordinals(ordinals)
-        out: dict[str, np.ndarray] = {}
-        for method in behavior.methods:
-            scores = behavior.affinity(method, seeds.ordinals, seeds.weights, items)
-            for suffix, row in zip(AFFINITY_MEMORIES, scores, strict=True):
-                out[affinity_feature(method, suffix)] = row
-        return out
+        scores = behavior.affinities(behavior.methods, seeds.ordinals, seeds.weights, items)
+        return {
+            affinity_feature(method, suffix): row
+            for method, rows in scores.items()
+            for suffix, row in zip(AFFINITY_MEMORIES, rows, strict=True)
+        }
 
     def seed_items(self, keys: np.ndarray) -> np.ndarray:
         """Seed keys as this generation's item ordinals: the same on one node; on a shard, seeds are

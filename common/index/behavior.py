@@ -210,17 +210,20 @@ class BehaviorIndex:
         """The score `expand` ranks by, for given items: Σ_seed w · sim(seed, item), once per row of
         `weights` (m × len(seed_ords): several weightings of the same seeds share one gather).
         `items`: ordinals of this index's items (-1 or past them: none, scored 0). Returns (m, len(items))."""
-        indptr, indices, scores = self._table(method)
+        return self.affinities((method,), seed_ords, weights, items)[method]
+
+    def affinities(
+        self, methods: Sequence[str], seed_ords: np.ndarray, weights: np.ndarray, items: np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """`affinity` under each of `methods`, the items' lookup built once for all of them."""
+        tables = {method: self._table(method) for method in methods}
         w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
         seed_ords = np.asarray(seed_ords, dtype=np.int64)
         items = np.asarray(items, dtype=np.int64)
         if w.shape[1] != len(seed_ords):
             raise ValueError(f"weights has {w.shape[1]} columns for {len(seed_ords)} seeds")
-        out = np.zeros((w.shape[0], len(items)))
+        out = {method: np.zeros((w.shape[0], len(items))) for method in methods}
         if not len(seed_ords) or not len(items):
-            return out
-        pos, lengths = self._gather(indptr, seed_ords)
-        if not len(pos):
             return out
         # Only the neighbours that are asked-for items count: a dense item → slot map finds them in one
         # gather (a binary search per neighbour was ~80% of the cost with a few hundred seeds).
@@ -228,18 +231,19 @@ class BehaviorIndex:
         valid = (distinct >= 0) & (distinct < self.num_items)
         slot_of = np.full(self.num_items, -1, dtype=np.int32)
         slot_of[distinct[valid]] = np.flatnonzero(valid)
-        neighbors = indices[pos]
-        slot = slot_of[neighbors]
-        hits = np.flatnonzero(slot >= 0)
-        if not len(hits):
-            return out
-        # Each hit's seed: the first seed whose neighbour slices end past it.
-        seed = np.searchsorted(np.cumsum(lengths), hits, side="right")
-        sim = scores[pos[hits]].astype(np.float64)
-        slot = slot[hits]
-        for j, row in enumerate(w):
-            per = np.bincount(slot, weights=sim * row[seed], minlength=len(distinct))
-            out[j] = per[inverse]
+        for method, (indptr, indices, scores) in tables.items():
+            pos, lengths = self._gather(indptr, seed_ords)
+            slot = slot_of[indices[pos]]
+            hits = np.flatnonzero(slot >= 0)
+            if not len(hits):
+                continue
+            # Each hit's seed: the first seed whose neighbour slices end past it.
+            seed = np.searchsorted(np.cumsum(lengths), hits, side="right")
+            sim = scores[pos[hits]].astype(np.float64)
+            slot = slot[hits]
+            for j, row in enumerate(w):
+                per = np.bincount(slot, weights=sim * row[seed], minlength=len(distinct))
+                out[method][j] = per[inverse]
         return out
 
     def sample_users(self, n: int) -> list[str]:

@@ -238,7 +238,7 @@ class CandidateView:
         self.has_display = "title" in rows.column_names
         self.forward = self.base_forward = ForwardStore.from_table(rows, root.attr_names, root.text_names)
         self._compact = {int(g): i for i, g in enumerate(self.gord.tolist())}
-        pop = rows.column(POPULARITY_COLUMN).to_numpy(zero_copy_only=False).astype(np.float64)
+        pop = _floats(rows, POPULARITY_COLUMN)
         self.item_popularity = None if root.behavior is None else np.nan_to_num(pop, nan=0.0)
         names = set(rows.column_names)
         self.item_weight = _floats(rows, ITEM_WEIGHT_COLUMN) if ITEM_WEIGHT_COLUMN in names else None

@@ -166,14 +166,9 @@ class ShardCore:
         item_weight = coll.item_weight
         if item_weight is not None:
             rows = rows.append_column(ITEM_WEIGHT_COLUMN, pa.array(item_weight[ords], pa.float64()))
-        seeds = affinity_seeds_from(req.root.seeds)
+        behavior = coll.behavior
+        seeds = affinity_seeds_from(req.root.seeds, None if behavior is None else behavior.num_rows)
         if seeds is not None:
-            behavior = coll.behavior
-            if len(seeds.ordinals) and behavior is not None and seeds.ordinals.max() >= behavior.num_rows:
-                raise InvalidArgument(
-                    f"affinity seeds: ordinal {int(seeds.ordinals.max())} is past this set's "
-                    f"{behavior.num_rows} items"
-                )
             for name, values in coll.i2i_affinity(seeds, ords).items():
                 rows = rows.append_column(AFFINITY_COLUMNS[name], pa.array(values, pa.float64()))
         return ShardResult(coll.shard.index, coll.version, results, rows)
@@ -240,13 +235,18 @@ def affinity_seed_lists(seeds: SeedWeights) -> dict[str, dict[int, float]]:
     return out
 
 
-def affinity_seeds_from(lists: Mapping[str, Mapping[int, float]]) -> SeedWeights | None:
+def affinity_seeds_from(lists: Mapping[str, Mapping[int, float]], rows: int | None) -> SeedWeights | None:
     """The shard's side: the seed lists `affinity_seed_lists` made back as SeedWeights (None: the root
-    sent none, its ranker reads no affinity feature); a memory's missing seed weighs 0."""
+    sent none, its ranker reads no affinity feature); a memory's missing seed weighs 0. `rows`: the seed
+    keys the shard's tables cover (None: no behavior part); a seed outside 0..rows-1 is INVALID_ARGUMENT."""
     per = [lists.get(AFFINITY_SEEDS + suffix) for suffix in AFFINITY_MEMORIES]
     if all(p is None for p in per):
         return None
     seeds = SeedWeights.of([p or {} for p in per])
     if len(seeds.ordinals) and seeds.ordinals[0] < 0:
         raise InvalidArgument(f"affinity seeds: negative ordinal {int(seeds.ordinals[0])}")
+    if len(seeds.ordinals) and rows is not None and seeds.ordinals[-1] >= rows:
+        raise InvalidArgument(
+            f"affinity seeds: ordinal {int(seeds.ordinals[-1])} is past this set's {rows} items"
+        )
     return seeds

@@ -29,6 +29,7 @@ from indexer.sharded import build_sharded, partition
 from ranker.schema import AFFINITY_MEMORIES
 from retriever.cluster.root import _branch_result, _ShardAnswer, merge_lists
 from retriever.cluster.shard import AFFINITY_SEEDS, affinity_seed_lists, affinity_seeds_from
+from retriever.core.errors import InvalidArgument
 
 FIELDS = [TextField("name", Analyzer.NAME, 2.0), TextField("body", Analyzer.ENGLISH, 1.0)]
 WORDS = [
@@ -356,8 +357,12 @@ def test_affinity_seed_lists_round_trip_and_send_only_weighed_seeds() -> None:
     lists = affinity_seed_lists(seeds)
     assert [dict(v) for v in lists.values()] == per  # no zero-weight entries on the wire
     assert set(lists) == {AFFINITY_SEEDS + s for s in AFFINITY_MEMORIES}
-    back = affinity_seeds_from(lists)
+    back = affinity_seeds_from(lists, 100)
     assert back is not None
     np.testing.assert_array_equal(back.ordinals, seeds.ordinals)
     np.testing.assert_array_equal(back.weights, seeds.weights)
-    assert affinity_seeds_from({}) is None
+    assert affinity_seeds_from({}, 100) is None
+    with pytest.raises(InvalidArgument, match="past this set's 41 items"):
+        affinity_seeds_from(lists, 41)  # seed 41 is one past the last row
+    with pytest.raises(InvalidArgument, match="negative ordinal -3"):
+        affinity_seeds_from({AFFINITY_SEEDS: {-3: 1.0}}, 100)
