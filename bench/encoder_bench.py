@@ -6,6 +6,12 @@ a Search request's CPU. Both are reported beside each other so a cheaper encoder
 
     python bench/encoder_bench.py --limit 1000 --queries 300
     python bench/encoder_bench.py --encoder use-multilingual --json out.json
+    python bench/encoder_bench.py --corpus geonames --limit 5000 --against minilm-int8 --repeat 3
+
+``--corpus geonames`` encodes what a GeoNames build encodes (each place's "name. country", a random
+sample of cities500): the short texts of the performance issue's bulk target. ``--against ENC`` times a
+second encoder in the same run (bulk passes interleaved with the first's), prints its figures as ratios
+to the first's and the cosine between the two encoders' vectors of every text.
 
 The machine is shared in development, so CPU-time figures are printed beside wall-clock ones: they are
 far less sensitive to other processes stealing cores. The load average is printed too; compare wall
@@ -30,7 +36,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from common.encoders import get_encoder, known_encoders
+from common.encoders import ONNX_ENCODERS, get_encoder, known_encoders
 
 
 def find_scifact(explicit: str | None) -> Path:
@@ -58,6 +64,19 @@ def load_corpus(data: Path, limit: int, fields: str) -> list[str]:
             if len(texts) >= limit:
                 break
     return texts
+
+
+def load_place_texts(limit: int, seed: int = 0) -> list[str]:
+    """What a GeoNames build embeds: "name. country" of ``limit`` places drawn from cities500."""
+    import random
+
+    from common.catalog import embed_text
+    from indexer.datasets import geonames
+
+    ds = geonames.load(Path("."), variant="cities500")
+    fields = ds.embed_fields or []
+    texts = [embed_text(it, fields) for it in ds.items()]
+    return random.Random(seed).sample(texts, min(limit, len(texts)))
 
 
 def load_queries(data: Path, limit: int) -> list[str]:
@@ -105,9 +124,74 @@ def bench_queries(encoder: Any, queries: list[str], warmup: int = 20) -> dict[st
     }
 
 
+def _make(name: str, threads: int, args: argparse.Namespace, tmp: str) -> tuple[Any, dict[str, Any]]:
+    """Encoder ``name`` with ``threads`` threads, and its load figures."""
+    thread_opt = "intra_op_threads" if name in ONNX_ENCODERS else "threads"
+    extra: dict[str, Any] = {"cache_dir": tmp} if name in ONNX_ENCODERS and args.cold_export else {}
+    t0 = time.perf_counter()
+    enc = get_encoder(name, **{thread_opt: threads}, **extra)
+    info: dict[str, Any] = {
+        "load_s" + ("_with_cold_export" if extra else ""): round(time.perf_counter() - t0, 2)
+    }
+    if hasattr(enc, "providers"):
+        info["providers"] = enc.providers
+    return enc, info
+
+
+def _bench_all(
+    names: list[str], args: argparse.Namespace, corpus: list[str], queries: list[str], tmp: str
+) -> dict[str, dict[str, Any]]:
+    """Each encoder's bulk figures (sorted and unsorted, the best of ``--repeat``; every repeat runs each
+    encoder and mode once, so a load change on a shared machine hits all of them alike) and one-thread
+    query figures; its bulk vectors under ``_vectors`` for the cosine between two encoders."""
+    out: dict[str, dict[str, Any]] = {}
+    bulk: dict[str, Any] = {}
+    for name in names:
+        bulk[name], out[name] = _make(name, args.bulk_threads, args, tmp)
+    for _ in range(args.repeat):
+        for name, enc in bulk.items():
+            sortable = "sort_by_length" in inspect.signature(enc.encode).parameters
+            modes: dict[str, bool | None] = (
+                {"bulk_sorted": True, "bulk_unsorted": False} if sortable else {"bulk": None}
+            )
+            for label, sort in modes.items():
+                r = bench_bulk(enc, corpus, args.batch_size, sort)
+                best = out[name].get(label)
+                if best is None or r["texts_per_s"] > best["texts_per_s"]:
+                    out[name][label] = r
+    for name, enc in bulk.items():
+        out[name]["_vectors"] = enc.encode(corpus, batch_size=args.batch_size)
+    del bulk, enc
+
+    for name in names:
+        single, _ = _make(name, 1, args, tmp)
+        out[name]["query_latency_1_thread"] = {
+            k: round(v, 2) for k, v in bench_queries(single, queries).items()
+        }
+        if args.static is not None and name == args.encoder:
+            from common.encoders.static import StaticQueryEncoder
+
+            static = StaticQueryEncoder.load(args.static / "vectors", single.tokenizer)
+            out[name]["query_latency_static"] = {
+                k: round(v, 4) for k, v in bench_queries(static, queries).items()
+            }
+            mine, theirs = static.encode(queries), single.encode(queries)
+            out[name]["static_cosine_to_model"] = round(float((mine * theirs).sum(axis=1).mean()), 4)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--encoder", default="minilm", choices=known_encoders())
+    ap.add_argument(
+        "--against", choices=known_encoders(), help="also time this encoder in the same run, as ratios"
+    )
+    ap.add_argument(
+        "--corpus",
+        choices=("scifact", "geonames"),
+        default="scifact",
+        help="bulk texts: SciFact documents (--fields) or GeoNames places' name + country",
+    )
     ap.add_argument("--data", help="SciFact folder (corpus.jsonl.xz, queries.jsonl)")
     ap.add_argument("--limit", type=int, default=1000, help="corpus documents to encode (default 1000)")
     ap.add_argument(
@@ -137,57 +221,48 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     data = find_scifact(args.data)
-    corpus = load_corpus(data, args.limit, args.fields)
+    if args.corpus == "geonames":
+        corpus = load_place_texts(args.limit)
+    else:
+        corpus = load_corpus(data, args.limit, args.fields)
     queries = load_queries(data, args.queries)
-    thread_opt = "intra_op_threads" if args.encoder == "minilm" else "threads"
+    names = [args.encoder] + ([args.against] if args.against else [])
     results: dict[str, Any] = {
         "encoder": args.encoder,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "loadavg_start": loadavg(),
+        "corpus": args.corpus,
         "docs": len(corpus),
-        "fields": args.fields,
+        "fields": args.fields if args.corpus == "scifact" else "name. country",
         "batch_size": args.batch_size,
         "bulk_threads": args.bulk_threads,
     }
 
     with tempfile.TemporaryDirectory() as tmp:
-        extra: dict[str, Any] = {}
-        if args.encoder == "minilm" and args.cold_export:
-            extra["cache_dir"] = tmp
-        t0 = time.perf_counter()
-        bulk = get_encoder(args.encoder, **{thread_opt: args.bulk_threads}, **extra)
-        results["load_s" + ("_with_cold_export" if extra else "")] = round(time.perf_counter() - t0, 2)
-        if hasattr(bulk, "providers"):
-            results["providers"] = bulk.providers
-
-        sortable = "sort_by_length" in inspect.signature(bulk.encode).parameters
-        modes: dict[str, bool | None] = (
-            {"bulk_sorted": True, "bulk_unsorted": False} if sortable else {"bulk": None}
-        )
-        # Modes are interleaved within each repeat so that a load change on a shared machine hits all of
-        # them alike; the best repeat is kept (the least disturbed one).
-        for _ in range(args.repeat):
-            for label, sort in modes.items():
-                r = bench_bulk(bulk, corpus, args.batch_size, sort)
-                best = results.get(label)
-                if best is None or r["texts_per_s"] > best["texts_per_s"]:
-                    results[label] = r
-        del bulk
-
-        single = get_encoder(args.encoder, **{thread_opt: 1}, **extra)
-        results["query_latency_1_thread"] = {
-            k: round(v, 2) for k, v in bench_queries(single, queries).items()
+        by_name = _bench_all(names, args, corpus, queries, tmp)
+    results.update(by_name[args.encoder])
+    if args.against:
+        other = by_name[args.against]
+        first = by_name[args.encoder]
+        bulk_key = "bulk_sorted" if "bulk_sorted" in first else "bulk"
+        other["ratio_to_" + args.encoder] = {
+            "bulk_texts_per_s": round(other[bulk_key]["texts_per_s"] / first[bulk_key]["texts_per_s"], 3),
+            "query_cpu_p50": round(
+                other["query_latency_1_thread"]["cpu_p50_ms"] / first["query_latency_1_thread"]["cpu_p50_ms"],
+                3,
+            ),
         }
-        if args.static is not None:
-            from common.encoders.static import StaticQueryEncoder
-
-            static = StaticQueryEncoder.load(args.static / "vectors", single.tokenizer)
-            results["query_latency_static"] = {
-                k: round(v, 4) for k, v in bench_queries(static, queries).items()
-            }
-            mine, theirs = static.encode(queries), single.encode(queries)
-            results["static_cosine_to_model"] = round(float((mine * theirs).sum(axis=1).mean()), 4)
+        a = first.pop("_vectors")
+        b = other.pop("_vectors")
+        cos = np.einsum("ij,ij->i", a, b)
+        other["cosine_to_" + args.encoder] = {
+            "mean": round(float(cos.mean()), 4),
+            "p1": round(float(np.percentile(cos, 1)), 4),
+            "min": round(float(cos.min()), 4),
+        }
+        results["against"] = {"encoder": args.against, **other}
+    results.pop("_vectors", None)
     results["loadavg_end"] = loadavg()
 
     print(json.dumps(results, indent=2))

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from common import snapshot
 from common.catalog import CatalogError, Event, Item, embed_text
-from common.encoders import TextEncoder, get_encoder
+from common.encoders import TextEncoder, get_encoder, thread_options
 from common.index.forward import write_forward
 from common.index.geo import build_geo
 from common.index.ranker_part import write_ranker_part
@@ -35,7 +35,7 @@ class BuildOptions:
     writer_threads: int = 2
     overwrite: bool = False
     progress: bool = True
-    #: Text encoder for item vectors ("minilm", "use-multilingual"); None builds no vector part. When every
+    #: Text encoder for item vectors ("minilm", "minilm-int8", "use-multilingual"); None builds no vector part. When every
     #: item carries a catalog `embedding`, those are used and `encoder` names the model that made them
     #: (queries are encoded with it).
     encoder: str | None = "minilm"
@@ -361,11 +361,7 @@ def embed_catalog(
             )
         encoder_meta["fingerprint"] = fingerprint(encoder)
     else:
-        encoder = (
-            get_encoder(options.encoder, intra_op_threads=options.encoder_threads)
-            if options.encoder == "minilm"
-            else get_encoder(options.encoder)
-        )
+        encoder = get_encoder(options.encoder, **thread_options(options.encoder, options.encoder_threads))
         texts = [embed_text(it, fields) for it in catalog]
         vectors = encoder.encode(texts, batch_size=options.encode_batch_size, progress=options.progress)
         encoder_meta = {

@@ -64,6 +64,7 @@ def evaluate_scifact(
     fusion: str = "rrf",
     query_encoder: str = "model",
     passages: str = "on",
+    against: Path | None = None,
 ) -> dict[str, Any]:
     """nDCG@k / Recall@100 of the given recall branches (fused when several) through the search core.
 
@@ -72,11 +73,13 @@ def evaluate_scifact(
     (ann.query_encoder) or "both": each, and static − model paired per query with a bootstrap 95% CI.
     `passages` "on" (ann.passages: items scored by their best passage when the snapshot has them), "off"
     (the items' own vectors) or "both", likewise paired (passages − items); one "both" at a time.
+    `against`: a second snapshot of the same catalog (another encoder, say) run with the same settings,
+    likewise paired (against − snapshot), with each one's vector encoder named.
     """
     from indexer.datasets import default_data_dir, scifact
 
-    if query_encoder == "both" and passages == "both":
-        raise ValueError("compare query encoders or passages, one at a time")
+    if (query_encoder == "both") + (passages == "both") + (against is not None) > 1:
+        raise ValueError("compare query encoders, passages or snapshots, one at a time")
     data = data_dir or default_data_dir()
     queries = scifact.queries(data)
     judgments = scifact.qrels(data, split)
@@ -88,11 +91,19 @@ def evaluate_scifact(
     else:
         variants = [("", query_encoder, passages != "off")]
     scores: dict[str, tuple[list[float], list[float]]] = {}
+    encoders: dict[str, str] = {}
     with _scifact_snapshot(snapshot, data, branches, query_encoder) as snap:
         vectors = read_manifest(snap).parts.get("vectors", {})
-        for label, encoder, use_passages in variants:
+        runs = [(label, snap, encoder, use_passages) for label, encoder, use_passages in variants]
+        if against is not None:
+            ((_, encoder, use_passages),) = variants
+            runs = [("base", snap, encoder, use_passages), ("against", against, encoder, use_passages)]
+            for label, path in (("base", snap), ("against", against)):
+                enc = read_manifest(path).parts.get("vectors", {}).get("encoder", {})
+                encoders[label] = f"{path} ({enc.get('name', 'no vectors')})"
+        for label, path, encoder, use_passages in runs:
             run = asyncio.run(
-                _run(snap, {q: queries[q] for q in judgments}, branches, fusion, encoder, use_passages)
+                _run(path, {q: queries[q] for q in judgments}, branches, fusion, encoder, use_passages)
             )
             ndcg = [ndcg_at_k(run[q], judgments[q], k) for q in judgments]
             rec = [recall_at_k(run[q], judgments[q], 100) for q in judgments]
@@ -105,6 +116,8 @@ def evaluate_scifact(
         "queries": len(judgments),
         "passages": _passages_note(vectors) if "ann" in branches else None,
     }
+    if encoders:
+        report["snapshots"] = encoders
     for label, (ndcg, rec) in scores.items():
         prefix = f"{label}." if label else ""
         report[f"{prefix}ndcg@{k}"] = round(sum(ndcg) / len(ndcg), 4)

@@ -43,6 +43,12 @@ def _make_minilm(**opts: Any) -> TextEncoder:
     return MiniLMEncoder(**opts)
 
 
+def _make_minilm_int8(**opts: Any) -> TextEncoder:
+    from .minilm import MiniLMEncoder
+
+    return MiniLMEncoder(precision="int8", **opts)
+
+
 def _make_use_multilingual(**opts: Any) -> TextEncoder:
     from .multilingual import MultilingualUSEEncoder
 
@@ -51,8 +57,17 @@ def _make_use_multilingual(**opts: Any) -> TextEncoder:
 
 _REGISTRY: dict[str, Callable[..., TextEncoder]] = {
     "minilm": _make_minilm,
+    "minilm-int8": _make_minilm_int8,
     "use-multilingual": _make_use_multilingual,
 }
+#: Encoders run by onnxruntime, whose constructors take ``intra_op_threads``.
+ONNX_ENCODERS = frozenset({"minilm", "minilm-int8"})
+
+
+def thread_options(name: str, threads: int) -> dict[str, int]:
+    """Constructor options giving an onnxruntime encoder ``threads`` intra-op threads; none for others
+    (the USE encoder keeps its own default)."""
+    return {"intra_op_threads": threads} if name.strip().lower() in ONNX_ENCODERS else {}
 
 
 def known_encoders() -> tuple[str, ...]:

@@ -24,7 +24,7 @@ import os
 import struct
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +48,10 @@ OPSET = 17
 IR_VERSION = 8
 OUTPUT_NAME = "sentence_embedding"
 SIDECAR_SUFFIX = ".json"
+#: Bump whenever the int8 recipe (:func:`quantize_int8`) changes; part of the int8 file's cache key.
+QUANT_VERSION = "1"
+#: Precisions an export can be had in: the exported graph itself, or its int8 weight quantisation.
+PRECISIONS = ("fp32", "int8")
 
 _CHUNK = 1 << 20
 
@@ -451,6 +455,96 @@ def export_onnx(
     return ExportResult(out_path, onnx_sha256, source_sha256, seconds)
 
 
+def quantize_int8(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> ExportResult:
+    """Write the int8 version of an exported graph (plus its sidecar) with onnxruntime's dynamic quantiser.
+
+    The recipe, measured against the fp32 graph on 1,000 SciFact titles and 3,000 GeoNames names
+    (cosine of each text's two vectors, docs/benchmarks.md):
+    - weights int8 **per output channel** (one scale per column): one scale per matrix gave a mean cosine
+      of 0.953 (min 0.90), per channel 0.992;
+    - the feed-forward output projections (``*.ff2_mm``, whose input is the GELU's long-tailed output)
+      stay fp32: mean cosine 0.996, min 0.984 on names, 0.990 on titles, for ~5% of the speed-up;
+    - only MatMuls with a constant weight (the attention's activation × activation products stay fp32);
+      activations are quantised per call (dynamic), so no calibration data is involved.
+    The output is deterministic for a given input graph and onnxruntime release, so the int8 file's hash
+    names its vector space like the fp32 one's does (common.encoders.fingerprint).
+    """
+    import onnx
+    from onnxruntime import __version__ as ort_version
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    t0 = time.perf_counter()
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    source = json.loads(sidecar_path(fp32_path).read_text())
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    kept = sorted(n.name for n in graph.node if n.op_type == "MatMul" and n.name.endswith("ff2_mm"))
+    del graph
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_quantiser():
+        quantize_dynamic(
+            fp32_path,
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=kept,
+            extra_options={"MatMulConstBOnly": True},
+        )
+    data = tmp.read_bytes()
+    tmp.unlink()
+    onnx_sha256 = hashlib.sha256(data).hexdigest()
+    atomic_write(out_path, data)
+    sidecar = {
+        **source,
+        "onnx_sha256": onnx_sha256,
+        "onnx_bytes": len(data),
+        "precision": "int8",
+        "quantization": {
+            "version": QUANT_VERSION,
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "weight_type": "QInt8",
+            "per_channel": True,
+            "ops": ["MatMul"],
+            "const_weights_only": True,
+            "fp32_nodes": kept,
+            "onnxruntime_version": ort_version,
+        },
+        "fp32_onnx_sha256": source.get("onnx_sha256"),
+        "created_unix": int(time.time()),
+    }
+    atomic_write(sidecar_path(out_path), (json.dumps(sidecar, indent=2) + "\n").encode())
+    seconds = time.perf_counter() - t0
+    log.info(
+        "quantised %s -> %s (int8) in %.1f s (sha256 %s)", fp32_path, out_path, seconds, onnx_sha256[:12]
+    )
+    return ExportResult(out_path, onnx_sha256, str(source.get("source_sha256", "")), seconds)
+
+
+class _PreprocessHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing")
+
+
+@contextlib.contextmanager
+def _quiet_quantiser() -> Iterator[None]:
+    """onnxruntime's quantiser advises, on the root logger, a pre-processing step meant for CNNs with
+    unknown shapes; our graph has none to infer, so the advice is dropped rather than shown to users."""
+    root = logging.getLogger()
+    hint = _PreprocessHint()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+
+
+def precision_of(onnx_path: str | os.PathLike[str]) -> str:
+    """``"int8"`` or ``"fp32"``: what an exported file's sidecar says it is."""
+    meta = json.loads(sidecar_path(Path(onnx_path)).read_text())
+    return str(meta.get("precision", "fp32"))
+
+
 def read_verified(onnx_path: str | os.PathLike[str]) -> bytes:
     """Return the ONNX file's bytes after checking them against the sidecar's sha256.
 
@@ -505,18 +599,40 @@ def ensure_exported(
     cache_dir: str | os.PathLike[str] | None = None,
     name: str = "model",
     with_token_type_ids: bool = False,
+    precision: str = "fp32",
 ) -> tuple[Path, bytes]:
     """Return (path, verified bytes) of the cached ONNX export of ``model_dir``, exporting on first use.
 
     The cache key is the sha256 of model.safetensors plus the exporter version, so a new model release
     or a changed exporter gets a fresh file, never a stale one. A cached file that fails verification is
-    re-exported with a warning rather than served.
+    re-exported with a warning rather than served. ``precision="int8"`` returns the fp32 export's
+    :func:`quantize_int8` version, cached beside it under the quantiser's version too.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model_dir = Path(model_dir)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if precision == "int8":
+        fp32_path, _ = ensure_exported(
+            model_dir, cache_dir=cache, name=name, with_token_type_ids=with_token_type_ids
+        )
+        q_path = fp32_path.with_name(f"{fp32_path.stem}-int8q{QUANT_VERSION}.onnx")
+        return _cached(q_path, cache, lambda: quantize_int8(fp32_path, q_path))
     source_sha = sha256_file(model_dir / "model.safetensors")
     key = cache_key(source_sha, with_token_type_ids=with_token_type_ids)
     path = cache / f"{name}-{key}.onnx"
+    return _cached(
+        path,
+        cache,
+        lambda: export_onnx(
+            model_dir, path, with_token_type_ids=with_token_type_ids, source_sha256=source_sha
+        ),
+    )
+
+
+def _cached(path: Path, cache: Path, make: Callable[[], ExportResult]) -> tuple[Path, bytes]:
+    """(path, verified bytes) of a cache file, made by ``make`` (under a cross-process lock) when it is
+    missing or fails verification."""
 
     def try_load() -> bytes | None:
         if not path.exists():
@@ -524,17 +640,17 @@ def ensure_exported(
         try:
             return read_verified(path)
         except (OSError, ValueError) as exc:
-            warnings.warn(f"cached ONNX model failed verification, re-exporting: {exc}", stacklevel=3)
+            warnings.warn(f"cached ONNX model failed verification, re-exporting: {exc}", stacklevel=4)
             log.warning("cached ONNX model %s failed verification (%s); re-exporting", path, exc)
             return None
 
     if (data := try_load()) is not None:
         return path, data
-    with _export_lock(cache, key):
+    with _export_lock(cache, path.stem):
         # Another process may have finished the export while we waited for the lock.
         if path.exists() and sidecar_path(path).exists():
             with contextlib.suppress(OSError, ValueError):
                 return path, read_verified(path)
-        log.info("exporting %s to ONNX (first use) -> %s", model_dir, path)
-        export_onnx(model_dir, path, with_token_type_ids=with_token_type_ids, source_sha256=source_sha)
+        log.info("making %s (first use)", path)
+        make()
     return path, read_verified(path)

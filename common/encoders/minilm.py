@@ -24,7 +24,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from .export import OUTPUT_NAME, ensure_exported, read_verified
+from .export import OUTPUT_NAME, PRECISIONS, ensure_exported, precision_of, read_verified
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,10 @@ class MiniLMEncoder:
         providers: onnxruntime execution providers; defaults to CUDA when available, else CPU.
         max_length: token limit per text; defaults to the model's max_seq_length (256).
         verify: check an explicit ``onnx_path`` against its sidecar hash.
+        precision: ``"fp32"`` (the exported graph) or ``"int8"`` (its weights quantised per channel,
+            :func:`common.encoders.export.quantize_int8`: ~1.45× the texts a second on this CPU, vectors
+            within a mean cosine of 0.996 of fp32). The name says which (``minilm`` / ``minilm-int8``):
+            they are different vector spaces. With ``onnx_path`` the file's sidecar says which it is.
     """
 
     name = "minilm"
@@ -111,17 +115,25 @@ class MiniLMEncoder:
         providers: Sequence[str] | None = None,
         max_length: int | None = None,
         verify: bool = True,
+        precision: str = "fp32",
     ) -> None:
         t0 = time.perf_counter()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if onnx_path is not None:
             self.onnx_path = Path(onnx_path)
             model_bytes = read_verified(self.onnx_path) if verify else self.onnx_path.read_bytes()
+            precision = precision_of(self.onnx_path)
             if tokenizer_path is None:
                 beside = self.onnx_path.parent / "tokenizer.json"
                 tokenizer_path = beside if beside.is_file() else None
         else:
             mdir = Path(model_dir) if model_dir is not None else find_model_dir()
-            self.onnx_path, model_bytes = ensure_exported(mdir, cache_dir=cache_dir, name="all-minilm-l6-v2")
+            self.onnx_path, model_bytes = ensure_exported(
+                mdir, cache_dir=cache_dir, name="all-minilm-l6-v2", precision=precision
+            )
+        self.precision = precision
+        self.name = "minilm" if precision == "fp32" else f"minilm-{precision}"
         if tokenizer_path is None:
             mdir = Path(model_dir) if model_dir is not None else find_model_dir()
             tokenizer_path = mdir / "tokenizer.json"
@@ -245,20 +257,33 @@ class MiniLMEncoder:
 
 
 def export_bundle(
-    dest_dir: str | os.PathLike[str], *, model_dir: str | os.PathLike[str] | None = None
+    dest_dir: str | os.PathLike[str],
+    *,
+    model_dir: str | os.PathLike[str] | None = None,
+    precision: str = "fp32",
 ) -> Path:
     """Write model.onnx (+ sidecar) and tokenizer.json into ``dest_dir`` for a self-contained snapshot.
 
     ``MiniLMEncoder(onnx_path=dest_dir / "model.onnx")`` then needs neither the weights package nor
     the export cache. The tokenizer is saved already reconfigured (no fixed padding, truncation at the
     model's limit) so that a reader which forgets to reconfigure it still tokenizes identically.
+    ``precision="int8"`` writes the quantised graph (the fp32 one goes through a temporary file).
     """
-    from .export import export_onnx
+    import tempfile
 
+    from .export import export_onnx, quantize_int8
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     mdir = Path(model_dir) if model_dir is not None else find_model_dir()
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    result = export_onnx(mdir, dest / "model.onnx")
+    if precision == "int8":
+        with tempfile.TemporaryDirectory(dir=dest) as work:
+            export_onnx(mdir, Path(work) / "model.onnx")
+            result = quantize_int8(Path(work) / "model.onnx", dest / "model.onnx")
+    else:
+        result = export_onnx(mdir, dest / "model.onnx")
     max_len = int(json.loads((dest / "model.onnx.json").read_text())["max_seq_length"])
     tmp = dest / f".tokenizer.json.{os.getpid()}.tmp"
     load_tokenizer(mdir / "tokenizer.json", max_len).save(str(tmp))

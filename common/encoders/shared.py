@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 
-from .base import TextEncoder, get_encoder
+from .base import TextEncoder, get_encoder, thread_options
 from .fingerprint import fingerprint
 
 _encoders: dict[tuple[str, int], tuple[TextEncoder, str]] = {}
@@ -17,6 +17,6 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
     key = (name, threads)
     with _lock:
         if key not in _encoders:
-            enc = get_encoder(name, intra_op_threads=threads) if name == "minilm" else get_encoder(name)
+            enc = get_encoder(name, **thread_options(name, threads))
             _encoders[key] = (enc, fingerprint(enc))
         return _encoders[key]

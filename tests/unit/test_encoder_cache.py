@@ -130,6 +130,6 @@ def test_thread_safety_under_contention() -> None:
 
 
 def test_registry_names_and_errors() -> None:
-    assert known_encoders() == ("minilm", "use-multilingual")
-    with pytest.raises(ValueError, match="minilm, use-multilingual"):
+    assert known_encoders() == ("minilm", "minilm-int8", "use-multilingual")
+    with pytest.raises(ValueError, match="minilm, minilm-int8, use-multilingual"):
         get_encoder("bert-large")

@@ -339,3 +339,85 @@ def test_cls_pooling_is_refused(model_dir: Path, tmp_path: Path) -> None:
     )
     with pytest.raises(export.ExportError, match="mean pooling"):
         export.export_onnx(model_dir, tmp_path / "x.onnx")
+
+
+def _kernel_ops(path: Path) -> dict[str, str]:
+    """Each weight MatMul's op type in a saved graph, by the weight's name (quantised or not)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    out: dict[str, str] = {}
+    for node in graph.node:
+        for name in node.input:
+            base = name.removesuffix("_quantized")
+            if base.endswith(".w") and node.op_type in ("MatMul", "MatMulInteger"):
+                out[base] = node.op_type
+    return out
+
+
+def test_int8_quantisation(model_dir: Path, tmp_path: Path) -> None:
+    fp32 = export.export_onnx(model_dir, tmp_path / "fp32.onnx")
+    a = export.quantize_int8(fp32.onnx_path, tmp_path / "a.onnx")
+    b = export.quantize_int8(fp32.onnx_path, tmp_path / "b.onnx")
+    # Deterministic, so the file's hash can name its vector space.
+    assert a.onnx_path.read_bytes() == b.onnx_path.read_bytes() and a.onnx_sha256 == b.onnx_sha256
+    assert export.read_verified(a.onnx_path) == a.onnx_path.read_bytes()
+    side = json.loads(export.sidecar_path(a.onnx_path).read_text())
+    assert side["precision"] == "int8" and side["fp32_onnx_sha256"] == fp32.onnx_sha256
+    assert (
+        side["quantization"]["per_channel"] is True
+        and side["quantization"]["version"] == export.QUANT_VERSION
+    )
+    assert export.precision_of(a.onnx_path) == "int8" and export.precision_of(fp32.onnx_path) == "fp32"
+    assert side["dim"] == CFG["hidden_size"] and side["source_sha256"] == fp32.source_sha256
+
+    # Every weight MatMul is int8 except the feed-forward output projections, which stay fp32.
+    ops = _kernel_ops(a.onnx_path)
+    layers = CFG["num_hidden_layers"]
+    assert {w for w, op in ops.items() if op == "MatMul"} == {f"l{i}.ff2.w" for i in range(layers)}
+    assert sum(op == "MatMulInteger" for op in ops.values()) == 3 * layers  # qkv, attention out, ff1
+    assert len(side["quantization"]["fp32_nodes"]) == layers
+
+    # Close to the fp32 graph on the same batch, though not equal.
+    ids, mask = _batch(np.random.default_rng(3))
+    feed = {"input_ids": ids, "attention_mask": mask}
+    want = _session(fp32.onnx_path).run(None, feed)[0]
+    got = _session(a.onnx_path).run(None, feed)[0]
+    cos = np.einsum("ij,ij->i", got, want)
+    assert cos.min() > 0.95, cos
+    assert not np.array_equal(got, want)
+
+
+def test_int8_cache_quantises_once(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = tmp_path / "cache"
+    exports: list[Path] = []
+    quants: list[Path] = []
+    real_export, real_quant = export.export_onnx, export.quantize_int8
+
+    def counting_export(*args: object, **kwargs: object) -> export.ExportResult:
+        exports.append(Path(str(args[1])))
+        return real_export(*args, **kwargs)  # type: ignore[arg-type]
+
+    def counting_quant(*args: object, **kwargs: object) -> export.ExportResult:
+        quants.append(Path(str(args[1])))
+        return real_quant(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(export, "export_onnx", counting_export)
+    monkeypatch.setattr(export, "quantize_int8", counting_quant)
+    p1, d1 = export.ensure_exported(model_dir, cache_dir=cache, name="tiny", precision="int8")
+    p2, d2 = export.ensure_exported(model_dir, cache_dir=cache, name="tiny", precision="int8")
+    fp, _ = export.ensure_exported(model_dir, cache_dir=cache, name="tiny")
+    assert p1 == p2 and d1 == d2 and len(exports) == 1 and len(quants) == 1
+    assert p1 != fp and p1.name == f"{fp.stem}-int8q{export.QUANT_VERSION}.onnx"
+    assert export.precision_of(p1) == "int8"
+    assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
+    # A damaged int8 file is made again (from the cached fp32 export), never served.
+    p1.write_bytes(p1.read_bytes()[:-10])
+    with pytest.warns(UserWarning, match="failed verification"):
+        p3, d3 = export.ensure_exported(model_dir, cache_dir=cache, name="tiny", precision="int8")
+    assert p3 == p1 and d3 == d1 and len(quants) == 2 and len(exports) == 1
+
+
+def test_unknown_precision_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="precision must be one of"):
+        export.ensure_exported(model_dir, cache_dir=tmp_path, precision="fp16")

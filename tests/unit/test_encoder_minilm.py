@@ -235,6 +235,53 @@ def test_bundle_loads_without_package_paths(encoder, tmp_path: Path) -> None:
         MiniLMEncoder(onnx_path=onnx_path)
 
 
+@pytest.fixture(scope="module")
+def int8(encoder):  # type: ignore[no-untyped-def]
+    """minilm-int8 from the fp32 encoder's cache (only the quantisation runs)."""
+    from common.encoders import get_encoder
+
+    return get_encoder("minilm-int8", cache_dir=encoder.onnx_path.parent)
+
+
+def test_int8_encoder_stays_close_to_fp32(encoder, int8) -> None:
+    """minilm-int8 is its own vector space (name, fingerprint) close to fp32's: the figures its recipe
+    was chosen on (docs/benchmarks.md) hold on these texts, and nearest neighbours mostly agree."""
+    from common.encoders.fingerprint import fingerprint
+
+    assert int8.name == "minilm-int8" and int8.precision == "int8" and encoder.name == "minilm"
+    assert fingerprint(int8) != fingerprint(encoder) and fingerprint(int8).startswith("minilm-int8:")
+    texts = _parity_texts()
+    want, got = encoder.encode(texts), int8.encode(texts)
+    assert got.dtype == np.float32 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    cos = _cosines(got, want)
+    assert cos.mean() > 0.99 and cos.min() > 0.97, (cos.mean(), cos.min())
+    assert not np.array_equal(got, want)
+
+    # Each text's nearest other text is the same under both in most cases.
+    def nearest(v: np.ndarray) -> np.ndarray:
+        sims = v @ v.T
+        np.fill_diagonal(sims, -2)
+        return sims.argmax(axis=1)
+
+    assert (nearest(got) == nearest(want)).mean() >= 0.9
+
+
+def test_int8_bundle_names_its_precision(int8, tmp_path: Path) -> None:
+    from common.encoders.minilm import MiniLMEncoder, export_bundle
+
+    onnx_path = export_bundle(tmp_path / "snap", precision="int8")
+    bundled = MiniLMEncoder(onnx_path=onnx_path)
+    assert bundled.name == "minilm-int8"
+    assert onnx_path.read_bytes() == int8.onnx_path.read_bytes()
+    texts = REFERENCE_TEXTS[:6]
+    np.testing.assert_array_equal(bundled.encode(texts), int8.encode(texts))
+    assert not [
+        p
+        for p in (tmp_path / "snap").iterdir()
+        if p.name not in ("model.onnx", "model.onnx.json", "tokenizer.json")
+    ]
+
+
 @pytest.mark.gpu
 def test_cuda_provider_is_used_when_available(tmp_path: Path) -> None:
     import onnxruntime as ort

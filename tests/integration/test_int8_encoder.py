@@ -1,0 +1,175 @@
+"""The int8 MiniLM encoder (``--encoder minilm-int8``): real MovieLens-100K titles built with it, served
+over real gRPC beside the same catalog built with fp32 MiniLM."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from common.v1 import search_pb2 as pb
+from common.v1 import search_pb2_grpc
+from indexer.build import build_snapshot
+from indexer.datasets import load_dataset
+from tests.conftest import ServerThread
+
+pytestmark = pytest.mark.integration
+
+QUERIES = (
+    "star wars",
+    "animated movie about toys",
+    "space adventure",
+    "a romantic comedy in new york",
+    "horror film with zombies",
+    "war movie",
+    "godfather",
+    "batman returns",
+    "children's film about a pig",
+    "detective thriller",
+    "the empire strikes back",
+    "a film about the mafia",
+)
+
+
+@pytest.fixture(scope="module")
+def int8_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ds = load_dataset("movielens", tmp_path_factory.getbasetemp())
+    out = tmp_path_factory.mktemp("snap") / "ml8"
+    build_snapshot(
+        ds.items(), out, ds.build_options(progress=False, encoder="minilm-int8", collection="ml8"), ds.source
+    )
+    return out
+
+
+@pytest.fixture(scope="module")
+def stub(int8_snapshot: Path, movielens_snapshot: Path) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    srv = ServerThread([int8_snapshot, movielens_snapshot])
+    try:
+        with grpc.insecure_channel(srv.target) as channel:
+            yield search_pb2_grpc.SearchServiceStub(channel)
+    finally:
+        srv.close()
+
+
+def _ann(stub: search_pb2_grpc.SearchServiceStub, collection: str, query: str) -> list[str]:
+    req = pb.SearchRequest(collection=collection, query=query, top_k=10, debug=True, branches=["ann"])
+    resp = stub.Search(req, timeout=10)
+    stats = {b.branch: b for b in resp.branch_stats}
+    assert stats["ann"].status == pb.BRANCH_STATUS_OK, stats["ann"].detail
+    return [h.id for h in resp.hits]
+
+
+def test_the_manifest_names_the_int8_vector_space(int8_snapshot: Path, movielens_snapshot: Path) -> None:
+    from common.encoders.shared import shared_encoder
+
+    enc = json.loads((int8_snapshot / "manifest.json").read_text())["parts"]["vectors"]["encoder"]
+    fp32 = json.loads((movielens_snapshot / "manifest.json").read_text())["parts"]["vectors"]["encoder"]
+    assert enc["name"] == "minilm-int8" and enc["fingerprint"].startswith("minilm-int8:onnx-sha256:")
+    assert fp32["name"] == "minilm" and enc["fingerprint"] != fp32["fingerprint"]
+    # the query encoder the server makes for it is the very same graph
+    assert shared_encoder("minilm-int8", 1)[1] == enc["fingerprint"]
+
+
+def test_int8_ann_over_grpc_agrees_with_fp32(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    overlap = []
+    for q in QUERIES:
+        int8, fp32 = _ann(stub, "ml8", q), _ann(stub, "movielens", q)
+        assert len(int8) == 10
+        overlap.append(len(set(int8) & set(fp32)) / 10)
+    # measured 0.90 on these queries (0.8-1.0 each)
+    assert np.mean(overlap) >= 0.75, overlap
+    assert _ann(stub, "ml8", "star wars")[0] == _ann(stub, "movielens", "star wars")[0]
+
+
+def test_int8_hybrid_search_answers(stub: search_pb2_grpc.SearchServiceStub) -> None:
+    resp = stub.Search(
+        pb.SearchRequest(collection="ml8", query="star wars", top_k=10, debug=True), timeout=10
+    )
+    top = resp.hits[0]
+    assert top.title == "Star Wars" and {s.branch for s in top.sources} == {"inverted", "ann"}
+    resp = stub.Search(
+        pb.SearchRequest(collection="ml8", query="animated movie about toys", top_k=20), timeout=10
+    )
+    toy = next(h for h in resp.hits if h.title == "Toy Story")
+    assert "ann" in {s.branch for s in toy.sources}
+
+
+def test_cli_builds_with_the_int8_encoder(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    catalog = tmp_path / "c.jsonl"
+    catalog.write_text(
+        '{"id": "a", "text": {"name": "harbour bakery"}}\n{"id": "b", "text": {"name": "mountain hut"}}\n'
+    )
+    out = tmp_path / "o"
+    r = CliRunner().invoke(
+        main,
+        [
+            "index",
+            "build",
+            "--catalog",
+            str(catalog),
+            "--out",
+            str(out),
+            "--encoder",
+            "minilm-int8",
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    enc = json.loads((out / "manifest.json").read_text())["parts"]["vectors"]["encoder"]
+    assert enc["name"] == "minilm-int8"
+
+
+@pytest.fixture(scope="module")
+def scifact_pair(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> tuple[Path, Path]:
+    """The evidence abstracts of the first 50 judged SciFact claims plus 50 others, built with fp32 and
+    with int8 MiniLM (collection "scifact", which `quarry eval scifact` searches)."""
+    from indexer.datasets import scifact
+
+    ds = scifact.load(data_dir)
+    judged = list(scifact.qrels(data_dir, "train").values())[:50]
+    wanted = {doc for rel in judged for doc in rel}
+    items = [it for it in ds.items() if it.id in wanted]
+    items += [it for it in ds.items() if it.id not in wanted][:50]
+    out = tmp_path_factory.mktemp("scipair")
+    for enc in ("minilm", "minilm-int8"):
+        opts = ds.build_options(progress=False, encoder=enc, passages=None, vector_indexes=("hnsw",))
+        build_snapshot(items, out / enc, opts, ds.source)
+    return out / "minilm", out / "minilm-int8"
+
+
+def test_eval_pairs_two_snapshots(scifact_pair: tuple[Path, Path], data_dir: Path) -> None:
+    from quarry.evaluate import evaluate_scifact
+
+    fp32, int8 = scifact_pair
+    report = evaluate_scifact(snapshot=fp32, data_dir=data_dir, branches=["ann"], against=int8)
+    assert report["snapshots"] == {"base": f"{fp32} (minilm)", "against": f"{int8} (minilm-int8)"}
+    base, other = report["base.ndcg@10"], report["against.ndcg@10"]
+    # Only the first 50 claims have their evidence in this catalog, so both are far below the full figures.
+    assert base > 0.05 and other > 0.05
+    diff = report["against-base.ndcg@10"]
+    assert diff["mean"] == pytest.approx(other - base, abs=2e-4)
+    assert diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1] and abs(diff["mean"]) < 0.02
+    with pytest.raises(ValueError, match="one at a time"):
+        evaluate_scifact(snapshot=fp32, data_dir=data_dir, branches=["ann"], against=int8, passages="both")
+
+
+def test_cli_against_needs_a_snapshot(scifact_pair: tuple[Path, Path]) -> None:
+    from click.testing import CliRunner
+
+    from quarry.cli import main
+
+    fp32, int8 = scifact_pair
+    r = CliRunner().invoke(main, ["eval", "scifact", "--against", str(int8), "--branches", "ann"])
+    assert r.exit_code == 2 and "--against compares with --snapshot" in r.output
+    r = CliRunner().invoke(
+        main, ["eval", "scifact", "--snapshot", str(fp32), "--against", str(int8), "--passages", "both"]
+    )
+    assert r.exit_code == 2 and "one at a time" in r.output
