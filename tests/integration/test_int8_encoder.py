@@ -16,23 +16,9 @@ from common.v1 import search_pb2_grpc
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from tests.conftest import ServerThread
+from tests.integration.ann_queries import QUERIES, ann_ids
 
 pytestmark = pytest.mark.integration
-
-QUERIES = (
-    "star wars",
-    "animated movie about toys",
-    "space adventure",
-    "a romantic comedy in new york",
-    "horror film with zombies",
-    "war movie",
-    "godfather",
-    "batman returns",
-    "children's film about a pig",
-    "detective thriller",
-    "the empire strikes back",
-    "a film about the mafia",
-)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +41,6 @@ def stub(int8_snapshot: Path, movielens_snapshot: Path) -> Iterator[search_pb2_g
         srv.close()
 
 
-def _ann(stub: search_pb2_grpc.SearchServiceStub, collection: str, query: str) -> list[str]:
-    req = pb.SearchRequest(collection=collection, query=query, top_k=10, debug=True, branches=["ann"])
-    resp = stub.Search(req, timeout=10)
-    stats = {b.branch: b for b in resp.branch_stats}
-    assert stats["ann"].status == pb.BRANCH_STATUS_OK, stats["ann"].detail
-    return [h.id for h in resp.hits]
-
-
 def test_the_manifest_names_the_int8_vector_space(int8_snapshot: Path, movielens_snapshot: Path) -> None:
     from common.encoders.shared import shared_encoder
 
@@ -77,12 +55,12 @@ def test_the_manifest_names_the_int8_vector_space(int8_snapshot: Path, movielens
 def test_int8_ann_over_grpc_agrees_with_fp32(stub: search_pb2_grpc.SearchServiceStub) -> None:
     overlap = []
     for q in QUERIES:
-        int8, fp32 = _ann(stub, "ml8", q), _ann(stub, "movielens", q)
+        int8, fp32 = ann_ids(stub, "ml8", q), ann_ids(stub, "movielens", q)
         assert len(int8) == 10
         overlap.append(len(set(int8) & set(fp32)) / 10)
     # measured 0.90 on these queries (0.8-1.0 each)
     assert np.mean(overlap) >= 0.75, overlap
-    assert _ann(stub, "ml8", "star wars")[0] == _ann(stub, "movielens", "star wars")[0]
+    assert ann_ids(stub, "ml8", "star wars")[0] == ann_ids(stub, "movielens", "star wars")[0]
 
 
 def test_int8_hybrid_search_answers(stub: search_pb2_grpc.SearchServiceStub) -> None:

@@ -18,21 +18,9 @@ from common.v1 import search_pb2_grpc
 from indexer.build import build_snapshot
 from indexer.datasets import load_dataset
 from tests.conftest import ServerThread
+from tests.integration.ann_queries import QUERIES, ann_ids
 
 pytestmark = pytest.mark.integration
-
-QUERIES = (
-    "star wars",
-    "animated movie about toys",
-    "space adventure",
-    "a romantic comedy in new york",
-    "horror film with zombies",
-    "war movie",
-    "godfather",
-    "batman returns",
-    "children's film about a pig",
-    "detective thriller",
-)
 
 
 @pytest.fixture(scope="module")
@@ -66,14 +54,6 @@ def stub(
         srv.close()
 
 
-def _ann(stub: search_pb2_grpc.SearchServiceStub, collection: str, query: str) -> list[str]:
-    req = pb.SearchRequest(collection=collection, query=query, top_k=10, debug=True, branches=["ann"])
-    resp = stub.Search(req, timeout=10)
-    stats = {b.branch: b for b in resp.branch_stats}
-    assert stats["ann"].status == pb.BRANCH_STATUS_OK, stats["ann"].detail
-    return [h.id for h in resp.hits]
-
-
 def test_the_build_records_the_distilled_encoder(static_snapshot: Path) -> None:
     manifest = json.loads((static_snapshot / "manifest.json").read_text())
     part = manifest["parts"]["vectors"]
@@ -97,11 +77,11 @@ def test_static_queries_land_near_minilm_ones(static_snapshot: Path) -> None:
 def test_static_ann_over_grpc_agrees_with_minilm(stub: search_pb2_grpc.SearchServiceStub) -> None:
     overlap = []
     for q in QUERIES:
-        static, model = _ann(stub, "mlstatic", q), _ann(stub, "movielens", q)
+        static, model = ann_ids(stub, "mlstatic", q), ann_ids(stub, "movielens", q)
         assert len(static) == 10
         overlap.append(len(set(static) & set(model)) / 10)
     assert np.mean(overlap) >= 0.3, overlap
-    assert _ann(stub, "mlstatic", "star wars")[0] == _ann(stub, "movielens", "star wars")[0]
+    assert ann_ids(stub, "mlstatic", "star wars")[0] == ann_ids(stub, "movielens", "star wars")[0]
 
 
 def test_static_setting_without_the_part_disables_ann_with_reason(
