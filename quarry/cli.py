@@ -1120,11 +1120,12 @@ def eval_group() -> None:
 @click.option("--max-queries", type=click.IntRange(10), default=None, help="With --cv-folds: first N only.")
 @click.option(
     "--query-encoder",
-    type=click.Choice(["model", "static", "both"]),
+    type=click.Choice(["model", "static", "int8", "both", "model,int8"]),
     default="model",
     show_default=True,
     help="How ann encodes queries: the item encoder (MiniLM), the static encoder distilled at build time "
-    "(`index build --query-encoder static`), or both with the paired difference.",
+    "(`index build --query-encoder static`), MiniLM's int8 twin (no rebuild), or two with the paired "
+    "difference (both: model,static).",
 )
 @click.option(
     "--passages",
@@ -1159,7 +1160,8 @@ def eval_scifact(
     from quarry.evaluate import evaluate_scifact, evaluate_scifact_fusion
 
     names = [b.strip() for b in branches.split(",") if b.strip()]
-    if (query_encoder == "both") + (passages == "both") + (against is not None) > 1:
+    compare_encoders = query_encoder in ("both", "model,int8")
+    if compare_encoders + (passages == "both") + (against is not None) > 1:
         raise click.UsageError("compare --query-encoder both, --passages both or --against, one at a time")
     if against is not None and (snapshot is None or cv_folds is not None):
         raise click.UsageError("--against compares with --snapshot (not with --cv-folds)")
@@ -1181,9 +1183,9 @@ def eval_scifact(
         return
     if len(names) < 2:
         raise click.UsageError("--cv-folds compares fusions: give several --branches, e.g. inverted,ann")
-    if query_encoder == "both" or passages == "both":
+    if compare_encoders or passages == "both":
         raise click.UsageError(
-            "--cv-folds takes --query-encoder model or static and --passages on or off, one at a time"
+            "--cv-folds takes --query-encoder model, static or int8 and --passages on or off, one at a time"
         )
     report = evaluate_scifact_fusion(
         snapshot=snapshot,

@@ -49,7 +49,7 @@ def _scifact_snapshot(
         ds = scifact.load(data)
         out = Path(tmp) / "scifact"
         encoder = "minilm" if "ann" in branches else None
-        static = "static" if encoder and query_encoder != "model" else None
+        static = "static" if encoder and "static" in _query_encoders(query_encoder) else None
         build_snapshot(ds.items(), out, ds.build_options(encoder=encoder, query_encoder=static), ds.source)
         yield out
 
@@ -69,8 +69,9 @@ def evaluate_scifact(
     """nDCG@k / Recall@100 of the given recall branches (fused when several) through the search core.
 
     Without `snapshot`, one is built in a temporary directory (with item vectors when "ann" is asked for:
-    encoding 5,183 abstracts with MiniLM takes minutes on 2 cores). `query_encoder` "model", "static"
-    (ann.query_encoder) or "both": each, and static − model paired per query with a bootstrap 95% CI.
+    encoding 5,183 abstracts with MiniLM takes minutes on 2 cores). `query_encoder` "model", "static",
+    "int8" (ann.query_encoder), or two of them "A,B" ("both" is "model,static"): each, and B − A paired
+    per query with a bootstrap 95% CI.
     `passages` "on" (ann.passages: items scored by their best passage when the snapshot has them), "off"
     (the items' own vectors) or "both", likewise paired (passages − items); one "both" at a time.
     `against`: a second snapshot of the same catalog (another encoder, say) run with the same settings,
@@ -78,14 +79,15 @@ def evaluate_scifact(
     """
     from indexer.datasets import default_data_dir, scifact
 
-    if (query_encoder == "both") + (passages == "both") + (against is not None) > 1:
+    pair = _query_encoders(query_encoder)
+    if (len(pair) == 2) + (passages == "both") + (against is not None) > 1:
         raise ValueError("compare query encoders, passages or snapshots, one at a time")
     data = data_dir or default_data_dir()
     queries = scifact.queries(data)
     judgments = scifact.qrels(data, split)
     # (label, query encoder, passages): a label prefixes a variant's figures when there are two
-    if query_encoder == "both":
-        variants = [("model", "model", passages != "off"), ("static", "static", passages != "off")]
+    if len(pair) == 2:
+        variants = [(name, name, passages != "off") for name in pair]
     elif passages == "both":
         variants = [("items", query_encoder, False), ("passages", query_encoder, True)]
     else:
@@ -128,6 +130,15 @@ def evaluate_scifact(
         report[f"{b}-{a}.ndcg@{k}"] = _score(diff)
     report["reference"] = "BEIR BM25 nDCG@10 = 0.665 (test split)"
     return report
+
+
+def _query_encoders(spec: str) -> list[str]:
+    """``"model"`` → ["model"]; ``"model,int8"`` → both; ``"both"`` → ["model", "static"] (its old name)."""
+    names = [n.strip() for n in ("model,static" if spec == "both" else spec).split(",")]
+    known = ("model", "static", "int8")
+    if not 1 <= len(names) <= 2 or len(set(names)) != len(names) or any(n not in known for n in names):
+        raise ValueError(f"query encoder {spec!r}: give one of {known} or two of them, comma-separated")
+    return names
 
 
 def _passages_note(vectors: Mapping[str, Any]) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 
 from .base import TextEncoder, get_encoder, thread_options
-from .fingerprint import fingerprint
+from .fingerprint import fingerprint, source_fingerprint
 
 _encoders: dict[tuple[str, int], tuple[TextEncoder, str]] = {}
 _lock = threading.Lock()
@@ -20,3 +20,33 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
             enc = get_encoder(name, **thread_options(name, threads))
             _encoders[key] = (enc, fingerprint(enc))
         return _encoders[key]
+
+
+#: The int8 twin of each ONNX encoder (``ann.query_encoder = "int8"``): its query vectors lie within a mean
+#: cosine of 0.996 of the fp32 graph's (min ~0.99 on SciFact titles and GeoNames names), so fp32 item vectors
+#: answer them; docs/benchmarks.md has the SciFact figures.
+INT8_TWINS = {"minilm": "minilm-int8", "minilm-int8": "minilm-int8"}
+
+
+def int8_query_encoder(item_encoder: str, item_fingerprint: str | None, threads: int) -> TextEncoder:
+    """The process's int8 encoder for queries against items encoded by ``item_encoder`` (whose vectors have
+    ``item_fingerprint``): the int8 encoder itself, or the twin quantised from that very fp32 graph. The
+    fp32 graph is not loaded for it.
+
+    Raises:
+        ValueError: ``item_encoder`` has no int8 twin, or the twin was not made from the items' graph
+            (the message says which).
+    """
+    twin = INT8_TWINS.get(item_encoder)
+    if twin is None:
+        raise ValueError(
+            f"ann.query_encoder 'int8' needs items encoded by {' or '.join(INT8_TWINS)}, not {item_encoder!r}"
+        )
+    enc, fp = shared_encoder(twin, threads)
+    made_from = fp if item_encoder == twin else source_fingerprint(enc)
+    if made_from != item_fingerprint:
+        raise ValueError(
+            f"int8 query encoder {fp} was not made from the graph that encoded the items "
+            f"({item_fingerprint}); rebuild the snapshot with this encoder"
+        )
+    return enc

@@ -45,7 +45,7 @@ import pyarrow.ipc as ipc
 
 from common import snapshot
 from common.encoders import QueryEmbeddingCache, TextEncoder
-from common.encoders.shared import shared_encoder
+from common.encoders.shared import int8_query_encoder, shared_encoder
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
 from common.index.text import Analyzer, TextField
@@ -159,21 +159,30 @@ class RootCollection:
         if encoder is not None and any(
             name == "ann" and spec.enabled for name, spec in settings.branches.items()
         ):
-            enc, fp = shared_encoder(encoder["name"], settings.ann.encoder_threads)
-            if encoder.get("fingerprint") != fp:
-                raise snapshot.SnapshotError(
-                    f"{root}: query encoder {fp} differs from the one that built the shards' vectors "
-                    f"({encoder.get('fingerprint')})"
-                )
-            self.encoder = enc
-            if settings.ann.query_encoder != "model":
-                # A shard set has no distilled encoder (the build refuses one with --shards).
-                log.warning(
-                    "%s: ann.query_encoder %r is for single-node snapshots; the root encodes queries with %s",
-                    root,
-                    settings.ann.query_encoder,
-                    encoder["name"],
-                )
+            query_enc: TextEncoder | None = None
+            if settings.ann.query_encoder == "int8":
+                try:
+                    query_enc = int8_query_encoder(
+                        encoder["name"], encoder.get("fingerprint"), settings.ann.encoder_threads
+                    )
+                except ValueError as exc:
+                    log.warning("%s: %s; the root encodes queries with %s", root, exc, encoder["name"])
+            if query_enc is None:
+                query_enc, fp = shared_encoder(encoder["name"], settings.ann.encoder_threads)
+                if encoder.get("fingerprint") != fp:
+                    raise snapshot.SnapshotError(
+                        f"{root}: query encoder {fp} differs from the one that built the shards' vectors "
+                        f"({encoder.get('fingerprint')})"
+                    )
+                if settings.ann.query_encoder == "static":
+                    # A shard set has no distilled encoder (the build refuses one with --shards).
+                    log.warning(
+                        "%s: ann.query_encoder 'static' is for single-node snapshots; the root encodes "
+                        "queries with %s",
+                        root,
+                        encoder["name"],
+                    )
+            self.encoder = query_enc
             size = settings.ann.query_cache_size
             self._embed_cache = QueryEmbeddingCache(size) if size else None
         self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)

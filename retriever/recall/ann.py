@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from common.encoders import QueryEmbeddingCache, TextEncoder
-from common.encoders.shared import shared_encoder
+from common.encoders.shared import int8_query_encoder, shared_encoder
 from common.encoders.static import StaticQueryEncoder
 from common.index.vectors import PassageIndex, SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
@@ -53,14 +53,23 @@ class AnnBranch:
                 f"the snapshot has no {options.backend!r} index (has: {sorted(part['indexes'])})"
             )
         enc_meta = part["encoder"]
-        encoder, fp = shared_encoder(enc_meta["name"], options.encoder_threads)
-        if enc_meta.get("fingerprint") != fp:
-            raise BranchUnavailable(
-                f"query encoder {fp} differs from the one that built the item vectors ({enc_meta.get('fingerprint')}); "
-                "rebuild the snapshot with this encoder"
-            )
-        if options.query_encoder == "static":
-            encoder = _static_encoder(generation, part, encoder, fp)
+        encoder: TextEncoder
+        if options.query_encoder == "int8":
+            try:
+                encoder = int8_query_encoder(
+                    enc_meta["name"], enc_meta.get("fingerprint"), options.encoder_threads
+                )
+            except ValueError as exc:
+                raise BranchUnavailable(str(exc)) from None
+        else:
+            encoder, fp = shared_encoder(enc_meta["name"], options.encoder_threads)
+            if enc_meta.get("fingerprint") != fp:
+                raise BranchUnavailable(
+                    f"query encoder {fp} differs from the one that built the item vectors ({enc_meta.get('fingerprint')}); "
+                    "rebuild the snapshot with this encoder"
+                )
+            if options.query_encoder == "static":
+                encoder = _static_encoder(generation, part, encoder, fp)
         directory = Path(generation.root) / part["dir"]
         passages = part.get("passages") if options.passages else None
         if passages is not None and options.backend in passages["indexes"]:

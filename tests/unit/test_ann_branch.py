@@ -103,3 +103,42 @@ def test_catalog_supplied_embeddings(tmp_path: Path) -> None:
     short = [Item(id="x", text={"name": "x"}, embedding=(1.0, 0.0))]
     with pytest.raises(CatalogError, match="2-d but encoder 'minilm' makes 384-d"):
         build_snapshot(short, tmp_path / "u", BuildOptions(collection="u", progress=False), {})
+
+
+def test_int8_query_encoder_over_fp32_items(tiny_snapshot: Path) -> None:
+    """ann.query_encoder = "int8": the fp32 snapshot's queries go through MiniLM's int8 twin, checked
+    against the items' graph by the hash the twin's sidecar records; the answers stay those of fp32."""
+    from common.encoders import get_encoder
+
+    svc = _service(tiny_snapshot, query_encoder="int8")
+    branch = svc.registry.get("tiny").branches["ann"]
+    assert branch.encoder.name == "minilm-int8"  # type: ignore[attr-defined]
+    model = _service(tiny_snapshot)
+    for text in ("Frisco bay area", "a big city in China", "harbour city"):
+        got = next(b for b in _search(svc, text, top_k=7).branch_stats if b.branch == "ann")
+        want = next(b for b in _search(model, text, top_k=7).branch_stats if b.branch == "ann")
+        assert got.status is BranchStatus.OK and len(got.candidates) == 7
+        assert got.candidates[0].ordinal == want.candidates[0].ordinal
+        diffs = [abs(a.score - b.score) for a, b in zip(got.candidates, want.candidates, strict=True)]
+        assert max(diffs) < 0.05 and any(d > 0 for d in diffs)  # close, not the same model
+    q8 = get_encoder("minilm-int8").encode(["harbour city"])
+    fp = get_encoder("minilm").encode(["harbour city"])
+    assert 0.98 < float((q8 * fp).sum()) < 1.0
+
+
+def test_int8_query_encoder_refuses_items_it_was_not_made_from(tiny_snapshot: Path, tmp_path: Path) -> None:
+    snap = tmp_path / "s"
+    shutil.copytree(tiny_snapshot, snap)
+    man = snap / "manifest.json"
+    raw = json.loads(man.read_text())
+    raw["parts"]["vectors"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
+    man.write_text(json.dumps(raw))
+    res = _search(_service(snap, query_encoder="int8"), "paris")
+    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    assert ann.status is BranchStatus.DISABLED and "was not made from the graph" in ann.detail
+    raw["parts"]["vectors"]["encoder"]["name"] = "use-multilingual"
+    man.write_text(json.dumps(raw))
+    res = _search(_service(snap, query_encoder="int8"), "paris")
+    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    assert ann.status is BranchStatus.DISABLED and "needs items encoded by minilm" in ann.detail
+    assert res.hits and not res.degraded

@@ -366,3 +366,38 @@ def test_affinity_seed_lists_round_trip_and_send_only_weighed_seeds() -> None:
         affinity_seeds_from(lists, 41)  # seed 41 is one past the last row
     with pytest.raises(InvalidArgument, match="negative ordinal -3"):
         affinity_seeds_from({AFFINITY_SEEDS: {-3: 1.0}}, 100)
+
+
+def test_a_root_encodes_queries_with_the_int8_twin_when_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ann.query_encoder = "int8" at a shard set's root: its query encoder is MiniLM's int8 twin, checked
+    against the shards' fp32 graph; with vectors it was not made from, the root says so and falls back to
+    the model check, which refuses the set."""
+    import json
+    import logging
+
+    from common.settings import AnnSettings, CollectionSettings
+    from common.snapshot import SnapshotError
+    from retriever.cluster.root import RootCollection
+    from tests.conftest import TINY_FIELDS, TINY_ITEMS
+
+    opts = BuildOptions(collection="tiny", text_fields=TINY_FIELDS, encoder="minilm", progress=False)
+    build_sharded(
+        TINY_ITEMS, tmp_path / "set", opts, {"dataset": "tiny (synthetic)"}, None, shards=2, processes=1
+    )
+    int8 = CollectionSettings(ann=AnnSettings(query_encoder="int8"))
+    root = RootCollection(tmp_path / "set", int8)
+    assert root.encoder is not None and root.encoder.name == "minilm-int8"
+    assert RootCollection(tmp_path / "set", CollectionSettings()).encoder.name == "minilm"  # type: ignore[union-attr]
+
+    man = tmp_path / "set" / "manifest.json"
+    raw = json.loads(man.read_text())
+    raw["parts"]["global"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
+    man.write_text(json.dumps(raw))
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(SnapshotError, match="differs from the one that built the shards"),
+    ):
+        RootCollection(tmp_path / "set", int8, verify="size")
+    assert "was not made from the graph" in caplog.text
