@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from common.settings import AnnSettings, CollectionSettings
-from retriever.core.types import BranchStatus, Filters, SearchQuery, SearchResult
+from retriever.core.types import BranchResult, BranchStatus, Filters, SearchQuery, SearchResult
 from retriever.generations import Collection, Registry
 from retriever.service import SearchService
 from retriever.settings import load_settings
@@ -22,6 +22,23 @@ def _service(snapshot: Path, **ann: object) -> SearchService:
     cs = CollectionSettings(ann=AnnSettings(**ann))  # type: ignore[arg-type]
     reg.put(Collection(snapshot, cs))
     return SearchService(settings, reg)
+
+
+def _with_encoder(tiny_snapshot: Path, tmp_path: Path, **encoder: str) -> Path:
+    """A copy of the snapshot whose manifest says its vectors came from ``encoder`` (name, fingerprint)."""
+    snap = tmp_path / "s"
+    if not snap.exists():
+        shutil.copytree(tiny_snapshot, snap)
+    man = snap / "manifest.json"
+    raw = json.loads(man.read_text())
+    raw["parts"]["vectors"]["encoder"].update(encoder)
+    man.write_text(json.dumps(raw))
+    return snap
+
+
+def _ann_stats(svc: SearchService, text: str) -> tuple[SearchResult, BranchResult]:
+    res = _search(svc, text)
+    return res, next(b for b in res.branch_stats if b.branch == "ann")
 
 
 def _search(svc: SearchService, text: str, **kw: object) -> SearchResult:
@@ -58,15 +75,8 @@ def test_query_cache_hits(tiny_snapshot: Path) -> None:
 
 
 def test_mismatched_encoder_disables_ann_with_reason(tiny_snapshot: Path, tmp_path: Path) -> None:
-    snap = tmp_path / "s"
-    shutil.copytree(tiny_snapshot, snap)
-    man = snap / "manifest.json"
-    raw = json.loads(man.read_text())
-    raw["parts"]["vectors"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
-    man.write_text(json.dumps(raw))
-    svc = _service(snap)
-    res = _search(svc, "paris")
-    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    snap = _with_encoder(tiny_snapshot, tmp_path, fingerprint="minilm:onnx-sha256:" + "0" * 64)
+    res, ann = _ann_stats(_service(snap), "paris")
     assert (
         ann.status is BranchStatus.DISABLED
         and "differs from the one that built the item vectors" in ann.detail
@@ -127,18 +137,10 @@ def test_int8_query_encoder_over_fp32_items(tiny_snapshot: Path) -> None:
 
 
 def test_int8_query_encoder_refuses_items_it_was_not_made_from(tiny_snapshot: Path, tmp_path: Path) -> None:
-    snap = tmp_path / "s"
-    shutil.copytree(tiny_snapshot, snap)
-    man = snap / "manifest.json"
-    raw = json.loads(man.read_text())
-    raw["parts"]["vectors"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
-    man.write_text(json.dumps(raw))
-    res = _search(_service(snap, query_encoder="int8"), "paris")
-    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    snap = _with_encoder(tiny_snapshot, tmp_path, fingerprint="minilm:onnx-sha256:" + "0" * 64)
+    _, ann = _ann_stats(_service(snap, query_encoder="int8"), "paris")
     assert ann.status is BranchStatus.DISABLED and "was not made from the graph" in ann.detail
-    raw["parts"]["vectors"]["encoder"]["name"] = "use-multilingual"
-    man.write_text(json.dumps(raw))
-    res = _search(_service(snap, query_encoder="int8"), "paris")
-    ann = next(b for b in res.branch_stats if b.branch == "ann")
+    _with_encoder(tiny_snapshot, tmp_path, name="use-multilingual")
+    res, ann = _ann_stats(_service(snap, query_encoder="int8"), "paris")
     assert ann.status is BranchStatus.DISABLED and "needs items encoded by minilm" in ann.detail
     assert res.hits and not res.degraded

@@ -395,9 +395,18 @@ def test_a_root_encodes_queries_with_the_int8_twin_when_asked(
     raw = json.loads(man.read_text())
     raw["parts"]["global"]["encoder"]["fingerprint"] = "minilm:onnx-sha256:" + "0" * 64
     man.write_text(json.dumps(raw))
-    with (
-        caplog.at_level(logging.WARNING),
-        pytest.raises(SnapshotError, match="differs from the one that built the shards"),
-    ):
-        RootCollection(tmp_path / "set", int8, verify="size")
+    # The handler goes on the module's logger itself, enabled: a library that configured logging earlier in
+    # the session (dictConfig disables the loggers that exist then) must not hide the warning.
+    log = logging.getLogger("retriever.cluster.root")
+    log.addHandler(caplog.handler)
+    was_disabled, log.disabled = log.disabled, False
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger=log.name),
+            pytest.raises(SnapshotError, match="differs from the one that built the shards"),
+        ):
+            RootCollection(tmp_path / "set", int8, verify="size")
+    finally:
+        log.removeHandler(caplog.handler)
+        log.disabled = was_disabled
     assert "was not made from the graph" in caplog.text
