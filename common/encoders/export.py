@@ -612,22 +612,24 @@ def ensure_exported(
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     model_dir = Path(model_dir)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if precision == "int8":
-        fp32_path, _ = ensure_exported(
-            model_dir, cache_dir=cache, name=name, with_token_type_ids=with_token_type_ids
-        )
-        q_path = fp32_path.with_name(f"{fp32_path.stem}-int8q{QUANT_VERSION}.onnx")
-        return _cached(q_path, cache, lambda: quantize_int8(fp32_path, q_path))
     source_sha = sha256_file(model_dir / "model.safetensors")
     key = cache_key(source_sha, with_token_type_ids=with_token_type_ids)
     path = cache / f"{name}-{key}.onnx"
-    return _cached(
-        path,
-        cache,
-        lambda: export_onnx(
-            model_dir, path, with_token_type_ids=with_token_type_ids, source_sha256=source_sha
-        ),
-    )
+
+    def export() -> ExportResult:
+        return export_onnx(model_dir, path, with_token_type_ids=with_token_type_ids, source_sha256=source_sha)
+
+    if precision == "fp32":
+        return _cached(path, cache, export)
+    q_path = path.with_name(f"{path.stem}-int8q{QUANT_VERSION}.onnx")
+
+    def quantize() -> ExportResult:
+        # The fp32 export is verified (or made) only when the int8 file has to be made from it: a cached
+        # int8 file loads without reading and hashing the 90 MB fp32 one.
+        _cached(path, cache, export)
+        return quantize_int8(path, q_path)
+
+    return _cached(q_path, cache, quantize)
 
 
 def _cached(path: Path, cache: Path, make: Callable[[], ExportResult]) -> tuple[Path, bytes]:
