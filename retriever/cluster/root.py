@@ -34,7 +34,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from common import snapshot
-from common.encoders import QueryEmbeddingCache, TextEncoder
+from common.encoders import TextEncoder
+from common.encoders.query import QueryEmbedder
 from common.encoders.shared import int8_query_encoder, shared_encoder
 from common.index.behavior import BehaviorIndex
 from common.index.forward import ForwardStore
@@ -154,7 +155,7 @@ class RootCollection:
         if "tags" in parts:
             self.tag_arrays = TagArrays.read(root / parts["tags"]["dir"], parts["tags"])
         self.encoder: TextEncoder | None = None
-        self._embed_cache: QueryEmbeddingCache | None = None
+        self.query: QueryEmbedder | None = None
         encoder = g.get("encoder")
         if encoder is not None and any(
             name == "ann" and spec.enabled for name, spec in settings.branches.items()
@@ -183,8 +184,13 @@ class RootCollection:
                         encoder["name"],
                     )
             self.encoder = query_enc
-            size = settings.ann.query_cache_size
-            self._embed_cache = QueryEmbeddingCache(size) if size else None
+            self.query = QueryEmbedder(
+                query_enc,
+                cache_size=settings.ann.query_cache_size,
+                max_batch=settings.ann.query_batch,
+                batch_threads=settings.ann.query_batch_threads,
+                observe=metrics.encode_batch_observer(query_enc.name),
+            )
         self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)
         #: What a Collection reports for branches it cannot feed: a root knows only from its shards.
         self.unavailable: dict[str, str] = {}
@@ -218,10 +224,8 @@ class RootCollection:
                 )
 
     def embed(self, text: str) -> np.ndarray:
-        assert self.encoder is not None
-        if self._embed_cache is not None:
-            return self._embed_cache.get_or_encode(self.encoder, text)
-        return np.asarray(self.encoder.encode([text])[0], dtype=np.float32)
+        assert self.query is not None
+        return self.query.embed(text)
 
     def close(self) -> None:
         pass
@@ -506,8 +510,10 @@ class RootSearchService(SearchService):
                 for t in terms.get(f.analyzer, ())
             ]
         vector = None
-        if "ann" in specs and q.text.strip() and root.encoder is not None:
-            vector = await asyncio.get_running_loop().run_in_executor(self.pool, root.embed, q.text)
+        if "ann" in specs and q.text.strip() and root.query is not None:
+            vector = await root.query.aembed(
+                q.text, partial(asyncio.get_running_loop().run_in_executor, self.pool)
+            )
         request = spb.ShardRecallRequest(
             collection=root.name,
             set_id=root.set_id,

@@ -5,6 +5,7 @@ logs and config. The ranker's metrics live in `ranker.metrics`, the user store's
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from typing import Any
 
@@ -79,3 +80,28 @@ def record_branch(collection: str, branch: str, status: str, latency_ms: float, 
     if latency is not None:
         latency.observe(latency_ms / 1000)
         count.observe(candidates)
+
+
+ENCODE_BATCH = Histogram(
+    "quarry_query_encode_batch_size",
+    "Queries encoded together in one model call (ann.query_batch > 1): 1 while the server keeps up",
+    ["encoder"],
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32, 64),
+)
+ENCODE_BATCH_SECONDS = Histogram(
+    "quarry_query_encode_batch_seconds",
+    "Time of one batched query-encoding model call",
+    ["encoder"],
+    buckets=_FAST,
+)
+
+
+def encode_batch_observer(encoder: str) -> Callable[[int, float], None]:
+    """The hook an encode batcher calls after each model call: its size and seconds, by encoder."""
+    size, seconds = ENCODE_BATCH.labels(encoder), ENCODE_BATCH_SECONDS.labels(encoder)
+
+    def observe(n: int, secs: float) -> None:
+        size.observe(n)
+        seconds.observe(secs)
+
+    return observe

@@ -14,12 +14,14 @@ from typing import Any, ClassVar, Self
 import numpy as np
 from pydantic import BaseModel
 
-from common.encoders import QueryEmbeddingCache, TextEncoder
+from common.encoders import TextEncoder
+from common.encoders.query import QueryEmbedder
 from common.encoders.shared import int8_query_encoder, shared_encoder
 from common.encoders.static import StaticQueryEncoder
 from common.index.vectors import PassageIndex, SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
 from common.types import Candidate
+from retriever.core.metrics import encode_batch_observer
 from retriever.live import merge
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
@@ -38,9 +40,14 @@ class AnnBranch:
         self.params = SearchParams(
             ef=settings.ef, nprobe=settings.nprobe, exact_threshold=settings.exact_threshold
         )
-        # A static encoder costs less than the cache's own key normalisation and lookup.
-        cached = settings.query_cache_size and not isinstance(encoder, StaticQueryEncoder)
-        self.cache = QueryEmbeddingCache(settings.query_cache_size) if cached else None
+        self.query = QueryEmbedder(
+            encoder,
+            cache_size=settings.query_cache_size,
+            max_batch=settings.query_batch,
+            batch_threads=settings.query_batch_threads,
+            observe=encode_batch_observer(encoder.name),
+        )
+        self.cache = self.query.cache
 
     @classmethod
     def create(cls, generation: Generation, options: AnnSettings) -> Self:
@@ -92,16 +99,7 @@ class AnnBranch:
         return None if request.query.text.strip() else "no query text"
 
     def embed(self, text: str) -> np.ndarray:
-        if self.cache is not None:
-            return self.cache.get_or_encode(self.encoder, text)
-        return self.encoder.encode([text])[0]
-
-    def _encode(self, text: str) -> np.ndarray:
-        """After a cache miss: encode and remember (without counting a second miss)."""
-        vec = self.encoder.encode([text])[0]
-        if self.cache is not None:
-            self.cache.put(self.encoder.name, text, vec)
-        return vec
+        return self.query.embed(text)
 
     def _recall(self, request: RecallRequest, quota: int, vec: np.ndarray | None = None) -> list[Candidate]:
         if vec is None:
@@ -116,13 +114,12 @@ class AnnBranch:
 
     async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
         vec = None
-        if request.inline and request.root is None and not isinstance(self.encoder, StaticQueryEncoder):
-            # A model's encoding (milliseconds, GIL released) goes to the pool even when recall runs
-            # inline; a cached vector is taken here without the hop.
-            text = request.query.text
-            vec = self.cache.get(self.encoder.name, text) if self.cache is not None else None
-            if vec is None:
-                vec = await request.offload(self._encode, text)
+        query = self.query
+        if request.root is None and not query.inline and (request.inline or query.batcher is not None):
+            # A model's encoding (milliseconds, GIL released) leaves the event loop even when recall runs
+            # inline: batched with other requests' queries, or alone in the pool; a cached vector is
+            # taken here without a hop.
+            vec = await query.aembed(request.query.text, request.offload)
         # Otherwise one call for encode + search: inline, or one hop into the pool for both.
         return await request.blocking(self._recall, request, quota, vec)
 

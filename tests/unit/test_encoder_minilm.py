@@ -266,6 +266,27 @@ def test_int8_encoder_stays_close_to_fp32(encoder, int8) -> None:
     assert (nearest(got) == nearest(want)).mean() >= 0.9
 
 
+def test_batched_queries_get_the_vectors_they_get_alone(encoder, int8) -> None:
+    """Serving's encode batcher (ann.query_batch): fp32 MiniLM gives a query the same vector in a batch as
+    alone (float rounding apart); int8 quantises each call's activations with one scale, so a query's
+    vector moves a little with its batch-mates — within the int8 graph's own distance from fp32."""
+    from common.encoders.batching import EncodeBatcher
+
+    texts = PLACE_NAMES[:6] + list(REFERENCE_TEXTS[:6])
+    for enc, floor in ((encoder, 0.99999), (int8, 0.98)):
+        alone = np.stack([enc.encode([t])[0] for t in texts])
+        batcher = EncodeBatcher(enc, max_batch=16)
+        futures = [batcher.submit(t) for t in texts]  # all but the first queue while it encodes
+        batched = np.stack([f.result(60) for f in futures])
+        batcher.close()
+        stats = batcher.stats()
+        assert stats.texts == len(texts) and stats.largest > 1, stats
+        cos = _cosines(batched, alone)
+        assert cos.min() > floor, (enc.name, cos.min())
+    fp32_alone = np.stack([encoder.encode([t])[0] for t in texts])
+    assert _cosines(batched, fp32_alone).min() > 0.97  # int8 batched still answers fp32 item vectors
+
+
 def test_int8_bundle_names_its_precision(int8, tmp_path: Path) -> None:
     from common.encoders.minilm import MiniLMEncoder, export_bundle
 

@@ -1,0 +1,108 @@
+"""A query's vector on the serving path: the LRU cache, else the encoder, batched with concurrent queries.
+
+One object for what the ANN branch and a shard set's root both do before they search: look the text up
+in the query-embedding cache, encode it on a miss — coalesced with other requests' misses into one model
+call when batching is on (:mod:`common.encoders.batching`), else alone on the caller's blocking pool — and
+remember the vector. A static query encoder (~0.05 ms a query) is cheaper than the cache's own lookup and
+than any hand-off, so it is neither cached nor batched: callers run it inline.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from .base import TextEncoder
+from .batching import EncodeBatcher
+from .cache import QueryEmbeddingCache, normalize_query
+from .static import StaticQueryEncoder
+
+#: How a caller runs a blocking call off its event loop: ``await offload(fn, arg)``.
+Offload = Callable[[Callable[[str], np.ndarray], str], Awaitable[np.ndarray]]
+
+_batchers: dict[tuple[int, int, int], tuple[TextEncoder, EncodeBatcher]] = {}
+_batchers_lock = threading.Lock()
+
+
+def shared_batcher(
+    encoder: TextEncoder,
+    max_batch: int,
+    threads: int,
+    observe: Callable[[int, float], None] | None = None,
+) -> EncodeBatcher:
+    """The process's batcher for ``encoder`` (one per encoder object and shape), shared by every
+    collection and generation that encodes with it, so their queries batch together."""
+    key = (id(encoder), max_batch, threads)
+    with _batchers_lock:
+        entry = _batchers.get(key)
+        if entry is None:
+            # The entry keeps the encoder alive, so its id cannot be reused by another object.
+            entry = (encoder, EncodeBatcher(encoder, max_batch=max_batch, threads=threads, observe=observe))
+            _batchers[key] = entry
+        return entry[1]
+
+
+class QueryEmbedder:
+    """Query text -> (dim,) float32 vector for one collection's serving path.
+
+    Args:
+        encoder: the query encoder.
+        cache_size: query embeddings kept (0: no cache).
+        max_batch: most queries in one model call (1: no batching; each miss is encoded alone on the
+            caller's pool).
+        batch_threads: threads running the batched calls (see :class:`EncodeBatcher`).
+        observe: per batched call, its size and seconds (a metric).
+    """
+
+    def __init__(
+        self,
+        encoder: TextEncoder,
+        *,
+        cache_size: int,
+        max_batch: int = 1,
+        batch_threads: int = 1,
+        observe: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.encoder = encoder
+        #: Cheap enough to run on the caller's thread, uncached (a static encoder).
+        self.inline = isinstance(encoder, StaticQueryEncoder)
+        self.cache = QueryEmbeddingCache(cache_size) if cache_size and not self.inline else None
+        self.batcher = (
+            shared_batcher(encoder, max_batch, batch_threads, observe)
+            if max_batch > 1 and not self.inline
+            else None
+        )
+
+    def cached(self, text: str) -> np.ndarray | None:
+        """The cached vector of ``text`` or None (counted as a hit or a miss)."""
+        return self.cache.get(self.encoder.name, text) if self.cache is not None else None
+
+    def embed(self, text: str) -> np.ndarray:
+        """On the caller's thread: cached, else encoded alone now (and remembered)."""
+        if self.cache is not None:
+            return self.cache.get_or_encode(self.encoder, text)
+        return np.asarray(self.encoder.encode([text])[0], dtype=np.float32)
+
+    async def aembed(self, text: str, offload: Offload) -> np.ndarray:
+        """Awaitable: cached, else encoded — in a batch when batching is on, else alone via ``offload``.
+        Cancelling the awaiting task before an encoder thread took the text withdraws it."""
+        if self.inline:
+            return self.encoder.encode([text])[0]
+        if self.cache is not None:
+            # The cache encodes its key's form of the text, so a vector depends on its key alone.
+            text = normalize_query(text, lowercase=self.cache.lowercase)
+            vec = self.cache.get(self.encoder.name, text)
+            if vec is not None:
+                return vec
+        if self.batcher is not None:
+            vec = await self.batcher.encode(text)
+        else:
+            vec = await offload(self._encode_one, text)
+        if self.cache is not None:
+            self.cache.put(self.encoder.name, text, vec)
+        return vec
+
+    def _encode_one(self, text: str) -> np.ndarray:
+        return self.encoder.encode([text])[0]
