@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -31,40 +32,21 @@ def _metric(name: str) -> float:
     return REGISTRY.get_sample_value(name, {"encoder": "minilm"}) or 0.0
 
 
-@pytest.fixture(scope="module")
-def alone(movielens_snapshot: Path) -> dict[str, list[str]]:
-    """Each text's ANN ids from a server that encodes one query at a time (query_batch = 1)."""
-    srv = ServerThread(
-        [movielens_snapshot],
-        collections={
-            "movielens": {
-                "ann": {"query_batch": 1, "query_cache_size": 0},
-                "branches": {"ann": {"timeout_ms": 5000}},
-            }
-        },
-    )
-    try:
-        with grpc.insecure_channel(srv.target) as channel:
-            stub = search_pb2_grpc.SearchServiceStub(channel)
-            return {t: ann_ids(stub, "movielens", t) for t in TEXTS}
-    finally:
-        srv.close()
-
-
-@pytest.fixture(scope="module", params=[True, False], ids=["inline", "pool"])
-def batched_stub(
-    request: pytest.FixtureRequest, movielens_snapshot: Path
+@contextmanager
+def _stub(
+    snapshot: Path, query_batch: int, inline: bool = True
 ) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    """A server encoding with ``query_batch``, the query cache off (every request encodes) and a generous
+    ANN budget: on a busy CI machine a query that waited behind a whole batch may take longer than the
+    default 100 ms, and these tests are about the answers, not the deadline."""
     from common.settings import ServerSettings
 
     srv = ServerThread(
-        [movielens_snapshot],
-        server=ServerSettings(port=0, inline_recall=request.param),
-        # A generous ANN budget: on a busy CI machine a query that waited behind a whole batch may take
-        # longer than the default 100 ms, and this test is about the answers, not the deadline.
+        [snapshot],
+        server=ServerSettings(port=0, inline_recall=inline),
         collections={
             "movielens": {
-                "ann": {"query_batch": 8, "query_cache_size": 0},
+                "ann": {"query_batch": query_batch, "query_cache_size": 0},
                 "branches": {"ann": {"timeout_ms": 5000}},
             }
         },
@@ -74,6 +56,21 @@ def batched_stub(
             yield search_pb2_grpc.SearchServiceStub(channel)
     finally:
         srv.close()
+
+
+@pytest.fixture(scope="module")
+def alone(movielens_snapshot: Path) -> dict[str, list[str]]:
+    """Each text's ANN ids from a server that encodes one query at a time (query_batch = 1)."""
+    with _stub(movielens_snapshot, 1) as stub:
+        return {t: ann_ids(stub, "movielens", t) for t in TEXTS}
+
+
+@pytest.fixture(scope="module", params=[True, False], ids=["inline", "pool"])
+def batched_stub(
+    request: pytest.FixtureRequest, movielens_snapshot: Path
+) -> Iterator[search_pb2_grpc.SearchServiceStub]:
+    with _stub(movielens_snapshot, 8, inline=request.param) as stub:
+        yield stub
 
 
 def test_concurrent_searches_share_encoder_calls_and_answer_as_if_alone(
