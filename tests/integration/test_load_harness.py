@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from common.settings import CollectionSettings
+from common.settings import AnnSettings, CollectionSettings
 from common.v1 import search_pb2 as pb
 from quarry.load import (
     Mix,
+    batched_total,
     build_mix,
     floor_cpu_ms,
     ghz_binary,
@@ -78,6 +79,13 @@ def test_floor_pays_what_a_known_user_costs(movielens_snapshot: Path, redis_url:
     for stage in ("redis reads", "i2i expand", "preference (numpy)", "encode", "tantivy"):
         assert floor[stage] > 0, stage
     assert floor["total"] >= sum(floor[s] for s in ("redis reads", "i2i expand", "tantivy")) * 0.99
+    # The server batches concurrent queries' encodings (ann.query_batch, 8 by default): the floor says
+    # what the same texts cost the encoder in such batches, and the request total with it.
+    assert floor["batched encode/8"] > 0
+    assert batched_total(floor) == pytest.approx(floor["total"] - floor["encode"] + floor["batched encode/8"])
+    alone = Collection(movielens_snapshot, CollectionSettings(ann=AnnSettings(query_batch=1)))
+    unbatched = floor_cpu_ms(alone, ["star wars"])
+    assert batched_total(unbatched) is None and not any(k.startswith("batched") for k in unbatched)
 
 
 @pytest.mark.skipif(ghz_binary() is None, reason="no ghz binary (../shared/tools/ghz or on PATH)")
