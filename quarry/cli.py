@@ -1488,6 +1488,11 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
 )  # fmt: skip
 @click.option("--ghz", "ghz_path", help="The ghz binary (default: ../shared/tools/ghz, then PATH).")
 @click.option("--ghz-concurrency", default=100, show_default=True, help="ghz workers (-c).")
+@click.option(
+    "--metrics-url",
+    help="With --target: the server's Prometheus /metrics URL, for each step's mean query-encode batch "
+    "(a server this command starts with one process gets its own).",
+)
 def bench_load_cmd(
     snapshot: Path,
     target: str | None,
@@ -1507,6 +1512,7 @@ def bench_load_cmd(
     client: str,
     ghz_path: str | None,
     ghz_concurrency: int,
+    metrics_url: str | None,
 ) -> None:
     """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor."""
     from quarry.load import ghz_binary, run_load
@@ -1540,6 +1546,7 @@ def bench_load_cmd(
         client=client,
         ghz=ghz,
         ghz_concurrency=ghz_concurrency,
+        metrics_url=metrics_url,
     )
     click.echo(report.table())
     if json_out is not None:

@@ -173,6 +173,41 @@ class StepResult:
     server_rss_mib: float | None = None
     #: Which client sent the step: "python" (this module) or "ghz".
     client: str = "python"
+    #: Queries a batched encoder call held on average during the step (the server's
+    #: quarry_query_encode_batch_size), when its metrics were readable; None otherwise.
+    encode_batch: float | None = None
+
+
+def encode_batches(metrics_url: str | None) -> tuple[float, float] | None:
+    """(calls, queries) so far from a server's quarry_query_encode_batch_size, summed over encoders; None
+    without a URL or when it cannot be read (a benchmark reads what it can)."""
+    if not metrics_url:
+        return None
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return None
+    calls = queries = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "quarry_query_encode_batch_size":
+            for sample in family.samples:
+                if sample.name.endswith("_count"):
+                    calls += sample.value
+                elif sample.name.endswith("_sum"):
+                    queries += sample.value
+    return calls, queries
+
+
+def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
+    """Queries a call between two `encode_batches` readings; None without both or without a call."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0])
 
 
 def _proc_cpu_s(pid: int) -> float:
@@ -625,16 +660,17 @@ class LoadReport:
                 else ""
             ),
             f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'ach/ceil':>8} {'p99/floor':>9} {'srv cpu':>7} {'srv MiB':>8}  errors / dropped",
+            f"{'ach/ceil':>8} {'p99/floor':>9} {'srv cpu':>7} {'srv MiB':>8} {'enc batch':>9}  errors / dropped",
         ]
         for s in self.steps:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
             cpu = f"{s.server_cpu_cores:.2f}" if s.server_cpu_cores is not None else "-"
             rss = f"{s.server_rss_mib:.0f}" if s.server_rss_mib is not None else "-"
+            batch = f"{s.encode_batch:.2f}" if s.encode_batch is not None else "-"
             lines.append(
                 f"{s.offered_rps:8.0f} {s.achieved_rps:9.1f} {s.p50_ms:8.2f} {s.p90_ms:8.2f} {s.p99_ms:8.2f} "
                 f"{s.p999_ms:9.2f} {s.achieved_rps / self.ceiling_rps:8.2f} {s.p99_ms / self.floor['wall_p99']:9.1f} "
-                f"{cpu:>7} {rss:>8}  {errs} / {s.dropped}"
+                f"{cpu:>7} {rss:>8} {batch:>9}  {errs} / {s.dropped}"
             )
         return "\n".join(lines)
 
@@ -689,8 +725,13 @@ def run_load(
     client: str = "python",
     ghz: str | None = None,
     ghz_concurrency: int = 100,
+    metrics_url: str | None = None,
 ) -> LoadReport:
-    """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary)."""
+    """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
+
+    Each step also reports the server's mean query-encode batch, read from its Prometheus endpoint:
+    `metrics_url` for a `target`; a one-process server this function starts gets a metrics port of its
+    own (a `server.workers > 1` server has none per process, so its steps say nothing of batches)."""
     if client == "ghz":
         if ghz is None:
             raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
@@ -708,9 +749,15 @@ def run_load(
     ceiling_batched = 2 * 1000 / batched if batched else None
     proc = None
     if target is None:
-        env = None
+        from retriever.settings import load_settings
+
+        env: dict[str, str] = {}
         if redis_url:
             env = {"QUARRY_REDIS__URL": redis_url, "QUARRY_REDIS__CLUSTER": str(redis_cluster).lower()}
+        if load_settings().server.workers == 1:
+            port = _free_port()
+            env["QUARRY_SERVER__METRICS_PORT"] = str(port)
+            metrics_url = f"http://127.0.0.1:{port}/metrics"
         proc, target = start_server([snapshot], env)
         server_pid = proc.pid
     try:
@@ -721,6 +768,7 @@ def run_load(
         steps = []
         offset = 0
         for i, rate in enumerate(rates):
+            batches0 = encode_batches(metrics_url)
             if client == "ghz":
                 assert ghz is not None
                 step = run_ghz_step(
@@ -747,6 +795,7 @@ def run_load(
                         seed=i,
                     )
                 )
+            step.encode_batch = mean_batch(batches0, encode_batches(metrics_url))
             offset += step.sent + step.dropped
             steps.append(step)
             print(

@@ -14,14 +14,17 @@ from quarry.load import (
     Mix,
     batched_total,
     build_mix,
+    encode_batches,
     floor_cpu_ms,
     ghz_binary,
+    mean_batch,
     repeat_share,
     run_ghz_step,
     run_step,
     zipf_sequence,
 )
 from retriever.generations import Collection
+from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.integration
 
@@ -132,3 +135,32 @@ def test_bench_search_sets_each_branch_beside_its_raw_calls(movielens_snapshot: 
     for line in ("raw tantivy query+search+ids", "Quarry inverted branch alone", "Quarry ann branch alone"):
         assert line in alone, out
     assert float(alone.split("Quarry inverted branch alone")[1].split("ratio(p50)")[1].split("×")[0]) > 0
+
+
+def test_a_step_reads_the_servers_query_encode_batches(movielens_snapshot: Path) -> None:
+    """Each step's mean query-encode batch comes from the server's own Prometheus endpoint: every Search
+    of the step encoded its text (cache off) through the batcher, and the reading says so."""
+    from prometheus_client import REGISTRY, start_http_server
+
+    from quarry.bench import open_collection
+
+    httpd, _thread = start_http_server(0, addr="127.0.0.1", registry=REGISTRY)
+    url = f"http://127.0.0.1:{httpd.server_port}/metrics"
+    srv = ServerThread([movielens_snapshot], collections={"movielens": {"ann": {"query_cache_size": 0}}})
+    try:
+        mix = build_mix(open_collection(movielens_snapshot), "search", n=40, repetition="none")
+        before = encode_batches(url)
+        step = asyncio.run(run_step(srv.target, mix, rate=40, duration_s=1.0, arrival="constant"))
+        after = encode_batches(url)
+    finally:
+        srv.close()
+        httpd.shutdown()
+        httpd.server_close()
+    assert step.ok == step.sent == 40
+    assert before is not None and after is not None
+    calls, queries = after[0] - before[0], after[1] - before[1]
+    assert queries == 40 and 1 <= calls <= 40, (calls, queries)
+    assert mean_batch(before, after) == queries / calls >= 1.0
+    assert mean_batch(before, before) is None and mean_batch(None, after) is None
+    assert encode_batches(None) is None
+    assert encode_batches(f"http://127.0.0.1:{httpd.server_port}/metrics") is None  # no longer served
