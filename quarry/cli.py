@@ -1489,6 +1489,12 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
 @click.option("--ghz", "ghz_path", help="The ghz binary (default: ../shared/tools/ghz, then PATH).")
 @click.option("--ghz-concurrency", default=100, show_default=True, help="ghz workers (-c).")
 @click.option(
+    "--ghz-connections",
+    default=8,
+    show_default=True,
+    help="ghz connections. `serve --workers N` balances connections, not requests, across its processes.",
+)
+@click.option(
     "--metrics-url",
     help="With --target: the server's Prometheus /metrics URL, for each step's mean query-encode batch "
     "(a server this command starts with one process gets its own).",
@@ -1513,6 +1519,7 @@ def bench_load_cmd(
     ghz_path: str | None,
     ghz_concurrency: int,
     metrics_url: str | None,
+    ghz_connections: int,
 ) -> None:
     """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor."""
     from quarry.load import ghz_binary, run_load
@@ -1547,6 +1554,7 @@ def bench_load_cmd(
         ghz=ghz,
         ghz_concurrency=ghz_concurrency,
         metrics_url=metrics_url,
+        ghz_connections=ghz_connections,
     )
     click.echo(report.table())
     if json_out is not None:

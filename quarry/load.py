@@ -726,6 +726,7 @@ def run_load(
     ghz: str | None = None,
     ghz_concurrency: int = 100,
     metrics_url: str | None = None,
+    ghz_connections: int = 8,
 ) -> LoadReport:
     """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
 
@@ -778,6 +779,7 @@ def run_load(
                     duration_s,
                     ghz=ghz,
                     concurrency=ghz_concurrency,
+                    connections=ghz_connections,
                     server_pid=server_pid,
                     offset=offset,
                 )
