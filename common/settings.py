@@ -58,6 +58,13 @@ class ServerSettings(_Model):
     #: Inline, a branch's deadline is checked when it returns (late: TIMEOUT, its work dropped) instead of
     #: interrupting it; the request deadline still holds.
     inline_recall: bool = True
+    #: Close each client connection gracefully after this long (HTTP/2 GOAWAY; its RPCs in flight get
+    #: `max_connection_age_grace_s` to finish, and gRPC clients reconnect by themselves). Workers sharing
+    #: the port (and an L4 balancer's backends) are handed connections, not requests: a long-lived channel
+    #: stays on one worker, so balance drifts; ageing connections re-deals them. None: they live as long
+    #: as clients keep them.
+    max_connection_age_s: Annotated[float, Field(gt=0)] | None = None
+    max_connection_age_grace_s: Annotated[float, Field(ge=0)] = 10.0
     #: RPCs in flight above this are refused with RESOURCE_EXHAUSTED (None: unbounded).
     max_concurrent_rpcs: Annotated[int, Field(ge=1)] | None = 1024
     max_receive_message_bytes: Annotated[int, Field(ge=1024)] = 4 * 1024 * 1024

@@ -228,14 +228,18 @@ class QuarryServer:
             from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
             interceptors.append(aio_server_interceptor(tracer_provider=self.tracer_provider))
+        options: list[tuple[str, int]] = [
+            # Shared only between this server's own workers; else never share a port silently.
+            ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
+            ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+        ]
+        if s.max_connection_age_s is not None:
+            options += [
+                ("grpc.max_connection_age_ms", round(s.max_connection_age_s * 1000)),
+                ("grpc.max_connection_age_grace_ms", round(s.max_connection_age_grace_s * 1000)),
+            ]
         server = grpc.aio.server(
-            interceptors=interceptors,
-            maximum_concurrent_rpcs=s.max_concurrent_rpcs,
-            options=[
-                # Shared only between this server's own workers; else never share a port silently.
-                ("grpc.so_reuseport", 1 if s.workers > 1 else 0),
-                ("grpc.max_receive_message_length", s.max_receive_message_bytes),
-            ],
+            interceptors=interceptors, maximum_concurrent_rpcs=s.max_concurrent_rpcs, options=options
         )
         services = [health.SERVICE_NAME]
         if self.shard_core is not None:

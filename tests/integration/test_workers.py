@@ -4,6 +4,7 @@ and follow a Reload answered by any one of them (through the snapshot root's poi
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -61,6 +62,45 @@ def test_workers_share_the_port_and_stop_together(tiny_snapshot: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def _answering_pids(tiny_snapshot: Path, tmp_path: Path, env: dict[str, str]) -> tuple[int, set[int]]:
+    """Searches sent for 4 s over ONE channel to a 2-worker server: how many answered, and the pids of
+    the workers that answered them (from their access-log lines)."""
+    port = free_port()
+    tmp_path.mkdir()
+    log_path = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "quarry.cli", "--log-level", "INFO", "serve", "--port", str(port)]
+    cmd += ["--snapshot", str(tiny_snapshot), "--workers", "2"]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, stderr=log)
+        try:
+            target = wait_serving(proc, f"127.0.0.1:{port}", "tiny")
+            mark = log_path.stat().st_size  # the readiness probes' own connections come before
+            answered = 0
+            with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                stub = search_pb2_grpc.SearchServiceStub(ch)
+                end = time.monotonic() + 4.0
+                while time.monotonic() < end:
+                    res = stub.Search(search_pb2.SearchRequest(collection="tiny", query="paris"), timeout=10)
+                    answered += bool(res.hits)
+                    time.sleep(0.01)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+    text = log_path.read_bytes()[mark:].decode(errors="replace")
+    return answered, {int(p) for p in re.findall(r"quarry\.access\[(\d+)\]: Search OK", text)}
+
+
+def test_ageing_connections_spreads_one_channel_over_the_workers(tiny_snapshot: Path, tmp_path: Path) -> None:
+    """The kernel hands workers connections, not requests: one long-lived channel stays on one worker.
+    With server.max_connection_age_s each connection is closed gracefully once that old, the client
+    reconnects by itself, and the new connection may land on the other worker; no RPC fails."""
+    answered, pids = _answering_pids(tiny_snapshot, tmp_path / "plain", {})
+    assert answered > 50 and len(pids) == 1, pids
+    aged = {"QUARRY_SERVER__MAX_CONNECTION_AGE_S": "0.3", "QUARRY_SERVER__MAX_CONNECTION_AGE_GRACE_S": "2"}
+    answered, pids = _answering_pids(tiny_snapshot, tmp_path / "aged", aged)  # ~13 connection lifetimes
+    assert answered > 50 and len(pids) == 2, pids
 
 
 def _cpu(pid: int) -> int:
