@@ -71,7 +71,7 @@ class EncodeBatcher:
         self,
         encoder: TextEncoder,
         *,
-        max_batch: int = 16,
+        max_batch: int = 8,
         threads: int = 1,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
