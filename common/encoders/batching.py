@@ -149,11 +149,11 @@ class EncodeBatcher:
             batch, stop = self._take()
             live = [(text, fut) for text, fut in batch if fut.set_running_or_notify_cancel()]
             dropped = len(batch) - len(live)
-            if live:
-                self._encode(live)
-            if dropped:
+            if dropped:  # counted before any waiter of this batch hears
                 with self._stats_lock:
                     self._cancelled += dropped
+            if live:
+                self._encode(live)
 
     def _encode(self, batch: list[tuple[str, Future[np.ndarray]]]) -> None:
         # The same text twice in one batch (a hot query arriving in a burst) is encoded once.
