@@ -73,7 +73,13 @@ class QueryEmbeddingCache:
 
     def get(self, encoder_name: str, text: str) -> np.ndarray | None:
         """Cached vector (read-only) or None; counts a hit or a miss."""
-        return self._lookup(self.key(encoder_name, text))
+        return self.lookup(encoder_name, text)[1]
+
+    def lookup(self, encoder_name: str, text: str) -> tuple[tuple[str, str], np.ndarray | None]:
+        """``text``'s key and its cached vector (read-only) or None; counts a hit or a miss. On a miss,
+        encode the key's text (``key[1]``) and :meth:`remember` it under that key."""
+        k = self.key(encoder_name, text)
+        return k, self._lookup(k)
 
     def _lookup(self, k: tuple[str, str]) -> np.ndarray | None:
         with self._lock:
@@ -86,9 +92,10 @@ class QueryEmbeddingCache:
             return vec
 
     def put(self, encoder_name: str, text: str, vector: np.ndarray) -> None:
-        self._put(self.key(encoder_name, text), vector)
+        self.remember(self.key(encoder_name, text), vector)
 
-    def _put(self, k: tuple[str, str], vector: np.ndarray) -> np.ndarray:
+    def remember(self, k: tuple[str, str], vector: np.ndarray) -> np.ndarray:
+        """Store ``vector`` under the key :meth:`lookup` gave; returns the cached (read-only) copy."""
         # Copy and freeze: callers share the cached array, and a caller mutating it in place would
         # silently corrupt every later hit.
         vec = np.array(vector, dtype=np.float32, copy=True).reshape(-1)
@@ -102,10 +109,9 @@ class QueryEmbeddingCache:
 
     def get_or_encode(self, encoder: TextEncoder, text: str) -> np.ndarray:
         """The (dim,) embedding of one query, encoding it on a miss. The result is read-only."""
-        k = self.key(encoder.name, text)
-        vec = self._lookup(k)
+        k, vec = self.lookup(encoder.name, text)
         if vec is None:
-            vec = self._put(k, encoder.encode([k[1]])[0])
+            vec = self.remember(k, encoder.encode([k[1]])[0])
         return vec
 
     def encode_many(self, encoder: TextEncoder, texts: Sequence[str]) -> np.ndarray:
@@ -128,7 +134,7 @@ class QueryEmbeddingCache:
             vecs = encoder.encode([k[1] for k in miss_keys])
             for k, vec in zip(miss_keys, vecs, strict=True):
                 out[missing[k]] = vec
-                self._put(k, vec)
+                self.remember(k, vec)
         return out
 
     def stats(self) -> CacheStats:

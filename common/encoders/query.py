@@ -9,39 +9,17 @@ than any hand-off, so it is neither cached nor batched: callers run it inline.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from .base import TextEncoder
-from .batching import EncodeBatcher
-from .cache import QueryEmbeddingCache, normalize_query
+from .cache import QueryEmbeddingCache
+from .shared import shared_batcher
 from .static import StaticQueryEncoder
 
 #: How a caller runs a blocking call off its event loop: ``await offload(fn, arg)``.
 Offload = Callable[[Callable[[str], np.ndarray], str], Awaitable[np.ndarray]]
-
-_batchers: dict[tuple[int, int, int], tuple[TextEncoder, EncodeBatcher]] = {}
-_batchers_lock = threading.Lock()
-
-
-def shared_batcher(
-    encoder: TextEncoder,
-    max_batch: int,
-    threads: int,
-    observe: Callable[[int, float], None] | None = None,
-) -> EncodeBatcher:
-    """The process's batcher for ``encoder`` (one per encoder object and shape), shared by every
-    collection and generation that encodes with it, so their queries batch together."""
-    key = (id(encoder), max_batch, threads)
-    with _batchers_lock:
-        entry = _batchers.get(key)
-        if entry is None:
-            # The entry keeps the encoder alive, so its id cannot be reused by another object.
-            entry = (encoder, EncodeBatcher(encoder, max_batch=max_batch, threads=threads, observe=observe))
-            _batchers[key] = entry
-        return entry[1]
 
 
 class QueryEmbedder:
@@ -75,33 +53,29 @@ class QueryEmbedder:
             else None
         )
 
-    def cached(self, text: str) -> np.ndarray | None:
-        """The cached vector of ``text`` or None (counted as a hit or a miss)."""
-        return self.cache.get(self.encoder.name, text) if self.cache is not None else None
-
     def embed(self, text: str) -> np.ndarray:
         """On the caller's thread: cached, else encoded alone now (and remembered)."""
         if self.cache is not None:
             return self.cache.get_or_encode(self.encoder, text)
-        return np.asarray(self.encoder.encode([text])[0], dtype=np.float32)
+        return self._encode_one(text)
 
     async def aembed(self, text: str, offload: Offload) -> np.ndarray:
         """Awaitable: cached, else encoded — in a batch when batching is on, else alone via ``offload``.
         Cancelling the awaiting task before an encoder thread took the text withdraws it."""
         if self.inline:
-            return self.encoder.encode([text])[0]
+            return self._encode_one(text)
+        key = None
         if self.cache is not None:
-            # The cache encodes its key's form of the text, so a vector depends on its key alone.
-            text = normalize_query(text, lowercase=self.cache.lowercase)
-            vec = self.cache.get(self.encoder.name, text)
+            key, vec = self.cache.lookup(self.encoder.name, text)
             if vec is not None:
                 return vec
+            text = key[1]  # the cache encodes its key's form of the text: a vector depends on its key alone
         if self.batcher is not None:
             vec = await self.batcher.encode(text)
         else:
             vec = await offload(self._encode_one, text)
-        if self.cache is not None:
-            self.cache.put(self.encoder.name, text, vec)
+        if self.cache is not None and key is not None:
+            vec = self.cache.remember(key, vec)
         return vec
 
     def _encode_one(self, text: str) -> np.ndarray:

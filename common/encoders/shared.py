@@ -1,11 +1,14 @@
 """One encoder per (name, threads) per process, shared by every collection, generation and caller (ANN
-recall encodes queries, real-time Upserts encode items): a MiniLM session is ~90 MB and stateless."""
+recall encodes queries, real-time Upserts encode items): a MiniLM session is ~90 MB and stateless. Likewise
+one query-encode batcher per encoder, so every collection's queries batch together."""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from .base import TextEncoder, get_encoder, thread_options
+from .batching import EncodeBatcher
 from .fingerprint import fingerprint, source_fingerprint
 
 _encoders: dict[tuple[str, int], tuple[TextEncoder, str]] = {}
@@ -20,6 +23,28 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
             enc = get_encoder(name, **thread_options(name, threads))
             _encoders[key] = (enc, fingerprint(enc))
         return _encoders[key]
+
+
+_batchers: dict[tuple[int, int, int], tuple[TextEncoder, EncodeBatcher]] = {}
+_batchers_lock = threading.Lock()
+
+
+def shared_batcher(
+    encoder: TextEncoder,
+    max_batch: int,
+    threads: int,
+    observe: Callable[[int, float], None] | None = None,
+) -> EncodeBatcher:
+    """The process's batcher for ``encoder`` (one per encoder object and shape), shared by every
+    collection and generation that encodes with it, so their queries batch together."""
+    key = (id(encoder), max_batch, threads)
+    with _batchers_lock:
+        entry = _batchers.get(key)
+        if entry is None:
+            # The entry keeps the encoder alive, so its id cannot be reused by another object.
+            entry = (encoder, EncodeBatcher(encoder, max_batch=max_batch, threads=threads, observe=observe))
+            _batchers[key] = entry
+        return entry[1]
 
 
 #: The int8 twin of each ONNX encoder (``ann.query_encoder = "int8"``): its query vectors lie within a mean

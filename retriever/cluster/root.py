@@ -223,10 +223,6 @@ class RootCollection:
                     f"filters.ranges: unknown numeric attribute {r.field!r} in collection {self.name!r} (known: {known})"
                 )
 
-    def embed(self, text: str) -> np.ndarray:
-        assert self.query is not None
-        return self.query.embed(text)
-
     def close(self) -> None:
         pass
 
