@@ -234,15 +234,11 @@ def _per_request(before: dict[str, tuple[int, float]], requests: int) -> dict[st
 
 def _hedges(port: int) -> tuple[int, int]:
     """The root's hedges sent and won so far, summed over shards (its Prometheus endpoint)."""
-    import urllib.request
+    from quarry.load import metric_sums
 
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    total = {"quarry_cluster_hedges_total": 0.0, "quarry_cluster_hedges_won_total": 0.0}
-    for line in text.splitlines():
-        name = line.split("{", 1)[0]
-        if name in total:
-            total[name] += float(line.rsplit(" ", 1)[1])
-    return int(total["quarry_cluster_hedges_total"]), int(total["quarry_cluster_hedges_won_total"])
+    names = ("quarry_cluster_hedges_total", "quarry_cluster_hedges_won_total")
+    total = metric_sums(f"http://127.0.0.1:{port}/metrics", names)
+    return int(total[names[0]]), int(total[names[1]])
 
 
 def _step(target: str, mix: Mix, rate: float, seconds: float, offset: int) -> StepResult:

@@ -178,29 +178,37 @@ class StepResult:
     encode_batch: float | None = None
 
 
+def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
+    """Each named sample summed over its labels, from a Prometheus text endpoint (0 where absent).
+
+    Raises:
+        OSError: the endpoint could not be read.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+        text = resp.read().decode()
+    total = dict.fromkeys(names, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in total:
+                total[sample.name] += sample.value
+    return total
+
+
 def encode_batches(metrics_url: str | None) -> tuple[float, float] | None:
     """(calls, queries) so far from a server's quarry_query_encode_batch_size, summed over encoders; None
     without a URL or when it cannot be read (a benchmark reads what it can)."""
     if not metrics_url:
         return None
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
+    names = ("quarry_query_encode_batch_size_count", "quarry_query_encode_batch_size_sum")
     try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-            text = resp.read().decode()
+        got = metric_sums(metrics_url, names)
     except OSError:
         return None
-    calls = queries = 0.0
-    for family in text_string_to_metric_families(text):
-        if family.name == "quarry_query_encode_batch_size":
-            for sample in family.samples:
-                if sample.name.endswith("_count"):
-                    calls += sample.value
-                elif sample.name.endswith("_sum"):
-                    queries += sample.value
-    return calls, queries
+    return got[names[0]], got[names[1]]
 
 
 def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
