@@ -14,21 +14,15 @@ import pytest
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc
 from indexer.build import build_snapshot
-from indexer.datasets import load_dataset
 from tests.conftest import ServerThread
-from tests.integration.ann_queries import QUERIES, ann_ids
+from tests.integration.ann_queries import ann_ids, ann_overlaps, build_movielens
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def int8_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = load_dataset("movielens", tmp_path_factory.getbasetemp())
-    out = tmp_path_factory.mktemp("snap") / "ml8"
-    build_snapshot(
-        ds.items(), out, ds.build_options(progress=False, encoder="minilm-int8", collection="ml8"), ds.source
-    )
-    return out
+    return build_movielens(tmp_path_factory, "ml8", encoder="minilm-int8")
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +47,7 @@ def test_the_manifest_names_the_int8_vector_space(int8_snapshot: Path, movielens
 
 
 def test_int8_ann_over_grpc_agrees_with_fp32(stub: search_pb2_grpc.SearchServiceStub) -> None:
-    overlap = []
-    for q in QUERIES:
-        int8, fp32 = ann_ids(stub, "ml8", q), ann_ids(stub, "movielens", q)
-        assert len(int8) == 10
-        overlap.append(len(set(int8) & set(fp32)) / 10)
+    overlap = ann_overlaps(stub, "ml8", stub, "movielens")
     # measured 0.90 on these queries (0.8-1.0 each)
     assert np.mean(overlap) >= 0.75, overlap
     assert ann_ids(stub, "ml8", "star wars")[0] == ann_ids(stub, "movielens", "star wars")[0]
@@ -161,10 +151,7 @@ def test_int8_queries_over_fp32_items_over_grpc(
     try:
         with grpc.insecure_channel(srv.target) as channel:
             q8 = search_pb2_grpc.SearchServiceStub(channel)
-            overlap = []
-            for q in QUERIES:
-                got, want = ann_ids(q8, "movielens", q), ann_ids(stub, "movielens", q)
-                overlap.append(len(set(got) & set(want)) / 10)
+            overlap = ann_overlaps(q8, "movielens", stub, "movielens")
             # measured 0.92 (0.8-1.0 each); the int8 build against fp32's scored 0.90
             assert np.mean(overlap) >= 0.8, overlap
             assert ann_ids(q8, "movielens", "star wars")[0] == ann_ids(stub, "movielens", "star wars")[0]

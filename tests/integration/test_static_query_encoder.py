@@ -15,21 +15,15 @@ import pytest
 from common.encoders.static import StaticQueryEncoder
 from common.v1 import search_pb2 as pb
 from common.v1 import search_pb2_grpc
-from indexer.build import build_snapshot
-from indexer.datasets import load_dataset
 from tests.conftest import ServerThread
-from tests.integration.ann_queries import QUERIES, ann_ids
+from tests.integration.ann_queries import QUERIES, ann_ids, ann_overlaps, build_movielens
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def static_snapshot(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    ds = load_dataset("movielens", tmp_path_factory.getbasetemp())
-    out = tmp_path_factory.mktemp("snap") / "mlstatic"
-    opts = ds.build_options(progress=False, encoder="minilm", collection="mlstatic", query_encoder="static")
-    build_snapshot(ds.items(), out, opts, ds.source)
-    return out
+    return build_movielens(tmp_path_factory, "mlstatic", encoder="minilm", query_encoder="static")
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +69,7 @@ def test_static_queries_land_near_minilm_ones(static_snapshot: Path) -> None:
 
 
 def test_static_ann_over_grpc_agrees_with_minilm(stub: search_pb2_grpc.SearchServiceStub) -> None:
-    overlap = []
-    for q in QUERIES:
-        static, model = ann_ids(stub, "mlstatic", q), ann_ids(stub, "movielens", q)
-        assert len(static) == 10
-        overlap.append(len(set(static) & set(model)) / 10)
+    overlap = ann_overlaps(stub, "mlstatic", stub, "movielens")
     assert np.mean(overlap) >= 0.3, overlap
     assert ann_ids(stub, "mlstatic", "star wars")[0] == ann_ids(stub, "movielens", "star wars")[0]
 
