@@ -133,8 +133,8 @@ def bench_ann(
             raw_enc.append(e)
             raw_srch.append(s)
             raw_total.append(e + s)
-            if branch.cache is not None:
-                branch.cache.clear()
+            if branch.query.cache is not None:
+                branch.query.cache.clear()
             t0 = time.perf_counter()
             await via_branch(q)
             cold.append((time.perf_counter() - t0) * 1e6)

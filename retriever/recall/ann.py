@@ -47,7 +47,6 @@ class AnnBranch:
             batch_threads=settings.query_batch_threads,
             observe=encode_batch_observer(encoder.name),
         )
-        self.cache = self.query.cache
 
     @classmethod
     def create(cls, generation: Generation, options: AnnSettings) -> Self:

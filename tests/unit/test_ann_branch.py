@@ -70,7 +70,7 @@ def test_query_cache_hits(tiny_snapshot: Path) -> None:
     branch = coll.branches["ann"]
     for _ in range(3):
         _search(svc, "harbour city")
-    stats = branch.cache.stats()  # type: ignore[attr-defined]
+    stats = branch.query.cache.stats()  # type: ignore[attr-defined]
     assert stats.misses == 1 and stats.hits == 2
 
 
