@@ -73,19 +73,15 @@ class ServerSettings(_Model):
     #: One access-log line per RPC (logger quarry.access, INFO), for this share of RPCs (sampled at random).
     access_log: bool = True
     access_log_sample: Annotated[float, Field(ge=0, le=1)] = 1.0
-    #: Prometheus /metrics HTTP port (None: not exposed; 0 is not allowed here).
+    #: Prometheus /metrics HTTP port (None: not exposed; 0 is not allowed here). With `workers` > 1 the
+    #: supervising process serves it: every worker's series added up (prometheus_client's multiprocess
+    #: mode; the workers write their values to files in a private directory under TMPDIR).
     metrics_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     #: TLS: the server's certificate chain and private key (PEM). Unset: plaintext (keep it on loopback).
     tls_cert: Path | None = None
     tls_key: Path | None = None
     #: With TLS, also require client certificates signed by this CA (PEM): mutual TLS.
     tls_client_ca: Path | None = None
-
-    @model_validator(mode="after")
-    def _workers_port(self) -> ServerSettings:
-        if self.workers > 1 and self.metrics_port is not None:
-            raise ValueError("server.metrics_port is per process: leave it unset with server.workers > 1")
-        return self
 
     @model_validator(mode="after")
     def _tls_complete(self) -> ServerSettings:

@@ -739,8 +739,8 @@ def run_load(
     """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
 
     Each step also reports the server's mean query-encode batch, read from its Prometheus endpoint:
-    `metrics_url` for a `target`; a one-process server this function starts gets a metrics port of its
-    own (a `server.workers > 1` server has none per process, so its steps say nothing of batches)."""
+    `metrics_url` for a `target`; a server this function starts gets a metrics port of its own (with
+    `server.workers > 1`, its supervisor's, every worker's batches added up)."""
     if client == "ghz":
         if ghz is None:
             raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
@@ -758,15 +758,12 @@ def run_load(
     ceiling_batched = 2 * 1000 / batched if batched else None
     proc = None
     if target is None:
-        from retriever.settings import load_settings
-
         env: dict[str, str] = {}
         if redis_url:
             env = {"QUARRY_REDIS__URL": redis_url, "QUARRY_REDIS__CLUSTER": str(redis_cluster).lower()}
-        if load_settings().server.workers == 1:
-            port = _free_port()
-            env["QUARRY_SERVER__METRICS_PORT"] = str(port)
-            metrics_url = f"http://127.0.0.1:{port}/metrics"
+        port = _free_port()
+        env["QUARRY_SERVER__METRICS_PORT"] = str(port)
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
         proc, target = start_server([snapshot], env)
         server_pid = proc.pid
     try:

@@ -25,4 +25,5 @@ RANKER_INFO = Gauge(
     "quarry_ranker_info",
     "1 per loaded ranking model, with its version and provider",
     ["collection", "model", "provider"],
+    multiprocess_mode="livemax",  # serve --workers N: 1 while any live worker has it loaded
 )

@@ -8,7 +8,6 @@ once) never mixes two generations inside one answer.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -335,9 +334,11 @@ class Registry:
             self._collections[collection.name] = collection
             if self._keep_previous and old is not None and old is not collection:
                 self._previous[collection.name] = old
-            if old is not None:
-                with contextlib.suppress(KeyError):
-                    metrics.GENERATION.remove(old.name, old.version, old.generation)
+            if old is not None and (old.version, old.generation) != (
+                collection.version,
+                collection.generation,
+            ):
+                metrics.retire(metrics.GENERATION, old.name, old.version, old.generation)
             metrics.GENERATION.labels(collection.name, collection.version, collection.generation).set(1)
             metrics.GENERATION_SINCE.labels(collection.name).set(collection.serving_since)
             metrics.ITEMS.labels(collection.name).set(collection.item_count())

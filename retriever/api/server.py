@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from retriever.api.errors import access_log, rpc
 from retriever.api.interceptors import MetricsInterceptor
 from retriever.api.shard import SHARD_SERVICE, ShardServicer
 from retriever.cluster.shard import ShardCore
+from retriever.core import metrics
 from retriever.generations import Collection, Registry
 from retriever.lifecycle import Lifecycle
 from retriever.realtime import Realtime, log_location
@@ -323,10 +325,8 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
     memory-mapped snapshots; this process supervises them: SIGINT/SIGTERM stop them all gracefully, and
     one dying stops the rest (a supervisor such as Kubernetes restarts the pod). With a snapshot root the
     workers follow its live pointer (admin.watch is forced on): a Reload or Rollback answered by one
-    worker moves the pointer or finds it moved, and the others converge within admin.watch_interval_s."""
-    import multiprocessing as mp
-    import signal
-
+    worker moves the pointer or finds it moved, and the others converge within admin.watch_interval_s.
+    With server.metrics_port, this process serves the workers' metrics added up (`WorkerMetrics`)."""
     if settings.server.workers == 1:
         asyncio.run(serve(settings, snapshots, root))
         return
@@ -334,6 +334,68 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
         raise ValueError("server.workers > 1 needs a fixed port (0 would give each worker its own)")
     if root is not None:
         settings = settings.model_copy(update={"admin": settings.admin.model_copy(update={"watch": True})})
+    if settings.server.metrics_port is None:
+        _supervise(settings, snapshots, root, None)
+        return
+    with WorkerMetrics(settings.server.host, settings.server.metrics_port) as metrics_dir:
+        # The workers expose nothing themselves: they write their values where this process reads them.
+        worker_settings = settings.model_copy(
+            update={"server": settings.server.model_copy(update={"metrics_port": None})}
+        )
+        _supervise(worker_settings, snapshots, root, metrics_dir)
+
+
+class WorkerMetrics:
+    """`serve --workers N`'s one /metrics endpoint: prometheus_client's multiprocess mode. Each worker
+    (spawned with PROMETHEUS_MULTIPROC_DIR set) writes its values to memory-mapped files in a private
+    directory; this process serves them added up: counters and histograms summed over every worker that
+    ever ran, gauges by their `multiprocess_mode` over the live ones. The directory is new for each run
+    (stale files would add a previous run's counts) and removed at the end."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.path: Path | None = None
+        self._httpd: Any = None
+        self._env: str | None = None
+
+    def __enter__(self) -> Path:
+        import tempfile
+
+        from prometheus_client import CollectorRegistry, start_http_server
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        self.path = Path(tempfile.mkdtemp(prefix="quarry-metrics-"))
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(self.path))
+        try:
+            self._httpd, _ = start_http_server(self.port, addr=self.host, registry=registry)
+        except OSError:
+            shutil.rmtree(self.path, ignore_errors=True)
+            raise
+        # Spawned workers start with a copy of this environment.
+        self._env = os.environ.get(metrics.MULTIPROC_ENV)
+        os.environ[metrics.MULTIPROC_ENV] = str(self.path)
+        log.info("metrics of all workers on http://%s:%d/metrics", self.host, self.port)
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        if self._env is None:
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
+        else:
+            os.environ[metrics.MULTIPROC_ENV] = self._env
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _supervise(
+    settings: QuarrySettings, snapshots: Sequence[Path], root: Path | None, metrics_dir: Path | None
+) -> None:
+    import multiprocessing as mp
+    import signal
+
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no inherited threads or native state
     procs = [
         ctx.Process(
@@ -370,6 +432,10 @@ def serve_workers(settings: QuarrySettings, snapshots: Sequence[Path], root: Pat
         wait([p.sentinel for p in alive])
         for p in [p for p in alive if not p.is_alive()]:
             alive.remove(p)
+            if metrics_dir is not None:
+                from prometheus_client.multiprocess import mark_process_dead
+
+                mark_process_dead(p.pid, str(metrics_dir))  # its live gauges no longer count
             if not stopping:
                 log.error("worker %s exited with %s: stopping the others", p.pid, p.exitcode)
                 stop()

@@ -5,6 +5,7 @@ logs and config. The ranker's metrics live in `ranker.metrics`, the user store's
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from functools import cache
 from typing import Any
@@ -46,20 +47,43 @@ EVENTS = Counter(
     "LogEvents records by outcome (accepted, duplicate, rejected)",
     ["collection", "outcome"],
 )
+# Gauges' multiprocess_mode says how `serve --workers N` adds up its workers' values (prometheus_client's
+# multiprocess mode, retriever.api.server.serve_workers; one process ignores it): the largest among the
+# live workers, so a generation reads 1 while any worker serves it.
 GENERATION = Gauge(
     "quarry_generation_info",
-    "1 for the generation each collection serves now",
+    "1 for the generation each collection serves now (0: served before, under --workers N)",
     ["collection", "snapshot_version", "generation"],
+    multiprocess_mode="livemax",
 )
 GENERATION_SINCE = Gauge(
-    "quarry_generation_serving_since_seconds", "Unix time the serving generation went live", ["collection"]
+    "quarry_generation_serving_since_seconds",
+    "Unix time the serving generation went live",
+    ["collection"],
+    multiprocess_mode="livemax",
 )
-ITEMS = Gauge("quarry_collection_items", "Items in the serving generation", ["collection"])
+ITEMS = Gauge(
+    "quarry_collection_items", "Items in the serving generation", ["collection"], multiprocess_mode="livemax"
+)
 SHARD_ANSWERS = Counter(
     "quarry_shard_answers_total",
     "A root's fan-outs by shard and outcome: ok, or missing (no replica answered in time: partial answer)",
     ["collection", "shard", "outcome"],
 )
+
+
+def retire(gauge: Gauge, *labels: str) -> None:
+    """A gauge's series that no longer applies: gone from this process's output; under `serve --workers
+    N` (prometheus_client cannot remove a series there) it reads 0."""
+    gauge.labels(*labels).set(0)
+    if not MULTIPROCESS:
+        gauge.remove(*labels)
+
+
+#: Set (to a directory) for `serve --workers N`'s workers: they write their values there, for the
+#: supervising process to add up (prometheus_client's multiprocess mode).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = MULTIPROC_ENV in os.environ
 
 
 @cache

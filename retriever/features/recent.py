@@ -78,7 +78,11 @@ REDIS_LATENCY = Histogram(
 REDIS_ERRORS = Counter(
     "quarry_redis_errors_total", "Redis user-store calls that failed, by operation and error", ["op", "error"]
 )
-REDIS_BREAKER_OPEN = Gauge("quarry_redis_breaker_open", "1 while the Redis circuit breaker is open")
+REDIS_BREAKER_OPEN = Gauge(
+    "quarry_redis_breaker_open",
+    "1 while the Redis circuit breaker is open (serve --workers N: any live worker's)",
+    multiprocess_mode="livemax",
+)
 
 
 class StoreUnavailable(DependencyUnavailable):

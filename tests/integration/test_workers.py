@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -26,7 +27,33 @@ def _start(args: list[str], env: dict[str, str] | None = None) -> tuple[subproce
     port = free_port()
     cmd = [sys.executable, "-m", "quarry.cli", "--log-level", "WARNING", "serve", "--port", str(port), *args]
     proc = subprocess.Popen(cmd, env={**os.environ, **(env or {})})
-    return proc, wait_serving(proc, f"127.0.0.1:{port}", "tiny")
+    target = wait_serving(proc, f"127.0.0.1:{port}", "tiny")
+    if "--workers" in args:
+        # One worker answering is not all: the kernel deals connections to the listening ones only.
+        n = int(args[args.index("--workers") + 1])
+        deadline = time.monotonic() + 60
+        while sum(_listens(w, port) for w in _workers(proc.pid)) < n:
+            assert proc.poll() is None and time.monotonic() < deadline, "the workers did not all listen"
+            time.sleep(0.1)
+    return proc, target
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process `pid` holds a TCP socket listening on `port` (its own, under SO_REUSEPORT)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            f = line.split()
+            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port and f[9] in inodes:
+                return True
+    return False
 
 
 def _workers(parent: int) -> list[int]:
@@ -62,6 +89,80 @@ def test_workers_share_the_port_and_stop_together(tiny_snapshot: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_workers_metrics_are_served_added_up(tiny_snapshot: Path, tmp_path: Path) -> None:
+    """With server.metrics_port, the supervisor serves one /metrics for all workers: their counters
+    summed, a gauge once (the live workers' largest), and the workers' files removed at the end."""
+    mport = free_port()
+    env = {"QUARRY_SERVER__METRICS_PORT": str(mport), "TMPDIR": str(tmp_path)}
+    proc, target = _start(["--snapshot", str(tiny_snapshot), "--workers", "2"], env)
+    url = f"http://127.0.0.1:{mport}/metrics"
+    try:
+        workers = _workers(proc.pid)
+        assert len(workers) == 2
+        (files,) = tmp_path.glob("quarry-metrics-*")  # the private directory the workers write to
+        ok = ("quarry_grpc_requests_total", (("code", "OK"), ("method", "Search"), ("service", SEARCH)))
+        before = _families(url).get(ok, 0.0)
+        sent = 0
+        while not all(_searches(files, w) for w in workers):  # until both workers answered Searches
+            assert sent < 400, "one worker never answered"
+            sent += 20
+            assert len(_versions(target, 20)) == 1
+        after = _families(url)
+        assert after[ok] - before == sent  # every Search counted once, whichever worker answered it
+        assert sum(_searches(files, w) for w in workers) == after[ok]
+        generation = [k for k in after if k[0] == "quarry_generation_info"]
+        assert len(generation) == 1 and after[generation[0]] == 1.0  # livemax: one series, no pid
+        assert dict(generation[0][1])["collection"] == "tiny"
+        items = ("quarry_collection_items", (("collection", "tiny"),))
+        assert after[items] > 0
+        branches = [v for (name, _), v in after.items() if name == "quarry_branch_results_total"]
+        assert sum(branches) >= 60
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not files.exists()
+
+
+SEARCH = "quarry.v1.SearchService"
+
+
+def _generations(mport: int) -> dict[str, float]:
+    """quarry_generation_info of the collection tiny by snapshot version, as the supervisor serves it."""
+    return {
+        dict(labels)["snapshot_version"]: v
+        for (name, labels), v in _families(f"http://127.0.0.1:{mport}/metrics").items()
+        if name == "quarry_generation_info" and dict(labels)["collection"] == "tiny"
+    }
+
+
+def _searches(files: Path, pid: int) -> float:
+    """The Searches one worker counted, read from its own file (what the supervisor adds up)."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    path = files / f"counter_{pid}.db"
+    if not path.exists():  # created with the worker's first counted request
+        return 0.0
+    return sum(
+        s.value
+        for m in MultiProcessCollector.merge([str(path)])
+        for s in m.samples
+        if s.name == "quarry_grpc_requests_total" and s.labels.get("method") == "Search"
+    )
+
+
+def _families(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a Prometheus text endpoint: (name, sorted labels) → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 def _answering_pids(tiny_snapshot: Path, tmp_path: Path, env: dict[str, str]) -> tuple[int, set[int]]:
@@ -111,10 +212,13 @@ def _cpu(pid: int) -> int:
 def test_a_reload_reaches_every_worker(tmp_path: Path) -> None:
     root = SnapshotRoot(tmp_path / "root")
     v1 = publish(root, 1)
+    mport = free_port()
     env = {"QUARRY_ADMIN__TOKEN": TOKEN, "QUARRY_ADMIN__WATCH_INTERVAL_S": "0.2"}
+    env["QUARRY_SERVER__METRICS_PORT"] = str(mport)
     proc, target = _start(["--root", str(root.root), "--workers", "2"], env)
     try:
         assert _versions(target, 20) == {v1}
+        assert _generations(mport) == {v1: 1.0}
         v2 = publish(root, 2)
         with grpc.insecure_channel(target) as ch:
             reply = admin_pb2_grpc.AdminServiceStub(ch).Reload(
@@ -125,6 +229,8 @@ def test_a_reload_reaches_every_worker(tmp_path: Path) -> None:
         while _versions(target, 20) != {v2}:
             assert time.monotonic() < deadline, "a worker kept serving the old generation"
             time.sleep(0.2)
+        # The old generation's series cannot be removed from the workers' files: it reads 0.
+        assert _generations(mport) == {v1: 0.0, v2: 1.0}
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
