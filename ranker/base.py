@@ -8,12 +8,13 @@ the documented behaviour of the ranking stage without a model, not a placeholder
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
 from common.index.forward import ForwardStore
 from common.profile import TagTable
+from common.protocols import implements
 from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SeedWeights, UserCounters
 from ranker.schema import FeatureSchema
 
@@ -112,6 +113,16 @@ class ArrayRanker(Protocol):
     ) -> np.ndarray:
         """One score a candidate, in `candidates` order (higher is better)."""
         ...
+
+
+def explains(ranker: object) -> TypeGuard[ExplainingRanker]:
+    """`isinstance(ranker, ExplainingRanker)`, decided once per class (common.protocols)."""
+    return implements(ranker, ExplainingRanker)
+
+
+def scores_arrays(ranker: object) -> TypeGuard[ArrayRanker]:
+    """`isinstance(ranker, ArrayRanker)`, decided once per class (common.protocols)."""
+    return implements(ranker, ArrayRanker)
 
 
 class FusedOrder:

@@ -529,9 +529,7 @@ class RootSearchService(SearchService):
             with_display=self.settings.cluster.display == "in_recall",
             term_df=term_df,
         )
-        with self.tracer.start_as_current_span(
-            "fanout", attributes={"quarry.collection": root.name, "quarry.shards": len(self.fanout.sets)}
-        ):
+        with self.span("fanout", {"quarry.collection": root.name, "quarry.shards": len(self.fanout.sets)}):
             answers = await self.fanout.call(request.SerializeToString(), ex.deadline)
         if ex.deadline is not None and time.monotonic() >= ex.deadline:
             raise DeadlineExceeded("the request deadline expired during recall")

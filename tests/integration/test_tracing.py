@@ -69,3 +69,29 @@ def test_no_endpoint_no_tracing() -> None:
     provider = make_tracer_provider(TracingSettings(otlp_endpoint="http://127.0.0.1:4317", sample_ratio=0.5))
     assert provider is not None
     provider.shutdown()
+
+
+def test_stage_spans_only_where_a_provider_records_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No provider given and none installed globally: a stage gets no span (not even a no-op one). A
+    provider installed globally (auto-instrumentation does so) is honoured."""
+    from opentelemetry import trace
+
+    from retriever.generations import Registry
+    from retriever.service import SearchService
+    from retriever.settings import load_settings
+
+    svc = SearchService(load_settings(), Registry())
+    try:
+        assert isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)  # the tests install none
+        with svc.span("recall", {"quarry.collection": "x"}) as span:
+            assert span is trace.INVALID_SPAN and not span.is_recording()
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+        monkeypatch.setattr(svc, "tracer", provider.get_tracer("quarry.retriever"))
+        with svc.span("recall", {"quarry.collection": "x"}) as span:
+            assert span.is_recording()
+        assert [s.name for s in exporter.get_finished_spans()] == ["recall"]
+    finally:
+        svc.close()

@@ -11,7 +11,7 @@ import pytest
 
 from common.settings import CollectionSettings, QuarrySettings
 from common.types import Fused
-from ranker.base import FusedOrder, Ranker
+from ranker.base import FusedOrder, Ranker, explains, scores_arrays
 from ranker.model import train_synthetic
 from ranker.schema import DEFAULT_SCHEMA
 from ranker.serving import ModelRanker
@@ -58,3 +58,7 @@ class TestModelRanker(RankerContract):
         model.to_onnx(path, schema=DEFAULT_SCHEMA, model_version="contract", metrics=metrics)
         onnx = OnnxRanker(path, schema=DEFAULT_SCHEMA, providers=["CPUExecutionProvider"])
         return ModelRanker(onnx, window_ms=1.0)
+
+    def test_the_serving_path_sees_what_it_can_do(self, ranker: Ranker) -> None:
+        # The ranking stage's per-class checks (common.protocols): arrays scored, features explained.
+        assert scores_arrays(ranker) and explains(ranker)
