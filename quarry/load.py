@@ -170,6 +170,8 @@ class StepResult:
     #: Answers flagged degraded (a branch or, behind a root, a shard missing).
     degraded: int = 0
     server_cpu_cores: float | None = None
+    #: Memory of the server process and its workers after the step: their PSS summed (shared pages
+    #: counted once; each process's RSS where /proc/<pid>/smaps_rollup cannot be read), MiB.
     server_rss_mib: float | None = None
     #: Which client sent the step: "python" (this module) or "ghz".
     client: str = "python"
@@ -218,17 +220,48 @@ def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | 
     return (after[1] - before[1]) / (after[0] - before[0])
 
 
+def _family(pid: int) -> list[int]:
+    """A process and its direct children (a `serve --workers N` supervisor's workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:  # the process ended meanwhile
+            continue
+        if stat.parent.name == str(pid) or parent == str(pid):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _proc_memory_bytes(pid: int) -> int:
+    """Memory of a process and its direct children: the sum of their proportional set sizes (PSS: a page
+    the workers share, such as the memory-mapped snapshot, counts once in all), or of their RSS where
+    /proc/<pid>/smaps_rollup cannot be read."""
+    total = 0
+    for p in _family(pid):
+        try:
+            text = Path(f"/proc/{p}/smaps_rollup").read_text()
+            total += next(
+                int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith("Pss:")
+            )
+        except (OSError, StopIteration):
+            try:
+                total += rss_bytes(p)
+            except OSError:  # ended meanwhile
+                continue
+    return total
+
+
 def _proc_cpu_s(pid: int) -> float:
     """CPU seconds of a process and its direct children (a `serve --workers N` supervisor's workers)."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for p in _family(pid):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:  # the process ended meanwhile
             continue
-        if stat.parent.name == str(pid) or fields[1] == str(pid):  # itself, or its parent is pid
-            total += (int(fields[11]) + int(fields[12])) / tick
+        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
@@ -258,7 +291,7 @@ def _step_result(
         p999_ms=percentile(lat, 99.9),
         errors=dict(errors),
         server_cpu_cores=None if cpu_cores is None else round(cpu_cores, 3),
-        server_rss_mib=rss_bytes(server_pid) / 2**20 if server_pid else None,
+        server_rss_mib=_proc_memory_bytes(server_pid) / 2**20 if server_pid else None,
         **more,
     )
 

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -144,8 +145,10 @@ class MiniLMEncoder:
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         requested = list(providers) if providers is not None else default_providers()
-        self._session = ort.InferenceSession(model_bytes, sess_options=so, providers=requested)
+        self._session, model_fd = _session(model_bytes, so, requested)
         del model_bytes
+        if model_fd is not None:
+            weakref.finalize(self, os.close, model_fd)
 
         actual = self._session.get_providers()
         # Asking for CUDA on a CPU-only build only warns inside onnxruntime and runs on CPU: say so.
@@ -290,3 +293,34 @@ def export_bundle(
     os.replace(tmp, dest / "tokenizer.json")
     log.info("minilm bundle written to %s (export %.1f s)", dest, result.seconds)
     return dest / "model.onnx"
+
+
+def _session(
+    model: bytes, options: ort.SessionOptions, providers: list[str]
+) -> tuple[ort.InferenceSession, int | None]:
+    """An onnxruntime session over exactly these (verified) model bytes, and the descriptor it was read
+    from, if one must stay open.
+
+    Handed bytes, onnxruntime's Python session keeps them for as long as it lives (to re-create itself
+    when a provider fails): a second copy of the weights, ~86 MiB for MiniLM fp32, in every process and
+    every `serve --workers N` worker. So the bytes go into an anonymous in-memory file (Linux
+    memfd_create) that the session reads by path, as it would a file on disk, and the copy is freed once
+    it is loaded; the bytes are still the ones verified, whatever happens to the file on disk meanwhile.
+    A session that may fall back from an accelerator to the CPU (a provider other than the CPU's) keeps
+    the descriptor open so it can re-read the model; elsewhere (no memfd_create) the bytes as before."""
+    if not hasattr(os, "memfd_create") or not Path("/proc/self/fd").is_dir():
+        return ort.InferenceSession(model, sess_options=options, providers=providers), None
+    fd = os.memfd_create("quarry-onnx-model", os.MFD_CLOEXEC)
+    try:
+        with memoryview(model) as view:
+            written = 0
+            while written < len(view):
+                written += os.write(fd, view[written:])
+        session = ort.InferenceSession(f"/proc/self/fd/{fd}", sess_options=options, providers=providers)
+    except BaseException:
+        os.close(fd)
+        raise
+    if all(p == "CPUExecutionProvider" for p in providers):
+        os.close(fd)  # nothing to fall back to: the session never reads the model again
+        return session, None
+    return session, fd

@@ -164,3 +164,33 @@ def test_a_step_reads_the_servers_query_encode_batches(movielens_snapshot: Path)
     assert mean_batch(before, before) is None and mean_batch(None, after) is None
     assert encode_batches(None) is None
     assert encode_batches(f"http://127.0.0.1:{httpd.server_port}/metrics") is None  # no longer served
+
+
+def test_server_memory_counts_the_workers_once(tmp_path: Path) -> None:
+    """A supervisor's figure includes its children; pages they share (a file mapped by both) count once."""
+    import os
+    import subprocess
+    import sys
+
+    from quarry.load import _family, _proc_memory_bytes
+
+    blob = "import mmap, sys, time; f = open(sys.argv[1], 'rb'); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)"
+    blob += "; _ = sum(m[i] for i in range(0, len(m), 4096)); print('ready', flush=True); time.sleep(30)"
+    path = tmp_path / "mapped.bin"
+    path.write_bytes(os.urandom(64 * 2**20))  # 64 MiB, touched page by page by both children
+    alone = _proc_memory_bytes(os.getpid())
+    kids = [
+        subprocess.Popen([sys.executable, "-c", blob, str(path)], stdout=subprocess.PIPE) for _ in range(2)
+    ]
+    try:
+        for k in kids:
+            assert k.stdout is not None and k.stdout.readline().startswith(b"ready")
+        assert set(_family(os.getpid())) >= {os.getpid(), *(k.pid for k in kids)}
+        both = _proc_memory_bytes(os.getpid()) - alone
+        # Each child maps the 64 MiB: summed RSS would say >= 128 MiB, PSS says it once (plus two
+        # interpreters, ~10 MiB each).
+        assert 64 * 2**20 <= both < 110 * 2**20, both / 2**20
+    finally:
+        for k in kids:
+            k.kill()
+            k.wait()

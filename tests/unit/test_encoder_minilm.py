@@ -16,6 +16,7 @@ import json
 import lzma
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -139,6 +140,36 @@ def test_parity_with_sentence_transformers(encoder) -> None:
     # Truncation must agree too: texts over the limit are where a 128-vs-256 mistake would show.
     lengths = encoder.token_lengths(texts)
     assert lengths.max() == encoder.max_length == model.max_seq_length
+
+
+def test_the_session_holds_no_second_copy_of_the_model(encoder) -> None:
+    """Handed bytes, onnxruntime's Python session keeps them while it lives (~86 MiB more a process):
+    the verified bytes go through an in-memory file it reads by path, closed once it has loaded."""
+    import onnxruntime as ort
+
+    from common.encoders.minilm import _session
+
+    assert encoder._session._model_bytes is None
+    assert encoder._session._model_path.startswith("/proc/self/fd/")
+    model = encoder.onnx_path.read_bytes()
+    so = ort.SessionOptions()
+    cpu, fd = _session(model, so, ["CPUExecutionProvider"])
+    assert fd is None  # nothing to fall back to: closed at once
+    # A session that may fall back to the CPU keeps its descriptor, to read the model again then.
+    with warnings.catch_warnings():  # a CPU-only build warns that CUDA is not there
+        warnings.simplefilter("ignore", UserWarning)
+        cuda, fd = _session(model, so, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    try:
+        assert fd is not None and os.fstat(fd).st_size == len(model)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    tokens = encoder._tokenizer.encode("a café in Zürich, 東京の天気")
+    names = [i.name for i in cpu.get_inputs()]
+    ids = np.array([tokens.ids], dtype=np.int64)
+    mask = np.array([tokens.attention_mask], dtype=np.int64)
+    inputs = dict(zip(names, [ids, mask, np.zeros_like(ids)], strict=False))
+    np.testing.assert_allclose(cpu.run(None, inputs)[0], cuda.run(None, inputs)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_shape_dtype_and_unit_norm(encoder) -> None:
