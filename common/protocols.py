@@ -1,10 +1,10 @@
 """`implements`: isinstance against a runtime-checkable Protocol, decided once per class.
 
 `isinstance(x, SomeProtocol)` walks the protocol's members on every call (~15 µs in Python 3.11); the
-ranking stage asked it three or four times a Search about the same few ranker objects (typed checks
-over it: `ranker.base.explains`, `ranker.base.scores_arrays`). The answer is
+ranking stage asked it three or four times a Search about the same few ranker objects. The answer is
 kept per (class, protocol): a class's instances are assumed to agree (Quarry's implementations set
-their protocols' data members in `__init__`).
+their protocols' data members in `__init__`). Typed checks over it: `ranker.base.explains` and
+`ranker.base.scores_arrays`.
 """
 
 from __future__ import annotations
