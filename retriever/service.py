@@ -18,13 +18,7 @@ from opentelemetry.util.types import Attributes
 from common.geo import haversine_m, haversine_many
 from common.settings import BranchSpec, CollectionSettings, QuarrySettings
 from common.types import Fused, GeoPoint, ItemWindows, SeedWeights, SourceScore, UserCounters
-from ranker.base import (
-    FusedOrder,
-    Ranker,
-    RankingContext,
-    explains,
-    scores_arrays,
-)
+from ranker.base import FusedOrder, Ranker, RankingContext, explains, scores_arrays
 from ranker.features import feature_matrix
 from ranker.schema import (
     AFFINITY_MEMORIES,
