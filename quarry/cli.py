@@ -1497,7 +1497,7 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
 @click.option(
     "--metrics-url",
     help="With --target: the server's Prometheus /metrics URL, for each step's mean query-encode batch "
-    "(a server this command starts with one process gets its own).",
+    "(a server this command starts gets its own; with --workers N, the supervisor's, all workers added up).",
 )
 def bench_load_cmd(
     snapshot: Path,
