@@ -72,18 +72,18 @@ SHARD_ANSWERS = Counter(
 )
 
 
+#: Set (to a directory) for `serve --workers N`'s workers: they write their values there, for the
+#: supervising process to add up (prometheus_client's multiprocess mode).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROCESS = MULTIPROC_ENV in os.environ
+
+
 def retire(gauge: Gauge, *labels: str) -> None:
     """A gauge's series that no longer applies: gone from this process's output; under `serve --workers
     N` (prometheus_client cannot remove a series there) it reads 0."""
     gauge.labels(*labels).set(0)
     if not MULTIPROCESS:
         gauge.remove(*labels)
-
-
-#: Set (to a directory) for `serve --workers N`'s workers: they write their values there, for the
-#: supervising process to add up (prometheus_client's multiprocess mode).
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-MULTIPROCESS = MULTIPROC_ENV in os.environ
 
 
 @cache
