@@ -1499,6 +1499,14 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
     help="With --target: the server's Prometheus /metrics URL, for each step's mean query-encode batch "
     "(a server this command starts gets its own; with --workers N, the supervisor's, all workers added up).",
 )
+@click.option(
+    "--rpc-floor/--no-rpc-floor",
+    default=True,
+    show_default=True,
+    help="After the steps, the same client and requests at the highest rate against grpc.aio answering "
+    "empty responses (quarry.rpc_floor): the transport's and the client's CPU a call, and the bound they "
+    "leave on these cores.",
+)
 def bench_load_cmd(
     snapshot: Path,
     target: str | None,
@@ -1520,8 +1528,10 @@ def bench_load_cmd(
     ghz_concurrency: int,
     metrics_url: str | None,
     ghz_connections: int,
+    rpc_floor: bool,
 ) -> None:
-    """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor."""
+    """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor and the RPC
+    floor."""
     from quarry.load import ghz_binary, run_load
 
     ghz = ghz_binary(ghz_path) if client == "ghz" else None
@@ -1555,6 +1565,7 @@ def bench_load_cmd(
         ghz_concurrency=ghz_concurrency,
         metrics_url=metrics_url,
         ghz_connections=ghz_connections,
+        rpc_floor=rpc_floor,
     )
     click.echo(report.table())
     if json_out is not None:

@@ -20,6 +20,12 @@ read answers, so its steps count no degraded ones.
 The floor: the same Search requests through the raw libraries in this process, one at a time, one thread
 (tantivy search, onnxruntime encode, hnswlib/faiss search, cKDTree, i2i expand, RRF in numpy): CPU
 milliseconds per request → the 2-core ceiling (2000 / ms req/s). Every figure is printed beside it.
+
+The RPC floor (`quarry.rpc_floor`, after the steps): grpc.aio answering empty responses, sent the same
+requests by the same client at the highest rate: what the transport and the load generator cost a call
+before any Search work. On one machine the client runs on the server's cores, so the raw-library floor
+plus these two bound what any server on this transport can answer here (`LoadReport.bound_rps`; each
+step's `ach/bound`), however lean its own code.
 """
 
 from __future__ import annotations
@@ -178,6 +184,9 @@ class StepResult:
     #: Queries a batched encoder call held on average during the step (the server's
     #: quarry_query_encode_batch_size), when its metrics were readable; None otherwise.
     encode_batch: float | None = None
+    #: The client's CPU during the step, in cores: ghz's process, or this process for the Python client.
+    #: On one machine it is taken from the server's cores.
+    client_cpu_cores: float | None = None
 
 
 def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
@@ -265,6 +274,15 @@ def _proc_cpu_s(pid: int) -> float:
     return total
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (ghz, once
+    subprocess.run returns); a running child (the server under test) counts only once it is waited."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _step_result(
     rate: float,
     duration_s: float,
@@ -275,6 +293,7 @@ def _step_result(
     *,
     server_pid: int | None,
     cpu_cores: float | None,
+    client_cpu_cores: float | None,
     **more: Any,
 ) -> StepResult:
     """A step's figures from its answered latencies (ms) and the time from first send to last answer
@@ -292,6 +311,7 @@ def _step_result(
         errors=dict(errors),
         server_cpu_cores=None if cpu_cores is None else round(cpu_cores, 3),
         server_rss_mib=_proc_memory_bytes(server_pid) / 2**20 if server_pid else None,
+        client_cpu_cores=None if client_cpu_cores is None else round(client_cpu_cores, 3),
         **more,
     )
 
@@ -346,6 +366,7 @@ async def run_step(
                 in_flight -= 1
 
         cpu0 = _proc_cpu_s(server_pid) if server_pid else None
+        client0 = time.process_time()
         start = loop.time() + 0.05
         scheduled = start
         for i in range(n):
@@ -366,6 +387,7 @@ async def run_step(
         elapsed = loop.time() - start
         window = max(last_done, scheduled) - start  # from the first send to the last answer
         cpu = (_proc_cpu_s(server_pid) - cpu0) / elapsed if server_pid and cpu0 is not None else None
+        client_cpu = (time.process_time() - client0) / elapsed
     return _step_result(
         rate,
         elapsed,
@@ -375,6 +397,7 @@ async def run_step(
         errors,
         server_pid=server_pid,
         cpu_cores=cpu,
+        client_cpu_cores=client_cpu,
         dropped=dropped,
         degraded=degraded,
     )
@@ -449,10 +472,12 @@ def run_ghz_step(
             target,
         ]  # fmt: skip
         cpu0 = _proc_cpu_s(server_pid) if server_pid else None
+        client0 = _children_cpu_s()
         t0 = time.monotonic()
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + timeout_s + 120)
         elapsed = time.monotonic() - t0
         cpu = (_proc_cpu_s(server_pid) - cpu0) / elapsed if server_pid and cpu0 is not None else None
+        client_cpu = (_children_cpu_s() - client0) / elapsed  # ghz's (waited for: now in the children's)
         if not out.is_file():
             raise RuntimeError(f"ghz failed (exit {done.returncode}): {(done.stderr or done.stdout)[-500:]}")
         report = json.loads(out.read_text())
@@ -469,6 +494,7 @@ def run_ghz_step(
         errors,
         server_pid=server_pid,
         cpu_cores=cpu,
+        client_cpu_cores=client_cpu,
         client="ghz",
     )
 
@@ -632,6 +658,101 @@ def _rrf(lists: Sequence[np.ndarray], k: float = 60.0) -> np.ndarray:
     return uniq[np.argsort(-np.bincount(inv, weights=scores))]
 
 
+# ------------------------------------------------------------------------------------------ RPC floor
+
+#: The ceilings and the bound are per two cores: this development machine's, shared by the server, the
+#: client and Redis.
+CORES = 2
+
+
+@dataclass
+class RpcFloor:
+    """What the transport and the client cost a call before any Search work: grpc.aio answering empty
+    responses (quarry.rpc_floor), driven by the load steps' client at `rate`, CPU ms an answered call.
+
+    On one machine both are paid from the cores the Search work needs, so with the raw-library floor
+    they bound what any server on this transport can answer there: `bound_rps`. The cost a call falls
+    as the rate rises (more calls share each wake-up), so measured at the run's highest rate the bound
+    is an optimistic one for every step."""
+
+    rate: float
+    achieved_rps: float
+    p99_ms: float
+    server_ms: float
+    client_ms: float
+    client: str
+    errors: dict[str, int] = field(default_factory=dict)
+
+    def bound_rps(self, floor_ms: float) -> float:
+        """Req/s on CORES cores if a request cost the raw libraries' `floor_ms` and nothing else but
+        this transport and client."""
+        return CORES * 1000 / (floor_ms + self.server_ms + self.client_ms)
+
+
+def start_rpc_floor() -> tuple[subprocess.Popen[str], str]:
+    """quarry.rpc_floor in its own process on a free loopback port, once it serves."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "quarry.rpc_floor", "--port", "0"], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()  # "ready <port>", or "" if it died
+    if not line.startswith("ready "):
+        proc.kill()
+        raise RuntimeError(f"the RPC floor server did not start (exit {proc.wait()})")
+    return proc, f"127.0.0.1:{int(line.split()[1])}"
+
+
+def measure_rpc_floor(
+    mix: Mix,
+    rate: float,
+    duration_s: float,
+    *,
+    client: str = "python",
+    ghz: str | None = None,
+    ghz_concurrency: int = 100,
+    ghz_connections: int = 8,
+    max_in_flight: int = 512,
+    arrival: str = "poisson",
+) -> RpcFloor:
+    """One step of the mix's requests against the empty server (after a discarded second of warm-up),
+    sent as the load steps send them."""
+    proc, target = start_rpc_floor()
+    try:
+        asyncio.run(run_step(target, mix, min(rate, 200.0), 1.0, max_in_flight=max_in_flight, seed=98))
+        client_cpu_s = _children_cpu_s if client == "ghz" else time.process_time
+        server0, client0 = _proc_cpu_s(proc.pid), client_cpu_s()
+        if client == "ghz":
+            assert ghz is not None
+            step = run_ghz_step(
+                target,
+                mix,
+                rate,
+                duration_s,
+                ghz=ghz,
+                concurrency=ghz_concurrency,
+                connections=ghz_connections,
+            )
+        else:
+            step = asyncio.run(
+                run_step(target, mix, rate, duration_s, arrival=arrival, max_in_flight=max_in_flight)
+            )
+        server_s, client_s = _proc_cpu_s(proc.pid) - server0, client_cpu_s() - client0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    if not step.ok:
+        raise RuntimeError(f"the RPC floor step answered nothing: {step.errors}")
+    return RpcFloor(
+        rate=rate,
+        achieved_rps=step.achieved_rps,
+        p99_ms=step.p99_ms,
+        server_ms=1000 * server_s / step.ok,
+        client_ms=1000 * client_s / step.ok,
+        client=step.client,
+        errors=step.errors,
+    )
+
+
 # --------------------------------------------------------------------------------------------- driver
 
 
@@ -682,9 +803,19 @@ class LoadReport:
     #: The ceiling with the floor's query encodings batched as the server batches them (ann.query_batch);
     #: None when it does not batch. A batching server can pass `ceiling_rps`, never this one's encoder cost.
     ceiling_batched_rps: float | None = None
+    #: The transport and the client alone (None when not measured), and with it `bound_rps`.
+    rpc_floor: RpcFloor | None = None
+
+    @property
+    def bound_rps(self) -> float | None:
+        """The most any server on this transport could answer on CORES cores beside this client, if its
+        own work cost what the raw libraries cost (query encodings batched where the server batches)."""
+        if self.rpc_floor is None:
+            return None
+        return self.rpc_floor.bound_rps(batched_total(self.floor) or self.floor["total"])
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps({**asdict(self), "bound_rps": self.bound_rps}, indent=2)
 
     def table(self) -> str:
         lines = [
@@ -694,24 +825,39 @@ class LoadReport:
             "floor (raw libraries, one thread, CPU ms/request): "
             + ", ".join(f"{k} {v:.3f}" for k, v in self.floor.items() if not k.startswith("wall")),
             f"floor per request: p50 {self.floor['wall_p50']:.3f} ms, p99 {self.floor['wall_p99']:.3f} ms; "
-            f"2-core ceiling {self.ceiling_rps:.0f} req/s"
+            f"{CORES}-core ceiling {self.ceiling_rps:.0f} req/s"
             + (
                 f" ({self.ceiling_batched_rps:.0f} with the queries' encodings batched as the server does)"
                 if self.ceiling_batched_rps
                 else ""
             ),
-            f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'ach/ceil':>8} {'p99/floor':>9} {'srv cpu':>7} {'srv MiB':>8} {'enc batch':>9}  errors / dropped",
         ]
+        bound = self.bound_rps
+        if self.rpc_floor is not None and bound is not None:
+            r = self.rpc_floor
+            lines.append(
+                f"RPC floor (grpc.aio answering empty responses; {r.client} at {r.rate:.0f}/s, "
+                f"{r.achieved_rps:.0f} answered/s, p99 {r.p99_ms:.2f} ms): server {r.server_ms:.3f} + client "
+                f"{r.client_ms:.3f} CPU ms a call -> bound {bound:.0f} req/s on {CORES} cores with the "
+                f"raw libraries' work ({bound / self.ceiling_rps:.2f} of the ceiling)"
+            )
+        lines.append(
+            f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
+            f"{'ach/ceil':>8} {'ach/bound':>9} {'p99/floor':>9} {'srv cpu':>7} {'cli cpu':>7} {'srv MiB':>8} "
+            f"{'enc batch':>9}  errors / dropped"
+        )
         for s in self.steps:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
             cpu = f"{s.server_cpu_cores:.2f}" if s.server_cpu_cores is not None else "-"
             rss = f"{s.server_rss_mib:.0f}" if s.server_rss_mib is not None else "-"
             batch = f"{s.encode_batch:.2f}" if s.encode_batch is not None else "-"
+            cli = f"{s.client_cpu_cores:.2f}" if s.client_cpu_cores is not None else "-"
+            of_bound = f"{s.achieved_rps / bound:.2f}" if bound else "-"
             lines.append(
                 f"{s.offered_rps:8.0f} {s.achieved_rps:9.1f} {s.p50_ms:8.2f} {s.p90_ms:8.2f} {s.p99_ms:8.2f} "
-                f"{s.p999_ms:9.2f} {s.achieved_rps / self.ceiling_rps:8.2f} {s.p99_ms / self.floor['wall_p99']:9.1f} "
-                f"{cpu:>7} {rss:>8} {batch:>9}  {errs} / {s.dropped}"
+                f"{s.p999_ms:9.2f} {s.achieved_rps / self.ceiling_rps:8.2f} {of_bound:>9} "
+                f"{s.p99_ms / self.floor['wall_p99']:9.1f} {cpu:>7} {cli:>7} {rss:>8} {batch:>9}  "
+                f"{errs} / {s.dropped}"
             )
         return "\n".join(lines)
 
@@ -725,7 +871,9 @@ class LoadReport:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
             ax.plot(xs, [getattr(s, key) for s in self.steps], marker="o", label=label)
-        ax.axvline(self.ceiling_rps, color="grey", linestyle="--", label="floor's 2-core ceiling")
+        ax.axvline(self.ceiling_rps, color="grey", linestyle="--", label=f"floor's {CORES}-core ceiling")
+        if self.bound_rps is not None:
+            ax.axvline(self.bound_rps, color="grey", linestyle=":", label="bound with the RPC floor")
         ax.set_xlabel("offered load (req/s, open loop)")
         ax.set_ylabel("latency (ms, from scheduled send)")
         ax.set_yscale("log")
@@ -768,12 +916,17 @@ def run_load(
     ghz_concurrency: int = 100,
     metrics_url: str | None = None,
     ghz_connections: int = 8,
+    rpc_floor: bool = True,
 ) -> LoadReport:
     """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
 
     Each step also reports the server's mean query-encode batch, read from its Prometheus endpoint:
     `metrics_url` for a `target`; a server this function starts gets a metrics port of its own (with
-    `server.workers > 1`, its supervisor's, every worker's batches added up)."""
+    `server.workers > 1`, its supervisor's, every worker's batches added up).
+
+    With `rpc_floor`, once the steps are done (and a server this function started has stopped), the same
+    client sends the same requests at the highest rate to quarry.rpc_floor: the RPC floor, and with it
+    the report's bound."""
     if client == "ghz":
         if ghz is None:
             raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
@@ -786,9 +939,9 @@ def run_load(
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
     texts = query_pool(coll)[:floor_n]
     floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster)
-    ceiling = 2 * 1000 / floor["total"]
+    ceiling = CORES * 1000 / floor["total"]
     batched = batched_total(floor)
-    ceiling_batched = 2 * 1000 / batched if batched else None
+    ceiling_batched = CORES * 1000 / batched if batched else None
     proc = None
     if target is None:
         env: dict[str, str] = {}
@@ -846,8 +999,21 @@ def run_load(
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+    rpc = None
+    if rpc_floor:
+        rpc = measure_rpc_floor(
+            mix,
+            max(rates),
+            duration_s,
+            client=client,
+            ghz=ghz,
+            ghz_concurrency=ghz_concurrency,
+            ghz_connections=ghz_connections,
+            max_in_flight=max_in_flight,
+            arrival=arrival,
+        )
     return LoadReport(
-        machine(), name, kind, repetition, mix.repeat_share, floor, ceiling, steps, ceiling_batched
+        machine(), name, kind, repetition, mix.repeat_share, floor, ceiling, steps, ceiling_batched, rpc
     )
 
 

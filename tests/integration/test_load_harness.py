@@ -194,3 +194,67 @@ def test_server_memory_counts_the_workers_once(tmp_path: Path) -> None:
         for k in kids:
             k.kill()
             k.wait()
+
+
+def test_rpc_floor_server_answers_every_method_empty() -> None:
+    """quarry.rpc_floor serves the service's own methods (decoding each request) with empty answers, in
+    its own process, until SIGTERM."""
+    import grpc
+
+    from quarry.load import start_rpc_floor
+
+    proc, target = start_rpc_floor()
+    try:
+        with grpc.insecure_channel(target) as ch:
+            for method, request, answer in (
+                ("Search", pb.SearchRequest(collection="x", query="paris"), pb.SearchResponse),
+                ("Recommend", pb.RecommendRequest(collection="x", user_id="u"), pb.SearchResponse),
+                ("LogEvents", pb.LogEventsRequest(collection="x"), pb.LogEventsResponse),
+            ):
+                call = ch.unary_unary(f"/quarry.v1.SearchService/{method}")
+                assert answer.FromString(call(request.SerializeToString(), timeout=5)) == answer()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+
+
+def test_rpc_floor_bounds_the_rate(tiny_snapshot: Path) -> None:
+    """The RPC floor: the mix's requests at the rate against the empty server; its server and client CPU a
+    call, both paid on the same cores as the raw libraries' work, bound the rate (`bound_rps`), and the
+    report prints that bound and each step's share of it."""
+    from quarry.load import CORES, LoadReport, StepResult, measure_rpc_floor
+
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    rf = measure_rpc_floor(build_mix(coll, "search", n=50), rate=100, duration_s=1.0)
+    assert rf.errors == {} and rf.client == "python" and 60 < rf.achieved_rps < 140
+    # An empty answer still costs each side real CPU: tens of µs at the least, far under 50 ms.
+    assert 0.01 < rf.server_ms < 50 and 0.01 < rf.client_ms < 50
+    assert rf.bound_rps(5.0) == pytest.approx(CORES * 1000 / (5.0 + rf.server_ms + rf.client_ms))
+    assert rf.bound_rps(5.0) < CORES * 1000 / 5.0
+
+    floor = {"total": 5.0, "encode": 3.0, "batched encode/8": 2.0, "batched total/8": 4.0}
+    floor |= {"wall_p50": 5.0, "wall_p99": 7.0}
+    step = StepResult(100, 1.0, 100, 100, 99.0, 5.0, 6.0, 8.0, 9.0, client_cpu_cores=0.05)
+    report = LoadReport("m", "tiny", "search", "none", 0.0, floor, 400.0, [step], 500.0, rf)
+    assert report.bound_rps == pytest.approx(rf.bound_rps(4.0))  # against the batched floor
+    text = report.table()
+    assert "RPC floor" in text and f"bound {report.bound_rps:.0f} req/s" in text
+    assert f"{99.0 / report.bound_rps:9.2f}" in text.splitlines()[-1]  # the step's ach/bound
+    assert '"bound_rps"' in report.to_json()
+    assert LoadReport("m", "tiny", "search", "none", 0.0, floor, 400.0, [step]).bound_rps is None
+
+
+@pytest.mark.skipif(ghz_binary() is None, reason="no ghz binary (../shared/tools/ghz or on PATH)")
+def test_ghz_steps_report_the_clients_cpu(server: str, tiny_snapshot: Path) -> None:
+    """ghz runs on the server's machine: a step reports its CPU (the child's, once it ended), and the RPC
+    floor measured with ghz charges it per call."""
+    from quarry.load import measure_rpc_floor
+
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    mix = build_mix(coll, "search", n=50)
+    ghz = ghz_binary()
+    assert ghz is not None
+    step = run_ghz_step(server, mix, rate=50, duration_s=1.0, ghz=ghz, concurrency=8, connections=2)
+    assert step.ok == step.sent and step.client_cpu_cores is not None and step.client_cpu_cores > 0
+    rf = measure_rpc_floor(mix, rate=50, duration_s=1.0, client="ghz", ghz=ghz, ghz_concurrency=8)
+    assert rf.client == "ghz" and rf.errors == {} and rf.server_ms > 0 and rf.client_ms > 0
