@@ -835,11 +835,15 @@ class LoadReport:
         bound = self.bound_rps
         if self.rpc_floor is not None and bound is not None:
             r = self.rpc_floor
+            alone = ""
+            if batched_total(self.floor) is not None:
+                single = r.bound_rps(self.floor["total"])
+                alone = f"; {single:.0f} = {single / self.ceiling_rps:.2f} with encodes one at a time"
             lines.append(
                 f"RPC floor (grpc.aio answering empty responses; {r.client} at {r.rate:.0f}/s, "
                 f"{r.achieved_rps:.0f} answered/s, p99 {r.p99_ms:.2f} ms): server {r.server_ms:.3f} + client "
                 f"{r.client_ms:.3f} CPU ms a call -> bound {bound:.0f} req/s on {CORES} cores with the "
-                f"raw libraries' work ({bound / self.ceiling_rps:.2f} of the ceiling)"
+                f"raw libraries' work ({bound / self.ceiling_rps:.2f} of the ceiling{alone})"
             )
         lines.append(
             f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "

@@ -239,6 +239,7 @@ def test_rpc_floor_bounds_the_rate(tiny_snapshot: Path) -> None:
     assert report.bound_rps == pytest.approx(rf.bound_rps(4.0))  # against the batched floor
     text = report.table()
     assert "RPC floor" in text and f"bound {report.bound_rps:.0f} req/s" in text
+    assert f"{rf.bound_rps(5.0):.0f} = {rf.bound_rps(5.0) / 400.0:.2f} with encodes one at a time" in text
     assert f"{99.0 / report.bound_rps:9.2f}" in text.splitlines()[-1]  # the step's ach/bound
     assert '"bound_rps"' in report.to_json()
     assert LoadReport("m", "tiny", "search", "none", 0.0, floor, 400.0, [step]).bound_rps is None
