@@ -194,6 +194,11 @@ class AnnSettings(_Model):
     query_batch: Annotated[int, Field(ge=1, le=256)] = 8
     #: Threads that run those batched calls, per process and encoder.
     query_batch_threads: Annotated[int, Field(ge=1, le=16)] = 1
+    #: Under load only (the encoder's previous call held several queries), how long it waits for more
+    #: queries before encoding a batch that is not full; an idle server's first query never waits. Buys
+    #: throughput at saturation with latency below it (4 ms, `places`: highest rate +6–16%, p99 at 150–200
+    #: Search/s up by 20–80%; docs/benchmarks.md). 0 (the default): encode what is queued at once.
+    query_batch_linger_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
     #: "model": queries are encoded by the model that encoded the items (MiniLM: ~4–9 ms CPU a query).
     #: "static": by the static query encoder distilled for this catalog at build time (`quarry index
     #: build --query-encoder static`; ~0.05 ms a query; its quality: README "Quality and speed").

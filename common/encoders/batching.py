@@ -5,11 +5,16 @@ machine's CPU, GeoNames place names in random order (padding to the batch's long
 alone, 3.1 in twos, 2.4 in fours, 2.2 in eights; int8 2.5 / 2.0 / 1.7 / 1.5 ms. A loaded server has
 several queries waiting for the encoder at once; encoding them together is the cheapest CPU it can buy.
 
-How: *opportunistic* batching, no waiting window. A caller puts its text on a queue and awaits a future.
-Each encoder thread blocks for the next text, then takes whatever else is already queued (up to
-``max_batch``) and encodes them in one call. An idle server therefore encodes each query at once and
-alone, exactly as before, with no added latency; a busy one forms batches from the queries that arrived
-while the previous batch ran, so batching grows with the load that needs it. A caller that gave up
+How: *opportunistic* batching. A caller puts its text on a queue and awaits a future. Each encoder
+thread blocks for the next text, then takes whatever else is already queued (up to ``max_batch``) and
+encodes them in one call. An idle server therefore encodes each query at once and alone, with no added
+latency; a busy one forms batches from the queries that arrived while the previous batch ran, so
+batching grows with the load that needs it. Under load — the previous call held several texts — the
+thread also lingers up to ``linger_s`` for more before it encodes: a loaded server's queries arrive a
+few milliseconds apart, and without the wait its batches stay at 2–3 where 8 cost a third less CPU a
+text; the first query after an idle spell never waits (its previous call held one text). It trades
+latency below saturation for throughput at it, so the service leaves it off unless
+``ann.query_batch_linger_ms`` says otherwise (docs/benchmarks.md has the figures). A caller that gave up
 before its text was taken (its branch's deadline passed) cancels its future and its text is not encoded:
 under overload the encoder sheds work that nobody waits for.
 
@@ -62,6 +67,8 @@ class EncodeBatcher:
     Args:
         encoder: the model; must be thread-safe (every :class:`TextEncoder` is).
         max_batch: most texts in one model call (1: each text alone, still off the caller's thread).
+        linger_s: under load (the thread's previous call held several texts), how long to wait for more
+            texts before encoding a batch that is not full; 0 encodes what is queued at once, always.
         threads: encoder threads. One keeps batches largest (the most texts a CPU second); a second lets an
             idle server encode two simultaneous queries in parallel on two cores.
         observe: called after each model call with the batch size and its seconds (e.g. a metric).
@@ -74,13 +81,17 @@ class EncodeBatcher:
         max_batch: int = 8,
         threads: int = 1,
         observe: Callable[[int, float], None] | None = None,
+        linger_s: float = 0.0,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if linger_s < 0:
+            raise ValueError(f"linger_s must be >= 0, got {linger_s}")
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         self.encoder = encoder
         self.max_batch = max_batch
+        self.linger_s = linger_s
         self.threads = threads
         self._observe = observe
         self._queue: queue.SimpleQueue[tuple[str, Future[np.ndarray]] | None] = queue.SimpleQueue()
@@ -89,6 +100,8 @@ class EncodeBatcher:
         self._stats_lock = threading.Lock()
         self._calls = self._texts = self._cancelled = self._largest = 0
         self._closed = False
+        #: The last call held several texts: queries are queueing behind the encoder (lingering pays).
+        self._loaded = False
 
     def submit(self, text: str) -> Future[np.ndarray]:
         """A future of ``text``'s (dim,) float32 vector; cancel it to withdraw the text if not yet taken."""
@@ -133,14 +146,18 @@ class EncodeBatcher:
         if first is None:
             return [], True
         batch = [first]
+        linger = self._loaded and self.linger_s > 0 and self.max_batch > 1
+        deadline = time.monotonic() + self.linger_s
         while len(batch) < self.max_batch:
             try:
-                item = self._queue.get_nowait()
+                left = deadline - time.monotonic() if linger else 0.0
+                item = self._queue.get(timeout=left) if left > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is None:
                 return batch, True
             batch.append(item)
+        self._loaded = len(batch) > 1  # one thread's view; with several, a benign race
         return batch, False
 
     def _run(self) -> None:

@@ -32,6 +32,7 @@ class QueryEmbedder:
             caller's pool).
         batch_threads: threads running the batched calls (see :class:`EncodeBatcher`).
         observe: per batched call, its size and seconds (a metric).
+        linger_s: under load, how long a batch waits for more queries (see :class:`EncodeBatcher`).
     """
 
     def __init__(
@@ -41,6 +42,7 @@ class QueryEmbedder:
         cache_size: int,
         max_batch: int = 1,
         batch_threads: int = 1,
+        linger_s: float = 0.0,
         observe: Callable[[int, float], None] | None = None,
     ) -> None:
         self.encoder = encoder
@@ -48,7 +50,7 @@ class QueryEmbedder:
         self.inline = isinstance(encoder, StaticQueryEncoder)
         self.cache = QueryEmbeddingCache(cache_size) if cache_size and not self.inline else None
         self.batcher = (
-            shared_batcher(encoder, max_batch, batch_threads, observe)
+            shared_batcher(encoder, max_batch, batch_threads, observe, linger_s)
             if max_batch > 1 and not self.inline
             else None
         )

@@ -25,7 +25,7 @@ def shared_encoder(name: str, threads: int) -> tuple[TextEncoder, str]:
         return _encoders[key]
 
 
-_batchers: dict[tuple[int, int, int], tuple[TextEncoder, EncodeBatcher]] = {}
+_batchers: dict[tuple[int, int, int, float], tuple[TextEncoder, EncodeBatcher]] = {}
 _batchers_lock = threading.Lock()
 
 
@@ -34,15 +34,19 @@ def shared_batcher(
     max_batch: int,
     threads: int,
     observe: Callable[[int, float], None] | None = None,
+    linger_s: float = 0.0,
 ) -> EncodeBatcher:
     """The process's batcher for ``encoder`` (one per encoder object and shape), shared by every
     collection and generation that encodes with it, so their queries batch together."""
-    key = (id(encoder), max_batch, threads)
+    key = (id(encoder), max_batch, threads, linger_s)
     with _batchers_lock:
         entry = _batchers.get(key)
         if entry is None:
             # The entry keeps the encoder alive, so its id cannot be reused by another object.
-            entry = (encoder, EncodeBatcher(encoder, max_batch=max_batch, threads=threads, observe=observe))
+            batcher = EncodeBatcher(
+                encoder, max_batch=max_batch, threads=threads, observe=observe, linger_s=linger_s
+            )
+            entry = (encoder, batcher)
             _batchers[key] = entry
         return entry[1]
 

@@ -190,6 +190,7 @@ class RootCollection:
                 max_batch=settings.ann.query_batch,
                 batch_threads=settings.ann.query_batch_threads,
                 observe=metrics.encode_batch_observer(query_enc.name),
+                linger_s=settings.ann.query_batch_linger_ms / 1000,
             )
         self.ranker: Ranker | None = generation_ranker(root, self.manifest, settings, strict=strict)
         #: What a Collection reports for branches it cannot feed: a root knows only from its shards.

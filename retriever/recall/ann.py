@@ -46,6 +46,7 @@ class AnnBranch:
             max_batch=settings.query_batch,
             batch_threads=settings.query_batch_threads,
             observe=encode_batch_observer(encoder.name),
+            linger_s=settings.query_batch_linger_ms / 1000,
         )
 
     @classmethod

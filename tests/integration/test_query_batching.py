@@ -89,3 +89,25 @@ def test_concurrent_searches_share_encoder_calls_and_answer_as_if_alone(
     assert calls < texts, (calls, texts)
     # fp32 MiniLM gives a text the same vector in a batch as alone (rounding apart): the same answers.
     assert got == alone
+
+
+def test_the_servers_batcher_lingers_as_its_settings_say(movielens_snapshot: Path) -> None:
+    """`ann.query_batch_linger_ms` (off by default) is the serving batcher's linger, in seconds (a batcher
+    of its own: batchers are shared per encoder and shape)."""
+    from common.settings import AnnSettings
+
+    assert AnnSettings().query_batch_linger_ms == 0.0
+    with pytest.raises(ValueError, match="query_batch_linger_ms"):
+        AnnSettings(query_batch_linger_ms=-1)
+    for linger_ms in (None, 4.0):
+        ann: dict[str, object] = {"query_batch": 8}
+        if linger_ms is not None:
+            ann["query_batch_linger_ms"] = linger_ms
+        srv = ServerThread([movielens_snapshot], collections={"movielens": {"ann": ann}})
+        try:
+            branch = srv.server.registry.get("movielens").branches["ann"]
+            batcher = branch.query.batcher  # type: ignore[attr-defined]
+            assert batcher is not None
+            assert batcher.linger_s == (0.0 if linger_ms is None else 0.004)
+        finally:
+            srv.close()

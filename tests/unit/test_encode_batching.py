@@ -139,10 +139,48 @@ def test_close_finishes_queued_texts_then_refuses_more() -> None:
         batcher.submit("late")
 
 
+def test_under_load_a_batch_lingers_for_more_texts_until_it_is_full() -> None:
+    """Once a call held several texts (queries queue behind the encoder), the next batch waits up to
+    linger_s for company: a text submitted a moment after the first joins its call, and a full batch goes
+    at once (this test would take the whole 5 s linger otherwise)."""
+    enc = RecordingEncoder()
+    batcher = EncodeBatcher(enc, max_batch=2, linger_s=5.0)
+    first = _busy(batcher, enc)
+    queued = [batcher.submit(t) for t in ("a", "b")]
+    enc.release.set()
+    for fut in [first, *queued]:
+        fut.result(10)  # type: ignore[attr-defined]
+    assert enc.calls == [["first"], ["a", "b"]]  # a call of two: the encoder is loaded
+    c = batcher.submit("c")
+    assert not c.done()
+    threading.Event().wait(0.2)  # "c" was taken alone; without a linger it would be encoded by now
+    d = batcher.submit("d")
+    np.testing.assert_array_equal(c.result(2.5), _vector("c"))
+    np.testing.assert_array_equal(d.result(2.5), _vector("d"))
+    assert enc.calls[2] == ["c", "d"]
+    batcher.close()
+
+
+def test_an_idle_batcher_never_lingers() -> None:
+    """The first text after an idle spell (the previous call held one text, or none yet) is encoded at
+    once, however long the linger: it answers long before the 5 s a linger would take."""
+    enc = RecordingEncoder()
+    batcher = EncodeBatcher(enc, max_batch=8, linger_s=5.0)
+    for text in ("berlin", "paris"):
+        np.testing.assert_array_equal(batcher.submit(text).result(2.5), _vector(text))
+    assert enc.calls == [["berlin"], ["paris"]]
+    batcher.close()
+
+
 @pytest.mark.parametrize(
-    ("kwargs", "message"), [({"max_batch": 0}, "max_batch"), ({"threads": 0}, "threads")]
+    ("kwargs", "message"),
+    [
+        ({"max_batch": 0}, "max_batch"),
+        ({"threads": 0}, "threads"),
+        ({"linger_s": -0.001}, "linger_s"),
+    ],
 )
-def test_bad_shapes_are_refused(kwargs: dict[str, int], message: str) -> None:
+def test_bad_shapes_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EncodeBatcher(RecordingEncoder(), **kwargs)
 
@@ -215,6 +253,9 @@ def test_batchers_are_shared_per_encoder_and_shape() -> None:
     b = QueryEmbedder(enc, cache_size=10, max_batch=8)
     c = QueryEmbedder(enc, cache_size=10, max_batch=4)
     other = QueryEmbedder(RecordingEncoder(), cache_size=10, max_batch=8)
+    lingering = QueryEmbedder(enc, cache_size=10, max_batch=8, linger_s=0.004)
     assert a.batcher is b.batcher
     assert c.batcher is not a.batcher
     assert other.batcher is not a.batcher
+    assert lingering.batcher is not None and lingering.batcher is not a.batcher
+    assert (lingering.batcher.linger_s, a.batcher is not None and a.batcher.linger_s) == (0.004, 0.0)
