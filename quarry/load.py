@@ -658,6 +658,52 @@ def _rrf(lists: Sequence[np.ndarray], k: float = 60.0) -> np.ndarray:
     return uniq[np.argsort(-np.bincount(inv, weights=scores))]
 
 
+def send_step(
+    client: str,
+    target: str,
+    mix: Mix,
+    rate: float,
+    duration_s: float,
+    *,
+    ghz: str | None = None,
+    ghz_concurrency: int = 100,
+    ghz_connections: int = 8,
+    max_in_flight: int = 512,
+    arrival: str = "poisson",
+    server_pid: int | None = None,
+    offset: int = 0,
+    seed: int = 0,
+) -> StepResult:
+    """One step sent by `client`: "ghz" (`ghz`: its path) or "python" (`run_step`)."""
+    if client == "ghz":
+        if ghz is None:
+            raise ValueError("client ghz: no ghz binary given")
+        return run_ghz_step(
+            target,
+            mix,
+            rate,
+            duration_s,
+            ghz=ghz,
+            concurrency=ghz_concurrency,
+            connections=ghz_connections,
+            server_pid=server_pid,
+            offset=offset,
+        )
+    return asyncio.run(
+        run_step(
+            target,
+            mix,
+            rate,
+            duration_s,
+            arrival=arrival,
+            max_in_flight=max_in_flight,
+            server_pid=server_pid,
+            offset=offset,
+            seed=seed,
+        )
+    )
+
+
 # ------------------------------------------------------------------------------------------ RPC floor
 
 #: The ceilings and the bound are per two cores: this development machine's, shared by the server, the
@@ -703,39 +749,16 @@ def start_rpc_floor() -> tuple[subprocess.Popen[str], str]:
 
 
 def measure_rpc_floor(
-    mix: Mix,
-    rate: float,
-    duration_s: float,
-    *,
-    client: str = "python",
-    ghz: str | None = None,
-    ghz_concurrency: int = 100,
-    ghz_connections: int = 8,
-    max_in_flight: int = 512,
-    arrival: str = "poisson",
+    mix: Mix, rate: float, duration_s: float, *, client: str = "python", **send: Any
 ) -> RpcFloor:
     """One step of the mix's requests against the empty server (after a discarded second of warm-up),
-    sent as the load steps send them."""
+    sent as the load steps send them: `client` and `send` as `send_step` takes them."""
     proc, target = start_rpc_floor()
     try:
-        asyncio.run(run_step(target, mix, min(rate, 200.0), 1.0, max_in_flight=max_in_flight, seed=98))
+        asyncio.run(run_step(target, mix, min(rate, 200.0), 1.0, seed=98))
         client_cpu_s = _children_cpu_s if client == "ghz" else time.process_time
         server0, client0 = _proc_cpu_s(proc.pid), client_cpu_s()
-        if client == "ghz":
-            assert ghz is not None
-            step = run_ghz_step(
-                target,
-                mix,
-                rate,
-                duration_s,
-                ghz=ghz,
-                concurrency=ghz_concurrency,
-                connections=ghz_connections,
-            )
-        else:
-            step = asyncio.run(
-                run_step(target, mix, rate, duration_s, arrival=arrival, max_in_flight=max_in_flight)
-            )
+        step = send_step(client, target, mix, rate, duration_s, **send)
         server_s, client_s = _proc_cpu_s(proc.pid) - server0, client_cpu_s() - client0
     finally:
         proc.terminate()
@@ -938,6 +961,14 @@ def run_load(
             raise ValueError("ghz calls one method per run: use the search, recommend or log_events mix")
     elif client != "python":
         raise ValueError(f"client must be 'python' or 'ghz', got {client!r}")
+    # How every step (and the RPC floor's) is sent.
+    sender: dict[str, Any] = {
+        "ghz": ghz,
+        "ghz_concurrency": ghz_concurrency,
+        "ghz_connections": ghz_connections,
+        "max_in_flight": max_in_flight,
+        "arrival": arrival,
+    }
     coll = open_collection(snapshot)
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
@@ -965,33 +996,9 @@ def run_load(
         offset = 0
         for i, rate in enumerate(rates):
             batches0 = encode_batches(metrics_url)
-            if client == "ghz":
-                assert ghz is not None
-                step = run_ghz_step(
-                    target,
-                    mix,
-                    rate,
-                    duration_s,
-                    ghz=ghz,
-                    concurrency=ghz_concurrency,
-                    connections=ghz_connections,
-                    server_pid=server_pid,
-                    offset=offset,
-                )
-            else:
-                step = asyncio.run(
-                    run_step(
-                        target,
-                        mix,
-                        rate,
-                        duration_s,
-                        arrival=arrival,
-                        max_in_flight=max_in_flight,
-                        server_pid=server_pid,
-                        offset=offset,
-                        seed=i,
-                    )
-                )
+            step = send_step(
+                client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
+            )
             step.encode_batch = mean_batch(batches0, encode_batches(metrics_url))
             offset += step.sent + step.dropped
             steps.append(step)
@@ -1003,19 +1010,7 @@ def run_load(
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
-    rpc = None
-    if rpc_floor:
-        rpc = measure_rpc_floor(
-            mix,
-            max(rates),
-            duration_s,
-            client=client,
-            ghz=ghz,
-            ghz_concurrency=ghz_concurrency,
-            ghz_connections=ghz_connections,
-            max_in_flight=max_in_flight,
-            arrival=arrival,
-        )
+    rpc = measure_rpc_floor(mix, max(rates), duration_s, client=client, **sender) if rpc_floor else None
     return LoadReport(
         machine(), name, kind, repetition, mix.repeat_share, floor, ceiling, steps, ceiling_batched, rpc
     )
