@@ -187,6 +187,8 @@ class StepResult:
     #: The client's CPU during the step, in cores: ghz's process, or this process for the Python client.
     #: On one machine it is taken from the server's cores.
     client_cpu_cores: float | None = None
+    #: Where in the mix's request list the step began (the warm-up's requests come before the first).
+    first_request: int = 0
 
 
 def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
@@ -988,17 +990,19 @@ def run_load(
         proc, target = start_server([snapshot], env)
         server_pid = proc.pid
     try:
-        # Warm-up (discarded): first requests pay lazy loading and connection set-up.
-        asyncio.run(
+        # Warm-up (discarded): first requests pay lazy loading and connection set-up. The steps go on
+        # after its requests: sent again, they would be query-cache hits in a no-repetition mix.
+        warm = asyncio.run(
             run_step(target, mix, rates[0], 2.0, arrival=arrival, max_in_flight=max_in_flight, seed=99)
         )
         steps = []
-        offset = 0
+        offset = warm.sent + warm.dropped
         for i, rate in enumerate(rates):
             batches0 = encode_batches(metrics_url)
             step = send_step(
                 client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
             )
+            step.first_request = offset
             step.encode_batch = mean_batch(batches0, encode_batches(metrics_url))
             offset += step.sent + step.dropped
             steps.append(step)

@@ -259,3 +259,29 @@ def test_ghz_steps_report_the_clients_cpu(server: str, tiny_snapshot: Path) -> N
     assert step.ok == step.sent and step.client_cpu_cores is not None and step.client_cpu_cores > 0
     rf = measure_rpc_floor(mix, rate=50, duration_s=1.0, client="ghz", ghz=ghz, ghz_concurrency=8)
     assert rf.client == "ghz" and rf.errors == {} and rf.server_ms > 0 and rf.client_ms > 0
+
+
+def test_steps_never_resend_the_warm_ups_requests(tiny_snapshot: Path) -> None:
+    """`run_load` warms the server it starts up with the mix's first requests; the steps go on after them,
+    so a no-repetition mix stays one (sent again, they would be query-cache hits), and each step says
+    where in the mix it began."""
+    from quarry.load import run_load
+
+    report = run_load(
+        tiny_snapshot,
+        target=None,
+        server_pid=None,
+        rates=[20, 20],
+        duration_s=1.0,
+        kind="search",
+        repetition="none",
+        zipf_s=1.0,
+        arrival="constant",
+        max_in_flight=64,
+        floor_n=3,
+        rpc_floor=False,
+    )
+    first, second = report.steps
+    assert first.first_request >= 30  # the warm-up: 2 s at the first rate (20/s), less what it dropped
+    assert second.first_request == first.first_request + first.sent + first.dropped
+    assert first.ok == first.sent > 0 and report.rpc_floor is None
