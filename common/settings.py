@@ -196,8 +196,9 @@ class AnnSettings(_Model):
     query_batch_threads: Annotated[int, Field(ge=1, le=16)] = 1
     #: Under load only (the encoder's previous call held several queries), how long it waits for more
     #: queries before encoding a batch that is not full; an idle server's first query never waits. Buys
-    #: throughput at saturation with latency below it (4 ms, `places`: highest rate +6–16%, p99 at 150–200
-    #: Search/s up by 20–80%; docs/benchmarks.md). 0 (the default): encode what is queued at once.
+    #: throughput at saturation with latency below it (4 ms, `places`: highest rate +5–24% in 12 of 13
+    #: pairs, one process's p99 at 150 Search/s 45–160 ms against 27–31; docs/benchmarks.md). 0 (the
+    #: default): encode what is queued at once.
     query_batch_linger_ms: Annotated[float, Field(ge=0, le=1000)] = 0.0
     #: "model": queries are encoded by the model that encoded the items (MiniLM: ~4–9 ms CPU a query).
     #: "static": by the static query encoder distilled for this catalog at build time (`quarry index
