@@ -402,6 +402,7 @@ async def run_step(
         client_cpu_cores=client_cpu,
         dropped=dropped,
         degraded=degraded,
+        first_request=offset,
     )
 
 
@@ -498,6 +499,7 @@ def run_ghz_step(
         cpu_cores=cpu,
         client_cpu_cores=client_cpu,
         client="ghz",
+        first_request=offset,
     )
 
 
@@ -1002,7 +1004,6 @@ def run_load(
             step = send_step(
                 client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
             )
-            step.first_request = offset
             step.encode_batch = mean_batch(batches0, encode_batches(metrics_url))
             offset += step.sent + step.dropped
             steps.append(step)
