@@ -11,12 +11,13 @@ it, so one node and a shard set agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 from operator import itemgetter
 
 import numpy as np
 
-from common.types import Candidate
+from common.types import Candidate, Ranked
 
 #: Scores closer than this (relative) are ties: ~8 float32 ulps, far below any meaningful difference.
 RELATIVE_TIE = 1e-6
@@ -35,21 +36,16 @@ def _gaps(vals: np.ndarray) -> np.ndarray:
     return (vals[:-1] - vals[1:]) > RELATIVE_TIE * np.maximum(np.abs(vals[:-1]), 1e-300)
 
 
-def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """The best `k` of (ordinal, score) pairs, best first (see the module docstring). Near ties chain: a
-    run of scores each within RELATIVE_TIE of the next is one tie group."""
+def best_first_arrays(ordinals: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best `k` of (ordinal, score) pairs, best first (see the module docstring), as arrays (int64,
+    float64). Near ties chain: a run of scores each within RELATIVE_TIE of the next is one tie group."""
     ords = np.asarray(ordinals, dtype=np.int64)
     vals = np.asarray(scores, dtype=np.float64)
     if not len(ords) or k <= 0:
-        return []
-    # The usual engine answer is already strictly best first, without near ties: return it as it is
-    # (on short lists checked in Python, where NumPy's per-call cost would dominate).
-    if len(vals) <= _SHORT:
-        vl = vals.tolist()
-        if all(a - b > RELATIVE_TIE * max(abs(a), 1e-300) for a, b in pairwise(vl)):  # _gaps, in Python
-            return list(zip(ords[:k].tolist(), vl[:k], strict=True))
-    elif _gaps(vals).all():
-        return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
+        return ords[:0], vals[:0]
+    # The usual engine answer is already strictly best first, without near ties: return it as it is.
+    if _gaps(vals).all():
+        return ords[:k], vals[:k]
     order = np.lexsort((ords, -vals))
     ords, vals = ords[order], vals[order]
     gap = _gaps(vals)
@@ -57,7 +53,22 @@ def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[i
         group = np.concatenate([[0], np.cumsum(gap)])
         regroup = np.lexsort((ords, group))
         ords, vals = ords[regroup], vals[regroup]
-    return list(zip(ords[:k].tolist(), vals[:k].tolist(), strict=True))
+    return ords[:k], vals[:k]
+
+
+def best_first(ordinals: np.ndarray, scores: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """`best_first_arrays` as (ordinal, score) pairs."""
+    ords = np.asarray(ordinals, dtype=np.int64)
+    vals = np.asarray(scores, dtype=np.float64)
+    if not len(ords) or k <= 0:
+        return []
+    # On short lists already in order, checked in Python, where NumPy's per-call cost would dominate.
+    if len(vals) <= _SHORT:
+        vl = vals.tolist()
+        if all(a - b > RELATIVE_TIE * max(abs(a), 1e-300) for a, b in pairwise(vl)):  # _gaps, in Python
+            return list(zip(ords[:k].tolist(), vl[:k], strict=True))
+    ords, vals = best_first_arrays(ords, vals, k)
+    return list(zip(ords.tolist(), vals.tolist(), strict=True))
 
 
 def cut_is_settled(scores: np.ndarray, k: int) -> bool:
@@ -71,18 +82,27 @@ def cut_is_settled(scores: np.ndarray, k: int) -> bool:
     return bool(_gaps(tail).any())
 
 
-def canonical(candidates: list[Candidate]) -> list[Candidate]:
-    """`candidates` (best first) in the canonical order; the same list when nothing changes."""
+def canonical(candidates: Sequence[Candidate]) -> Sequence[Candidate]:
+    """`candidates` (best first) in the canonical order; the same object when nothing changes (a `Ranked`
+    stays one, read and reordered as arrays)."""
     n = len(candidates)
     if n < 2:
         return candidates
-    vals = np.fromiter(map(_SCORE, candidates), dtype=np.float64, count=n)
+    if isinstance(candidates, Ranked):
+        vals, ords = candidates.scores, candidates.ordinals
+    else:
+        vals = np.fromiter(map(_SCORE, candidates), dtype=np.float64, count=n)
+        ords = None
     gap = _gaps(vals)
     if gap.all():  # the usual case: strictly best first, no near ties
         return candidates
-    ords = np.fromiter(map(_ORDINAL, candidates), dtype=np.int64, count=n)
+    if ords is None:
+        ords = np.fromiter(map(_ORDINAL, candidates), dtype=np.int64, count=n)
     tied = ~gap
     if (vals[:-1] >= vals[1:]).all() and (ords[1:][tied] >= ords[:-1][tied]).all():
         # Never rising, and every near tie already by ordinal: best_first would return it unchanged.
         return candidates
-    return [Candidate(o, s) for o, s in best_first(ords, vals, n)]
+    ords, vals = best_first_arrays(ords, vals, n)
+    if isinstance(candidates, Ranked):
+        return Ranked(ords, vals)
+    return [Candidate(o, s) for o, s in zip(ords.tolist(), vals.tolist(), strict=True)]

@@ -44,7 +44,7 @@ from common.geo import haversine_many
 from common.index.forward import DISPLAY_CHARS, ForwardStore
 from common.index.text import TextField, item_document, open_index, ordinal_query
 from common.passages import PassageOptions, passage_texts
-from common.types import Candidate
+from common.types import Ranked
 
 log = logging.getLogger(__name__)
 
@@ -371,10 +371,12 @@ class LiveView:
             return None, k + self.n_dead_base
         return allowed[: self.base_n], k
 
-    def alive(self, candidates: list[Candidate], k: int) -> list[Candidate]:
-        if self.dead is not None:
-            dead = self.dead
-            candidates = [c for c in candidates if not dead[c.ordinal]]
+    def alive(self, candidates: Ranked, k: int) -> Ranked:
+        """A content index's answer (base ordinals, best first) without the dead ordinals, cut to k."""
+        if self.dead is not None and len(candidates):
+            keep = ~self.dead[candidates.ordinals]
+            if not keep.all():
+                candidates = Ranked(candidates.ordinals[keep], candidates.scores[keep])
         return candidates[:k]
 
     def delta_mask(self, allowed: np.ndarray | None) -> np.ndarray | None:
@@ -382,11 +384,11 @@ class LiveView:
 
     def delta_vectors(
         self, query: np.ndarray, allowed: np.ndarray | None, k: int, *, passages: bool = False
-    ) -> list[Candidate]:
+    ) -> Ranked:
         """Exact top-k of the delta by inner product (with `passages`: each item's best of its own vector
         and its passages', as a passage index scores the generation's items)."""
         if self.vectors is None or not len(self.vectors):
-            return []
+            return Ranked.empty()
         q = np.asarray(query, dtype=np.float32)
         scores = self.vectors @ q
         if passages and self.passage_vectors is not None and len(self.passage_vectors):
@@ -424,30 +426,35 @@ class LiveView:
             ok[ok] = allowed[self.remap[ok]]
         return ok
 
-    def to_current(self, pairs: Sequence[tuple[int, float]]) -> list[Candidate]:
-        """Identity-table results (base ordinals) as candidates at their items' current ordinals."""
+    def to_current(self, ordinals: np.ndarray, scores: np.ndarray) -> Ranked:
+        """Identity-table results (base ordinals, best first) at their items' current ordinals; items
+        deleted since the generation was built are dropped."""
         if self.remap is None:
-            return [Candidate(o, s) for o, s in pairs]
-        remap = self.remap
-        return [Candidate(int(remap[o]), s) for o, s in pairs if remap[o] >= 0]
+            return Ranked(ordinals, scores)
+        now = self.remap[np.asarray(ordinals, dtype=np.int64)]
+        keep = now >= 0
+        return Ranked(now[keep], np.asarray(scores, dtype=np.float64)[keep])
 
 
-def _top(scores: np.ndarray, k: int, offset: int, *, higher: bool) -> list[Candidate]:
+def _top(scores: np.ndarray, k: int, offset: int, *, higher: bool) -> Ranked:
     finite = np.flatnonzero(np.isfinite(scores))
     if not finite.size or k <= 0:
-        return []
+        return Ranked.empty()
     s = scores[finite]
     order = np.lexsort((finite, -s if higher else s))[:k]
-    return [Candidate(int(finite[i]) + offset, float(s[i])) for i in order]
+    return Ranked(finite[order] + offset, s[order])
 
 
-def merge(a: list[Candidate], b: list[Candidate], k: int) -> list[Candidate]:
+def merge(a: Ranked, b: Ranked, k: int) -> Ranked:
     """Two best-first lists as one, best first (ties: lower ordinal)."""
-    if not b:
+    if not len(b):
         return a[:k]
-    if not a:
+    if not len(a):
         return b[:k]
-    return sorted(a + b, key=lambda c: (-c.score, c.ordinal))[:k]
+    ords = np.concatenate([a.ordinals, b.ordinals])
+    scores = np.concatenate([a.scores, b.scores])
+    order = np.lexsort((ords, -scores))[:k]
+    return Ranked(ords[order], scores[order])
 
 
 # -- the mutable side ---------------------------------------------------------------------------------------

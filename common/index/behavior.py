@@ -170,16 +170,40 @@ class BehaviorIndex:
         """Top-k items by Σ_seed weight · sim(seed, item) > 0; seeds, `exclude` and items outside `allowed`
         (boolean mask over ordinals) never appear. Ties go to the lower ordinal. `seed_items`: the
         seeds as item ordinals, where seeds are keyed otherwise (a shard's global ordinals)."""
-        indptr, indices, scores = self._table(method)
         if k <= 0 or not seeds:
+            self._table(method)  # an unknown method is an error whatever the seeds
             return []
-        if allowed is not None and allowed.shape != (self.num_items,):
-            raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
         seed_ords = np.fromiter((s[0] for s in seeds), dtype=np.int64, count=len(seeds))
         seed_w = np.fromiter((s[1] for s in seeds), dtype=np.float64, count=len(seeds))
+        items, agg = self.expand_arrays(
+            method, seed_ords, seed_w, k, exclude=exclude, allowed=allowed, seed_items=seed_items
+        )
+        return list(zip(items.tolist(), agg.tolist(), strict=True))
+
+    def expand_arrays(
+        self,
+        method: str,
+        seed_ords: np.ndarray,
+        seed_w: np.ndarray,
+        k: int,
+        *,
+        exclude: set[int] | None = None,
+        allowed: np.ndarray | None = None,
+        seed_items: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`expand` with the seeds (keys, weights) and the answer (items int64, scores float64, best
+        first) as arrays."""
+        indptr, indices, scores = self._table(method)
+        none = np.zeros(0, np.int64), np.zeros(0)
+        if k <= 0 or not len(seed_ords):
+            return none
+        if allowed is not None and allowed.shape != (self.num_items,):
+            raise ValueError(f"allowed must be a boolean mask of shape ({self.num_items},)")
+        seed_ords = np.asarray(seed_ords, dtype=np.int64)
+        seed_w = np.asarray(seed_w, dtype=np.float64)
         pos, lengths = self._gather(indptr, seed_ords)
         if not len(pos):
-            return []
+            return none
         cand, inverse = np.unique(indices[pos], return_inverse=True)
         agg = np.bincount(inverse, weights=scores[pos] * np.repeat(seed_w, lengths), minlength=len(cand))
         keep = ~in_sorted(cand, seed_ords if seed_items is None else np.asarray(seed_items))
@@ -191,7 +215,7 @@ class BehaviorIndex:
         keep &= agg > 0
         cand, agg = cand[keep], agg[keep]
         top = np.lexsort((cand, -agg))[:k]
-        return list(zip(cand[top].tolist(), agg[top].tolist(), strict=True))
+        return cand[top].astype(np.int64), agg[top]
 
     def _gather(self, indptr: np.ndarray, seed_ords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Every (non-empty) seed's neighbour slice in one fancy-index read instead of a Python loop:
@@ -260,8 +284,13 @@ class BehaviorIndex:
 
     def popular(self, k: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
         """The k most popular items (time-decayed), optionally restricted to a boolean mask."""
+        items, pop = self.popular_arrays(k, allowed)
+        return list(zip(items.tolist(), pop.tolist(), strict=True))
+
+    def popular_arrays(self, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """`popular` as arrays: (items int64, popularity float64), most popular first."""
         if k <= 0:
-            return []
+            return np.zeros(0, np.int64), np.zeros(0)
         order = self._pop_order
         if allowed is None:
             top = np.asarray(order[:k])
@@ -279,7 +308,8 @@ class BehaviorIndex:
                 lo += step
                 step *= 4
             top = np.concatenate(found)[:k] if found else np.zeros(0, np.int32)
-        return [(int(o), float(self.popularity[o])) for o in top]
+        top = top.astype(np.int64)
+        return top, self.popularity[top].astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------------

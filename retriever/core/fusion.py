@@ -13,12 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Literal
 
 import numpy as np
 
-from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused, SourceScore
+from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused, Ranked, SourceScore
 
 Normalization = Literal["minmax", "zscore", "rank"]
 
@@ -58,15 +57,13 @@ class _Entries:
 
     @classmethod
     def of(cls, ranked: Mapping[str, Sequence[Candidate]]) -> _Entries:
-        # One pass over every candidate of every branch (a Candidate is an (ordinal, score) tuple): the
-        # per-branch, per-field conversions this replaces cost more than the fusion itself.
-        sizes = [len(c) for c in ranked.values()]
+        # Each branch's list as arrays: a `Ranked` (what the serving branches return) as it is, a list of
+        # candidates in one pass; building per-field arrays one candidate at a time cost more than fusion.
+        parts = [Ranked.of(c) for c in ranked.values()]
+        sizes = [len(p) for p in parts]
         n = sum(sizes)
-        flat = np.fromiter(
-            chain.from_iterable(chain.from_iterable(ranked.values())), dtype=np.float64, count=2 * n
-        ).reshape(n, 2)
-        ords = flat[:, 0].astype(np.int64)
-        scores = flat[:, 1]
+        ords = np.concatenate([p.ordinals for p in parts]) if parts else np.zeros(0, np.int64)
+        scores = np.concatenate([p.scores for p in parts]) if parts else np.zeros(0)
         ends = np.cumsum(sizes, dtype=np.int64)
         starts = ends - np.asarray(sizes, dtype=np.int64)
         branch = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)

@@ -4,6 +4,7 @@ The value types that cross into the ranker (GeoPoint, Candidate, SourceScore, Fu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -62,7 +63,8 @@ class BranchStatus(StrEnum):
 class BranchResult:
     branch: str
     status: BranchStatus
-    candidates: list[Candidate] = field(default_factory=list)
+    #: Best first; a `Ranked` (arrays) from the branches that answer in arrays.
+    candidates: Sequence[Candidate] = field(default_factory=list)
     latency_ms: float = 0.0
     detail: str = ""
 

@@ -20,7 +20,7 @@ from common.encoders.shared import int8_query_encoder, shared_encoder
 from common.encoders.static import StaticQueryEncoder
 from common.index.vectors import PassageIndex, SearchParams, VectorIndex, load_vector_index
 from common.settings import AnnSettings
-from common.types import Candidate
+from common.types import Ranked
 from retriever.core.metrics import encode_batch_observer
 from retriever.live import merge
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
@@ -101,18 +101,19 @@ class AnnBranch:
     def embed(self, text: str) -> np.ndarray:
         return self.query.embed(text)
 
-    def _recall(self, request: RecallRequest, quota: int, vec: np.ndarray | None = None) -> list[Candidate]:
+    def _recall(self, request: RecallRequest, quota: int, vec: np.ndarray | None = None) -> Ranked:
         if vec is None:
             given = request.root.vector if request.root is not None else None
             vec = self.embed(request.query.text) if given is None else given  # a shard: the root encoded it
         live, allowed = request.live, request.allowed
         mask, k = live.plan(allowed, request.restricts, quota)
         ords, scores = self.index.search(vec[None, :], k, allowed=mask, params=self.params)
-        base = [Candidate(o, s) for o, s in zip(ords[0].tolist(), scores[0].tolist(), strict=True) if o >= 0]
+        found = ords[0] >= 0  # the engine pads a short answer with -1
+        base = Ranked(ords[0][found], scores[0][found])
         delta = live.delta_vectors(vec, allowed, quota, passages=isinstance(self.index, PassageIndex))
         return merge(live.alive(base, quota), delta, quota)
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         vec = None
         query = self.query
         if request.root is None and not query.inline and (request.inline or query.batcher is not None):

@@ -204,8 +204,9 @@ class RecallBranch(Protocol):
         """Why this branch has nothing to do for `request` (e.g. no query text), or None to run it."""
         ...
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
-        """At most `quota` candidates passing the request's filters, best first."""
+    async def recall(self, request: RecallRequest, quota: int) -> Sequence[Candidate]:
+        """At most `quota` candidates passing the request's filters, best first (a `Ranked` where the
+        engine answers in arrays: nothing is built per candidate)."""
         ...
 
 

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
 from common.settings import BehaviorSettings
-from common.types import Candidate
+from common.types import Ranked
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
@@ -53,18 +53,20 @@ class BehaviorBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
-    def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
-        items = self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds)))
+    def _expand(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> Ranked:
+        keys = np.fromiter(seeds, dtype=np.int64, count=len(seeds))
+        weights = np.fromiter(seeds.values(), dtype=np.float64, count=len(seeds))
+        items = self.seed_items(keys)
         exclude = set(items.tolist()) if self.s.exclude_seen else None
         live = request.live
         allowed = live.identity_mask(request.allowed)  # real-time changes: judged on current versions
-        pairs = self.index.expand(
-            self.s.method, list(seeds.items()), quota, exclude=exclude, allowed=allowed, seed_items=items
+        found, scores = self.index.expand_arrays(
+            self.s.method, keys, weights, quota, exclude=exclude, allowed=allowed, seed_items=items
         )
-        return live.to_current(pairs)
+        return live.to_current(found, scores)
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         seeds = await request.user_seeds(self.name, self.index.user_history, self.ord_of, self.s)
         if not seeds:
-            return []
+            return Ranked.empty()
         return await request.blocking(self._expand, seeds, request, quota)

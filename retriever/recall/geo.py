@@ -7,11 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Self
 
+import numpy as np
 from pydantic import BaseModel
 
 from common.index.geo import GeoIndex
 from common.settings import GeoSettings
-from common.types import Candidate
+from common.types import Ranked
 from retriever.live import merge
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
@@ -36,18 +37,16 @@ class GeoBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.location is not None else "no location"
 
-    def _search(
-        self, request: RecallRequest, lat: float, lon: float, radius: float, quota: int
-    ) -> list[Candidate]:
+    def _search(self, request: RecallRequest, lat: float, lon: float, radius: float, quota: int) -> Ranked:
         live, allowed = request.live, request.allowed
         mask, k = live.plan(allowed, request.restricts, quota)
         ords, dists = self.index.within(lat, lon, radius, k=k, allowed=mask)
-        base = [Candidate(o, -d) for o, d in zip(ords.tolist(), dists.tolist(), strict=True)]
+        base = Ranked(ords, -np.asarray(dists, dtype=np.float64))
         d_ords, d_dists = live.delta_within(lat, lon, radius, allowed, quota)
-        delta = [Candidate(o, -d) for o, d in zip(d_ords.tolist(), d_dists.tolist(), strict=True)]
+        delta = Ranked(d_ords, -np.asarray(d_dists, dtype=np.float64))
         return merge(live.alive(base, quota), delta, quota)
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         q = request.query
         assert q.location is not None
         radius = q.radius_m or self.s.default_radius_m

@@ -17,8 +17,8 @@ from pydantic import BaseModel
 
 from common.index.text import ATTR_PREFIX, CATEGORY_FIELD, ORD_FIELD, TAGS_FIELD, Analyzer, TextField
 from common.index.textstats import PHANTOM_TERM, idf_correction
-from common.ordering import TIE_MARGIN, best_first, cut_is_settled
-from common.types import Candidate
+from common.ordering import TIE_MARGIN, best_first_arrays, cut_is_settled
+from common.types import Ranked
 from retriever.core.types import Filters
 from retriever.recall.base import Generation, RecallRequest
 from retriever.recall.registry import register
@@ -136,9 +136,7 @@ class InvertedBranch:
             return None
         return clauses[0][1] if len(clauses) == 1 else tantivy.Query.boolean_query(clauses)
 
-    def _search(
-        self, query: tantivy.Query, limit: int, searcher: tantivy.Searcher | None = None
-    ) -> list[Candidate]:
+    def _search(self, query: tantivy.Query, limit: int, searcher: tantivy.Searcher | None = None) -> Ranked:
         searcher = searcher or self._searcher
         # More than asked until the tie group at the cut is seen whole: tantivy picks among exact ties by
         # segment order (which depends on how the index was written); the canonical order picks by ordinal.
@@ -150,11 +148,11 @@ class InvertedBranch:
                 break
             want *= 2
         if not hits:
-            return []
+            return Ranked.empty()
         ords = searcher.fast_field_values(ORD_FIELD, [addr for _s, addr in hits])
-        return [Candidate(o, s) for o, s in best_first(np.asarray(ords), scores, limit)]
+        return Ranked(*best_first_arrays(np.asarray(ords), scores, limit))
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         # After real-time changes the view's working index serves: it holds the generation's documents
         # minus the dead ones plus the upserted ones, with index-wide BM25 statistics.
         searcher = request.live.searcher

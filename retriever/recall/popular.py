@@ -8,7 +8,7 @@ from typing import ClassVar, Self
 from pydantic import BaseModel
 
 from common.index.behavior import BehaviorIndex
-from common.types import Candidate
+from common.types import Ranked
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
@@ -31,10 +31,10 @@ class PopularBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None
 
-    def _popular(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    def _popular(self, request: RecallRequest, quota: int) -> Ranked:
         live = request.live
         allowed = live.identity_mask(request.allowed)  # deleted items never; updated ones follow
-        return live.to_current(self.index.popular(quota, allowed=allowed))
+        return live.to_current(*self.index.popular_arrays(quota, allowed=allowed))
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         return await request.blocking(self._popular, request, quota)

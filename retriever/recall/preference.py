@@ -20,7 +20,7 @@ from common.arrays import in_sorted
 from common.index.behavior import BehaviorIndex
 from common.profile import TagTable
 from common.settings import PreferenceSettings
-from common.types import Candidate
+from common.types import Ranked
 from retriever.recall.base import BranchUnavailable, Generation, RecallRequest
 from retriever.recall.registry import register
 
@@ -59,13 +59,13 @@ class PreferenceBranch:
     def skip_reason(self, request: RecallRequest) -> str | None:
         return None if request.query.user_id else "no user_id"
 
-    def _recall(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> list[Candidate]:
+    def _recall(self, seeds: dict[int, float], request: RecallRequest, quota: int) -> Ranked:
         given = request.root.profile if request.root is not None else None
         affinity = self.table.profile(list(seeds.items())) if given is None else given
         if len(affinity) != len(self.table.vocab):
             raise ValueError(f"a profile over {len(affinity)} tags, this table has {len(self.table.vocab)}")
         if not affinity.any():
-            return []
+            return Ranked.empty()
         top = np.argsort(-affinity, kind="stable")[: self.s.top_tags]
         top = top[affinity[top] > 0]
         pool = self.table.items_union(top.tolist())
@@ -76,13 +76,13 @@ class PreferenceBranch:
             keep &= ~in_sorted(pool, self.seed_items(np.fromiter(seeds, dtype=np.int64, count=len(seeds))))
         pool = pool[keep]
         if not len(pool):
-            return []
+            return Ranked.empty()
         scores = self.table.match(pool, affinity) * self.log_pop[pool]
         best = np.lexsort((pool, -scores))[:quota]
-        return live.to_current(list(zip(pool[best].tolist(), scores[best].tolist(), strict=True)))
+        return live.to_current(pool[best], scores[best])
 
-    async def recall(self, request: RecallRequest, quota: int) -> list[Candidate]:
+    async def recall(self, request: RecallRequest, quota: int) -> Ranked:
         seeds = await request.user_seeds(self.name, self.index.user_history, self.ord_of, self.s)
         if not seeds:
-            return []
+            return Ranked.empty()
         return await request.blocking(self._recall, seeds, request, quota)

@@ -278,6 +278,14 @@ def test_expand_scores_excludes_and_orders(tmp_path: Path) -> None:
     allowed[c] = False
     assert [o for o, _ in index.expand("itemcf", [(a, 1.0)], 10, allowed=allowed)] == [b, d]
     assert index.expand("itemcf", [], 10) == [] and index.expand("itemcf", [(a, 1.0)], 0) == []
+    # The arrays the serving branch reads: the same answer, as (int64 items, float64 scores).
+    items, scores = index.expand_arrays("itemcf", np.array([a, d]), np.array([1.0, 0.5]), 10)
+    assert items.dtype == np.int64 and scores.dtype == np.float64
+    assert list(zip(items.tolist(), scores.tolist(), strict=True)) == got
+    items, scores = index.expand_arrays("itemcf", np.zeros(0, np.int64), np.zeros(0), 10)
+    assert items.dtype == np.int64 and len(items) == len(scores) == 0
+    with pytest.raises(ValueError, match="unknown behavior method 'nope'"):
+        index.expand("nope", [], 10)
     assert index.expand("swing", [(ORD["e"], 1.0)], 10) == []
     with pytest.raises(ValueError, match="mask"):
         index.expand("itemcf", [(a, 1.0)], 10, allowed=np.ones(3, dtype=bool))
@@ -390,6 +398,9 @@ def test_popularity_decay(tmp_path: Path) -> None:
     top = index.popular(10)
     assert [o for o, _ in top] == [2, 0, 1]
     assert [s for _, s in top] == pytest.approx([3.0, 1.0, 0.75])
+    items, pop = index.popular_arrays(10, allowed=np.array([True, False, True, True, True]))
+    assert items.dtype == np.int64 and pop.dtype == np.float64
+    assert items.tolist() == [2, 0] and pop.tolist() == pytest.approx([3.0, 1.0])
     allowed = np.array([True, True, False, True, True])
     assert [o for o, _ in index.popular(1, allowed)] == [0]
     plain = build(tmp_path / "x", events, popularity_half_life_days=None)

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from common.settings import CollectionSettings, FusionSettings, LearnedFusion
-from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused
+from common.types import LEARNED_FEATURES, Candidate, CandidateArrays, Fused, Ranked
 from retriever.core.fusion import (
     LinearModel,
     fuse,
@@ -178,6 +178,14 @@ def test_array_fusion_matches_the_plain_definition(seed: int) -> None:
         rrf(ranked, k=60, weights=weights),
         _reference(ranked, lambda b, _c, i, _n: weights[b] / (60 + i + 1)),
     )
+    # The branches' arrays (`Ranked`), every list or only some of them, fuse exactly as the tuples do.
+    every = {b: Ranked.of(c) for b, c in ranked.items()}
+    some = {b: Ranked.of(c) if i % 2 else c for i, (b, c) in enumerate(ranked.items())}
+    for as_arrays in (every, some):
+        assert rrf(as_arrays, k=60, weights=weights) == rrf(ranked, k=60, weights=weights)
+        assert weighted(as_arrays, weights=weights, normalization="minmax") == weighted(
+            ranked, weights=weights, normalization="minmax"
+        )
     for how in ("minmax", "zscore", "rank"):
         norm: dict[str, list[float]] = {}
         for b, cands in ranked.items():

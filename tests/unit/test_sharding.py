@@ -17,11 +17,11 @@ from common.catalog import Event, Item
 from common.index.behavior import BehaviorIndex
 from common.index.text import Analyzer, TextField, build_schema, create_index, item_document
 from common.index.textstats import DfTable, collect, idf_correction, phantom_documents, phantom_plan, write_df
-from common.ordering import RELATIVE_TIE, best_first, canonical, cut_is_settled
+from common.ordering import RELATIVE_TIE, best_first, best_first_arrays, canonical, cut_is_settled
 from common.profile import TagArrays, TagTable
 from common.sharding import ShardPart, shard_of, verify_shard_set
 from common.snapshot import SnapshotError, read_manifest
-from common.types import Candidate, SeedWeights
+from common.types import Candidate, Ranked, SeedWeights
 from common.v1 import search_pb2 as pb
 from common.v1 import shard_pb2 as spb
 from indexer.build import BuildOptions, build_snapshot
@@ -197,6 +197,16 @@ def test_canonical_equals_best_first_on_any_list(seed: int) -> None:
     got = canonical(cands)
     assert [(c.ordinal, c.score) for c in got] == want
     assert (got is cands) == ([(c.ordinal, c.score) for c in cands] == want)
+    # The same list as arrays (what the serving branches return): the same order, still arrays, and the
+    # very object when nothing changes.
+    arrays = Ranked.of(cands)
+    got_arrays = canonical(arrays)
+    assert isinstance(got_arrays, Ranked) and list(got_arrays) == want
+    assert (got_arrays is arrays) == (got is cands)
+    for k in (0, 1, n // 2, n, n + 3):
+        o, v = best_first_arrays(ords, scores, k)
+        assert o.dtype == np.int64 and v.dtype == np.float64
+        assert list(zip(o.tolist(), v.tolist(), strict=True)) == want[:k]
 
 
 def test_cut_is_settled_only_when_the_tie_at_the_cut_ends() -> None:
