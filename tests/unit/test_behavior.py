@@ -298,6 +298,10 @@ def test_user_history_recent_first_and_unknown_user(tmp_path: Path) -> None:
     assert index.user_history("u4") == [ORD["d"], ORD["c"]]
     assert index.user_history("nobody") == [] and index.user_history("") == []
     assert index.user_history("u0") == [] and index.user_history("u9") == []
+    # Asked again (rows remembered): the same answers, and a caller's list is its own.
+    first = index.user_history("u1")
+    first.append(-1)
+    assert index.user_history("u1") == [ORD["a"], ORD["c"]] and index.user_history("nobody") == []
 
 
 def test_weights_and_skips(tmp_path: Path) -> None:
