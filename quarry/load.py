@@ -31,6 +31,7 @@ step's `ach/bound`), however lean its own code.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import random
@@ -514,6 +515,7 @@ def floor_cpu_ms(
     redis_url: str = "",
     redis_cluster: bool = False,
     candidates: int = 200,
+    walls_out: list[float] | None = None,
 ) -> dict[str, float]:
     """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
     and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
@@ -523,7 +525,7 @@ def floor_cpu_ms(
     `redis_url`, which names a Redis Cluster node when `redis_cluster`), the i2i expansion of the user's
     history, the preference profile and its per-tag lists (NumPy over the generation's tag table), and —
     when the collection serves a ranker model — one onnxruntime call over `candidates` feature rows. CPU
-    time is this process's: Redis's own is not in it."""
+    time is this process's: Redis's own is not in it. `walls_out` receives each request's wall-clock ms."""
     from threadpoolctl import threadpool_limits
 
     from common.index.text import analyze
@@ -622,6 +624,8 @@ def floor_cpu_ms(
                 ann.encoder.encode(chunk, batch_size=len(chunk))
             batched = (time.process_time() - c0) * 1000 / len(texts)
     out = {name: statistics.mean(v) for name, v in per.items()}
+    if walls_out is not None:
+        walls_out.extend(walls)
     out["wall_p50"] = percentile(walls, 50)
     out["wall_p99"] = percentile(walls, 99)
     # Every request pays each stage it ran; a stage run on half the requests counts half.
@@ -817,6 +821,45 @@ def start_server(
     raise RuntimeError("the server did not become SERVING within 300 s")
 
 
+#: The load at which the issue's latency target is set: 70% of the saturated rate.
+IDEAL_UTILIZATION = 0.7
+
+
+def ideal_queue_p99(
+    service_ms: Sequence[float],
+    *,
+    servers: int = CORES,
+    utilization: float = IDEAL_UTILIZATION,
+    arrival: str = "poisson",
+    n: int = 100_000,
+    seed: int = 7,
+) -> float:
+    """p99 response time (ms) of an ideal server: `servers` requests served at once, first come first
+    served, each request taking a time drawn from `service_ms` and nothing else (no transport, no
+    scheduling, no contention), with arrivals (Poisson or constant) at `utilization` of its capacity
+    (`servers` / mean service time). Given the floor's per-request times, it is the latency a server doing
+    exactly the raw libraries' work would show at that load: queueing alone, which no code removes."""
+    s = np.asarray(service_ms, dtype=np.float64)
+    if not len(s) or not np.all(np.isfinite(s)) or s.min() < 0 or s.mean() <= 0:
+        raise ValueError("service_ms must be finite, non-negative times with a positive mean")
+    if servers < 1 or not 0 < utilization < 1:
+        raise ValueError(f"servers must be >= 1 and 0 < utilization < 1, got {servers}, {utilization}")
+    if arrival not in ("poisson", "constant"):
+        raise ValueError(f"arrival must be 'poisson' or 'constant', got {arrival!r}")
+    rng = np.random.default_rng(seed)
+    gap = s.mean() / (utilization * servers)
+    gaps = rng.exponential(gap, n) if arrival == "poisson" else np.full(n, gap)
+    arrivals = np.cumsum(gaps).tolist()
+    service = rng.choice(s, n).tolist()
+    free = [0.0] * servers  # when each server is next free (a heap: FCFS takes the earliest)
+    response = np.empty(n)
+    for i in range(n):
+        start = max(arrivals[i], heapq.heappop(free))
+        heapq.heappush(free, start + service[i])
+        response[i] = start + service[i] - arrivals[i]
+    return float(np.percentile(response[n // 100 :], 99))  # the first 1%: the queue filling from empty
+
+
 @dataclass
 class LoadReport:
     machine: str
@@ -832,6 +875,10 @@ class LoadReport:
     ceiling_batched_rps: float | None = None
     #: The transport and the client alone (None when not measured), and with it `bound_rps`.
     rpc_floor: RpcFloor | None = None
+    #: `ideal_queue_p99` over the floor's request times at IDEAL_UTILIZATION, with the steps' arrivals
+    #: (None when not computed).
+    ideal_p99_ms: float | None = None
+    ideal_arrival: str = ""
 
     @property
     def bound_rps(self) -> float | None:
@@ -859,6 +906,13 @@ class LoadReport:
                 else ""
             ),
         ]
+        if self.ideal_p99_ms is not None:
+            lines.append(
+                f"ideal server ({CORES} requests at once, each costing what the floor's did, nothing else; "
+                f"{self.ideal_arrival} arrivals at {IDEAL_UTILIZATION:.0%} of its capacity): "
+                f"p99 {self.ideal_p99_ms:.2f} ms = {self.ideal_p99_ms / self.floor['wall_p99']:.1f}x the "
+                "floor's p99, from queueing alone"
+            )
         bound = self.bound_rps
         if self.rpc_floor is not None and bound is not None:
             r = self.rpc_floor
@@ -977,8 +1031,12 @@ def run_load(
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
     texts = query_pool(coll)[:floor_n]
-    floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster)
+    walls: list[float] = []
+    floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster, walls_out=walls)
     ceiling = CORES * 1000 / floor["total"]
+    # ghz paces at a constant rate; this module's client sends as `arrival` says.
+    ideal_arrival = "constant" if client == "ghz" else arrival
+    ideal = ideal_queue_p99(walls, arrival=ideal_arrival) if walls else None
     batched = batched_total(floor)
     ceiling_batched = CORES * 1000 / batched if batched else None
     proc = None
@@ -1017,7 +1075,18 @@ def run_load(
             proc.wait(timeout=30)
     rpc = measure_rpc_floor(mix, max(rates), duration_s, client=client, **sender) if rpc_floor else None
     return LoadReport(
-        machine(), name, kind, repetition, mix.repeat_share, floor, ceiling, steps, ceiling_batched, rpc
+        machine(),
+        name,
+        kind,
+        repetition,
+        mix.repeat_share,
+        floor,
+        ceiling,
+        steps,
+        ceiling_batched,
+        rpc,
+        ideal,
+        ideal_arrival,
     )
 
 

@@ -55,8 +55,10 @@ def test_mixes_are_valid_requests(tiny_snapshot: Path) -> None:
     assert build_mix(coll, "search", n=200).repeat_share > 0.9
     with pytest.raises(ValueError, match="repetition"):
         build_mix(coll, "search", repetition="sometimes")
-    floor = floor_cpu_ms(coll, ["paris", "上海", "zurich"])
+    walls: list[float] = []
+    floor = floor_cpu_ms(coll, ["paris", "上海", "zurich"], walls_out=walls)
     assert floor["total"] > 0 and floor["wall_p99"] >= floor["wall_p50"] > 0
+    assert len(walls) == 3 and max(walls) >= floor["wall_p99"] >= min(walls) > 0
 
 
 def test_open_loop_step_against_a_real_server(server: str, tiny_snapshot: Path) -> None:
@@ -285,3 +287,9 @@ def test_steps_never_resend_the_warm_ups_requests(tiny_snapshot: Path) -> None:
     assert first.first_request >= 30  # the warm-up: 2 s at the first rate (20/s), less what it dropped
     assert second.first_request == first.first_request + first.sent + first.dropped
     assert first.ok == first.sent > 0 and report.rpc_floor is None
+    # The ideal server over the floor's own request times, with the steps' (constant) arrivals: never
+    # faster than the floor's median request, and printed beside it.
+    assert report.ideal_arrival == "constant" and report.ideal_p99_ms is not None
+    assert report.ideal_p99_ms >= report.floor["wall_p50"] * 0.99
+    ratio = report.ideal_p99_ms / report.floor["wall_p99"]
+    assert f"p99 {report.ideal_p99_ms:.2f} ms = {ratio:.1f}x the floor's p99" in report.table()
