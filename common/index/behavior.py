@@ -183,9 +183,6 @@ class BehaviorIndex:
         """Top-k items by Σ_seed weight · sim(seed, item) > 0; seeds, `exclude` and items outside `allowed`
         (boolean mask over ordinals) never appear. Ties go to the lower ordinal. `seed_items`: the
         seeds as item ordinals, where seeds are keyed otherwise (a shard's global ordinals)."""
-        if k <= 0 or not seeds:
-            self._table(method)  # an unknown method is an error whatever the seeds
-            return []
         seed_ords = np.fromiter((s[0] for s in seeds), dtype=np.int64, count=len(seeds))
         seed_w = np.fromiter((s[1] for s in seeds), dtype=np.float64, count=len(seeds))
         items, agg = self.expand_arrays(

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from common.types import Ranked
 from common.v1 import shard_pb2 as spb
 from retriever.api import convert
 from retriever.api.errors import rpc
@@ -57,13 +58,14 @@ def shard_request(req: spb.ShardRecallRequest) -> ShardRequest:
 def shard_response(res: ShardResult) -> spb.ShardRecallResponse:
     out = spb.ShardRecallResponse(shard=res.shard, snapshot_version=res.snapshot_version)
     for r in res.results:
+        found = Ranked.of(r.candidates)
         out.branches.add(
             branch=r.branch,
             status=convert.branch_status(r.status),
             latency_ms=r.latency_ms,
             detail=r.detail,
-            ordinals=np.fromiter((c.ordinal for c in r.candidates), "<i8", len(r.candidates)).tobytes(),
-            scores=np.fromiter((c.score for c in r.candidates), "<f8", len(r.candidates)).tobytes(),
+            ordinals=found.ordinals.astype("<i8").tobytes(),
+            scores=found.scores.astype("<f8").tobytes(),
         )
     out.rows = arrow_bytes(res.rows)
     return out

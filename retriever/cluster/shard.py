@@ -27,7 +27,7 @@ import pyarrow as pa
 from pydantic import ValidationError
 
 from common.settings import BranchSpec, QuarrySettings
-from common.types import Candidate, SeedWeights
+from common.types import Ranked, SeedWeights
 from ranker.schema import AFFINITY_FEATURES, AFFINITY_MEMORIES
 from retriever.core.errors import FailedPrecondition, InvalidArgument
 from retriever.core.types import BranchResult, SearchQuery
@@ -146,11 +146,12 @@ class ShardCore:
         )
         results = await run_branches(coll.branches, specs, request, deadline, coll.unavailable)
         live = request.live
-        local = sorted({c.ordinal for r in results for c in r.candidates})
-        gord_of = _global_ordinals(coll, np.asarray(local, dtype=np.int64), live.base_n)
-        to_global = dict(zip(local, gord_of.tolist(), strict=True))
-        for r in results:
-            r.candidates = [Candidate(to_global[c.ordinal], c.score) for c in r.candidates]
+        answers = [Ranked.of(r.candidates) for r in results]
+        found = np.unique(np.concatenate([a.ordinals for a in answers])) if answers else np.zeros(0, np.int64)
+        local = found.tolist()
+        gord_of = _global_ordinals(coll, found, live.base_n)
+        for r, a in zip(results, answers, strict=True):
+            r.candidates = Ranked(gord_of[np.searchsorted(found, a.ordinals)], a.scores)
         rows = live.forward.take_table(local)
         if not req.with_display:  # the root fetches display fields for its final hits only
             rows = rows.select([c for c in rows.column_names if not _display(c)])
