@@ -38,7 +38,7 @@ class Ranked(Sequence[Candidate]):
     builds the tuples (≈ 250 a five-branch Search: creating them, ordering them and reading them back
     into arrays took ~10% of the event loop's time). It reads as a sequence of `Candidate` all the same —
     indexing, iteration, slicing (a `Ranked` view) and equality with any sequence of pairs — so code that
-    walks candidates one by one (debug answers, shards, evaluation) needs no change."""
+    walks candidates one by one (debug answers, evaluation, the trainers) needs no change."""
 
     __slots__ = ("ordinals", "scores")
 
