@@ -190,6 +190,67 @@ class StepResult:
     client_cpu_cores: float | None = None
     #: Where in the mix's request list the step began (the warm-up's requests come before the first).
     first_request: int = 0
+    #: The client's mean latency of an answered request, ms (beside the server's means below).
+    mean_ms: float | None = None
+    #: Where the time went, from the server's /metrics over the step (means, ms; None/empty without
+    #: them): the RPC handler (`quarry_grpc_request_seconds`), each pipeline stage of an answered
+    #: request in order (`quarry_stage_seconds`; they run one after another), each recall branch
+    #: (`quarry_branch_latency_seconds`; they run concurrently inside the recall stage), and one query
+    #: encoder model call (`quarry_query_encode_batch_seconds`).
+    handler_ms: float | None = None
+    stage_ms: dict[str, float] = field(default_factory=dict)
+    branch_ms: dict[str, float] = field(default_factory=dict)
+    encode_call_ms: float | None = None
+
+
+Labels = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One reading of a Prometheus text endpoint: every sample by name and labels (sorted pairs)."""
+
+    samples: dict[tuple[str, Labels], float]
+
+    @classmethod
+    def parse(cls, text: str) -> Scrape:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples: dict[tuple[str, Labels], float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                samples[key] = samples.get(key, 0.0) + sample.value
+        return cls(samples)
+
+    @classmethod
+    def read(cls, metrics_url: str | None) -> Scrape | None:
+        """The endpoint's samples now; None without a URL or when it cannot be read (a benchmark reads
+        what it can)."""
+        if not metrics_url:
+            return None
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+                return cls.parse(resp.read().decode())
+        except OSError:
+            return None
+
+    def total(self, name: str, **match: str) -> float:
+        """`name`'s samples whose labels include `match`, summed over the rest (0 where absent)."""
+        want = set(match.items())
+        return sum(v for (n, labels), v in self.samples.items() if n == name and want <= set(labels))
+
+    def by(self, name: str, label: str, **match: str) -> dict[str, float]:
+        """`name`'s samples matching `match`, summed per value of `label`."""
+        want = set(match.items())
+        out: dict[str, float] = {}
+        for (n, labels), v in self.samples.items():
+            got = dict(labels)
+            if n == name and label in got and want <= set(labels):
+                out[got[label]] = out.get(got[label], 0.0) + v
+        return out
 
 
 def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
@@ -200,29 +261,67 @@ def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
     """
     import urllib.request
 
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-        text = resp.read().decode()
-    total = dict.fromkeys(names, 0.0)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in total:
-                total[sample.name] += sample.value
-    return total
+        scrape = Scrape.parse(resp.read().decode())
+    return {name: scrape.total(name) for name in names}
+
+
+def hist_mean_ms(before: Scrape, after: Scrape, histogram: str, **match: str) -> float | None:
+    """A histogram's mean observation between two scrapes, in ms (seconds-valued histograms); None
+    when nothing was observed meanwhile."""
+    count = after.total(f"{histogram}_count", **match) - before.total(f"{histogram}_count", **match)
+    if count <= 0:
+        return None
+    return (
+        (after.total(f"{histogram}_sum", **match) - before.total(f"{histogram}_sum", **match)) / count * 1000
+    )
+
+
+def hist_mean_ms_by(
+    before: Scrape, after: Scrape, histogram: str, label: str, **match: str
+) -> dict[str, float]:
+    """`hist_mean_ms` per value of `label` (the values observed meanwhile only)."""
+    out = {}
+    for value in after.by(f"{histogram}_count", label, **match):
+        m = hist_mean_ms(before, after, histogram, **{**match, label: value})
+        if m is not None:
+            out[value] = m
+    return out
+
+
+#: The service pipeline behind each method the load mixes call (`retriever.service`'s Pipeline names).
+_PIPELINE = {"Search": "search", "Recommend": "recommend"}
+
+
+def breakdown(step: StepResult, before: Scrape | None, after: Scrape | None, method: str) -> None:
+    """Fill `step`'s server-side means from two scrapes of the server's /metrics taken around it."""
+    if before is None or after is None or not method:
+        return
+    step.handler_ms = hist_mean_ms(before, after, "quarry_grpc_request_seconds", method=method)
+    if method in _PIPELINE:
+        # In the order the endpoint lists them: the order a worker first ran them, the pipeline's.
+        step.stage_ms = hist_mean_ms_by(
+            before, after, "quarry_stage_seconds", "stage", pipeline=_PIPELINE[method]
+        )
+        step.branch_ms = dict(
+            sorted(hist_mean_ms_by(before, after, "quarry_branch_latency_seconds", "branch").items())
+        )
+    step.encode_call_ms = hist_mean_ms(before, after, "quarry_query_encode_batch_seconds")
 
 
 def encode_batches(metrics_url: str | None) -> tuple[float, float] | None:
     """(calls, queries) so far from a server's quarry_query_encode_batch_size, summed over encoders; None
     without a URL or when it cannot be read (a benchmark reads what it can)."""
-    if not metrics_url:
+    return _encode_batches(Scrape.read(metrics_url))
+
+
+def _encode_batches(scrape: Scrape | None) -> tuple[float, float] | None:
+    if scrape is None:
         return None
-    names = ("quarry_query_encode_batch_size_count", "quarry_query_encode_batch_size_sum")
-    try:
-        got = metric_sums(metrics_url, names)
-    except OSError:
-        return None
-    return got[names[0]], got[names[1]]
+    return (
+        scrape.total("quarry_query_encode_batch_size_count"),
+        scrape.total("quarry_query_encode_batch_size_sum"),
+    )
 
 
 def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
@@ -311,6 +410,7 @@ def _step_result(
         p90_ms=percentile(lat, 90),
         p99_ms=percentile(lat, 99),
         p999_ms=percentile(lat, 99.9),
+        mean_ms=statistics.fmean(lat) if lat else None,
         errors=dict(errors),
         server_cpu_cores=None if cpu_cores is None else round(cpu_cores, 3),
         server_rss_mib=_proc_memory_bytes(server_pid) / 2**20 if server_pid else None,
@@ -944,16 +1044,59 @@ class LoadReport:
                 f"{s.p99_ms / self.floor['wall_p99']:9.1f} {cpu:>7} {cli:>7} {rss:>8} {batch:>9}  "
                 f"{errs} / {s.dropped}"
             )
+        lines += self.breakdown_table()
         return "\n".join(lines)
 
+    def breakdown_table(self) -> list[str]:
+        """Where a request's time went at each step (means, ms): the client's; the server's RPC handler
+        and its pipeline stages (sequential: they add up to the handler's time less decoding and the
+        answer's conversion); its recall branches (concurrent, inside `recall`) and one encoder call.
+        Client minus handler is the transport and the wait before the handler ran (the queue)."""
+        steps = [s for s in self.steps if s.handler_ms is not None]
+        if not steps:
+            return []
+        stages = list(dict.fromkeys(k for s in steps for k in s.stage_ms))
+        branches = list(dict.fromkeys(k for s in steps for k in s.branch_ms))
+
+        def cell(v: float | None, width: int) -> str:
+            return f"{v:>{width}.2f}" if v is not None else f"{'-':>{width}}"
+
+        def w(name: str) -> int:
+            return max(len(name), 6)
+
+        out = [
+            "where the time went (means, ms; server side from its /metrics): client = handler + transport and "
+            "queue; stages run in turn inside the handler, branches at once inside recall",
+            f"{'offered':>8} {'client':>7} {'queue+net':>9} {'handler':>7} | "
+            + " ".join(f"{n:>{w(n)}}" for n in stages)
+            + " | "
+            + " ".join(f"{n:>{w(n)}}" for n in branches)
+            + f" | {'encode call':>11}",
+        ]
+        for s in steps:
+            queue = s.mean_ms - s.handler_ms if s.mean_ms is not None and s.handler_ms is not None else None
+            out.append(
+                f"{s.offered_rps:8.0f} {cell(s.mean_ms, 7)} {cell(queue, 9)} {cell(s.handler_ms, 7)} | "
+                + " ".join(cell(s.stage_ms.get(n), w(n)) for n in stages)
+                + " | "
+                + " ".join(cell(s.branch_ms.get(n), w(n)) for n in branches)
+                + f" | {cell(s.encode_call_ms, 11)}"
+            )
+        return out
+
     def plot(self, path: Path) -> None:
+        """PNG: latency percentiles vs offered load; with the server's /metrics read, two more panels:
+        each step's mean time split into the wait before the handler and the pipeline's stages
+        (stacked: they run in turn), and each recall branch's mean time (they run at once)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         xs = [s.offered_rps for s in self.steps]
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        split = [s for s in self.steps if s.handler_ms is not None and s.mean_ms is not None]
+        fig, axes = plt.subplots(1, 3 if split else 1, figsize=(19 if split else 7, 4.8), squeeze=False)
+        ax = axes[0][0]
         for key, label in (("p50_ms", "p50"), ("p90_ms", "p90"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
             ax.plot(xs, [getattr(s, key) for s in self.steps], marker="o", label=label)
         ax.axvline(self.ceiling_rps, color="grey", linestyle="--", label=f"floor's {CORES}-core ceiling")
@@ -964,9 +1107,66 @@ class LoadReport:
         ax.set_yscale("log")
         ax.set_title(f"{self.mix} on {self.collection}: latency vs offered load")
         ax.legend()
+        if split:
+            self._plot_stages(axes[0][1], split)
+            self._plot_branches(axes[0][2], split)
         fig.tight_layout()
         fig.savefig(path, dpi=120)
         plt.close(fig)
+
+    @staticmethod
+    def _plot_stages(ax: Any, steps: list[StepResult]) -> None:
+        import matplotlib
+
+        at = np.arange(len(steps))  # one bar a step, labelled with its rate
+        stages = list(dict.fromkeys(k for s in steps for k in s.stage_ms))
+        # Stages under 0.05 ms at every step would be invisible slivers: one bar part for them all.
+        shown = [n for n in stages if max(s.stage_ms.get(n, 0.0) for s in steps) >= 0.05]
+        parts: list[tuple[str, list[float]]] = [
+            (
+                "queue + transport (client − handler)",
+                [max(0.0, (s.mean_ms or 0) - (s.handler_ms or 0)) for s in steps],
+            ),
+            *((f"stage {n}", [s.stage_ms.get(n, 0.0) for s in steps]) for n in shown),
+            ("other stages", [sum(v for n, v in s.stage_ms.items() if n not in shown) for s in steps]),
+            (
+                "handler, outside the stages",
+                [max(0.0, (s.handler_ms or 0) - sum(s.stage_ms.values())) for s in steps],
+            ),
+        ]
+        colors = iter(matplotlib.colormaps["tab20"].colors)
+        bottom = np.zeros(len(steps))
+        for name, values in parts:
+            color = next(colors)
+            if max(values) <= 0.0:
+                continue
+            ax.bar(at, values, bottom=bottom, label=name, color=color)
+            bottom += np.asarray(values)
+        ax.set_xticks(at, [f"{s.offered_rps:.0f}" for s in steps])
+        ax.set_xlabel("offered load (req/s)")
+        ax.set_ylabel("mean ms a request")
+        ax.set_title("where a request's time went (means)")
+        ax.legend(fontsize="small")
+
+    @staticmethod
+    def _plot_branches(ax: Any, steps: list[StepResult]) -> None:
+        xs = [s.offered_rps for s in steps]
+        for name in dict.fromkeys(k for s in steps for k in s.branch_ms):
+            ax.plot(xs, [s.branch_ms.get(name, np.nan) for s in steps], marker="o", label=f"branch {name}")
+        if any(s.encode_call_ms is not None for s in steps):
+            ax.plot(
+                xs,
+                [s.encode_call_ms if s.encode_call_ms is not None else np.nan for s in steps],
+                marker="s",
+                linestyle="--",
+                color="black",
+                label="one query-encoder call",
+            )
+        ax.set_xlabel("offered load (req/s)")
+        ax.set_ylabel("mean ms")
+        ax.set_yscale("log")
+        ax.set_title("recall branches (concurrent, inside recall)")
+        ax.legend(fontsize="small")
 
 
 def machine() -> str:
@@ -1030,6 +1230,8 @@ def run_load(
     coll = open_collection(snapshot)
     name = coll.name
     mix = build_mix(coll, kind, repetition=repetition, zipf_s=zipf_s)
+    methods = {m for m, _ in mix.requests}
+    method = methods.pop() if len(methods) == 1 else ""  # a mixed step's means would mix methods
     texts = query_pool(coll)[:floor_n]
     walls: list[float] = []
     floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster, walls_out=walls)
@@ -1058,11 +1260,13 @@ def run_load(
         steps = []
         offset = warm.sent + warm.dropped
         for i, rate in enumerate(rates):
-            batches0 = encode_batches(metrics_url)
+            scrape0 = Scrape.read(metrics_url)
             step = send_step(
                 client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
             )
-            step.encode_batch = mean_batch(batches0, encode_batches(metrics_url))
+            scrape1 = Scrape.read(metrics_url)
+            step.encode_batch = mean_batch(_encode_batches(scrape0), _encode_batches(scrape1))
+            breakdown(step, scrape0, scrape1, method)
             offset += step.sent + step.dropped
             steps.append(step)
             print(

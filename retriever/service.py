@@ -125,9 +125,13 @@ class SearchService:
 
     async def _run(self, pipeline: Pipeline, query: SearchQuery, deadline: float | None) -> Exchange:
         ex = Exchange(pipeline, query, deadline)
+        took: list[float] = []
         try:
             for stage in pipeline.stages:
+                t0 = time.perf_counter()
                 await stage(self, ex)
+                took.append(time.perf_counter() - t0)
+            metrics.record_stages(pipeline.name, pipeline.stage_names, took)
         finally:
             if ex.counters_task is not None and not ex.counters_task.done():
                 ex.counters_task.cancel()
@@ -542,6 +546,12 @@ class Pipeline:
     name: str
     specs: Callable[[CollectionSettings], Mapping[str, BranchSpec]]
     stages: tuple[Stage, ...]
+    #: Each stage's name, as metrics label it (`_post_filter` → "post_filter").
+    stage_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        names = tuple(stage.__name__.lstrip("_") for stage in self.stages)
+        object.__setattr__(self, "stage_names", names)
 
 
 @dataclass(slots=True)

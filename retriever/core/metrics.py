@@ -6,7 +6,7 @@ logs and config. The ranker's metrics live in `ranker.metrics`, the user store's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
@@ -34,6 +34,14 @@ BRANCH_LATENCY = Histogram(
     "quarry_branch_latency_seconds",
     "Latency of successful recall branch calls",
     ["collection", "branch"],
+    buckets=_FAST,
+)
+#: Each stage of an answered request's pipeline (validate, recall, fuse, post_filter, rank, hydrate, …),
+#: wall time: what a request's time inside the service went to, beside `quarry_grpc_request_seconds`.
+STAGE_LATENCY = Histogram(
+    "quarry_stage_seconds",
+    "Wall time of each stage of an answered Search or Recommend (pipeline order: validate, recall, fuse, …)",
+    ["pipeline", "stage"],
     buckets=_FAST,
 )
 BRANCH_CANDIDATES = Histogram(
@@ -104,6 +112,17 @@ def record_branch(collection: str, branch: str, status: str, latency_ms: float, 
     if latency is not None:
         latency.observe(latency_ms / 1000)
         count.observe(candidates)
+
+
+@cache
+def _stage_children(pipeline: str, stages: tuple[str, ...]) -> tuple[Any, ...]:
+    return tuple(STAGE_LATENCY.labels(pipeline, stage) for stage in stages)
+
+
+def record_stages(pipeline: str, stages: tuple[str, ...], seconds: Sequence[float]) -> None:
+    """An answered request's stage times (seconds, in `stages`' order)."""
+    for child, took in zip(_stage_children(pipeline, stages), seconds, strict=True):
+        child.observe(took)
 
 
 ENCODE_BATCH = Histogram(

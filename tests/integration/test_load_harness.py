@@ -293,3 +293,14 @@ def test_steps_never_resend_the_warm_ups_requests(tiny_snapshot: Path) -> None:
     assert report.ideal_p99_ms >= report.floor["wall_p50"] * 0.99
     ratio = report.ideal_p99_ms / report.floor["wall_p99"]
     assert f"p99 {report.ideal_p99_ms:.2f} ms = {ratio:.1f}x the floor's p99" in report.table()
+    # Where the time went, from the /metrics of the server it started: the handler inside the client's
+    # latency, the pipeline's stages in their order inside the handler, the branches inside recall.
+    from retriever.service import SEARCH
+
+    for step in report.steps:
+        assert step.mean_ms is not None and step.handler_ms is not None
+        assert 0 < step.handler_ms < step.mean_ms
+        assert list(step.stage_ms) == list(SEARCH.stage_names)
+        assert sum(step.stage_ms.values()) < step.handler_ms
+        assert "inverted" in step.branch_ms and max(step.branch_ms.values()) < step.stage_ms["recall"]
+    assert "where the time went" in report.table()

@@ -80,6 +80,18 @@ def test_metrics_endpoint(tiny_snapshot: Path, redis_url: str) -> None:
         == 1
     )
     assert _value(after, "process_resident_memory_bytes") > 0
+    # Each stage of an answered request, once a request: the three Searches and the Recommend; the two
+    # refused Searches record none (their stage set is incomplete).
+    from retriever.service import RECOMMEND, SEARCH
+
+    for pipeline, answered in ((SEARCH, 3), (RECOMMEND, 1)):
+        for stage in pipeline.stage_names:
+            assert delta("quarry_stage_seconds_count", pipeline=pipeline.name, stage=stage) == answered, stage
+    assert "post_filter" in SEARCH.stage_names and "exclude_seen" in RECOMMEND.stage_names
+    stages_s = sum(delta("quarry_stage_seconds_sum", pipeline="search", stage=n) for n in SEARCH.stage_names)
+    assert delta("quarry_stage_seconds_sum", pipeline="search", stage="recall") > 0
+    # The stages run inside the handler: together they take less than the answered calls' handler time.
+    assert 0 < stages_s < delta("quarry_grpc_request_seconds_sum", service=svc, method="Search")
 
 
 def test_ranker_metrics(tiny_snapshot: Path, tmp_path: Path) -> None:

@@ -1,0 +1,136 @@
+"""Where a load step's time went: the harness reads the server's Prometheus exposition before and after a
+step (quarry.load.Scrape) and turns histogram deltas into means per label (stages, branches, handler)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from quarry.load import LoadReport, Scrape, StepResult, breakdown, hist_mean_ms, hist_mean_ms_by
+
+
+def _exposition(
+    stage_counts: dict[str, tuple[int, float]], *, handler: tuple[int, float], ann: tuple[int, float]
+) -> str:
+    """Text exposition with the series the harness reads (a histogram's _count and _sum suffice)."""
+    lines = [
+        "# HELP quarry_stage_seconds stage time",
+        "# TYPE quarry_stage_seconds histogram",
+    ]
+    for stage, (count, total) in stage_counts.items():
+        lines += [
+            f'quarry_stage_seconds_count{{pipeline="search",stage="{stage}"}} {count}',
+            f'quarry_stage_seconds_sum{{pipeline="search",stage="{stage}"}} {total}',
+        ]
+    # Another pipeline's stages must not leak into Search's.
+    lines += [
+        'quarry_stage_seconds_count{pipeline="recommend",stage="recall"} 50',
+        'quarry_stage_seconds_sum{pipeline="recommend",stage="recall"} 9.0',
+        "# HELP quarry_grpc_request_seconds rpc",
+        "# TYPE quarry_grpc_request_seconds histogram",
+        f'quarry_grpc_request_seconds_count{{method="Search",service="quarry.v1.SearchService"}} {handler[0]}',
+        f'quarry_grpc_request_seconds_sum{{method="Search",service="quarry.v1.SearchService"}} {handler[1]}',
+        'quarry_grpc_request_seconds_count{method="Check",service="grpc.health.v1.Health"} 7',
+        'quarry_grpc_request_seconds_sum{method="Check",service="grpc.health.v1.Health"} 0.5',
+        "# HELP quarry_branch_latency_seconds branch",
+        "# TYPE quarry_branch_latency_seconds histogram",
+        # Two collections' ann: the harness adds them up per branch.
+        f'quarry_branch_latency_seconds_count{{branch="ann",collection="a"}} {ann[0]}',
+        f'quarry_branch_latency_seconds_sum{{branch="ann",collection="a"}} {ann[1]}',
+        'quarry_branch_latency_seconds_count{branch="ann",collection="b"} 1',
+        'quarry_branch_latency_seconds_sum{branch="ann",collection="b"} 0.001',
+        'quarry_branch_latency_seconds_count{branch="geo",collection="a"} 4',
+        'quarry_branch_latency_seconds_sum{branch="geo",collection="a"} 0.002',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+BEFORE = Scrape.parse(
+    _exposition(
+        {"validate": (10, 0.001), "recall": (10, 0.05), "fuse": (10, 0.004)},
+        handler=(12, 0.08),
+        ann=(10, 0.04),
+    )
+)
+AFTER = Scrape.parse(
+    _exposition(
+        {"validate": (110, 0.011), "recall": (110, 0.65), "fuse": (110, 0.034)},
+        handler=(112, 0.78),
+        ann=(110, 0.54),
+    )
+)
+
+
+def test_a_histograms_mean_between_two_scrapes() -> None:
+    # 100 Searches: 0.6 s of recall → 6 ms each; 0.7 s of handler → 7 ms.
+    assert hist_mean_ms(
+        BEFORE, AFTER, "quarry_stage_seconds", pipeline="search", stage="recall"
+    ) == pytest.approx(6.0)
+    assert hist_mean_ms(BEFORE, AFTER, "quarry_grpc_request_seconds", method="Search") == pytest.approx(7.0)
+    # Nothing observed meanwhile: no mean rather than 0 or a division by zero.
+    assert hist_mean_ms(BEFORE, BEFORE, "quarry_stage_seconds", stage="recall") is None
+    assert hist_mean_ms(BEFORE, AFTER, "quarry_no_such_seconds") is None
+    # Summed over the labels not matched: both collections' ann, 101 calls; geo saw none meanwhile.
+    branches = hist_mean_ms_by(BEFORE, AFTER, "quarry_branch_latency_seconds", "branch")
+    assert branches == {"ann": pytest.approx(5.0)}
+
+
+def test_stages_keep_the_order_the_endpoint_lists_them() -> None:
+    stages = hist_mean_ms_by(BEFORE, AFTER, "quarry_stage_seconds", "stage", pipeline="search")
+    assert list(stages) == ["validate", "recall", "fuse"]
+    assert stages == {
+        "validate": pytest.approx(0.1),
+        "recall": pytest.approx(6.0),
+        "fuse": pytest.approx(0.3),
+    }
+
+
+def test_breakdown_fills_a_step_and_the_report_prints_and_plots_it(tmp_path: Path) -> None:
+    step = StepResult(100, 1.0, 100, 100, 99.0, 8.0, 9.0, 12.0, 13.0, mean_ms=8.5)
+    breakdown(step, BEFORE, AFTER, "Search")
+    assert step.handler_ms == pytest.approx(7.0)
+    assert list(step.stage_ms) == ["validate", "recall", "fuse"]  # recommend's recall is not Search's
+    assert step.stage_ms["recall"] == pytest.approx(6.0)
+    assert step.branch_ms == {"ann": pytest.approx(5.0)}
+    assert step.encode_call_ms is None  # no encoder series in this exposition
+
+    report = LoadReport(
+        "test machine",
+        "c",
+        "search",
+        "none",
+        0.0,
+        {"total": 4.0, "wall_p50": 4.0, "wall_p99": 6.0},
+        500.0,
+        [step],
+    )
+    text = report.table()
+    assert "where the time went" in text
+    row = text.splitlines()[-1].split()
+    # offered, client mean, queue+net (client − handler), handler, then the stages in order.
+    assert row[:4] == ["100", "8.50", "1.50", "7.00"]
+    assert row[5:8] == ["0.10", "6.00", "0.30"]
+    png = tmp_path / "load.png"
+    report.plot(png)
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_scrapes_or_a_mixed_step_leave_the_breakdown_empty() -> None:
+    for before, after, method in ((None, AFTER, "Search"), (BEFORE, None, "Search"), (BEFORE, AFTER, "")):
+        step = StepResult(100, 1.0, 100, 100, 99.0, 8.0, 9.0, 12.0, 13.0)
+        breakdown(step, before, after, method)
+        assert step.handler_ms is None and step.stage_ms == {} and step.branch_ms == {}
+    report = LoadReport(
+        "m", "c", "search", "none", 0.0, {"total": 4.0, "wall_p50": 4.0, "wall_p99": 6.0}, 500.0, [step]
+    )
+    assert "where the time went" not in report.table()
+    # LogEvents runs no pipeline: its handler time, no stages or branches.
+    step = StepResult(100, 1.0, 100, 100, 99.0, 8.0, 9.0, 12.0, 13.0)
+    breakdown(step, BEFORE, AFTER, "LogEvents")
+    assert step.handler_ms is None and step.stage_ms == {}
+
+
+def test_scrape_read_without_an_endpoint() -> None:
+    assert Scrape.read(None) is None
+    assert Scrape.read("http://127.0.0.1:9/metrics") is None  # nothing listens on the discard port
