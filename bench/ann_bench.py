@@ -3,6 +3,7 @@
     python bench/ann_bench.py --vectors corpus.f32.npy            # real embeddings (float32, L2-normalised)
     python bench/ann_bench.py --synthetic 100000,128              # synthetic clustered fallback
     python bench/ann_bench.py --synthetic 100000,128 --filter-sweep   # measures the exact-search threshold
+    python bench/ann_bench.py --vectors corpus.f32.npy --plot-out ann.png   # + recall vs latency, PNG
 
 Queries are held-out rows of the matrix (``--queries``) unless ``--query-vectors`` is given.  Latency is
 per single query (one vector per call, one thread), which is what the service does per request.  For each
@@ -37,6 +38,18 @@ from common.index.vectors import (
     SearchParams,
     exact_search,
 )
+
+
+@dataclass(frozen=True)
+class Point:
+    """One search setting's recall@k and single-query p50 latency, ours and the raw library's."""
+
+    backend: str
+    param: str
+    recall: float
+    ours_p50_us: float
+    raw_p50_us: float
+
 
 HNSW_EFS = (16, 32, 64, 128, 256)
 IVF_NPROBES = (1, 4, 8, 16, 32, 64)
@@ -171,12 +184,14 @@ def build_all(args: argparse.Namespace, x: np.ndarray) -> dict[str, tuple[Any, f
 
 def run_main_table(
     args: argparse.Namespace, x: np.ndarray, q: np.ndarray, built: dict[str, tuple[Any, float]]
-) -> None:
+) -> tuple[list[Point], float]:
+    """Prints the table; returns its points and brute force's p50 (µs), for the plot."""
     import faiss
 
     k = args.k
     truth, _ = exact_search(x, q, k)
     rows: list[list[str]] = []
+    points: list[Point] = []
     bf = time_single(lambda v: exact_search(x, v, k), q[: args.bf_queries])
     rows.append(["brute force", "-", "1.000", f"{bf.p50_us:.0f}", f"{bf.p99_us:.0f}", "-", "-", "-"])
     for name, (index, build_s) in built.items():
@@ -213,6 +228,7 @@ def run_main_table(
                 return index.search(v, k, params=sp)
 
             t_raw, t_ours, ids = time_pair(raw, ours, q, k)
+            points.append(Point(name, label, recall_at_k(ids, truth), t_ours.p50_us, t_raw.p50_us))
             rows.append(
                 [
                     name,
@@ -231,6 +247,45 @@ def run_main_table(
     print_table(
         ["backend", "param", f"recall@{k}", "p50 us", "p99 us", "raw p50 us", "ours/raw", "build s"], rows
     )
+    return points, bf.p50_us
+
+
+def plot_recall_latency(points: list[Point], brute_p50_us: float, k: int, title: str, path: Path) -> None:
+    """PNG: recall@k against single-query p50 latency, one curve a backend over its search parameter
+    (ef, nprobe), ours solid and the raw library call dashed; brute force as the exact reference."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = iter(matplotlib.colormaps["tab10"].colors)
+    for backend in dict.fromkeys(p.backend for p in points):
+        mine = [p for p in points if p.backend == backend]
+        color = next(colors)
+        recalls = [p.recall for p in mine]
+        ax.plot(recalls, [p.ours_p50_us for p in mine], marker="o", color=color, label=f"{backend} (Quarry)")
+        ax.plot(
+            recalls,
+            [p.raw_p50_us for p in mine],
+            marker=".",
+            linestyle="--",
+            color=color,
+            label=f"{backend} (raw)",
+        )
+        for p in mine:
+            ax.annotate(
+                p.param, (p.recall, p.ours_p50_us), textcoords="offset points", xytext=(4, 4), fontsize=7
+            )
+    ax.axhline(brute_p50_us, color="grey", linestyle=":", label="brute force (recall 1.0)")
+    ax.set_xlabel(f"recall@{k} (against brute force)")
+    ax.set_ylabel("single-query p50 latency (µs, one thread)")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def _masks(kind: str, x: np.ndarray, m: int, count: int, rng: np.random.Generator) -> list[np.ndarray]:
@@ -330,6 +385,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bf-queries", type=int, default=300, help="queries timed for the brute-force row")
     parser.add_argument("--filter-sweep", action="store_true", help="measure exact vs filtered-ANN cost")
     parser.add_argument("--sweep-queries", type=int, default=400)
+    parser.add_argument("--plot-out", type=Path, help="PNG: recall@k vs single-query latency per backend")
     args = parser.parse_args(argv)
 
     import faiss
@@ -349,7 +405,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.filter_sweep:
         run_filter_sweep(args, x, q, built)
     else:
-        run_main_table(args, x, q, built)
+        points, brute = run_main_table(args, x, q, built)
+        if args.plot_out:
+            plot_recall_latency(points, brute, args.k, f"ANN recall vs latency: {label}", args.plot_out)
+            print(f"plot: {args.plot_out}")
 
 
 if __name__ == "__main__":
