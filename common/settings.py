@@ -331,7 +331,8 @@ class RedisSettings(_Model):
     #: Per-command timeout: a slow Redis costs at most this, then the answer is degraded.
     socket_timeout_ms: Annotated[float, Field(gt=0)] = 20.0
     connect_timeout_ms: Annotated[float, Field(gt=0)] = 50.0
-    #: Consecutive failures that open the circuit breaker, and how long it stays open.
+    #: Failures in a row that open the circuit breaker (calls in flight together when one stall hits
+    #: count once: retriever.features.recent.CircuitBreaker), and how long it stays open.
     breaker_failures: Annotated[int, Field(ge=1)] = 3
     breaker_open_s: Annotated[float, Field(gt=0)] = 2.0
     #: Recent events kept per user, and for how long after the user's last event.

@@ -201,6 +201,9 @@ class StepResult:
     stage_ms: dict[str, float] = field(default_factory=dict)
     branch_ms: dict[str, float] = field(default_factory=dict)
     encode_call_ms: float | None = None
+    #: Recall branch calls that timed out or failed during the step, by branch (`quarry_branch_results_
+    #: total`): answers that came back degraded, which ghz (it reads no answers) cannot count.
+    branch_failed: dict[str, int] = field(default_factory=dict)
 
 
 Labels = tuple[tuple[str, str], ...]
@@ -307,6 +310,14 @@ def breakdown(step: StepResult, before: Scrape | None, after: Scrape | None, met
             sorted(hist_mean_ms_by(before, after, "quarry_branch_latency_seconds", "branch").items())
         )
     step.encode_call_ms = hist_mean_ms(before, after, "quarry_query_encode_batch_seconds")
+    failed: dict[str, int] = {}
+    for status in ("timeout", "error"):
+        now = after.by("quarry_branch_results_total", "branch", status=status)
+        was = before.by("quarry_branch_results_total", "branch", status=status)
+        for branch, n in now.items():
+            if (d := round(n - was.get(branch, 0.0))) > 0:
+                failed[branch] = failed.get(branch, 0) + d
+    step.branch_failed = dict(sorted(failed.items()))
 
 
 def encode_batches(metrics_url: str | None) -> tuple[float, float] | None:
@@ -1051,7 +1062,8 @@ class LoadReport:
         """Where a request's time went at each step (means, ms): the client's; the server's RPC handler
         and its pipeline stages (sequential: they add up to the handler's time less decoding and the
         answer's conversion); its recall branches (concurrent, inside `recall`) and one encoder call.
-        Client minus handler is the transport and the wait before the handler ran (the queue)."""
+        Client minus handler is the transport and the wait before the handler ran (the queue). Last, the
+        branch calls that timed out or failed: degraded answers, which ghz's counts do not show."""
         steps = [s for s in self.steps if s.handler_ms is not None]
         if not steps:
             return []
@@ -1071,7 +1083,7 @@ class LoadReport:
             + " ".join(f"{n:>{w(n)}}" for n in stages)
             + " | "
             + " ".join(f"{n:>{w(n)}}" for n in branches)
-            + f" | {'encode call':>11}",
+            + f" | {'encode call':>11}  failed branch calls",
         ]
         for s in steps:
             queue = s.mean_ms - s.handler_ms if s.mean_ms is not None and s.handler_ms is not None else None
@@ -1080,7 +1092,8 @@ class LoadReport:
                 + " ".join(cell(s.stage_ms.get(n), w(n)) for n in stages)
                 + " | "
                 + " ".join(cell(s.branch_ms.get(n), w(n)) for n in branches)
-                + f" | {cell(s.encode_call_ms, 11)}"
+                + f" | {cell(s.encode_call_ms, 11)}  "
+                + (", ".join(f"{k} {v}" for k, v in s.branch_failed.items()) or "0")
             )
         return out
 

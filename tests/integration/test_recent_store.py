@@ -177,6 +177,25 @@ async def test_dead_redis_fails_fast_and_breaker_opens(cluster: bool) -> None:
     await s.close()
 
 
+async def test_one_stall_of_the_loop_does_not_open_the_breaker(redis_url: str) -> None:
+    """Reads in flight while this process's event loop stalls past the socket timeout fail (their answers
+    wait in the socket, the timeouts fire first), with Redis healthy: that is one failure for the
+    breaker, not one per read; the next read is served."""
+    import time
+
+    s = RedisRecentStore(RedisSettings(url=redis_url, socket_timeout_ms=20, breaker_failures=3))
+    await s.recent("c", "stall-user", 5)  # connected
+    for _ in range(3):
+        reads = [asyncio.create_task(s.recent("c", f"stall-user-{i}", 5)) for i in range(8)]
+        await asyncio.sleep(0)  # they send
+        time.sleep(0.06)  # noqa: ASYNC251 (the point: the loop stalls, as under another request's CPU)
+        res = await asyncio.gather(*reads, return_exceptions=True)
+        assert all(r == [] or isinstance(r, StoreUnavailable) for r in res), res
+        assert not s.breaker.is_open
+        assert await s.recent("c", "stall-user", 5) == []
+    await s.close()
+
+
 async def test_realtime_counters_are_idempotent(store: RecentStore) -> None:
     assert await store.counters("c", "u1") == type(await store.counters("c", "u1"))()  # zeros when unknown
     await store.append(

@@ -11,7 +11,11 @@ from quarry.load import LoadReport, Scrape, StepResult, breakdown, hist_mean_ms,
 
 
 def _exposition(
-    stage_counts: dict[str, tuple[int, float]], *, handler: tuple[int, float], ann: tuple[int, float]
+    stage_counts: dict[str, tuple[int, float]],
+    *,
+    handler: tuple[int, float],
+    ann: tuple[int, float],
+    failed: tuple[int, int] = (0, 0),
 ) -> str:
     """Text exposition with the series the harness reads (a histogram's _count and _sum suffice)."""
     lines = [
@@ -42,6 +46,12 @@ def _exposition(
         'quarry_branch_latency_seconds_sum{branch="ann",collection="b"} 0.001',
         'quarry_branch_latency_seconds_count{branch="geo",collection="a"} 4',
         'quarry_branch_latency_seconds_sum{branch="geo",collection="a"} 0.002',
+        "# HELP quarry_branch_results recall branch outcomes",
+        "# TYPE quarry_branch_results counter",
+        f'quarry_branch_results_total{{branch="ann",collection="a",status="ok"}} {ann[0]}',
+        f'quarry_branch_results_total{{branch="ann",collection="a",status="timeout"}} {failed[0]}',
+        f'quarry_branch_results_total{{branch="behavior",collection="a",status="error"}} {failed[1]}',
+        'quarry_branch_results_total{branch="geo",collection="a",status="skipped"} 3',
     ]
     return "\n".join(lines) + "\n"
 
@@ -58,6 +68,7 @@ AFTER = Scrape.parse(
         {"validate": (110, 0.011), "recall": (110, 0.65), "fuse": (110, 0.034)},
         handler=(112, 0.78),
         ann=(110, 0.54),
+        failed=(3, 7),
     )
 )
 
@@ -94,6 +105,8 @@ def test_breakdown_fills_a_step_and_the_report_prints_and_plots_it(tmp_path: Pat
     assert step.stage_ms["recall"] == pytest.approx(6.0)
     assert step.branch_ms == {"ann": pytest.approx(5.0)}
     assert step.encode_call_ms is None  # no encoder series in this exposition
+    # Timeouts and errors, not skips: the answers that came back degraded.
+    assert step.branch_failed == {"ann": 3, "behavior": 7}
 
     report = LoadReport(
         "test machine",
@@ -111,6 +124,7 @@ def test_breakdown_fills_a_step_and_the_report_prints_and_plots_it(tmp_path: Pat
     # offered, client mean, queue+net (client − handler), handler, then the stages in order.
     assert row[:4] == ["100", "8.50", "1.50", "7.00"]
     assert row[5:8] == ["0.10", "6.00", "0.30"]
+    assert text.endswith("ann 3, behavior 7")
     png = tmp_path / "load.png"
     report.plot(png)
     assert png.stat().st_size > 10_000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -121,6 +135,7 @@ def test_no_scrapes_or_a_mixed_step_leave_the_breakdown_empty() -> None:
         step = StepResult(100, 1.0, 100, 100, 99.0, 8.0, 9.0, 12.0, 13.0)
         breakdown(step, before, after, method)
         assert step.handler_ms is None and step.stage_ms == {} and step.branch_ms == {}
+        assert step.branch_failed == {}
     report = LoadReport(
         "m", "c", "search", "none", 0.0, {"total": 4.0, "wall_p50": 4.0, "wall_p99": 6.0}, 500.0, [step]
     )

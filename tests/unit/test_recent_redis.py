@@ -52,6 +52,52 @@ async def test_a_call_past_its_deadline_fails_and_counts_for_the_breaker() -> No
     await s.close()
 
 
+def test_calls_in_flight_together_fail_as_one() -> None:
+    """The breaker counts failures in a row in time: calls that were all in flight when one stall hit
+    (of Redis, or of this process's event loop) count once; calls made after a failure count anew."""
+    import time
+
+    from retriever.features.recent import CircuitBreaker
+
+    b = CircuitBreaker(failures=3, open_s=60)
+    started = time.monotonic()
+    for _ in range(8):  # eight reads in flight through one stall
+        b.failure(started)
+    assert not b.is_open
+    b.failure(time.monotonic())  # a call made after that failure
+    assert not b.is_open
+    b.failure(started)  # still one of the first eight: no count
+    assert not b.is_open
+    b.failure(time.monotonic())  # the third in a row
+    assert b.is_open
+    with pytest.raises(StoreUnavailable, match="circuit breaker is open"):
+        b.check()
+
+    # A success in between resets the run.
+    b = CircuitBreaker(failures=2, open_s=60)
+    b.failure(time.monotonic())
+    b.success()
+    b.failure(time.monotonic())
+    assert not b.is_open
+    b.failure(time.monotonic())
+    assert b.is_open
+
+
+def test_an_open_breaker_reopens_at_the_first_failure_after_it_closes() -> None:
+    import time
+
+    from retriever.features.recent import CircuitBreaker
+
+    b = CircuitBreaker(failures=2, open_s=0.01)
+    b.failure(time.monotonic())
+    b.failure(time.monotonic())
+    assert b.is_open
+    time.sleep(0.02)
+    assert not b.is_open
+    b.failure(time.monotonic())  # the trial call after open_s: still failing, open again at once
+    assert b.is_open
+
+
 @given(
     st.lists(
         st.tuples(st.text(min_size=1), st.text(min_size=1), st.floats(0, 2e9), st.floats(-10, 10)),
