@@ -227,16 +227,24 @@ class Scrape:
         return cls(samples)
 
     @classmethod
-    def read(cls, metrics_url: str | None) -> Scrape | None:
-        """The endpoint's samples now; None without a URL or when it cannot be read (a benchmark reads
-        what it can)."""
-        if not metrics_url:
-            return None
+    def fetch(cls, metrics_url: str) -> Scrape:
+        """The endpoint's samples now.
+
+        Raises:
+            OSError: the endpoint could not be read.
+        """
         import urllib.request
 
+        with urllib.request.urlopen(metrics_url, timeout=5) as resp:
+            return cls.parse(resp.read().decode())
+
+    @classmethod
+    def read(cls, metrics_url: str | None) -> Scrape | None:
+        """`fetch`, or None without a URL or when it cannot be read (a benchmark reads what it can)."""
+        if not metrics_url:
+            return None
         try:
-            with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-                return cls.parse(resp.read().decode())
+            return cls.fetch(metrics_url)
         except OSError:
             return None
 
@@ -262,22 +270,22 @@ def metric_sums(metrics_url: str, names: Sequence[str]) -> dict[str, float]:
     Raises:
         OSError: the endpoint could not be read.
     """
-    import urllib.request
-
-    with urllib.request.urlopen(metrics_url, timeout=5) as resp:
-        scrape = Scrape.parse(resp.read().decode())
+    scrape = Scrape.fetch(metrics_url)
     return {name: scrape.total(name) for name in names}
 
 
-def hist_mean_ms(before: Scrape, after: Scrape, histogram: str, **match: str) -> float | None:
-    """A histogram's mean observation between two scrapes, in ms (seconds-valued histograms); None
-    when nothing was observed meanwhile."""
+def hist_mean(before: Scrape, after: Scrape, histogram: str, **match: str) -> float | None:
+    """A histogram's mean observation between two scrapes; None when nothing was observed meanwhile."""
     count = after.total(f"{histogram}_count", **match) - before.total(f"{histogram}_count", **match)
     if count <= 0:
         return None
-    return (
-        (after.total(f"{histogram}_sum", **match) - before.total(f"{histogram}_sum", **match)) / count * 1000
-    )
+    return (after.total(f"{histogram}_sum", **match) - before.total(f"{histogram}_sum", **match)) / count
+
+
+def hist_mean_ms(before: Scrape, after: Scrape, histogram: str, **match: str) -> float | None:
+    """`hist_mean` of a seconds-valued histogram, in ms."""
+    mean = hist_mean(before, after, histogram, **match)
+    return None if mean is None else mean * 1000
 
 
 def hist_mean_ms_by(
@@ -297,8 +305,12 @@ _PIPELINE = {"Search": "search", "Recommend": "recommend"}
 
 
 def breakdown(step: StepResult, before: Scrape | None, after: Scrape | None, method: str) -> None:
-    """Fill `step`'s server-side means from two scrapes of the server's /metrics taken around it."""
-    if before is None or after is None or not method:
+    """Fill `step`'s server-side means from two scrapes of the server's /metrics taken around it: the
+    queries a query-encoder call held, then (for one method's steps) where the time went."""
+    if before is None or after is None:
+        return
+    step.encode_batch = hist_mean(before, after, "quarry_query_encode_batch_size")
+    if not method:
         return
     step.handler_ms = hist_mean_ms(before, after, "quarry_grpc_request_seconds", method=method)
     if method in _PIPELINE:
@@ -318,28 +330,6 @@ def breakdown(step: StepResult, before: Scrape | None, after: Scrape | None, met
             if (d := round(n - was.get(branch, 0.0))) > 0:
                 failed[branch] = failed.get(branch, 0) + d
     step.branch_failed = dict(sorted(failed.items()))
-
-
-def encode_batches(metrics_url: str | None) -> tuple[float, float] | None:
-    """(calls, queries) so far from a server's quarry_query_encode_batch_size, summed over encoders; None
-    without a URL or when it cannot be read (a benchmark reads what it can)."""
-    return _encode_batches(Scrape.read(metrics_url))
-
-
-def _encode_batches(scrape: Scrape | None) -> tuple[float, float] | None:
-    if scrape is None:
-        return None
-    return (
-        scrape.total("quarry_query_encode_batch_size_count"),
-        scrape.total("quarry_query_encode_batch_size_sum"),
-    )
-
-
-def mean_batch(before: tuple[float, float] | None, after: tuple[float, float] | None) -> float | None:
-    """Queries a call between two `encode_batches` readings; None without both or without a call."""
-    if before is None or after is None or after[0] <= before[0]:
-        return None
-    return (after[1] - before[1]) / (after[0] - before[0])
 
 
 def _family(pid: int) -> list[int]:
@@ -1277,9 +1267,7 @@ def run_load(
             step = send_step(
                 client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
             )
-            scrape1 = Scrape.read(metrics_url)
-            step.encode_batch = mean_batch(_encode_batches(scrape0), _encode_batches(scrape1))
-            breakdown(step, scrape0, scrape1, method)
+            breakdown(step, scrape0, Scrape.read(metrics_url), method)
             offset += step.sent + step.dropped
             steps.append(step)
             print(

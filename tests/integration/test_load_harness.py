@@ -12,12 +12,14 @@ from common.settings import AnnSettings, CollectionSettings
 from common.v1 import search_pb2 as pb
 from quarry.load import (
     Mix,
+    Scrape,
+    StepResult,
     batched_total,
+    breakdown,
     build_mix,
-    encode_batches,
     floor_cpu_ms,
     ghz_binary,
-    mean_batch,
+    hist_mean,
     repeat_share,
     run_ghz_step,
     run_step,
@@ -151,21 +153,27 @@ def test_a_step_reads_the_servers_query_encode_batches(movielens_snapshot: Path)
     srv = ServerThread([movielens_snapshot], collections={"movielens": {"ann": {"query_cache_size": 0}}})
     try:
         mix = build_mix(open_collection(movielens_snapshot), "search", n=40, repetition="none")
-        before = encode_batches(url)
+        before = Scrape.read(url)
         step = asyncio.run(run_step(srv.target, mix, rate=40, duration_s=1.0, arrival="constant"))
-        after = encode_batches(url)
+        after = Scrape.read(url)
     finally:
         srv.close()
         httpd.shutdown()
         httpd.server_close()
     assert step.ok == step.sent == 40
     assert before is not None and after is not None
-    calls, queries = after[0] - before[0], after[1] - before[1]
+    name = "quarry_query_encode_batch_size"
+    calls = after.total(f"{name}_count") - before.total(f"{name}_count")
+    queries = after.total(f"{name}_sum") - before.total(f"{name}_sum")
     assert queries == 40 and 1 <= calls <= 40, (calls, queries)
-    assert mean_batch(before, after) == queries / calls >= 1.0
-    assert mean_batch(before, before) is None and mean_batch(None, after) is None
-    assert encode_batches(None) is None
-    assert encode_batches(f"http://127.0.0.1:{httpd.server_port}/metrics") is None  # no longer served
+    breakdown(step, before, after, "Search")
+    assert step.encode_batch == hist_mean(before, after, name) == queries / calls >= 1.0
+    assert hist_mean(before, before, name) is None
+    unread = StepResult(40, 1.0, 40, 40, 40.0, 1.0, 1.0, 1.0, 1.0)
+    breakdown(unread, None, after, "Search")
+    assert unread.encode_batch is None
+    assert Scrape.read(None) is None
+    assert Scrape.read(f"http://127.0.0.1:{httpd.server_port}/metrics") is None  # no longer served
 
 
 def test_server_memory_counts_the_workers_once(tmp_path: Path) -> None:
