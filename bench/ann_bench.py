@@ -259,7 +259,7 @@ def plot_recall_latency(points: list[Point], brute_p50_us: float, k: int, title:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    colors = iter(matplotlib.colormaps["tab10"].colors)
+    colors = iter(matplotlib.color_sequences["tab10"])
     for backend in dict.fromkeys(p.backend for p in points):
         mine = [p for p in points if p.backend == backend]
         color = next(colors)

@@ -1137,7 +1137,7 @@ class LoadReport:
                 [max(0.0, (s.handler_ms or 0) - sum(s.stage_ms.values())) for s in steps],
             ),
         ]
-        colors = iter(matplotlib.colormaps["tab20"].colors)
+        colors = iter(matplotlib.color_sequences["tab20"])
         bottom = np.zeros(len(steps))
         for name, values in parts:
             color = next(colors)
