@@ -1507,6 +1507,13 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
     "empty responses (quarry.rpc_floor): the transport's and the client's CPU a call, and the bound they "
     "leave on these cores.",
 )
+@click.option(
+    "--paced-floor/--no-paced-floor",
+    default=True,
+    show_default=True,
+    help="Time the floor's requests again at the first step's rate (constant arrivals, idle between "
+    "them): what idle cores cost this host, beside each step's server CPU a request.",
+)
 def bench_load_cmd(
     snapshot: Path,
     target: str | None,
@@ -1529,6 +1536,7 @@ def bench_load_cmd(
     metrics_url: str | None,
     ghz_connections: int,
     rpc_floor: bool,
+    paced_floor: bool,
 ) -> None:
     """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor and the RPC
     floor."""
@@ -1566,6 +1574,7 @@ def bench_load_cmd(
         metrics_url=metrics_url,
         ghz_connections=ghz_connections,
         rpc_floor=rpc_floor,
+        paced_floor=paced_floor,
     )
     click.echo(report.table())
     if json_out is not None:

@@ -205,6 +205,13 @@ class StepResult:
     #: total`): answers that came back degraded, which ghz (it reads no answers) cannot count.
     branch_failed: dict[str, int] = field(default_factory=dict)
 
+    @property
+    def server_cpu_ms_per_request(self) -> float | None:
+        """The server's CPU per answered request over the step, ms (all its processes and threads)."""
+        if self.server_cpu_cores is None or self.achieved_rps <= 0:
+            return None
+        return self.server_cpu_cores * 1000 / self.achieved_rps
+
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -617,9 +624,15 @@ def floor_cpu_ms(
     redis_cluster: bool = False,
     candidates: int = 200,
     walls_out: list[float] | None = None,
+    pace_rps: float | None = None,
 ) -> dict[str, float]:
     """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
     and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
+
+    Back to back by default: the least the work costs. With `pace_rps`, request i starts no earlier than
+    i / `pace_rps` s after the first (constant arrivals; a late request starts at once), idle in between,
+    as a server below saturation receives them: on a host whose idle cores halt (a VM without guest halt
+    polling, deep C-states), the same work then costs more CPU. The batched-encode pass is skipped then.
 
     With behavior data, each request names a user as the load mix does, so the floor also pays what a
     known user costs: the Redis reads (recent events + counters, one pipelined round trip, redis-py; with
@@ -661,6 +674,8 @@ def floor_cpu_ms(
         per.setdefault(name, []).append((time.process_time() - c0) * 1000)
         return out
 
+    if pace_rps is not None and pace_rps <= 0:
+        raise ValueError(f"pace_rps must be > 0, got {pace_rps}")
     walls: list[float] = []
     with threadpool_limits(1):
         # Untimed first use: jieba loads its dictionary and onnxruntime its session lazily (~1 s), which
@@ -669,7 +684,10 @@ def floor_cpu_ms(
             analyze("warm up 上海", a)  # Han text: jieba loads at the first one
         if ann is not None:
             ann.encoder.encode(["warm up"])
+        start = time.perf_counter()
         for i, text in enumerate(texts):
+            if pace_rps is not None:
+                time.sleep(max(0.0, start + i / pace_rps - time.perf_counter()))
             w0 = time.perf_counter()
             lists: list[np.ndarray] = []
             if inv is not None:
@@ -718,7 +736,7 @@ def floor_cpu_ms(
         # arrival order as its batches form: CPU per text, outside the per-request sequence.
         batch = ann.query.batcher.max_batch if ann is not None and ann.query.batcher is not None else 1
         batched = 0.0
-        if batch > 1 and "encode" in per:
+        if batch > 1 and "encode" in per and pace_rps is None:
             c0 = time.process_time()
             for start in range(0, len(texts), batch):
                 chunk = list(texts[start : start + batch])
@@ -980,6 +998,10 @@ class LoadReport:
     #: (None when not computed).
     ideal_p99_ms: float | None = None
     ideal_arrival: str = ""
+    #: The floor again, its requests paced at `floor_paced_rps` (constant arrivals, idle between them) as
+    #: a server below saturation receives them: what idle cores cost this host (None when not measured).
+    floor_paced: dict[str, float] | None = None
+    floor_paced_rps: float | None = None
 
     @property
     def bound_rps(self) -> float | None:
@@ -990,7 +1012,10 @@ class LoadReport:
         return self.rpc_floor.bound_rps(batched_total(self.floor) or self.floor["total"])
 
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "bound_rps": self.bound_rps}, indent=2)
+        out = asdict(self)
+        for step, row in zip(self.steps, out["steps"], strict=True):
+            row["server_cpu_ms_per_request"] = step.server_cpu_ms_per_request
+        return json.dumps({**out, "bound_rps": self.bound_rps}, indent=2)
 
     def table(self) -> str:
         lines = [
@@ -1007,6 +1032,17 @@ class LoadReport:
                 else ""
             ),
         ]
+        paced = self.floor_paced
+        if paced is not None and self.floor_paced_rps is not None:
+            enc = ""
+            if "encode" in paced and self.floor.get("encode"):
+                enc = f" (encode {paced['encode']:.3f} = {paced['encode'] / self.floor['encode']:.2f}x)"
+            lines.append(
+                f"floor paced at {self.floor_paced_rps:.0f} req/s (one thread, constant arrivals, idle "
+                f"between requests): {paced['total']:.3f} CPU ms/request = "
+                f"{paced['total'] / self.floor['total']:.2f}x back to back{enc}; p50 "
+                f"{paced['wall_p50']:.3f} ms, p99 {paced['wall_p99']:.3f} ms"
+            )
         if self.ideal_p99_ms is not None:
             lines.append(
                 f"ideal server ({CORES} requests at once, each costing what the floor's did, nothing else; "
@@ -1029,8 +1065,8 @@ class LoadReport:
             )
         lines.append(
             f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
-            f"{'ach/ceil':>8} {'ach/bound':>9} {'p99/floor':>9} {'srv cpu':>7} {'cli cpu':>7} {'srv MiB':>8} "
-            f"{'enc batch':>9}  errors / dropped"
+            f"{'ach/ceil':>8} {'ach/bound':>9} {'p99/floor':>9} {'srv cpu':>7} {'ms/req':>6} {'xfloor':>6} "
+            f"{'cli cpu':>7} {'srv MiB':>8} {'enc batch':>9}  errors / dropped"
         )
         for s in self.steps:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
@@ -1039,11 +1075,14 @@ class LoadReport:
             batch = f"{s.encode_batch:.2f}" if s.encode_batch is not None else "-"
             cli = f"{s.client_cpu_cores:.2f}" if s.client_cpu_cores is not None else "-"
             of_bound = f"{s.achieved_rps / bound:.2f}" if bound else "-"
+            per_req = s.server_cpu_ms_per_request
+            ms = f"{per_req:.2f}" if per_req is not None else "-"
+            x = f"{per_req / self.floor['total']:.2f}" if per_req is not None else "-"
             lines.append(
                 f"{s.offered_rps:8.0f} {s.achieved_rps:9.1f} {s.p50_ms:8.2f} {s.p90_ms:8.2f} {s.p99_ms:8.2f} "
                 f"{s.p999_ms:9.2f} {s.achieved_rps / self.ceiling_rps:8.2f} {of_bound:>9} "
-                f"{s.p99_ms / self.floor['wall_p99']:9.1f} {cpu:>7} {cli:>7} {rss:>8} {batch:>9}  "
-                f"{errs} / {s.dropped}"
+                f"{s.p99_ms / self.floor['wall_p99']:9.1f} {cpu:>7} {ms:>6} {x:>6} {cli:>7} {rss:>8} "
+                f"{batch:>9}  {errs} / {s.dropped}"
             )
         lines += self.breakdown_table()
         return "\n".join(lines)
@@ -1205,6 +1244,7 @@ def run_load(
     metrics_url: str | None = None,
     ghz_connections: int = 8,
     rpc_floor: bool = True,
+    paced_floor: bool = True,
 ) -> LoadReport:
     """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
 
@@ -1214,7 +1254,9 @@ def run_load(
 
     With `rpc_floor`, once the steps are done (and a server this function started has stopped), the same
     client sends the same requests at the highest rate to quarry.rpc_floor: the RPC floor, and with it
-    the report's bound."""
+    the report's bound. With `paced_floor`, the floor's requests are timed again at the first step's rate
+    (floor_cpu_ms's `pace_rps`), so the report shows what idle cores cost this host beside what the
+    server spends a request at each step."""
     if client == "ghz":
         if ghz is None:
             raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
@@ -1238,6 +1280,9 @@ def run_load(
     texts = query_pool(coll)[:floor_n]
     walls: list[float] = []
     floor = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster, walls_out=walls)
+    paced = None
+    if paced_floor:
+        paced = floor_cpu_ms(coll, texts, redis_url=redis_url, redis_cluster=redis_cluster, pace_rps=rates[0])
     ceiling = CORES * 1000 / floor["total"]
     # ghz paces at a constant rate; this module's client sends as `arrival` says.
     ideal_arrival = "constant" if client == "ghz" else arrival
@@ -1292,6 +1337,8 @@ def run_load(
         rpc,
         ideal,
         ideal_arrival,
+        paced,
+        rates[0] if paced is not None else None,
     )
 
 

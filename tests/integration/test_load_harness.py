@@ -63,6 +63,27 @@ def test_mixes_are_valid_requests(tiny_snapshot: Path) -> None:
     assert len(walls) == 3 and max(walls) >= floor["wall_p99"] >= min(walls) > 0
 
 
+def test_a_paced_floor_waits_between_its_requests(tiny_snapshot: Path) -> None:
+    """`pace_rps`: the floor's requests start at constant arrivals (idle between them, as a server below
+    saturation receives them), so the run lasts at least (n - 1) / rate; the batched-encode pass is left
+    out; a non-positive pace is refused."""
+    import time
+
+    coll = Collection(tiny_snapshot, CollectionSettings())
+    texts = ["paris", "上海", "zurich", "lyon", "berlin"]
+    floor_cpu_ms(coll, texts)  # warm: lazy loading is not what this times
+    walls: list[float] = []
+    t0 = time.perf_counter()
+    paced = floor_cpu_ms(coll, texts, pace_rps=20.0, walls_out=walls)
+    assert time.perf_counter() - t0 >= (len(texts) - 1) / 20.0
+    assert len(walls) == len(texts) and paced["total"] > 0 and paced["wall_p99"] >= paced["wall_p50"] > 0
+    assert "encode" in paced and not any(k.startswith("batched") for k in paced)
+    # A request's wall time is its own work, not the wait before it (the waits alone add up to ~200 ms).
+    assert sum(walls) < 1000 * (len(texts) - 1) / 20.0
+    with pytest.raises(ValueError, match="pace_rps"):
+        floor_cpu_ms(coll, texts, pace_rps=0)
+
+
 def test_open_loop_step_against_a_real_server(server: str, tiny_snapshot: Path) -> None:
     coll = Collection(tiny_snapshot, CollectionSettings())
     good = build_mix(coll, "search", n=100)

@@ -149,3 +149,50 @@ def test_no_scrapes_or_a_mixed_step_leave_the_breakdown_empty() -> None:
 def test_scrape_read_without_an_endpoint() -> None:
     assert Scrape.read(None) is None
     assert Scrape.read("http://127.0.0.1:9/metrics") is None  # nothing listens on the discard port
+
+
+def test_the_report_prints_the_paced_floor_and_the_servers_cpu_a_request() -> None:
+    """The floor timed again at the first step's pace (what idle cores cost the host) and, at each step, the
+    server's CPU per answered request beside the back-to-back floor's: cores × 1000 / answered per s."""
+    import json
+
+    floor = {"total": 4.0, "encode": 3.0, "wall_p50": 4.0, "wall_p99": 6.0}
+    paced = {"total": 5.0, "encode": 3.9, "wall_p50": 5.2, "wall_p99": 7.5}
+    busy = StepResult(100, 1.0, 100, 100, 80.0, 8.0, 9.0, 12.0, 13.0, server_cpu_cores=0.64)
+    idle = StepResult(200, 1.0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, server_cpu_cores=0.01)  # nothing answered
+    unmeasured = StepResult(300, 1.0, 10, 10, 10.0, 8.0, 9.0, 12.0, 13.0)
+    assert busy.server_cpu_ms_per_request == pytest.approx(8.0)
+    assert idle.server_cpu_ms_per_request is None and unmeasured.server_cpu_ms_per_request is None
+    report = LoadReport(
+        "m",
+        "c",
+        "search",
+        "none",
+        0.0,
+        floor,
+        500.0,
+        [busy, idle, unmeasured],
+        None,
+        None,
+        None,
+        "",
+        paced,
+        100.0,
+    )
+    text = report.table()
+    line = next(x for x in text.splitlines() if x.startswith("floor paced"))
+    assert "at 100 req/s" in line and "5.000 CPU ms/request = 1.25x back to back" in line
+    assert "(encode 3.900 = 1.30x)" in line and "p99 7.500 ms" in line
+    header = next(x for x in text.splitlines() if x.split()[:1] == ["offered"])
+    assert "srv cpu ms/req xfloor cli cpu" in " ".join(header.split())
+    rows = {
+        x.split()[0]: x.split() for x in text.splitlines() if x.split()[:1] in (["100"], ["200"], ["300"])
+    }
+    # offered, achieved, p50, p90, p99, p99.9, ach/ceil, ach/bound, p99/floor, srv cpu, ms/req, xfloor
+    assert rows["100"][9:12] == ["0.64", "8.00", "2.00"]  # 8 ms a request = 2x the floor's 4
+    assert rows["200"][9:12] == ["0.01", "-", "-"] and rows["300"][9:12] == ["-", "-", "-"]
+    data = json.loads(report.to_json())
+    assert data["floor_paced"] == paced and data["floor_paced_rps"] == 100.0
+    assert [s["server_cpu_ms_per_request"] for s in data["steps"]] == [pytest.approx(8.0), None, None]
+    # Without the paced floor the line is absent.
+    assert "floor paced" not in LoadReport("m", "c", "search", "none", 0.0, floor, 500.0, [busy]).table()
