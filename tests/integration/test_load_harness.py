@@ -333,3 +333,9 @@ def test_steps_never_resend_the_warm_ups_requests(tiny_snapshot: Path) -> None:
         assert sum(step.stage_ms.values()) < step.handler_ms
         assert "inverted" in step.branch_ms and max(step.branch_ms.values()) < step.stage_ms["recall"]
     assert "where the time went" in report.table()
+    # The floor paced at the first step's rate (constant arrivals), and the server's CPU a request.
+    assert report.floor_paced is not None and report.floor_paced_rps == 20
+    assert report.floor_paced["total"] > 0 and "floor paced at 20 req/s" in report.table()
+    for step in report.steps:
+        per_req = step.server_cpu_ms_per_request
+        assert per_req is not None and per_req > 0
