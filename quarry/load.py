@@ -684,10 +684,10 @@ def floor_cpu_ms(
             analyze("warm up 上海", a)  # Han text: jieba loads at the first one
         if ann is not None:
             ann.encoder.encode(["warm up"])
-        start = time.perf_counter()
+        began = time.perf_counter()
         for i, text in enumerate(texts):
             if pace_rps is not None:
-                time.sleep(max(0.0, start + i / pace_rps - time.perf_counter()))
+                time.sleep(max(0.0, began + i / pace_rps - time.perf_counter()))
             w0 = time.perf_counter()
             lists: list[np.ndarray] = []
             if inv is not None:
