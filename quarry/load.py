@@ -1307,12 +1307,18 @@ def run_load(
         )
         steps = []
         offset = warm.sent + warm.dropped
+        # Nothing is sent between steps: a step's closing scrape is the next one's opening scrape (read
+        # again only where it could not be read).
+        scrape = None
         for i, rate in enumerate(rates):
-            scrape0 = Scrape.read(metrics_url)
+            if scrape is None:
+                scrape = Scrape.read(metrics_url)
             step = send_step(
                 client, target, mix, rate, duration_s, server_pid=server_pid, offset=offset, seed=i, **sender
             )
-            breakdown(step, scrape0, Scrape.read(metrics_url), method)
+            after = Scrape.read(metrics_url)
+            breakdown(step, scrape, after, method)
+            scrape = after
             offset += step.sent + step.dropped
             steps.append(step)
             print(
