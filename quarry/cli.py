@@ -236,6 +236,7 @@ def index_build(
     if common["encoder"] is None:
         common["passages"] = None  # no vectors, no passages
     try:
+        items: Iterable[Item]  # a catalog stream, or the catalog with real-time changes folded in
         if dataset is not None:
             ds = load_dataset(dataset, data_dir)
             items, source = ds.items(), ds.source
@@ -349,7 +350,7 @@ def _usable_encoder(name: str) -> str | None:
     return name
 
 
-def _parse_text_field(spec: str, analyzer_cls, field_cls):  # type: ignore[no-untyped-def]
+def _parse_text_field(spec: str, analyzer_cls, field_cls):
     parts = spec.split(":")
     try:
         analyzer = analyzer_cls(parts[1]) if len(parts) > 1 and parts[1] else analyzer_cls.ENGLISH
@@ -677,7 +678,7 @@ def _rpc(call: Callable[[], T]) -> T:
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()  # type: ignore[attr-defined]
+        code, details = exc.code(), exc.details()
         if code is grpc.StatusCode.UNAVAILABLE and "connect" in (details or "").lower():
             raise click.ClickException(
                 "cannot reach a Quarry server there (connection refused or no such host): "

@@ -151,7 +151,8 @@ def _same(a: Any, b: Any) -> tuple[bool, float]:
 def _equality(root: str, single: str, reqs: list[tuple[str, bytes]]) -> dict[str, Any]:
     from common.v1 import search_pb2 as pb
 
-    same, worst, branches = 0, 0.0, set()
+    same, worst = 0, 0.0
+    branches: set[str] = set()
     first_diff: list[str] = []
     with grpc.insecure_channel(root) as rc, grpc.insecure_channel(single) as sc:
         for method, body in reqs:

@@ -196,7 +196,7 @@ async def branch_lists(
     branches: Sequence[str],
     query_encoder: str = "model",
     passages: bool = True,
-) -> tuple[dict[str, dict[str, list[Candidate]]], dict[int, str]]:
+) -> tuple[dict[str, dict[str, Sequence[Candidate]]], dict[int, str]]:
     """Each branch's own candidate list per query (one Search each, debug answers), and ordinal → item id.
 
     Recall runs once per query through the real search core; every fusion is then replayed offline on
@@ -209,7 +209,7 @@ async def branch_lists(
     collection = Collection(snapshot, _eval_collection(branches, "rrf", query_encoder, passages))
     registry.put(collection)
     service = SearchService(load_settings(), registry)
-    lists: dict[str, dict[str, list[Candidate]]] = {}
+    lists: dict[str, dict[str, Sequence[Candidate]]] = {}
     ids: dict[int, str] = {}
     try:
         for qid, text in queries.items():

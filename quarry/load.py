@@ -553,6 +553,7 @@ def run_ghz_step(
     import tempfile
 
     from google.protobuf.json_format import MessageToDict
+    from google.protobuf.message import Message
 
     from common.v1 import search_pb2 as pb
 
@@ -560,9 +561,11 @@ def run_ghz_step(
     if len(methods) != 1:
         raise ValueError("ghz calls one method per run: use the search, recommend or log_events mix")
     method = methods.pop()
-    cls = {"Search": pb.SearchRequest, "Recommend": pb.RecommendRequest, "LogEvents": pb.LogEventsRequest}[
-        method
-    ]
+    cls: type[Message] = {
+        "Search": pb.SearchRequest,
+        "Recommend": pb.RecommendRequest,
+        "LogEvents": pb.LogEventsRequest,
+    }[method]
     n = max(1, round(rate * duration_s))
     bodies = [mix.requests[(offset + i) % len(mix.requests)][1] for i in range(n)]
     with tempfile.TemporaryDirectory(prefix="quarry-ghz-") as tmp:
@@ -706,6 +709,7 @@ def floor_cpu_ms(
                 )
                 lists.append(np.asarray(ids))
             if users:
+                assert behavior is not None  # users are sampled from it
                 user = users[i % len(users)]
                 if store is not None:
                     recent_key, _seen, counters_key, _items = redis_keys(collection.name, user)

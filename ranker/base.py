@@ -8,11 +8,11 @@ the documented behaviour of the ranking stage without a model, not a placeholder
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
-from common.index.forward import ForwardStore
 from common.profile import TagTable
 from common.protocols import implements
 from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, SeedWeights, UserCounters
@@ -26,13 +26,30 @@ class RankQuery(Protocol):
     def location(self) -> GeoPoint | None: ...
 
 
+class ForwardColumns(Protocol):
+    """What a ranker reads from the forward rows: columns over ordinals. `common.index.forward.ForwardStore`
+    satisfies it, and so does the retriever's LiveForward (a generation's rows plus real-time upserts)."""
+
+    @property
+    def ids(self) -> Sequence[str]: ...
+    @property
+    def attr_names(self) -> Sequence[str]: ...
+    @property
+    def lat(self) -> np.ndarray: ...
+    @property
+    def lon(self) -> np.ndarray: ...
+    def attr(self, name: str) -> np.ndarray:
+        """float64 array over ordinals; NaN where the item lacks the attribute."""
+        ...
+
+
 class RankingContext(Protocol):
     """What a ranker reads from the generation being served (the retriever's Collection satisfies it)."""
 
     @property
     def name(self) -> str: ...
     @property
-    def forward(self) -> ForwardStore:
+    def forward(self) -> ForwardColumns:
         """Rows of every ordinal a candidate may carry."""
         ...
 

@@ -28,10 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.geo import haversine_many
-from common.index.forward import ForwardStore
 from common.profile import TagTable
 from common.types import CandidateArrays, Fused, GeoPoint, ItemWindows, UserCounters
-from ranker.base import RankingContext
+from ranker.base import ForwardColumns, RankingContext
 from ranker.schema import DEFAULT_SCHEMA, FeatureSchema, reads_affinity
 
 #: Which branch's raw score feeds which feature.
@@ -46,7 +45,7 @@ DAY_S = 86_400.0
 _EPOCH_YEAR = 1970
 
 
-def item_created_ts(forward: ForwardStore) -> Callable[[np.ndarray], np.ndarray] | None:
+def item_created_ts(forward: ForwardColumns) -> Callable[[np.ndarray], np.ndarray] | None:
     """When given items came to be (epoch seconds; NaN unknown), from `created_ts`, else `year`; a
     function of the candidates' ordinals, so a request converts only its own candidates."""
     if "created_ts" in forward.attr_names:
@@ -122,9 +121,9 @@ def feature_rows(fused: Sequence[Fused], x: FeatureInputs) -> list[dict[str, flo
         for s in f.sources:
             row[f"found_by_{s.branch}"] = 1.0
             row[f"{s.branch}_rank"] = float(s.rank)
-            name = _SCORE_FEATURE.get(s.branch)
-            if name is not None:
-                row[name] = s.score
+            score_name = _SCORE_FEATURE.get(s.branch)
+            if score_name is not None:
+                row[score_name] = s.score
         row["best_branch_rank"] = float(min(s.rank for s in f.sources))
         row["branches_found"] = float(len(f.sources))
         if a is not None:

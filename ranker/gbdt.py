@@ -89,7 +89,7 @@ class GBDTRanker:
                 if not len(keep):  # a handful of queries: every bag still learns from one
                     keep = rng.integers(len(groups), size=1)
                 rows = np.concatenate([np.arange(starts[q], starts[q + 1]) for q in keep])
-                part = [groups[q] for q in keep]
+                part = [groups[int(q)] for q in keep]
                 self.boosters_.append(self._fit_one(X[rows], y[rows], part, valid, seed))
         self.booster_ = self.boosters_[0]
         self.dim_ = X.shape[1]
@@ -273,6 +273,8 @@ def _tree_ensemble(trees: list[dict[str, Any]], *, n_features: int, scale: float
             return me
 
         visit(info["tree_structure"])
+    # The ONNX attributes as make_node's **kwargs (none of the names is one of its own parameters).
+    node_attrs: dict[str, Any] = attrs
     return helper.make_node(
         "TreeEnsembleRegressor",
         [INPUT_NAME],
@@ -283,5 +285,5 @@ def _tree_ensemble(trees: list[dict[str, Any]], *, n_features: int, scale: float
         # onnxruntime's regressor does not apply LOGISTIC itself: a Sigmoid node follows instead.
         post_transform="NONE",
         base_values=[0.0],
-        **attrs,
+        **node_attrs,
     )

@@ -392,6 +392,7 @@ class LiveView:
         q = np.asarray(query, dtype=np.float32)
         scores = self.vectors @ q
         if passages and self.passage_vectors is not None and len(self.passage_vectors):
+            assert self.passage_owner is not None  # set together with passage_vectors (LiveState.apply)
             np.maximum.at(scores, self.passage_owner, self.passage_vectors @ q)
         mask = self.delta_mask(allowed)
         if mask is not None:

@@ -159,15 +159,15 @@ def item_document(ordinal: int, item: Item, fields: Iterable[TextField]) -> tant
     doc = tantivy.Document()
     doc.add_unsigned(ORD_FIELD, ordinal)
     for f in fields:
-        value = item.text.get(f.name)
-        if value:
-            doc.add_text(f.name, pretokenize_for_index(value))
+        text = item.text.get(f.name)
+        if text:
+            doc.add_text(f.name, pretokenize_for_index(text))
     if item.category is not None:
         doc.add_text(CATEGORY_FIELD, item.category)
     for tag in item.tags:
         doc.add_text(TAGS_FIELD, tag)
-    for name, value in item.attrs.items():
-        doc.add_float(ATTR_PREFIX + name, value)
+    for name, number in item.attrs.items():
+        doc.add_float(ATTR_PREFIX + name, number)
     return doc
 
 

@@ -69,7 +69,7 @@ class Bridge:
 
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"target": self.target, "collections": [], "status_error": ""}
-        named = {c: {"name": c} for c in self.collections}
+        named: dict[str, dict[str, Any]] = {c: {"name": c} for c in self.collections}
         if self.admin_token:
             from common.v1 import admin_pb2, admin_pb2_grpc
 
@@ -88,7 +88,7 @@ class Bridge:
                         "ranker": c.ranker,
                     }
             except grpc.RpcError as exc:
-                out["status_error"] = f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+                out["status_error"] = f"{exc.code().name}: {exc.details()}"
         out["collections"] = list(named.values())
         return out
 
@@ -104,8 +104,8 @@ class Bridge:
             json_format.Parse(body.decode("utf-8") or "{}", req)
         except (json_format.ParseError, UnicodeDecodeError) as exc:
             raise BadRequest(f"the request is not a valid {req.DESCRIPTOR.name} in JSON: {exc}") from None
-        req.debug = True  # type: ignore[attr-defined]
-        return rpc(req, timeout=self.timeout_s)  # type: ignore[no-any-return]
+        req.debug = True
+        return rpc(req, timeout=self.timeout_s)
 
 
 def _error(code: str, message: str) -> dict[str, Any]:
@@ -166,8 +166,8 @@ class Handler(BaseHTTPRequestHandler):
         except BadRequest as exc:
             return self._json(HTTPStatus.BAD_REQUEST, _error("INVALID_ARGUMENT", str(exc)))
         except grpc.RpcError as exc:
-            code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
-            message = exc.details() or code.name  # type: ignore[attr-defined]
+            code: grpc.StatusCode = exc.code()
+            message = exc.details() or code.name
             if code is grpc.StatusCode.UNAVAILABLE:
                 message = f"the retriever at {self.bridge.target} is unavailable: {message}"
             return self._json(_HTTP.get(code, HTTPStatus.INTERNAL_SERVER_ERROR), _error(code.name, message))

@@ -26,7 +26,7 @@ _STATUS = {
 }
 
 
-def branch_status(status: BranchStatus) -> pb.BranchStatus.ValueType:
+def branch_status(status: BranchStatus) -> pb.BranchStatus:
     return _STATUS[status]
 
 

@@ -41,7 +41,7 @@ STATUS_OF: dict[type[QuarryError], grpc.StatusCode] = {
 def status_for(exc: QuarryError) -> grpc.StatusCode:
     for cls in type(exc).__mro__:
         if cls in STATUS_OF:
-            return STATUS_OF[cls]  # type: ignore[index]
+            return STATUS_OF[cls]
     return grpc.StatusCode.INTERNAL
 
 
@@ -111,7 +111,7 @@ def rpc(method: str, request_type: Any, *, auth: bool = False) -> Callable[[Meth
                 code = status_for(exc)
                 await context.abort(code, str(exc))
             except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL

@@ -407,7 +407,7 @@ async def _fetch_from(rs: ReplicaSet, payload: bytes, budget_s: float) -> pa.Tab
 
 
 def merge_lists(
-    lists: Sequence[tuple[Sequence[int], Sequence[float]]], quota: int
+    lists: Sequence[tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]], quota: int
 ) -> list[tuple[int, float]]:
     """Shard lists (global ordinals, scores) of one branch → its top `quota` in one node's order
     (common.ordering: by score, near ties by global ordinal)."""
@@ -555,10 +555,10 @@ class RootSearchService(SearchService):
         keep = sorted({g for lst in merged.values() for g, _ in lst})
         view = CandidateView(root, _rows(answers, keep, root))
         for res in results:
-            lst = merged.get(res.branch)
-            if lst:
-                compact = view.compact([g for g, _ in lst])
-                res.candidates = [Candidate(o, s) for o, (_g, s) in zip(compact, lst, strict=True)]
+            branch_list = merged.get(res.branch)
+            if branch_list:
+                compact = view.compact([g for g, _ in branch_list])
+                res.candidates = [Candidate(o, s) for o, (_g, s) in zip(compact, branch_list, strict=True)]
         for r in results:
             metrics.record_branch(root.name, r.branch, r.status.value, r.latency_ms, len(r.candidates))
         ex.results = results

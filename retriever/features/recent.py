@@ -22,7 +22,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol, TypeVar, overload, runtime_checkable
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    NamedTuple,
+    Protocol,
+    TypeVar,
+    cast,
+    overload,
+    runtime_checkable,
+)
 
 from cachetools import TTLCache
 from prometheus_client import Counter, Gauge, Histogram
@@ -296,7 +306,7 @@ def redis_client(
         cls: Any = redis.RedisCluster if sync else redis.asyncio.RedisCluster
     else:
         cls = redis.Redis if sync else redis.asyncio.Redis
-    return cls.from_url(settings.url, **kwargs)  # type: ignore[no-any-return]
+    return cls.from_url(settings.url, **kwargs)
 
 
 class StampedCache:
@@ -481,12 +491,13 @@ class RedisRecentStore:
         for keys, args in calls:
             pipe.execute_command(command, script, len(keys), *keys, *args)
         # Errors come back in place, so a NOSCRIPT on one node does not hide the other calls' results.
-        return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+        return await pipe.execute(raise_on_error=False)
 
     async def recent(self, collection: str, user_id: str, n: int) -> list[RecentItem]:
         key = redis_keys(collection, user_id)[0]
         raw = await self._guard(lambda: self._redis.lrange(key, 0, n - 1), "recent")
-        return _parse_all(raw)
+        # redis-py types replies `bytes | str` (str only with decode_responses, which redis_client never sets).
+        return _parse_all(cast("list[bytes]", raw))
 
     async def counters(self, collection: str, user_id: str) -> UserCounters:
         cached = self._counter_cache.get((collection, user_id))
@@ -500,7 +511,7 @@ class RedisRecentStore:
             # Raw: redis-py refuses pfcount() in a cluster pipeline (PFCOUNT may name keys of several
             # slots); with one key it is an ordinary single-slot command.
             pipe.execute_command("PFCOUNT", keys[3])
-            return await pipe.execute()  # type: ignore[no-any-return]
+            return await pipe.execute()
 
         raw, distinct = await self._guard(read, "counters")
         h = {k.decode(): float(v) for k, v in raw.items()}
