@@ -1496,6 +1496,19 @@ def bench_reload_cmd(root: Path, collection: str, swaps: int, seconds: float, th
     help="ghz connections. `serve --workers N` balances connections, not requests, across its processes.",
 )
 @click.option(
+    "--raw-server/--no-raw-server",
+    default=False,
+    show_default=True,
+    help="Last, send the same steps to the raw server (python -m quarry.rpc_floor --snapshot: the floor's "
+    "library calls behind grpc.aio, nothing else of Quarry's): what the best server on these libraries and "
+    "this transport does here, and its p99 at 70%% of its own saturated rate.",
+)
+@click.option(
+    "--raw-workers",
+    type=click.IntRange(min=1, max=64),
+    help="The raw server's processes (default: server.workers, as QUARRY_SERVER__WORKERS sets it).",
+)
+@click.option(
     "--metrics-url",
     help="With --target: the server's Prometheus /metrics URL, for each step's mean query-encode batch "
     "(a server this command starts gets its own; with --workers N, the supervisor's, all workers added up).",
@@ -1538,6 +1551,8 @@ def bench_load_cmd(
     ghz_connections: int,
     rpc_floor: bool,
     paced_floor: bool,
+    raw_server: bool,
+    raw_workers: int | None,
 ) -> None:
     """Open-loop load over real gRPC in steps of offered rate, beside the raw-library floor and the RPC
     floor."""
@@ -1576,6 +1591,8 @@ def bench_load_cmd(
         ghz_connections=ghz_connections,
         rpc_floor=rpc_floor,
         paced_floor=paced_floor,
+        raw_server=raw_server,
+        raw_workers=raw_workers,
     )
     click.echo(report.table())
     if json_out is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 import json
 import os
 import random
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -618,6 +619,120 @@ def run_ghz_step(
 # ---------------------------------------------------------------------------------------------- floor
 
 
+class RawSearch:
+    """One Search's work through the raw libraries the branches call, nothing else: the floor's unit.
+
+    Request `i` with `text`: tantivy (the query analysed as the service does), onnxruntime encode + hnswlib
+    knn, cKDTree on every other request, and with behavior data one of the collection's users (the i-th of
+    a sample, as the load mix names users): the Redis reads (recent events + counters, one pipelined round
+    trip, redis-py; with `redis_url`, which names a Redis Cluster node when `redis_cluster`), the i2i
+    expansion of the user's history, the preference profile and its per-tag lists (NumPy over the
+    generation's tag table), RRF over the lists, and — when the collection serves a ranker model — one
+    onnxruntime call over `candidates` feature rows. `timed(stage, fn)` runs each stage (`fn()`) and may
+    time it. quarry.rpc_floor's raw server answers Search with it, floor_cpu_ms times it."""
+
+    def __init__(
+        self,
+        collection: Any,
+        *,
+        k: int = 100,
+        redis_url: str = "",
+        redis_cluster: bool = False,
+        candidates: int = 200,
+    ) -> None:
+        from common.settings import RedisSettings
+        from retriever.features.recent import redis_client
+
+        self.collection = collection
+        self.k, self.candidates = k, candidates
+        self.inv = collection.branches.get("inverted")
+        self.ann = collection.branches.get("ann")
+        self.geo = collection.branches.get("geo")
+        self.behavior = collection.behavior if "behavior" in collection.branches else None
+        self.table = collection.tag_table if "preference" in collection.branches else None
+        self.users = self.behavior.sample_users(200) if self.behavior is not None else []
+        self.ranker = getattr(collection.ranker, "model", None)  # the OnnxRanker of a ModelRanker
+        self.store = None
+        if redis_url and self.users:
+            # Generous timeouts: a benchmark measures slow reads rather than failing on them.
+            rs = RedisSettings(
+                url=redis_url, cluster=redis_cluster, socket_timeout_ms=5000, connect_timeout_ms=5000
+            )
+            self.store = redis_client(rs, sync=True)
+        cs = collection.settings
+        self.recent_n = max(cs.behavior.recent_n, cs.preference.recent_n, 1)
+        self.located = np.flatnonzero(~np.isnan(collection.forward.lat))
+        self.rnd = random.Random(5)
+
+    def warm(self) -> None:
+        """Untimed first use: jieba loads its dictionary and onnxruntime its session lazily (~1 s), which
+        would otherwise be one request's "latency"."""
+        from common.index.text import analyze
+
+        for a in self.collection.analyzers:
+            analyze("warm up 上海", a)  # Han text: jieba loads at the first one
+        if self.ann is not None:
+            self.ann.encoder.encode(["warm up"])
+
+    def __call__(
+        self, i: int, text: str, timed: Callable[[str, Callable[[], Any]], Any] | None = None
+    ) -> np.ndarray:
+        """Request `i`'s work; the fused ordinals."""
+        timed = timed or _untimed
+        from common.index.text import analyze
+        from retriever.features.recent import redis_keys
+        from retriever.recall.base import decayed_seeds
+
+        coll, k, cs, fw = self.collection, self.k, self.collection.settings, self.collection.forward
+        inv, ann, geo, behavior, table = self.inv, self.ann, self.geo, self.behavior, self.table
+        lists: list[np.ndarray] = []
+        if inv is not None:
+            terms = {a: list(dict.fromkeys(analyze(text, a))) for a in coll.analyzers}
+            q = inv.build_query(terms, _no_filters())
+            res = timed("tantivy", lambda: inv._searcher.search(q, limit=200, count=False))
+            lists.append(np.arange(len(res.hits)))
+        if ann is not None:
+            v = timed("encode", lambda: ann.encoder.encode([text]))
+            ids, _ = timed("ann search", lambda: ann.index.search(v, k))
+            lists.append(ids[0])
+        if geo is not None and len(self.located) and i % 2:
+            o = int(self.located[self.rnd.randrange(len(self.located))])
+            ids, _ = timed(
+                "cKDTree", lambda: geo.index.within(float(fw.lat[o]), float(fw.lon[o]), 50_000.0, k=k)
+            )
+            lists.append(np.asarray(ids))
+        if self.users:
+            assert behavior is not None  # users are sampled from it
+            user = self.users[i % len(self.users)]
+            if self.store is not None:
+                recent_key, _seen, counters_key, _items = redis_keys(coll.name, user)
+                pipe = self.store.pipeline(transaction=False)
+                # As many events as the service's one read per request takes (its most demanding branch).
+                pipe.lrange(recent_key, 0, self.recent_n - 1)
+                pipe.hgetall(counters_key)
+                timed("redis reads", pipe.execute)
+            history = behavior.user_history(user)
+            # The serving seed recipe over the long-term history (the floor's users have no events).
+            seeds = list(decayed_seeds([], history, {}, cs.behavior).items())
+            got = timed("i2i expand", lambda: behavior.expand(cs.behavior.method, seeds, k))
+            lists.append(np.fromiter((o for o, _ in got), dtype=np.int64))
+            if table is not None:
+                pseeds = list(decayed_seeds([], history, {}, cs.preference).items())
+                lists.append(
+                    timed("preference (numpy)", lambda: _preference(table, pseeds, cs.preference.top_tags, k))
+                )
+        fused = timed("rrf (numpy)", lambda: _rrf(lists))
+        ranker = self.ranker
+        if ranker is not None and len(fused):
+            X = np.zeros((min(len(fused), self.candidates), ranker.dim), dtype=np.float32)
+            timed(f"onnx rank {self.candidates}", lambda: ranker.session.run(None, {"features": X}))
+        return np.asarray(fused)
+
+
+def _untimed(_stage: str, fn: Callable[[], Any]) -> Any:
+    return fn()
+
+
 def floor_cpu_ms(
     collection: Any,
     texts: Sequence[str],
@@ -629,8 +744,8 @@ def floor_cpu_ms(
     walls_out: list[float] | None = None,
     pace_rps: float | None = None,
 ) -> dict[str, float]:
-    """CPU ms per Search through the raw libraries the branches call (one thread, this process), per stage
-    and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
+    """CPU ms per Search through the raw libraries the branches call (RawSearch: one thread, this process),
+    per stage and in total, plus the per-request wall-clock p50/p99 of the whole raw sequence.
 
     Back to back by default: the least the work costs. With `pace_rps`, request i starts no earlier than
     i / `pace_rps` s after the first (constant arrivals; a late request starts at once), idle in between,
@@ -638,103 +753,31 @@ def floor_cpu_ms(
     polling, deep C-states), the same work then costs more CPU. The batched-encode pass is skipped then.
 
     With behavior data, each request names a user as the load mix does, so the floor also pays what a
-    known user costs: the Redis reads (recent events + counters, one pipelined round trip, redis-py; with
-    `redis_url`, which names a Redis Cluster node when `redis_cluster`), the i2i expansion of the user's
-    history, the preference profile and its per-tag lists (NumPy over the generation's tag table), and —
-    when the collection serves a ranker model — one onnxruntime call over `candidates` feature rows. CPU
-    time is this process's: Redis's own is not in it. `walls_out` receives each request's wall-clock ms."""
+    known user costs (RawSearch says what). CPU time is this process's: Redis's own is not in it.
+    `walls_out` receives each request's wall-clock ms."""
     from threadpoolctl import threadpool_limits
 
-    from common.index.text import analyze
-    from common.settings import RedisSettings
-    from retriever.features.recent import redis_client, redis_keys
-    from retriever.recall.base import decayed_seeds
-
-    inv = collection.branches.get("inverted")
-    ann = collection.branches.get("ann")
-    geo = collection.branches.get("geo")
-    behavior = collection.behavior if "behavior" in collection.branches else None
-    table = collection.tag_table if "preference" in collection.branches else None
-    users = behavior.sample_users(200) if behavior is not None else []
-    ranker = getattr(collection.ranker, "model", None)  # the OnnxRanker of a ModelRanker
-    store = None
-    if redis_url and users:
-        # Generous timeouts: a benchmark measures slow reads rather than failing on them.
-        rs = RedisSettings(
-            url=redis_url, cluster=redis_cluster, socket_timeout_ms=5000, connect_timeout_ms=5000
-        )
-        store = redis_client(rs, sync=True)
-    cs = collection.settings
-    recent_n = max(cs.behavior.recent_n, cs.preference.recent_n, 1)
-    fw = collection.forward
-    located = np.flatnonzero(~np.isnan(fw.lat))
-    rnd = random.Random(5)
+    if pace_rps is not None and pace_rps <= 0:
+        raise ValueError(f"pace_rps must be > 0, got {pace_rps}")
+    raw = RawSearch(collection, k=k, redis_url=redis_url, redis_cluster=redis_cluster, candidates=candidates)
+    ann = raw.ann
     per: dict[str, list[float]] = {}
 
-    def timed(name: str, fn: Any) -> Any:
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
         c0 = time.process_time()
         out = fn()
         per.setdefault(name, []).append((time.process_time() - c0) * 1000)
         return out
 
-    if pace_rps is not None and pace_rps <= 0:
-        raise ValueError(f"pace_rps must be > 0, got {pace_rps}")
     walls: list[float] = []
     with threadpool_limits(1):
-        # Untimed first use: jieba loads its dictionary and onnxruntime its session lazily (~1 s), which
-        # would otherwise be one request's "latency" and skew a small floor sample.
-        for a in collection.analyzers:
-            analyze("warm up 上海", a)  # Han text: jieba loads at the first one
-        if ann is not None:
-            ann.encoder.encode(["warm up"])
+        raw.warm()
         began = time.perf_counter()
         for i, text in enumerate(texts):
             if pace_rps is not None:
                 time.sleep(max(0.0, began + i / pace_rps - time.perf_counter()))
             w0 = time.perf_counter()
-            lists: list[np.ndarray] = []
-            if inv is not None:
-                terms = {a: list(dict.fromkeys(analyze(text, a))) for a in collection.analyzers}
-                q = inv.build_query(terms, _no_filters())
-                res = timed("tantivy", lambda q=q: inv._searcher.search(q, limit=200, count=False))
-                lists.append(np.arange(len(res.hits)))
-            if ann is not None:
-                v = timed("encode", lambda text=text: ann.encoder.encode([text]))
-                ids, _ = timed("ann search", lambda v=v: ann.index.search(v, k))
-                lists.append(ids[0])
-            if geo is not None and len(located) and i % 2:
-                o = int(located[rnd.randrange(len(located))])
-                ids, _ = timed(
-                    "cKDTree", lambda o=o: geo.index.within(float(fw.lat[o]), float(fw.lon[o]), 50_000.0, k=k)
-                )
-                lists.append(np.asarray(ids))
-            if users:
-                assert behavior is not None  # users are sampled from it
-                user = users[i % len(users)]
-                if store is not None:
-                    recent_key, _seen, counters_key, _items = redis_keys(collection.name, user)
-                    pipe = store.pipeline(transaction=False)
-                    # As many events as the service's one read per request takes (its most demanding branch).
-                    pipe.lrange(recent_key, 0, recent_n - 1)
-                    pipe.hgetall(counters_key)
-                    timed("redis reads", pipe.execute)
-                history = behavior.user_history(user)
-                # The serving seed recipe over the long-term history (the floor's users have no events).
-                seeds = list(decayed_seeds([], history, {}, cs.behavior).items())
-                got = timed("i2i expand", lambda seeds=seeds: behavior.expand(cs.behavior.method, seeds, k))
-                lists.append(np.fromiter((o for o, _ in got), dtype=np.int64))
-                if table is not None:
-                    pseeds = list(decayed_seeds([], history, {}, cs.preference).items())
-                    lists.append(
-                        timed(
-                            "preference (numpy)",
-                            lambda s=pseeds: _preference(table, s, cs.preference.top_tags, k),
-                        )
-                    )
-            fused = timed("rrf (numpy)", lambda lists=lists: _rrf(lists))
-            if ranker is not None and len(fused):
-                X = np.zeros((min(len(fused), candidates), ranker.dim), dtype=np.float32)
-                timed(f"onnx rank {candidates}", lambda X=X: ranker.session.run(None, {"features": X}))
+            raw(i, text, timed)
             walls.append((time.perf_counter() - w0) * 1000)
         # What the same texts cost the encoder when the server batches them (ann.query_batch), in
         # arrival order as its batches form: CPU per text, outside the per-request sequence.
@@ -866,11 +909,17 @@ class RpcFloor:
         return CORES * 1000 / (floor_ms + self.server_ms + self.client_ms)
 
 
-def start_rpc_floor() -> tuple[subprocess.Popen[str], str]:
-    """quarry.rpc_floor in its own process on a free loopback port, once it serves."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "quarry.rpc_floor", "--port", "0"], stdout=subprocess.PIPE, text=True
-    )
+def start_rpc_floor(
+    snapshot: Path | None = None, *, redis_url: str = "", redis_cluster: bool = False, workers: int = 1
+) -> tuple[subprocess.Popen[str], str]:
+    """quarry.rpc_floor in its own process on a free loopback port, once it serves; with `snapshot`, its
+    raw server (the floor's work behind grpc.aio) in `workers` processes."""
+    cmd = [sys.executable, "-m", "quarry.rpc_floor", "--port", "0"]
+    if snapshot is not None:
+        cmd += ["--snapshot", str(snapshot), "--redis-url", redis_url, "--workers", str(workers)]
+        if redis_cluster:
+            cmd.append("--redis-cluster")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()  # "ready <port>", or "" if it died
     if not line.startswith("ready "):
@@ -905,6 +954,53 @@ def measure_rpc_floor(
         client=step.client,
         errors=step.errors,
     )
+
+
+def measure_raw_server(
+    mix: Mix,
+    steps: Sequence[StepResult],
+    duration_s: float,
+    snapshot: Path,
+    *,
+    redis_url: str = "",
+    redis_cluster: bool = False,
+    workers: int = 1,
+    client: str = "python",
+    **send: Any,
+) -> list[StepResult]:
+    """The load steps again, each at its rate with the same requests (from its `first_request` on), sent
+    the same way (`client`, `send` as `send_step` takes them) to quarry.rpc_floor's raw server over
+    `snapshot` in `workers` processes: the floor's work and the transport, nothing else of Quarry's.
+    Before them, a discarded second at the first rate warms its connections (it has no cache to warm)."""
+    proc, target = start_rpc_floor(
+        snapshot, redis_url=redis_url, redis_cluster=redis_cluster, workers=workers
+    )
+    out = []
+    try:
+        if steps:
+            asyncio.run(run_step(target, mix, min(steps[0].offered_rps, 200.0), 1.0, seed=97))
+        for i, step in enumerate(steps):
+            raw = send_step(
+                client,
+                target,
+                mix,
+                step.offered_rps,
+                duration_s,
+                server_pid=proc.pid,
+                offset=step.first_request,
+                seed=i,
+                **send,
+            )
+            out.append(raw)
+            print(
+                f"  raw server: {step.offered_rps:.0f} req/s offered → {raw.achieved_rps:.1f} ok/s, "
+                f"p99 {raw.p99_ms:.2f} ms",
+                file=sys.stderr,
+            )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -946,6 +1042,27 @@ def start_server(
 
 #: The load at which the issue's latency target is set: 70% of the saturated rate.
 IDEAL_UTILIZATION = 0.7
+
+
+def p99_at_share_of_saturation(
+    steps: Sequence[StepResult], share: float = IDEAL_UTILIZATION
+) -> tuple[float, float, float] | None:
+    """(saturated rate, share of it, p99 there): the saturated rate is the most any step answered a second;
+    p99 at `share` of it is interpolated linearly between the two steps whose offered rates bracket it
+    (None when no step was offered that little, or no step answered)."""
+    ok = [s for s in steps if s.ok]
+    if not ok:
+        return None
+    saturated = max(s.achieved_rps for s in ok)
+    at = share * saturated
+    pts = sorted((s.offered_rps, s.p99_ms) for s in ok)
+    if at < pts[0][0]:
+        return None
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= at <= x1:
+            p99 = y0 if x1 == x0 else y0 + (y1 - y0) * (at - x0) / (x1 - x0)
+            return saturated, at, p99
+    return None
 
 
 def ideal_queue_p99(
@@ -1006,6 +1123,10 @@ class LoadReport:
     #: a server below saturation receives them: what idle cores cost this host (None when not measured).
     floor_paced: dict[str, float] | None = None
     floor_paced_rps: float | None = None
+    #: The same steps sent to quarry.rpc_floor's raw server (the floor's work behind grpc.aio, nothing
+    #: else of Quarry's) in `raw_workers` processes: what the best server here could do (empty: not run).
+    raw_steps: list[StepResult] = field(default_factory=list)
+    raw_workers: int = 0
 
     @property
     def bound_rps(self) -> float | None:
@@ -1017,9 +1138,28 @@ class LoadReport:
 
     def to_json(self) -> str:
         out = asdict(self)
-        for step, row in zip(self.steps, out["steps"], strict=True):
-            row["server_cpu_ms_per_request"] = step.server_cpu_ms_per_request
-        return json.dumps({**out, "bound_rps": self.bound_rps}, indent=2)
+        for key in ("steps", "raw_steps"):
+            for step, row in zip(getattr(self, key), out[key], strict=True):
+                row["server_cpu_ms_per_request"] = step.server_cpu_ms_per_request
+        targets = {}
+        for key in ("steps", "raw_steps"):
+            at = p99_at_share_of_saturation(getattr(self, key))
+            if at is not None:
+                targets[key] = {"saturated_rps": at[0], "rate": at[1], "p99_ms": at[2]}
+        return json.dumps({**out, "bound_rps": self.bound_rps, "p99_at_70pct": targets}, indent=2)
+
+    def target_line(self, steps: Sequence[StepResult], who: str) -> str | None:
+        """The latency target's reading for `steps`: p99 at IDEAL_UTILIZATION of their saturated rate
+        against the floor's p99."""
+        at = p99_at_share_of_saturation(steps)
+        if at is None:
+            return None
+        saturated, rate, p99 = at
+        return (
+            f"{who}: saturated at {saturated:.0f}/s ({saturated / self.ceiling_rps:.2f} of the ceiling); at "
+            f"{IDEAL_UTILIZATION:.0%} of that ({rate:.0f}/s, between the steps) p99 {p99:.2f} ms = "
+            f"{p99 / self.floor['wall_p99']:.1f}x the floor's p99"
+        )
 
     def table(self) -> str:
         lines = [
@@ -1067,12 +1207,29 @@ class LoadReport:
                 f"{r.client_ms:.3f} CPU ms a call -> bound {bound:.0f} req/s on {CORES} cores with the "
                 f"raw libraries' work ({bound / self.ceiling_rps:.2f} of the ceiling{alone})"
             )
-        lines.append(
+        lines += self._step_lines(self.steps)
+        if self.raw_steps:
+            lines.append(
+                f"raw server (quarry.rpc_floor --snapshot, {self.raw_workers} process(es): the floor's calls "
+                "inline on grpc.aio answering empty, nothing else of Quarry's), the same steps and requests:"
+            )
+            lines += self._step_lines(self.raw_steps)
+        for steps, who in ((self.steps, "quarry"), (self.raw_steps, "raw server")):
+            target = self.target_line(steps, who)
+            if target is not None:
+                lines.append(target)
+        lines += self.breakdown_table()
+        return "\n".join(lines)
+
+    def _step_lines(self, steps: Sequence[StepResult]) -> list[str]:
+        """The steps' table: a header line and one line a step."""
+        bound = self.bound_rps
+        lines = [
             f"{'offered':>8} {'achieved':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'p99.9 ms':>9} "
             f"{'ach/ceil':>8} {'ach/bound':>9} {'p99/floor':>9} {'srv cpu':>7} {'ms/req':>6} {'xfloor':>6} "
             f"{'cli cpu':>7} {'srv MiB':>8} {'enc batch':>9}  errors / dropped"
-        )
-        for s in self.steps:
+        ]
+        for s in steps:
             errs = ", ".join(f"{k} {v}" for k, v in sorted(s.errors.items())) or "0"
             cpu = f"{s.server_cpu_cores:.2f}" if s.server_cpu_cores is not None else "-"
             rss = f"{s.server_rss_mib:.0f}" if s.server_rss_mib is not None else "-"
@@ -1088,8 +1245,7 @@ class LoadReport:
                 f"{s.p99_ms / self.floor['wall_p99']:9.1f} {cpu:>7} {ms:>6} {x:>6} {cli:>7} {rss:>8} "
                 f"{batch:>9}  {errs} / {s.dropped}"
             )
-        lines += self.breakdown_table()
-        return "\n".join(lines)
+        return lines
 
     def breakdown_table(self) -> list[str]:
         """Where a request's time went at each step (means, ms): the client's; the server's RPC handler
@@ -1249,6 +1405,8 @@ def run_load(
     ghz_connections: int = 8,
     rpc_floor: bool = True,
     paced_floor: bool = True,
+    raw_server: bool = False,
+    raw_workers: int | None = None,
 ) -> LoadReport:
     """`client` "python" (this module's open-loop sender) or "ghz" (`ghz`: its path; see ghz_binary).
 
@@ -1260,7 +1418,8 @@ def run_load(
     client sends the same requests at the highest rate to quarry.rpc_floor: the RPC floor, and with it
     the report's bound. With `paced_floor`, the floor's requests are timed again at the first step's rate
     (floor_cpu_ms's `pace_rps`), so the report shows what idle cores cost this host beside what the
-    server spends a request at each step."""
+    server spends a request at each step. With `raw_server`, last, the same steps go to quarry.rpc_floor's
+    raw server (measure_raw_server) in `raw_workers` processes (default: as many as `server.workers`)."""
     if client == "ghz":
         if ghz is None:
             raise ValueError("--client ghz: no ghz binary (../shared/tools/ghz, PATH or --ghz)")
@@ -1334,6 +1493,22 @@ def run_load(
             proc.terminate()
             proc.wait(timeout=30)
     rpc = measure_rpc_floor(mix, max(rates), duration_s, client=client, **sender) if rpc_floor else None
+    raw_steps: list[StepResult] = []
+    if raw_server:
+        from common.settings import QuarrySettings
+
+        raw_workers = raw_workers or QuarrySettings().server.workers
+        raw_steps = measure_raw_server(
+            mix,
+            steps,
+            duration_s,
+            snapshot,
+            redis_url=redis_url,
+            redis_cluster=redis_cluster,
+            workers=raw_workers,
+            client=client,
+            **sender,
+        )
     return LoadReport(
         machine(),
         name,
@@ -1349,6 +1524,8 @@ def run_load(
         ideal_arrival,
         paced,
         rates[0] if paced is not None else None,
+        raw_steps,
+        raw_workers if raw_server and raw_workers else 0,
     )
 
 

@@ -276,6 +276,84 @@ def test_rpc_floor_bounds_the_rate(tiny_snapshot: Path) -> None:
     assert LoadReport("m", "tiny", "search", "none", 0.0, floor, 400.0, [step]).bound_rps is None
 
 
+def test_the_raw_server_does_the_floors_work_behind_grpc(movielens_snapshot: Path, redis_url: str) -> None:
+    """quarry.rpc_floor --snapshot (the raw server): Search does the floor's raw calls for the request's text
+    in every worker process on one port and answers empty. Its Redis reads show in the Redis server's
+    command counts, its encoding in its CPU; Recommend stays empty; SIGTERM stops the workers too."""
+    import grpc
+    import redis
+
+    from quarry.load import _family, _proc_cpu_s, start_rpc_floor
+
+    store = redis.Redis.from_url(redis_url)
+
+    def lranges() -> int:
+        return int(store.info("commandstats").get("cmdstat_lrange", {}).get("calls", 0))
+
+    proc, target = start_rpc_floor(movielens_snapshot, redis_url=redis_url, workers=2)
+    try:
+        family = _family(proc.pid)
+        assert len(family) == 2  # the first process serves too, beside the one it started
+        before = lranges()
+        cpu0 = {pid: _proc_cpu_s(pid) for pid in family}
+        texts = ["star wars", "toy story", "alien", "heat"] * 5
+        # A channel each (no shared subchannel): the kernel deals the connections out to both workers.
+        for i, text in enumerate(texts):
+            with grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+                call = ch.unary_unary("/quarry.v1.SearchService/Search")
+                body = call(
+                    pb.SearchRequest(collection="movielens", query=text).SerializeToString(), timeout=30
+                )
+                assert pb.SearchResponse.FromString(body) == pb.SearchResponse()
+                if i == 0:
+                    rec = ch.unary_unary("/quarry.v1.SearchService/Recommend")
+                    answer = rec(
+                        pb.RecommendRequest(collection="x", user_id="u").SerializeToString(), timeout=5
+                    )
+                    assert pb.SearchResponse.FromString(answer) == pb.SearchResponse()
+        assert lranges() - before >= len(texts)  # each Search read its user's recent events
+        child = next(pid for pid in family if pid != proc.pid)
+        own = {pid: _proc_cpu_s(pid) - cpu0[pid] for pid in family}
+        own[proc.pid] -= own[child]  # the first process's figure includes its child's
+        assert all(v > 0.01 for v in own.values()), own  # both workers did Search work
+        # A MiniLM encoding alone takes milliseconds; an empty answer, tens of µs.
+        assert sum(own.values()) * 1000 / len(texts) > 1.0
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=30) == 0
+    assert not [pid for pid in family if Path(f"/proc/{pid}").exists()]
+
+
+def test_run_load_sends_the_same_steps_to_the_raw_server(tiny_snapshot: Path) -> None:
+    """`run_load(raw_server=True)`: after Quarry's steps, the raw server gets each step's rate and requests
+    (from the same place in the mix), in the processes asked for, and the report carries both."""
+    from quarry.load import run_load
+
+    report = run_load(
+        tiny_snapshot,
+        target=None,
+        server_pid=None,
+        rates=[20, 40],
+        duration_s=1.0,
+        kind="search",
+        repetition="none",
+        zipf_s=1.0,
+        arrival="constant",
+        max_in_flight=64,
+        floor_n=3,
+        rpc_floor=False,
+        paced_floor=False,
+        raw_server=True,
+        raw_workers=2,
+    )
+    assert report.raw_workers == 2 and len(report.raw_steps) == len(report.steps) == 2
+    for ours, raw in zip(report.steps, report.raw_steps, strict=True):
+        assert raw.offered_rps == ours.offered_rps and raw.first_request == ours.first_request
+        assert raw.ok == raw.sent > 0 and raw.errors == {}
+        assert raw.server_cpu_cores is not None and raw.server_cpu_cores > 0
+    assert "raw server (quarry.rpc_floor --snapshot, 2 process(es)" in report.table()
+
+
 @pytest.mark.skipif(ghz_binary() is None, reason="no ghz binary (../shared/tools/ghz or on PATH)")
 def test_ghz_steps_report_the_clients_cpu(server: str, tiny_snapshot: Path) -> None:
     """ghz runs on the server's machine: a step reports its CPU (the child's, once it ended), and the RPC

@@ -196,3 +196,56 @@ def test_the_report_prints_the_paced_floor_and_the_servers_cpu_a_request() -> No
     assert [s["server_cpu_ms_per_request"] for s in data["steps"]] == [pytest.approx(8.0), None, None]
     # Without the paced floor the line is absent.
     assert "floor paced" not in LoadReport("m", "c", "search", "none", 0.0, floor, 500.0, [busy]).table()
+
+
+def _step(offered: float, achieved: float, p99: float, ok: int = 100) -> StepResult:
+    return StepResult(offered, 1.0, ok, ok, achieved, p99 / 2, p99 / 1.5, p99, p99 * 1.1)
+
+
+def test_p99_at_seventy_percent_of_the_saturated_rate_is_read_between_the_steps() -> None:
+    """The latency target's reading: the saturated rate is the most any step answered; p99 at 70% of it is
+    interpolated between the two steps whose offered rates bracket it."""
+    from quarry.load import p99_at_share_of_saturation
+
+    steps = [_step(300, 250.0, 500.0), _step(100, 100.0, 10.0), _step(200, 199.0, 30.0)]  # any order
+    saturated, rate, p99 = p99_at_share_of_saturation(steps) or (0.0, 0.0, 0.0)
+    assert saturated == 250.0 and rate == pytest.approx(175.0)
+    assert p99 == pytest.approx(10.0 + (30.0 - 10.0) * 0.75)  # 3/4 of the way from 100 to 200/s
+    assert p99_at_share_of_saturation(steps, 0.4) == pytest.approx((250.0, 100.0, 10.0))  # on a step
+    # No step offered that little, or none answered: no reading rather than an extrapolated one.
+    assert p99_at_share_of_saturation(steps, 0.2) is None
+    assert p99_at_share_of_saturation([_step(100, 0.0, 0.0, ok=0)]) is None
+    assert p99_at_share_of_saturation([]) is None
+    # Answered more than offered (rounding) at the top step: 70% of it still lies between the steps.
+    assert p99_at_share_of_saturation([_step(100, 101.0, 8.0), _step(50, 50.0, 6.0)]) is not None
+
+
+def test_the_report_sets_the_raw_server_beside_quarry() -> None:
+    """With the raw server's steps, the report prints their table after Quarry's, each one's target line
+    (p99 at 70% of its own saturated rate over the floor's p99), and both in the JSON."""
+    import json
+
+    floor = {"total": 5.0, "wall_p50": 5.0, "wall_p99": 8.0}
+    quarry_steps = [_step(100, 100.0, 16.0), _step(200, 199.0, 80.0), _step(300, 300.0, 400.0)]
+    raw_steps = [_step(100, 100.0, 10.0), _step(200, 200.0, 20.0), _step(300, 250.0, 300.0)]
+    report = LoadReport("m", "c", "search", "none", 0.0, floor, 400.0, quarry_steps, raw_steps=raw_steps)
+    report.raw_workers = 2
+    lines = report.table().splitlines()
+    raw_at = next(
+        i for i, x in enumerate(lines) if x.startswith("raw server (quarry.rpc_floor --snapshot, 2")
+    )
+    assert lines[raw_at + 1].split()[:2] == ["offered", "achieved"]
+    assert [x.split()[0] for x in lines[raw_at + 2 : raw_at + 5]] == ["100", "200", "300"]
+    assert lines[raw_at + 4].split()[4] == "300.00"  # the raw server's own p99, not Quarry's
+    quarry = next(x for x in lines if x.startswith("quarry: saturated at 300/s"))
+    # 70% of 300/s = 210/s: a tenth of the way from 200 (80 ms) to 300/s (400 ms) = 112 ms = 14x 8 ms.
+    assert "(0.75 of the ceiling)" in quarry and "(210/s, between the steps) p99 112.00 ms = 14.0x" in quarry
+    raw = next(x for x in lines if x.startswith("raw server: saturated at 250/s"))
+    assert "(175/s, between the steps) p99 17.50 ms = 2.2x" in raw  # 10 + (20 - 10) * 0.75
+    data = json.loads(report.to_json())
+    assert len(data["raw_steps"]) == 3 and data["raw_workers"] == 2
+    assert data["p99_at_70pct"]["steps"]["p99_ms"] == pytest.approx(112.0)
+    assert data["p99_at_70pct"]["raw_steps"]["saturated_rps"] == 250.0
+    # Without it: no raw table, no raw target line; Quarry's own line stays.
+    alone = LoadReport("m", "c", "search", "none", 0.0, floor, 400.0, quarry_steps).table()
+    assert "raw server" not in alone and "quarry: saturated at 300/s" in alone
