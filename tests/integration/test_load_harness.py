@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from common.settings import AnnSettings, CollectionSettings
 from common.v1 import search_pb2 as pb
 from quarry.load import (
+    LoadReport,
     Mix,
     Scrape,
     StepResult,
@@ -324,16 +326,16 @@ def test_the_raw_server_does_the_floors_work_behind_grpc(movielens_snapshot: Pat
     assert not [pid for pid in family if Path(f"/proc/{pid}").exists()]
 
 
-def test_run_load_sends_the_same_steps_to_the_raw_server(tiny_snapshot: Path) -> None:
-    """`run_load(raw_server=True)`: after Quarry's steps, the raw server gets each step's rate and requests
-    (from the same place in the mix), in the processes asked for, and the report carries both."""
+def _short_load(snapshot: Path, rates: list[float], **options: Any) -> LoadReport:
+    """run_load with a server it starts, 1-s Search steps of a no-repetition mix at constant arrivals, a
+    3-request floor and no RPC floor; `options` for the rest."""
     from quarry.load import run_load
 
-    report = run_load(
-        tiny_snapshot,
+    return run_load(
+        snapshot,
         target=None,
         server_pid=None,
-        rates=[20, 40],
+        rates=rates,
         duration_s=1.0,
         kind="search",
         repetition="none",
@@ -342,10 +344,14 @@ def test_run_load_sends_the_same_steps_to_the_raw_server(tiny_snapshot: Path) ->
         max_in_flight=64,
         floor_n=3,
         rpc_floor=False,
-        paced_floor=False,
-        raw_server=True,
-        raw_workers=2,
+        **options,
     )
+
+
+def test_run_load_sends_the_same_steps_to_the_raw_server(tiny_snapshot: Path) -> None:
+    """`run_load(raw_server=True)`: after Quarry's steps, the raw server gets each step's rate and requests
+    (from the same place in the mix), in the processes asked for, and the report carries both."""
+    report = _short_load(tiny_snapshot, [20, 40], paced_floor=False, raw_server=True, raw_workers=2)
     assert report.raw_workers == 2 and len(report.raw_steps) == len(report.steps) == 2
     for ours, raw in zip(report.steps, report.raw_steps, strict=True):
         assert raw.offered_rps == ours.offered_rps and raw.first_request == ours.first_request
@@ -374,22 +380,7 @@ def test_steps_never_resend_the_warm_ups_requests(tiny_snapshot: Path) -> None:
     """`run_load` warms the server it starts up with the mix's first requests; the steps go on after them,
     so a no-repetition mix stays one (sent again, they would be query-cache hits), and each step says
     where in the mix it began."""
-    from quarry.load import run_load
-
-    report = run_load(
-        tiny_snapshot,
-        target=None,
-        server_pid=None,
-        rates=[20, 20],
-        duration_s=1.0,
-        kind="search",
-        repetition="none",
-        zipf_s=1.0,
-        arrival="constant",
-        max_in_flight=64,
-        floor_n=3,
-        rpc_floor=False,
-    )
+    report = _short_load(tiny_snapshot, [20, 20])
     first, second = report.steps
     assert first.first_request >= 30  # the warm-up: 2 s at the first rate (20/s), less what it dropped
     assert second.first_request == first.first_request + first.sent + first.dropped
