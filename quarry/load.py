@@ -678,10 +678,11 @@ class RawSearch:
         self, i: int, text: str, timed: Callable[[str, Callable[[], Any]], Any] | None = None
     ) -> np.ndarray:
         """Request `i`'s work; the fused ordinals."""
-        timed = timed or _untimed
         from common.index.text import analyze
         from retriever.features.recent import redis_keys
         from retriever.recall.base import decayed_seeds
+
+        timed = timed or _untimed
 
         coll, k, cs, fw = self.collection, self.k, self.collection.settings, self.collection.forward
         inv, ann, geo, behavior, table = self.inv, self.ann, self.geo, self.behavior, self.table
