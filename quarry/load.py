@@ -911,11 +911,17 @@ class RpcFloor:
 
 
 def start_rpc_floor(
-    snapshot: Path | None = None, *, redis_url: str = "", redis_cluster: bool = False, workers: int = 1
+    snapshot: Path | None = None,
+    *,
+    redis_url: str = "",
+    redis_cluster: bool = False,
+    workers: int = 1,
+    host: str = "127.0.0.1",
+    port: int = 0,
 ) -> tuple[subprocess.Popen[str], str]:
-    """quarry.rpc_floor in its own process on a free loopback port, once it serves; with `snapshot`, its
-    raw server (the floor's work behind grpc.aio) in `workers` processes."""
-    cmd = [sys.executable, "-m", "quarry.rpc_floor", "--port", "0"]
+    """quarry.rpc_floor in its own process on `host`:`port` (0: a free one), once it serves; with
+    `snapshot`, its raw server (the floor's work behind grpc.aio) in `workers` processes."""
+    cmd = [sys.executable, "-m", "quarry.rpc_floor", "--host", host, "--port", str(port)]
     if snapshot is not None:
         cmd += ["--snapshot", str(snapshot), "--redis-url", redis_url, "--workers", str(workers)]
         if redis_cluster:
@@ -926,7 +932,7 @@ def start_rpc_floor(
     if not line.startswith("ready "):
         proc.kill()
         raise RuntimeError(f"the RPC floor server did not start (exit {proc.wait()})")
-    return proc, f"127.0.0.1:{int(line.split()[1])}"
+    return proc, f"{host}:{int(line.split()[1])}"
 
 
 def measure_rpc_floor(
@@ -1139,11 +1145,10 @@ class LoadReport:
 
     def to_json(self) -> str:
         out = asdict(self)
+        targets = {}
         for key in ("steps", "raw_steps"):
             for step, row in zip(getattr(self, key), out[key], strict=True):
                 row["server_cpu_ms_per_request"] = step.server_cpu_ms_per_request
-        targets = {}
-        for key in ("steps", "raw_steps"):
             at = p99_at_share_of_saturation(getattr(self, key))
             if at is not None:
                 targets[key] = {"saturated_rps": at[0], "rate": at[1], "p99_ms": at[2]}
@@ -1495,7 +1500,9 @@ def run_load(
             proc.wait(timeout=30)
     rpc = measure_rpc_floor(mix, max(rates), duration_s, client=client, **sender) if rpc_floor else None
     raw_steps: list[StepResult] = []
-    if raw_server:
+    if not raw_server:
+        raw_workers = 0
+    else:
         from common.settings import QuarrySettings
 
         raw_workers = raw_workers or QuarrySettings().server.workers
@@ -1526,7 +1533,7 @@ def run_load(
         paced,
         rates[0] if paced is not None else None,
         raw_steps,
-        raw_workers if raw_server and raw_workers else 0,
+        raw_workers,
     )
 
 

@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -101,20 +100,24 @@ def _raw_search(snapshot: str, redis_url: str, redis_cluster: bool) -> Callable[
     return raw
 
 
-def _spawn_workers(argv: list[str], port: int, n: int) -> list[subprocess.Popen[str]]:
-    """n more processes of this server on `port`, each once it serves (or an error, none left running)."""
+def _spawn_workers(
+    host: str, port: int, n: int, snapshot: str | None, redis_url: str, redis_cluster: bool
+) -> list[subprocess.Popen[str]]:
+    """n more processes of this server (the raw one with `snapshot`) on `host`:`port`, each once it serves
+    (or an error, none left running)."""
+    from quarry.load import start_rpc_floor
+
     procs: list[subprocess.Popen[str]] = []
     try:
         for _ in range(n):
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "quarry.rpc_floor", *argv, "--port", str(port), "--workers", "1"],
-                stdout=subprocess.PIPE,
-                text=True,
+            proc, _target = start_rpc_floor(
+                Path(snapshot) if snapshot else None,
+                redis_url=redis_url,
+                redis_cluster=redis_cluster,
+                host=host,
+                port=port,
             )
             procs.append(proc)
-            assert proc.stdout is not None
-            if not proc.stdout.readline().startswith("ready "):
-                raise RuntimeError(f"a raw server worker did not start (exit {proc.wait()})")
     except BaseException:
         for proc in procs:
             proc.kill()
@@ -131,7 +134,6 @@ async def serve(
     redis_url: str = "",
     redis_cluster: bool = False,
     workers: int = 1,
-    worker_argv: list[str] | None = None,
 ) -> None:
     raw = _raw_search(snapshot, redis_url, redis_cluster) if snapshot else None
     srv, bound = server(host, port, raw)
@@ -140,7 +142,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    others = _spawn_workers(worker_argv or [], bound, workers - 1) if workers > 1 else []
+    others = []
+    if workers > 1:
+        others = _spawn_workers(host, bound, workers - 1, snapshot, redis_url, redis_cluster)
     print(f"ready {bound}", flush=True)
     try:
         await stop.wait()
@@ -165,12 +169,6 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--workers must be >= 1, got {a.workers}")
     if a.redis_url and not a.snapshot:
         ap.error("--redis-url needs --snapshot")
-    # What each further worker is started with (the port and worker count are its own).
-    worker_argv = ["--host", a.host]
-    if a.snapshot:
-        worker_argv += ["--snapshot", a.snapshot, "--redis-url", a.redis_url]
-        if a.redis_cluster:
-            worker_argv.append("--redis-cluster")
     asyncio.run(
         serve(
             a.host,
@@ -179,7 +177,6 @@ def main(argv: list[str] | None = None) -> None:
             redis_url=a.redis_url,
             redis_cluster=a.redis_cluster,
             workers=a.workers,
-            worker_argv=worker_argv,
         )
     )
 
